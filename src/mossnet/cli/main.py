@@ -1,0 +1,69 @@
+"""``mossnet`` command line: one subcommand per file in this package.
+
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are
+imported only when their command runs, so ``mossnet --help`` stays fast and a missing optional
+dependency of one command does not break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module under mossnet.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("info", "versions, device, and which execution path each op will use"),
+    "prepare-data": ("prepare_data", "build a tokenized corpus from text shipped in Python packages"),
+    "train": ("train", "train MossNet (or a Llama / Mamba-2 baseline) on a prepared corpus"),
+    "generate": ("generate", "stream text from a checkpoint"),
+    "eval": ("eval", "perplexity / bits-per-byte and lm-eval benchmark tasks"),
+    "bench": ("bench", "inference benchmarks (CPU decode/prefill against SmolLM2 and Mamba-2)"),
+    "compare": ("compare", "equal-budget quality studies against Transformer and SSM baselines"),
+    "export": ("export", "export prefill and decode step with torch.export / ONNX"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mossnet",
+        description="MossNet: a mixture-of-state-space-experts language model (arXiv 2510.26182).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        module = _load(module_name)
+        if module is not None:
+            module.add_arguments(p)
+    return parser
+
+
+def _load(module_name: str):
+    try:
+        return importlib.import_module(f"mossnet.cli.{module_name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"mossnet.cli.{module_name}":
+            return None  # command not built yet in this checkout
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = _load(args._module)
+    if module is None:
+        print(f"mossnet {args.command}: not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

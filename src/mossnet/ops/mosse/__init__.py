@@ -1,0 +1,6 @@
+"""MoSSE scan: a reference loop (``naive``), a chunked SSD form (``chunked``) and the
+dispatcher (``interface``) that also hosts GPU fast paths."""
+
+from .interface import mosse_scan, mosse_step, register_fast_path, resolve_impl
+
+__all__ = ["mosse_scan", "mosse_step", "register_fast_path", "resolve_impl"]

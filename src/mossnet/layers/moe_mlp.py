@@ -1,0 +1,82 @@
+"""Channel mixing: a dropless mixture of SwiGLU experts (spec section 3)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.moe import dispatch_by_expert, grouped_linear
+from .router import Router, RouterReport
+
+
+class SwiGLU(nn.Module):
+    """Dense SwiGLU MLP: (..., D) -> (..., D)."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(u).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class MoEMLP(nn.Module):
+    """Top-k routed SwiGLU experts, dropless, with an optional always-on shared expert.
+
+    Tokens are sorted by expert and each expert runs one matrix product over its contiguous
+    group (:mod:`mossnet.ops.moe`); there is no loop over tokens. ``n_experts == 1`` is a plain
+    dense SwiGLU (no router, no aux loss).
+    """
+
+    def __init__(self, d_model: int, hidden: int, n_experts: int, top_k: int, renormalize: bool, shared_expert: bool):
+        super().__init__()
+        self.n_experts = n_experts
+        if n_experts == 1:
+            self.dense = SwiGLU(d_model, hidden)
+        else:
+            self.router = Router(d_model, n_experts, top_k, renormalize)
+            self.gate_up = nn.Parameter(torch.empty(n_experts, 2 * hidden, d_model))  # W_1 || W_3 per expert
+            self.down = nn.Parameter(torch.empty(n_experts, d_model, hidden))
+        self.shared = SwiGLU(d_model, hidden) if shared_expert else None
+
+    def forward(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, RouterReport | None]:
+        """u: (n, D) tokens; valid: (n,) bool (padding gets output 0). Returns (n, D) and the
+        router report (None for a dense MLP)."""
+        keep = None if valid is None else valid[:, None].to(u.dtype)
+        report = None
+        if self.n_experts == 1:
+            out = self.dense(u)
+        else:
+            routing = self.router(u, valid)
+            d = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
+            hidden = grouped_linear(u[d.token], self.gate_up, d.offsets)
+            gate, up = hidden.chunk(2, dim=-1)
+            rows = grouped_linear(F.silu(gate) * up, self.down, d.offsets)
+            rows = rows * routing.top_gates.reshape(-1)[d.slot, None].to(rows.dtype)
+            out = u.new_zeros(u.shape[0], rows.shape[-1], dtype=rows.dtype).index_add(0, d.token, rows)
+            report = RouterReport.of(routing, d.counts)
+        if self.shared is not None:
+            out = out + self.shared(u)
+        if keep is not None:
+            out = out * keep.to(out.dtype)
+        return out, report
+
+
+def moe_mlp_reference(mlp: MoEMLP, u: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Token by token, expert by expert: the obvious computation, for tests."""
+    out = torch.zeros_like(u)
+    routing = mlp.router(u, valid)
+    H = mlp.down.shape[-1]
+    for i in range(u.shape[0]):
+        if valid is not None and not valid[i]:
+            continue
+        for slot in range(routing.top_idx.shape[1]):
+            e = int(routing.top_idx[i, slot])
+            h = mlp.gate_up[e] @ u[i]
+            out[i] += routing.top_gates[i, slot] * (mlp.down[e] @ (F.silu(h[:H]) * h[H:]))
+        if mlp.shared is not None:
+            out[i] += mlp.shared(u[i])
+    return out

@@ -1,0 +1,38 @@
+"""RMSNorm, and the per-expert gated RMSNorm of the MoSSE read-out (spec section 2.7)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS-normalise the last dim in fp32 and scale by ``weight``; returns x's dtype."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (normed * weight.float()).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim: (..., dim) -> (..., dim)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``RMSNorm_P(y * SiLU(z))`` with one weight vector per expert: gate first, then norm
+    (Mamba-2's order; normalising before the gate would be a different function).
+
+    Args:
+        y, z: (..., E, P). weight: (E, P) (or broadcastable, e.g. gathered (batch, k, P)).
+    Returns:
+        (..., E, P) in fp32.
+    """
+    gated = y.float() * nn.functional.silu(z.float())
+    return gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + eps) * weight.float()

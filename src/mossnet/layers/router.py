@@ -1,0 +1,87 @@
+"""The softmax top-k router shared by the MoSSE and the MoE-MLP (spec sections 2.1 and 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RouterOutput:
+    """What one router decided for n tokens.
+
+    logits, probs: (n, E) fp32. top_idx: (n, k) chosen experts, best first. top_gates: (n, k)
+    gates g (zero for padding tokens). valid: (n,) bool or None.
+    """
+
+    logits: torch.Tensor
+    probs: torch.Tensor
+    top_idx: torch.Tensor
+    top_gates: torch.Tensor
+    valid: torch.Tensor | None
+
+    def dense_gates(self, n_experts: int) -> torch.Tensor:
+        """(n, E) gates with zeros for unchosen experts."""
+        return self.top_gates.new_zeros(self.top_gates.shape[0], n_experts).scatter(1, self.top_idx, self.top_gates)
+
+    def losses(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Load-balancing and z losses over the valid tokens (spec section 4).
+
+        ``counts`` (E,): dispatches per expert (padding excluded). Returns (L_aux, L_z);
+        L_aux equals 1 at perfect balance.
+        """
+        n, E = self.probs.shape
+        k = self.top_idx.shape[1]
+        weight = torch.ones(n, device=self.probs.device) if self.valid is None else self.valid.float()
+        n_valid = weight.sum().clamp(min=1.0)
+        fraction = counts.float() / (k * n_valid)
+        mean_prob = (self.probs * weight[:, None]).sum(0) / n_valid
+        aux = E * (fraction * mean_prob).sum()
+        z = (torch.logsumexp(self.logits, dim=-1).pow(2) * weight).sum() / n_valid
+        return aux, z
+
+
+class Router(nn.Module):
+    """Linear logits -> softmax -> top-k, in fp32; ties go to the lower expert index.
+
+    Gates: pi renormalised over the chosen experts when ``k > 1 and renormalize``; otherwise
+    the raw probabilities of the chosen experts (with k = 1 a renormalised gate would be the
+    constant 1 and the router would learn nothing from the LM loss).
+    """
+
+    def __init__(self, d_model: int, n_experts: int, top_k: int, renormalize: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_experts, d_model))
+        self.top_k = top_k
+        self.renormalize = renormalize and top_k > 1
+
+    def forward(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> RouterOutput:
+        """u: (n, D); valid: (n,) bool or None."""
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            logits = u.float() @ self.weight.float().T
+        probs = torch.softmax(logits, dim=-1)
+        # A stable descending sort keeps the lower index first among equal probabilities.
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        top_p, top_idx = sorted_probs[:, : self.top_k], order[:, : self.top_k]
+        gates = top_p / top_p.sum(-1, keepdim=True) if self.renormalize else top_p
+        if valid is not None:
+            gates = gates * valid[:, None].to(gates.dtype)
+        return RouterOutput(logits, probs, top_idx, gates, valid)
+
+
+@dataclass
+class RouterReport:
+    """Per-router statistics a layer hands up to the model: the two losses, the per-expert
+    load (tokens dispatched, padding excluded) and the logits (for ``output_router_logits``)."""
+
+    aux: torch.Tensor
+    z: torch.Tensor
+    load: torch.Tensor
+    logits: torch.Tensor
+
+    @classmethod
+    def of(cls, routing: RouterOutput, counts: torch.Tensor) -> "RouterReport":
+        aux, z = routing.losses(counts)
+        return cls(aux, z, counts, routing.logits)

@@ -1,0 +1,63 @@
+"""How the tokens of one forward pass are laid out: padding and packed documents.
+
+* ``attention_mask`` (batch, T): 0 marks padding. A padding token is routed to no expert in
+  any router, enters no conv and no scan, and adds nothing to the losses (spec section 2.8).
+* ``position_ids`` (batch, T) restarting at 0 mark packed documents (Hugging Face's packed
+  batches). Each document starts from a zero SSM state and a zero conv window. The scan then
+  runs on the flattened batch with ``cu_seqlens`` at every row and document start; building
+  those boundaries reads them back to the host, so pass ``position_ids`` only when you pack.
+  A restart at t = 0 is not a boundary (the row continues from the cache, if any).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SequenceLayout:
+    """valid: (batch, T) bool or None. doc_id: (batch, T) long or None (packed documents).
+    cu_seqlens: (n_segments + 1,) int32 over the flattened batch, or None. first_segment,
+    last_segment: (batch,) segment index of each row's first and last document."""
+
+    batch: int
+    length: int
+    valid: torch.Tensor | None = None
+    doc_id: torch.Tensor | None = None
+    cu_seqlens: torch.Tensor | None = None
+    first_segment: torch.Tensor | None = None
+    last_segment: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, batch: int, length: int, attention_mask=None, position_ids=None) -> "SequenceLayout":
+        valid = None if attention_mask is None else attention_mask.bool()
+        if position_ids is None:
+            return cls(batch, length, valid)
+        if position_ids.shape != (batch, length):
+            raise ValueError(f"position_ids must be (batch, T) = {(batch, length)}, got {tuple(position_ids.shape)}")
+        restart = position_ids == 0
+        restart[:, 0] = False
+        doc_id = torch.cumsum(restart.long(), dim=1)
+        starts = restart.clone()
+        starts[:, 0] = True
+        per_row = starts.sum(1)
+        first = torch.cumsum(per_row, 0) - per_row
+        last = first + per_row - 1
+        begin = starts.flatten().nonzero().flatten()
+        cu = torch.cat([begin, begin.new_tensor([batch * length])]).to(torch.int32)
+        return cls(batch, length, valid, doc_id, cu, first, last)
+
+    def scatter_initial_state(self, state: torch.Tensor | None) -> torch.Tensor | None:
+        """(batch, ...) row states -> (n_segments, ...) with each row's state on its first document."""
+        if state is None or self.cu_seqlens is None:
+            return state
+        out = state.new_zeros(self.cu_seqlens.numel() - 1, *state.shape[1:])
+        return out.index_copy(0, self.first_segment, state)
+
+    def gather_final_state(self, state: torch.Tensor | None) -> torch.Tensor | None:
+        """(n_segments, ...) -> (batch, ...): each row ends with its last document's state."""
+        if state is None or self.cu_seqlens is None:
+            return state
+        return state[self.last_segment]

@@ -1,0 +1,1 @@
+"""Model definitions (Hugging Face config + modeling)."""

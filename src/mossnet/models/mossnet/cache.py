@@ -1,0 +1,55 @@
+"""The recurrent cache used by generation: per layer, each expert's conv window and SSM state.
+
+Its size depends on the batch and the config only, never on how many tokens were generated
+(O(1) memory in the generated length). Tensors are preallocated and updated in place, so a
+decode step can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class MossNetCache:
+    """conv_states[l]: (batch, E, K-1, P+2N); ssm_states[l]: (batch, E, N, P); both fp32.
+
+    Example:
+        >>> from mossnet import MossNetConfig
+        >>> cache = MossNetCache(MossNetConfig.from_preset("tiny"), batch_size=2)
+        >>> tuple(cache.ssm_states[0].shape), cache.seen_tokens
+        ((2, 4, 16, 32), 0)
+    """
+
+    is_compileable = False
+
+    def __init__(self, config, batch_size: int, device=None, dtype: torch.dtype = torch.float32):
+        E, P, N, K = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim, config.conv_kernel
+        self.conv_states = [
+            torch.zeros(batch_size, E, K - 1, P + 2 * N, device=device, dtype=dtype) for _ in range(config.n_layers)
+        ]
+        self.ssm_states = [torch.zeros(batch_size, E, N, P, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.seen_tokens = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.ssm_states[0].shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache (constant during generation)."""
+        return sum(t.numel() * t.element_size() for t in self.conv_states + self.ssm_states)
+
+    def reset(self) -> None:
+        for t in self.conv_states + self.ssm_states:
+            t.zero_()
+        self.seen_tokens = 0
+
+    def reorder(self, beam_idx: torch.LongTensor) -> None:
+        """Select batch rows (beam search / batch reordering), in place."""
+        for t in self.conv_states + self.ssm_states:
+            t.copy_(t.index_select(0, beam_idx.to(t.device)))
+
+    # transformers' generation calls this name on caches during beam search.
+    reorder_cache = reorder
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens

@@ -1,0 +1,171 @@
+"""``MossNetConfig``: the one config object (a Hugging Face ``PretrainedConfig``).
+
+Every field of spec sections 2-4 is here and validated on construction. Presets are in
+:data:`PRESETS`; the README's preset table is checked against the real parameter counts by
+``tests/models/test_presets.py``.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+STATE_UPDATES = ("routed", "all")
+
+# name -> overrides of the defaults below. Parameter counts (total / active per token) are in
+# the README and tested.
+PRESETS: dict[str, dict] = {
+    # Trains on a 2-core CPU in minutes (the `make demo` model).
+    "tiny": dict(
+        vocab_size=4096, d_model=128, n_layers=4,
+        ssm_experts=4, ssm_top_k=2, ssm_head_dim=32, ssm_state_dim=16,
+        mlp_experts=4, mlp_top_k=2, mlp_hidden_dim=256,
+    ),
+    # ~30M active parameters.
+    "small": dict(
+        vocab_size=32768, d_model=512, n_layers=8,
+        ssm_experts=8, ssm_top_k=2, ssm_head_dim=64, ssm_state_dim=64,
+        mlp_experts=8, mlp_top_k=2, mlp_hidden_dim=704,
+    ),
+    # ~130M total parameters, SmolLM2's vocabulary size.
+    "base": dict(
+        vocab_size=49152, d_model=576, n_layers=12,
+        ssm_experts=8, ssm_top_k=2, ssm_head_dim=64, ssm_state_dim=64,
+        mlp_experts=8, mlp_top_k=2, mlp_hidden_dim=480,
+    ),
+}
+
+
+class MossNetConfig(PretrainedConfig):
+    """Configuration of a MossNet language model.
+
+    Args (sizes):
+        vocab_size, d_model, n_layers: vocabulary, residual width D, number of layers.
+        ssm_experts (E), ssm_top_k (k), ssm_head_dim (P), ssm_state_dim (N), conv_kernel (K):
+            the mixture of state-space experts (spec section 2).
+        state_update: "routed" (an expert sees only its tokens) or "all" (every expert sees
+            every token, the router only gates the outputs).
+        router_renormalize: renormalise the top-k gates to sum to 1 (only when k > 1).
+        mlp_experts, mlp_top_k, mlp_hidden_dim, mlp_shared_expert: the SwiGLU MoE-MLP
+            (spec section 3); ``mlp_experts=1`` is a dense SwiGLU.
+        router_aux_loss_coef, router_z_loss_coef: loss weights (spec section 4).
+    Args (numerics / init):
+        rms_norm_eps, initializer_range, dt_min, dt_max, dt_init_floor, A_init_range,
+        rescale_residual (scale the residual output projections by 1/sqrt(2 * n_layers)).
+    Args (execution):
+        scan_impl: "auto" | "reference" | "chunked" | a GPU fast path; chunk_size: for chunked.
+
+    Example:
+        >>> cfg = MossNetConfig.from_preset("tiny", n_layers=2)
+        >>> cfg.ssm_experts, cfg.n_layers
+        (4, 2)
+    """
+
+    model_type = "mossnet"
+    attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "n_layers"}
+
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        d_model: int = 128,
+        n_layers: int = 4,
+        ssm_experts: int = 4,
+        ssm_top_k: int = 2,
+        ssm_head_dim: int = 32,
+        ssm_state_dim: int = 16,
+        conv_kernel: int = 4,
+        state_update: str = "routed",
+        router_renormalize: bool = True,
+        mlp_experts: int = 4,
+        mlp_top_k: int = 2,
+        mlp_hidden_dim: int = 256,
+        mlp_shared_expert: bool = False,
+        router_aux_loss_coef: float = 0.01,
+        router_z_loss_coef: float = 1e-3,
+        rms_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        rescale_residual: bool = True,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        scan_impl: str = "auto",
+        chunk_size: int = 64,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.ssm_experts = ssm_experts
+        self.ssm_top_k = ssm_top_k
+        self.ssm_head_dim = ssm_head_dim
+        self.ssm_state_dim = ssm_state_dim
+        self.conv_kernel = conv_kernel
+        self.state_update = state_update
+        self.router_renormalize = router_renormalize
+        self.mlp_experts = mlp_experts
+        self.mlp_top_k = mlp_top_k
+        self.mlp_hidden_dim = mlp_hidden_dim
+        self.mlp_shared_expert = mlp_shared_expert
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self.router_z_loss_coef = router_z_loss_coef
+        self.rms_norm_eps = rms_norm_eps
+        self.initializer_range = initializer_range
+        self.rescale_residual = rescale_residual
+        self.dt_min = dt_min
+        self.dt_max = dt_max
+        self.dt_init_floor = dt_init_floor
+        self.A_init_range = tuple(A_init_range)
+        self.scan_impl = scan_impl
+        self.chunk_size = chunk_size
+        self.use_cache = use_cache
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate_fields()
+
+    def validate_fields(self) -> None:
+        """Raise ValueError naming the first impossible field."""
+        positive = [
+            "vocab_size", "d_model", "n_layers", "ssm_experts", "ssm_top_k", "ssm_head_dim",
+            "ssm_state_dim", "conv_kernel", "mlp_experts", "mlp_top_k", "mlp_hidden_dim", "chunk_size",
+        ]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"MossNetConfig: {name} must be a positive integer, got {value!r}")
+        if self.ssm_top_k > self.ssm_experts:
+            raise ValueError(
+                f"MossNetConfig: ssm_top_k ({self.ssm_top_k}) must be <= ssm_experts ({self.ssm_experts})"
+            )
+        if self.mlp_top_k > self.mlp_experts:
+            raise ValueError(
+                f"MossNetConfig: mlp_top_k ({self.mlp_top_k}) must be <= mlp_experts ({self.mlp_experts})"
+            )
+        if self.state_update not in STATE_UPDATES:
+            raise ValueError(f"MossNetConfig: state_update must be one of {STATE_UPDATES}, got {self.state_update!r}")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef", "initializer_range"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MossNetConfig: {name} must be >= 0, got {getattr(self, name)!r}")
+        if self.rms_norm_eps <= 0:
+            raise ValueError(f"MossNetConfig: rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"MossNetConfig: need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
+        lo, hi = self.A_init_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"MossNetConfig: A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "MossNetConfig":
+        """A named size ("tiny", "small", "base") with optional field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"MossNetConfig: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})

@@ -1,0 +1,363 @@
+"""MossNet as a Hugging Face model: ``MossNetModel`` and ``MossNetForCausalLM`` (spec sections 1, 4, 6).
+
+    embedding -> n_layers x [ h += MoSSE(RMSNorm(h)); h += MoEMLP(RMSNorm(h)) ] -> RMSNorm -> LM head
+
+The residual stream is kept in fp32. Generation uses :class:`MossNetCache` (conv windows and
+per-expert SSM states, constant size); a prompt is prefilled with the chunked scan and every
+new token goes through :meth:`MoSSE.step`, which touches only the routed experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from ...layers.moe_mlp import MoEMLP
+from ...layers.mosse import MoSSE
+from ...layers.norm import RMSNorm
+from ...layers.router import RouterReport
+from ...layers.sequence_layout import SequenceLayout
+from .cache import MossNetCache
+from .configuration_mossnet import MossNetConfig
+
+try:  # transformers >= 4.52: re-entrant checkpointing handled for us
+    from transformers.modeling_layers import GradientCheckpointingLayer as _BlockBase
+except ImportError:  # pragma: no cover
+    _BlockBase = nn.Module
+
+
+@dataclass
+class MossNetModelOutput(ModelOutput):
+    """last_hidden_state: (batch, T, D). cache: the updated :class:`MossNetCache` (if used).
+    router_reports: one :class:`RouterReport` per router, named ``layers.{i}.mixer|mlp``."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: MossNetCache | None = None
+    hidden_states: tuple | None = None
+    router_reports: dict | None = None
+
+
+@dataclass
+class MossNetCausalLMOutput(ModelOutput):
+    """loss: cross-entropy + aux_loss (what to backpropagate). lm_loss: cross-entropy alone.
+    aux_loss: router_aux_loss_coef * L_aux + router_z_loss_coef * L_z (spec section 4).
+    router_load: {router name: (E,) tokens per expert} and router_logits: {name: (n, E)},
+    when ``output_router_stats=True``."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    aux_loss: torch.FloatTensor | None = None
+    cache: MossNetCache | None = None
+    hidden_states: tuple | None = None
+    router_load: dict | None = None
+    router_logits: dict | None = None
+
+
+class MossNetBlock(_BlockBase):
+    """Pre-norm residual block: time mixing (MoSSE) then channel mixing (MoE-MLP)."""
+
+    def __init__(self, config: MossNetConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.mixer_norm = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.mixer = MoSSE(config, layer_idx)
+        self.mlp_norm = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.mlp = MoEMLP(
+            config.d_model, config.mlp_hidden_dim, config.mlp_experts, config.mlp_top_k,
+            config.router_renormalize, config.mlp_shared_expert,
+        )
+
+    def forward(self, h, layout: SequenceLayout, conv_state=None, ssm_state=None, return_states=False):
+        """h: (batch, T, D) fp32 residual. Returns (h, mixer report, mlp report, new states)."""
+        mixed, mixer_report, states = self.mixer(self.mixer_norm(h), layout, conv_state, ssm_state, return_states)
+        h = h + mixed.float()
+        batch, T, Dm = h.shape
+        valid = None if layout.valid is None else layout.valid.reshape(-1)
+        channel, mlp_report = self.mlp(self.mlp_norm(h).reshape(batch * T, Dm), valid)
+        h = h + channel.view(batch, T, Dm).float()
+        return h, mixer_report, mlp_report, states
+
+    @torch.no_grad()
+    def step(self, h, conv_state, ssm_state):
+        """One token: h (batch, D); the states are updated in place."""
+        h = h + self.mixer.step(self.mixer_norm(h), conv_state, ssm_state).float()
+        channel, _ = self.mlp(self.mlp_norm(h))
+        return h + channel.float()
+
+
+class MossNetPreTrainedModel(PreTrainedModel):
+    config_class = MossNetConfig
+    config: MossNetConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MossNetBlock"]
+    _is_stateful = True
+    # Numerically sensitive parameters stay fp32 when the model is loaded in bf16/fp16.
+    _keep_in_fp32_modules_strict = ["A_log", "dt_bias", "mixer.D", "norm", "router"]
+    _keep_in_fp32_modules = _keep_in_fp32_modules_strict
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, MoSSE):
+            module.reset_parameters(self.config)
+        elif isinstance(module, MoEMLP):
+            if module.n_experts > 1:
+                nn.init.normal_(module.gate_up, std=std)
+                nn.init.normal_(module.down, std=self._residual_std())
+                nn.init.normal_(module.router.weight, std=std)
+        elif isinstance(module, nn.Linear):
+            is_down = module.in_features == self.config.mlp_hidden_dim and module.out_features == self.config.d_model
+            nn.init.normal_(module.weight, std=self._residual_std() if is_down else std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+
+    def _residual_std(self) -> float:
+        std = self.config.initializer_range
+        return std / (2 * self.config.n_layers) ** 0.5 if self.config.rescale_residual else std
+
+    @staticmethod
+    def no_weight_decay_keys() -> tuple[str, ...]:
+        """Name fragments of parameters that AdamW must not decay: decay rates, skip weights,
+        step-size biases, norms, conv biases and embeddings (weight decay on them hurts SSMs)."""
+        return ("A_log", "dt_bias", "mixer.D", "norm", "conv_bias", "embed_tokens", "bias")
+
+
+class MossNetModel(MossNetPreTrainedModel):
+    """The MossNet backbone (no LM head)."""
+
+    def __init__(self, config: MossNetConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(MossNetBlock(config, i) for i in range(config.n_layers))
+        self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def check_token_ids(self, input_ids: torch.Tensor) -> None:
+        """Raise a ValueError naming an out-of-range id. Skipped where it would cost a device
+        sync inside a compiled region or a CUDA graph capture; the data pipeline checks too."""
+        if input_ids.is_cuda and (
+            torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()
+        ):
+            return
+        if input_ids.numel() == 0:
+            return
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        V = self.config.vocab_size
+        if lo < 0 or hi >= V:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary (vocab_size={V}); valid ids are 0..{V - 1}")
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: MossNetCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_stats: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MossNetModelOutput:
+        """input_ids: (batch, T) or inputs_embeds: (batch, T, D). attention_mask: (batch, T),
+        0 = padding. position_ids: (batch, T) restarting at 0 at packed document starts.
+        cache: continue from (and update) a :class:`MossNetCache`."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("MossNetModel: pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"MossNetModel: input_ids must be (batch, T), got shape {tuple(input_ids.shape)}")
+            if input_ids.dtype not in (torch.int32, torch.int64):
+                raise TypeError(f"MossNetModel: input_ids must be an integer tensor, got {input_ids.dtype}")
+            self.check_token_ids(input_ids)
+            inputs_embeds = self.embed_tokens(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.d_model:
+            raise ValueError(
+                f"MossNetModel: inputs_embeds must be (batch, T, {self.config.d_model}), got {tuple(inputs_embeds.shape)}"
+            )
+        batch, T = inputs_embeds.shape[:2]
+        if attention_mask is not None and attention_mask.shape != (batch, T):
+            raise ValueError(f"MossNetModel: attention_mask must be (batch, T) = {(batch, T)}, got {tuple(attention_mask.shape)}")
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = MossNetCache(self.config, batch, device=inputs_embeds.device)
+        if cache is not None and cache.batch_size != batch:
+            raise ValueError(f"MossNetModel: cache holds batch {cache.batch_size} but the input has batch {batch}")
+        layout = SequenceLayout.build(batch, T, attention_mask, position_ids)
+
+        if cache is not None and T == 1 and attention_mask is None and position_ids is None:
+            return self._decode_step(inputs_embeds[:, 0], cache, output_hidden_states)
+
+        h = inputs_embeds.float()
+        all_hidden = [] if output_hidden_states else None
+        reports: dict[str, RouterReport] = {}
+        for i, block in enumerate(self.layers):
+            if all_hidden is not None:
+                all_hidden.append(h)
+            conv, ssm = (cache.conv_states[i], cache.ssm_states[i]) if cache is not None else (None, None)
+            h, mixer_report, mlp_report, states = block(h, layout, conv, ssm, cache is not None)
+            if states is not None:
+                cache.conv_states[i].copy_(states[0])
+                cache.ssm_states[i].copy_(states[1])
+            if mixer_report is not None:
+                reports[f"layers.{i}.mixer"] = mixer_report
+            if mlp_report is not None:
+                reports[f"layers.{i}.mlp"] = mlp_report
+        h = self.norm_f(h)
+        if all_hidden is not None:
+            all_hidden.append(h)
+        if cache is not None:
+            cache.seen_tokens += T
+        return MossNetModelOutput(
+            last_hidden_state=h, cache=cache,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            router_reports=reports,
+        )
+
+    def _decode_step(self, embeds: torch.Tensor, cache: MossNetCache, output_hidden_states) -> MossNetModelOutput:
+        h = embeds.float()
+        all_hidden = [] if output_hidden_states else None
+        for i, block in enumerate(self.layers):
+            if all_hidden is not None:
+                all_hidden.append(h[:, None])
+            h = block.step(h, cache.conv_states[i], cache.ssm_states[i])
+        h = self.norm_f(h)[:, None]
+        if all_hidden is not None:
+            all_hidden.append(h)
+        cache.seen_tokens += 1
+        return MossNetModelOutput(
+            last_hidden_state=h, cache=cache,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None, router_reports={},
+        )
+
+
+class MossNetForCausalLM(MossNetPreTrainedModel, GenerationMixin):
+    """MossNet with a language-modelling head (tied to the embedding by default)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MossNetConfig):
+        super().__init__(config)
+        self.model = MossNetModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        cache: MossNetCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_stats: bool = False,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MossNetCausalLMOutput:
+        """labels: (batch, T), shifted inside (predict token t+1 at t); -100 and padding are
+        ignored. Returns loss = cross-entropy + aux_loss when labels are given."""
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        h = out.last_hidden_state
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
+
+        aux_loss = self.router_loss(out.router_reports)
+        loss = lm_loss = None
+        if labels is not None:
+            lm_loss = self.lm_loss(logits, labels, attention_mask)
+            loss = lm_loss + aux_loss
+        router_load = router_logits = None
+        if output_router_stats:
+            router_load = {name: r.load for name, r in out.router_reports.items()}
+            router_logits = {name: r.logits for name, r in out.router_reports.items()}
+        return MossNetCausalLMOutput(
+            loss=loss, logits=logits, lm_loss=lm_loss, aux_loss=aux_loss, cache=out.cache,
+            hidden_states=out.hidden_states, router_load=router_load, router_logits=router_logits,
+        )
+
+    def lm_loss(self, logits, labels, attention_mask=None) -> torch.Tensor:
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels must be (batch, T) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        if attention_mask is not None:
+            labels = labels.masked_fill(attention_mask == 0, -100)
+        shifted = labels[:, 1:]
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100)
+
+    def router_loss(self, reports: dict) -> torch.Tensor:
+        """Mean over routers of L_aux and L_z, weighted by the config's coefficients."""
+        device = self.lm_head.weight.device
+        if not reports:
+            return torch.zeros((), device=device)
+        aux = torch.stack([r.aux for r in reports.values()]).mean()
+        z = torch.stack([r.z for r in reports.values()]).mean()
+        return self.config.router_aux_loss_coef * aux + self.config.router_z_loss_coef * z
+
+    # ------------------------------------------------------------------ generation
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # we bring our own recurrent cache
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cache=None, inputs_embeds=None, **kwargs):
+        """First call: the whole (possibly left-padded) prompt with its mask. Later calls: the
+        last token alone, through the recurrent step (a new token is never padding)."""
+        if cache is not None and cache.seen_tokens > 0:
+            return {"input_ids": input_ids[:, -1:], "cache": cache, "use_cache": True}
+        inputs = {"attention_mask": attention_mask, "use_cache": True, "cache": None}
+        if inputs_embeds is not None:
+            inputs["inputs_embeds"] = inputs_embeds
+        else:
+            inputs["input_ids"] = input_ids
+        if attention_mask is not None and bool(attention_mask.all()):
+            inputs["attention_mask"] = None  # nothing is padded
+        return inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs["cache"] = outputs.cache
+        if model_kwargs.get("attention_mask") is not None:
+            mask = model_kwargs["attention_mask"]
+            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], num_new_tokens)], dim=-1)
+        return model_kwargs
+
+    def _reorder_cache(self, cache: MossNetCache, beam_idx: torch.LongTensor) -> MossNetCache:
+        cache.reorder(beam_idx)
+        return cache

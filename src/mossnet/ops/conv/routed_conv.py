@@ -1,0 +1,116 @@
+"""The short conv of spec section 2.4, along the sequence *of each expert*.
+
+With ``state_update="routed"`` expert e's conv sees only the tokens routed to e, in order, so
+its window at token t is "the last K tokens routed to e", not "the last K tokens". We compact
+each (row, expert) subsequence into the front of a buffer with a cumulative-sum rank (no sort,
+no host sync, fixed shapes), run an ordinary causal conv there, and gather the results back.
+
+Documents packed into one row (``doc_id``) must not see each other: a conv tap is dropped
+when it reaches into another document. The carried ``conv_state`` (the last K-1 inputs each
+expert saw, for generation) belongs to the first document of the chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def routed_causal_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    visit: torch.Tensor,
+    doc_id: torch.Tensor | None = None,
+    conv_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal depthwise conv per expert over the tokens that expert visits.
+
+    Args:
+        x: (batch, T, E, C) inputs (C = channels per expert).
+        weight: (E, C, K) taps; tap K-1 multiplies the current token. bias: (E, C) or None.
+        visit: (batch, T, E) bool, which tokens each expert sees.
+        doc_id: (batch, T) int, document index inside each row (packed batches), or None.
+        conv_state: (batch, E, K-1, C), the last K-1 inputs each expert saw before, or None (zeros).
+    Returns:
+        out: (batch, T, E, C), zero where ``visit`` is False; and, if asked, the new conv state
+        (batch, E, K-1, C).
+
+    Example:
+        >>> x = torch.randn(2, 6, 3, 5); w = torch.randn(3, 5, 4)
+        >>> visit = torch.rand(2, 6, 3) > 0.5
+        >>> out, _ = routed_causal_conv(x, w, None, visit)
+        >>> out.shape
+        torch.Size([2, 6, 3, 5])
+    """
+    batch, T, E, C = x.shape
+    K = weight.shape[-1]
+    visit = visit.bool()
+    # Slot of each visited token in its expert's compacted sequence, after the K-1 carried
+    # inputs. Unvisited tokens all go to one extra "drop" slot at the end.
+    rank = torch.cumsum(visit.long(), dim=1) - 1
+    drop = T + K - 1
+    slot = torch.where(visit, rank + (K - 1), torch.full_like(rank, drop))  # (batch, T, E)
+
+    prefix = x.new_zeros(batch, K - 1, E, C) if conv_state is None else conv_state.transpose(1, 2).to(x.dtype)
+    buf = torch.cat([prefix, x.new_zeros(batch, T + 1, E, C)], dim=1)  # (batch, T + K, E, C)
+    buf = buf.scatter(1, slot[..., None].expand(-1, -1, -1, C), x)
+
+    if doc_id is not None:
+        # Document of every buffer slot; the carried prefix belongs to document 0.
+        docs = doc_id.new_full((batch, T + K, E), -1)
+        docs[:, : K - 1] = 0
+        docs = docs.scatter(1, slot, doc_id[:, :, None].expand(-1, -1, E))
+    # out[j] (compacted position j, buffer slot j + K - 1) = sum_i w[..., i] * buf[j + i]
+    out = x.new_zeros(batch, T + 1, E, C)
+    for i in range(K):
+        tap = buf[:, i : i + T + 1] * weight[:, :, i]
+        if doc_id is not None:
+            same_doc = docs[:, i : i + T + 1] == docs[:, K - 1 :]
+            tap = tap * same_doc[..., None].to(tap.dtype)
+        out = out + tap
+    if bias is not None:
+        out = out + bias
+    gather_at = torch.where(visit, rank, torch.full_like(rank, T))  # row T of `out` is the drop slot
+    result = out.gather(1, gather_at[..., None].expand(-1, -1, -1, C))
+    result = result * visit[..., None].to(result.dtype)
+
+    new_state = None
+    if output_final_state:
+        count = visit.long().sum(dim=1)  # (batch, E) tokens each expert took in this chunk
+        idx = count[:, None, :] + torch.arange(K - 1, device=x.device)[None, :, None]  # (batch, K-1, E)
+        new_state = buf.gather(1, idx[..., None].expand(-1, -1, -1, C))
+        if doc_id is not None:
+            # Inputs from an earlier document than the last one must not leak into the next chunk.
+            last_doc = doc_id[:, -1:, None].expand(-1, K - 1, E)
+            new_state = new_state * (docs.gather(1, idx) == last_doc)[..., None].to(new_state.dtype)
+        new_state = new_state.transpose(1, 2).contiguous()  # (batch, E, K-1, C)
+    return result, new_state
+
+
+def routed_causal_conv_reference(x, weight, bias, visit, doc_id=None, conv_state=None, output_final_state=False):
+    """The obvious version: for every (row, expert), pull out the visited tokens, conv them
+    document by document with ``F.conv1d``, and put them back. Slow; for tests."""
+    batch, T, E, C = x.shape
+    K = weight.shape[-1]
+    out = torch.zeros_like(x)
+    new_state = x.new_zeros(batch, E, K - 1, C)
+    for b in range(batch):
+        for e in range(E):
+            idx = visit[b, :, e].nonzero().flatten()
+            carried = x.new_zeros(K - 1, C) if conv_state is None else conv_state[b, e].to(x.dtype)
+            docs = torch.zeros(len(idx), dtype=torch.long) if doc_id is None else doc_id[b, idx]
+            last_doc = 0 if doc_id is None else int(doc_id[b, -1])
+            # Only document 0 continues from the carried inputs; later documents start from zeros.
+            seq_of_doc = {0: carried}
+            for d in docs.unique(sorted=True).tolist():
+                sel = idx[docs == d]
+                history = carried if d == 0 else x.new_zeros(K - 1, C)
+                seq = torch.cat([history, x[b, sel, e]], dim=0)  # (K-1 + n, C)
+                y = F.conv1d(seq.T[None], weight[e][:, None, :], bias=None if bias is None else bias[e], groups=C)
+                out[b, sel, e] = y[0].T
+                seq_of_doc[d] = seq
+            if last_doc in seq_of_doc:
+                new_state[b, e] = seq_of_doc[last_doc][seq_of_doc[last_doc].shape[0] - (K - 1):]
+    return out, (new_state if output_final_state else None)

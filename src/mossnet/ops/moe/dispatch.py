@@ -1,0 +1,59 @@
+"""Token -> expert assignments, sorted by expert (no host sync, fixed shapes).
+
+A router gives each of n tokens k experts. Flattened, that is n*k assignments. Sorting them
+by expert id puts every expert's rows next to each other, so one grouped GEMM (or one matmul
+per expert) does the work. Padding tokens are sent to a virtual expert ``n_experts`` that
+sorts last and lies beyond ``offsets[-1]``: they are never computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ExpertDispatch:
+    """Assignments in expert order.
+
+    Attributes:
+        token: (n*k,) source token of each sorted row.
+        expert: (n*k,) expert of each sorted row (``n_experts`` for dropped padding rows).
+        slot: (n*k,) position of each sorted row in the flattened (n, k) assignment table.
+        offsets: (n_experts,) int32 cumulative row ends per expert (``torch._grouped_mm``'s
+            convention); rows from ``offsets[-1]`` on are dropped.
+        counts: (n_experts,) tokens per expert (the load statistic), int64.
+    """
+
+    token: torch.Tensor
+    expert: torch.Tensor
+    slot: torch.Tensor
+    offsets: torch.Tensor
+    counts: torch.Tensor
+
+
+def dispatch_by_expert(expert_idx: torch.Tensor, valid: torch.Tensor | None, n_experts: int) -> ExpertDispatch:
+    """Sort assignments by expert.
+
+    Args:
+        expert_idx: (n, k) int expert of each assignment.
+        valid: (n,) bool, False for padding tokens (routed nowhere), or None.
+        n_experts: E.
+
+    Example:
+        >>> d = dispatch_by_expert(torch.tensor([[1, 0], [1, 2]]), None, 3)
+        >>> d.token.tolist(), d.expert.tolist(), d.offsets.tolist()
+        ([0, 0, 1, 1], [0, 1, 1, 2], [1, 3, 4])
+    """
+    n, k = expert_idx.shape
+    flat = expert_idx.reshape(-1).long()
+    if valid is not None:
+        flat = torch.where(valid.repeat_interleave(k), flat, torch.full_like(flat, n_experts))
+    # A stable sort keeps tokens in time order inside each expert's group.
+    expert_sorted, slot = torch.sort(flat, stable=True)
+    counts = torch.zeros(n_experts + 1, dtype=torch.long, device=flat.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
+    counts = counts[:n_experts]
+    offsets = torch.cumsum(counts, 0).to(torch.int32)
+    return ExpertDispatch(token=slot // k, expert=expert_sorted, slot=slot, offsets=offsets, counts=counts)

@@ -24,13 +24,13 @@ PRESETS: dict[str, dict] = {
     "small": dict(
         vocab_size=32768, d_model=512, n_layers=8,
         ssm_experts=8, ssm_top_k=2, ssm_head_dim=64, ssm_state_dim=64,
-        mlp_experts=8, mlp_top_k=2, mlp_hidden_dim=704,
+        mlp_experts=8, mlp_top_k=2, mlp_hidden_dim=448,
     ),
     # ~130M total parameters, SmolLM2's vocabulary size.
     "base": dict(
         vocab_size=49152, d_model=576, n_layers=12,
         ssm_experts=8, ssm_top_k=2, ssm_head_dim=64, ssm_state_dim=64,
-        mlp_experts=8, mlp_top_k=2, mlp_hidden_dim=480,
+        mlp_experts=8, mlp_top_k=2, mlp_hidden_dim=512,
     ),
 }
 

@@ -1,0 +1,55 @@
+"""``mossnet info``: versions, the device, and which execution path each op will take."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+
+import torch
+
+from mossnet.ops.mosse.interface import resolve_impl
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="device to report on (default: cuda if available, else cpu)")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe(device: torch.device) -> list[tuple[str, str]]:
+    """(label, value) rows of the report."""
+    import warnings
+
+    rows = [("python", platform.python_version()), ("platform", platform.platform())]
+    for package in ("mossnet", "torch", "transformers", "safetensors", "tokenizers", "triton", "lm-eval", "onnxruntime"):
+        rows.append((package, _version(package)))
+    rows.append(("device", str(device)))
+    if device.type == "cuda":
+        rows.append(("gpu", torch.cuda.get_device_name(device)))
+    else:
+        rows.append(("cpu threads", str(torch.get_num_threads())))
+    probe = torch.empty(0, device=device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scan = resolve_impl("auto", probe)
+    note = f" ({caught[0].message})" if caught else ""
+    rows.append(("mosse_scan (training / prefill)", scan + note))
+    rows.append(("mosse_step (decode)", "fused routed step (MoSSE.step): only the chosen experts' weights and states"))
+    grouped = device.type == "cuda" and hasattr(torch, "_grouped_mm")
+    rows.append(("expert matmuls", "torch._grouped_mm (bf16)" if grouped else "one matmul per expert group"))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = describe(device)
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return 0

@@ -1,0 +1,271 @@
+"""Op-level benchmark of the MoSSE scan on a GPU: Triton fast path vs the PyTorch `chunked` path
+(and flash-linear-attention's `chunk_simple_gla` when `fla` is importable).
+
+    python benchmarks/bench_scan.py [--out bench_scan.json] [--shapes NAME,...] [--no-fla]
+
+Inputs are bf16 (x, B, C), fp32 dt / A / D, with top-k routing: per token, k experts chosen at
+random keep their dt, the others get dt = 0 (masked-dense form, spec section 2). Times are
+medians of ``triton.testing.do_bench`` (CUDA events). "fwd" is y = scan(...); "fwd+bwd" adds
+y.backward(dy) for every input. Bandwidth is the *minimum* traffic (every input read once,
+every output written once; chunk states excluded) over the measured time, against a measured
+device-to-device copy ceiling (bytes read + written). fla's equivalent call is
+chunk_simple_gla(q=C, k=dt*B, v=x, g=dt*A, scale=1); the k and g it takes are precomputed
+outside the timed region (so fla is timed on slightly less work than ours). Its backward on
+Hopper is refused by fla itself for Triton < 3.7.1 (miscompiled there, fla issue #640); with
+--fla-bwd-unsafe we lift that guard to time it, and report its gradient error against ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+
+SHAPES = {
+    # name: (batch, T, E, N, P, k)
+    "b8_T2048_E8_k2": (8, 2048, 8, 64, 64, 2),
+    "b8_T2048_E32_k8": (8, 2048, 32, 64, 64, 8),
+    "large_b8_T8192_E32_k8": (8, 8192, 32, 64, 64, 8),
+    "gpu_b16_T8192_E8_k2": (16, 8192, 8, 64, 64, 2),
+}
+SMOKE_SHAPES = {"smoke_b2_T70_E4_k2": (2, 70, 4, 16, 16, 2)}  # --smoke: CPU + TRITON_INTERPRET=1
+
+
+def make_inputs(batch, T, E, N, P, k, device, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(batch, T, E, P, device=device, generator=g).to(dtype)
+    B = (torch.randn(batch, T, E, N, device=device, generator=g) / N**0.5).to(dtype)
+    C = torch.randn(batch, T, E, N, device=device, generator=g).to(dtype)
+    dt = torch.nn.functional.softplus(torch.randn(batch, T, E, device=device, generator=g) - 1.0)
+    scores = torch.rand(batch, T, E, device=device, generator=g)
+    chosen = torch.zeros(batch, T, E, dtype=torch.bool, device=device)
+    chosen.scatter_(-1, scores.topk(k, dim=-1).indices, True)
+    dt = dt * chosen
+    A = -torch.exp(torch.rand(E, device=device, generator=g) * 2 - 1)
+    D = torch.randn(E, P, device=device, generator=g)
+    return dict(x=x, dt=dt, A=A, B=B, C=C, D=D)
+
+
+def min_bytes(inp, with_bwd):
+    """Each input read once, each output written once (fwd); the backward adds reading the
+    inputs and dy again and writing one gradient per input."""
+    ins = sum(t.numel() * t.element_size() for t in inp.values())
+    y = inp["x"].numel() * inp["x"].element_size()
+    if not with_bwd:
+        return ins + y
+    return (ins + y) + (ins + y) + ins
+
+
+def copy_ceiling(do_bench, device):
+    n = 512 * 1024 * 1024 if device == "cuda" else 1024 * 1024  # 1 GiB of fp16 each way
+    a = torch.empty(n, dtype=torch.float16, device=device).normal_()
+    b = torch.empty_like(a)
+    ms = do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median")
+    del a, b
+    return 2 * n * 2 / (ms * 1e-3)
+
+
+def rel_rms(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=None, help="JSON path (default: $OUT/bench_scan.json or ./bench_scan.json)")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names from: " + ",".join(SHAPES))
+    ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--no-chunked", action="store_true", help="skip the PyTorch chunked baseline")
+    ap.add_argument("--fla-bwd-unsafe", action="store_true", help="lift fla's Hopper/Triton<3.7.1 backward guard (timing only)")
+    ap.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
+    ap.add_argument("--smoke", action="store_true", help="check this script on the CPU under TRITON_INTERPRET=1")
+    args = ap.parse_args()
+
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    import triton
+
+    if args.smoke:
+        SHAPES.update(SMOKE_SHAPES)
+        args.shapes, args.no_fla = ",".join(SMOKE_SHAPES), True
+
+        def do_bench(fn, warmup=0, rep=0, grad_to_none=None, return_mode="median"):
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                fn()
+                ts.append((time.perf_counter() - t0) * 1e3)
+            return sorted(ts)[1]
+    else:
+        from triton.testing import do_bench
+
+    from mossnet.ops import mosse_scan
+    from mossnet.ops.mosse import triton_scan
+
+    device = "cpu" if args.smoke else "cuda"
+    out_path = args.out or os.path.join(os.environ.get("OUT", "."), "bench_scan.json")
+    props = torch.cuda.get_device_properties(0) if device == "cuda" else None
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "device": props.name if props else "cpu (interpreter smoke run)",
+        "sms": props.multi_processor_count if props else 0,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "command": " ".join(sys.argv),
+    }
+    ceiling = copy_ceiling(do_bench, device)
+    meta["copy_ceiling_GBps"] = ceiling / 1e9
+    print(f"# {meta['device']}  torch {meta['torch']}  triton {meta['triton']}  copy ceiling {ceiling/1e9:.0f} GB/s", flush=True)
+
+    fla_fn = None
+    if not args.no_fla:
+        fla_dir = os.path.join(ROOT, ".fla")
+        if os.path.isdir(fla_dir):
+            sys.path.insert(0, fla_dir)
+        try:
+            from fla.ops.simple_gla import chunk_simple_gla as fla_fn  # noqa: F811
+
+            import fla
+
+            meta["fla"] = getattr(fla, "__version__", "?")
+            if args.fla_bwd_unsafe:
+                import fla.ops.common.chunk_o as fla_chunk_o
+
+                fla_chunk_o.TRITON_ABOVE_3_7_1 = True
+                meta["fla_bwd_guard_lifted"] = True
+        except Exception as e:  # noqa: BLE001
+            meta["fla"] = f"unavailable: {type(e).__name__}: {e}"
+            fla_fn = None
+    print(f"# fla: {meta.get('fla', 'skipped')}", flush=True)
+
+    results = []
+    for name in args.shapes.split(","):
+        batch, T, E, N, P, k = SHAPES[name]
+        triton_scan._TUNED.clear()  # re-tune per shape so TUNE_LOG shows each shape's per-kernel times
+        inp = make_inputs(batch, T, E, N, P, k, device)
+        leaves = {kk: v.detach().clone().requires_grad_(True) for kk, v in inp.items()}
+        dy = torch.randn_like(inp["x"])
+        row = {"shape": name, "batch": batch, "T": T, "E": E, "N": N, "P": P, "k": k}
+        bytes_f = min_bytes(inp, False)
+        bytes_fb = min_bytes(inp, True)
+        row["min_bytes_fwd"] = bytes_f
+        row["min_bytes_fwdbwd"] = bytes_fb
+
+        def fwd(impl):
+            return lambda: mosse_scan(**inp, impl=impl)
+
+        def fwdbwd(impl):
+            def f():
+                y, _ = mosse_scan(**leaves, impl=impl)
+                y.backward(dy)
+            return f
+
+        grads_none = list(leaves.values())
+        impls = ["triton"] + ([] if args.no_chunked else ["chunked"])
+        for impl in impls:
+            t0 = time.time()
+            fwd(impl)()  # compile / tune outside the timing
+            fwdbwd(impl)()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            row[f"{impl}_first_call_s"] = time.time() - t0
+            ms_f = do_bench(fwd(impl), warmup=25, rep=args.rep, return_mode="median")
+            ms_fb = do_bench(fwdbwd(impl), warmup=25, rep=args.rep, grad_to_none=grads_none, return_mode="median")
+            row[f"{impl}_fwd_ms"] = ms_f
+            row[f"{impl}_fwdbwd_ms"] = ms_fb
+            row[f"{impl}_fwd_GBps"] = bytes_f / (ms_f * 1e-3) / 1e9
+            row[f"{impl}_fwdbwd_GBps"] = bytes_fb / (ms_fb * 1e-3) / 1e9
+            torch.cuda.empty_cache()
+        # Breakdown of our forward: the state pass alone (tuned config).
+        xs, dts, Bs = inp["x"].contiguous(), inp["dt"].contiguous(), inp["B"].contiguous()
+        geo = triton_scan._Geometry(batch, T, None, triton_scan.DEFAULT_CHUNK, device)
+        row["triton_fwd_h_ms"] = do_bench(
+            lambda: triton_scan._run_fwd_h(xs, dts, inp["A"], Bs, None, geo, E, N, P, False),
+            warmup=25, rep=args.rep, return_mode="median")
+        # Agreement with the chunked path on this input (forward and dx).
+        y_t, _ = mosse_scan(**inp, impl="triton")
+        y_c, _ = mosse_scan(**inp, impl="chunked")
+        row["fwd_rel_rms_vs_chunked"] = rel_rms(y_t, y_c)
+        del y_c
+        torch.cuda.empty_cache()
+
+        if fla_fn is not None:
+            q, kk_, v = inp["C"], (inp["dt"][..., None] * inp["B"].float()).to(inp["B"].dtype), inp["x"]
+            gg = inp["dt"] * inp["A"]
+            try:
+                o, _ = fla_fn(q, kk_, v, g=gg, scale=1.0)
+                y_nod, _ = mosse_scan(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], impl="triton")
+                row["fla_fwd_rel_rms_vs_ours"] = rel_rms(o, y_nod)
+                ms = do_bench(lambda: fla_fn(q, kk_, v, g=gg, scale=1.0), warmup=25, rep=args.rep, return_mode="median")
+                row["fla_fwd_ms"] = ms
+                row["fla_fwd_GBps"] = bytes_f / (ms * 1e-3) / 1e9
+            except Exception as e:  # noqa: BLE001
+                row["fla_fwd_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            try:
+                fl = [t.detach().clone().requires_grad_(True) for t in (q, kk_, v, gg)]
+
+                def fla_fb():
+                    o, _ = fla_fn(*fl[:3], g=fl[3], scale=1.0)
+                    o.backward(dy)
+
+                fla_fb()
+                ms = do_bench(fla_fb, warmup=25, rep=args.rep, grad_to_none=fl, return_mode="median")
+                row["fla_fwdbwd_ms"] = ms
+                row["fla_fwdbwd_GBps"] = bytes_fb / (ms * 1e-3) / 1e9
+                # its dv against our dx (no D): is the lifted-guard backward right on this stack?
+                ol = [t.detach().clone().requires_grad_(True) for t in (inp["x"], inp["B"], inp["C"])]
+                y2, _ = mosse_scan(ol[0], inp["dt"], inp["A"], ol[1], ol[2], impl="triton")
+                y2.backward(dy)
+                for t in fl:
+                    t.grad = None
+                o, _ = fla_fn(*fl[:3], g=fl[3], scale=1.0)
+                o.backward(dy)
+                row["fla_dv_rel_rms_vs_our_dx"] = rel_rms(fl[2].grad, ol[0].grad)
+                row["fla_dq_rel_rms_vs_our_dC"] = rel_rms(fl[0].grad, ol[2].grad)
+            except Exception as e:  # noqa: BLE001
+                row["fla_fwdbwd_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        row["tune_log"] = {
+            f"{kname}": [(cfg, round(ms, 4)) for cfg, ms in log]
+            for (kname, *_), log in triton_scan.TUNE_LOG.items()
+        }
+        triton_scan.TUNE_LOG.clear()
+        results.append(row)
+        del inp, leaves, dy
+        torch.cuda.empty_cache()
+        print(json.dumps({kk: v for kk, v in row.items() if kk != "tune_log"}), flush=True)
+        for kname, log in row["tune_log"].items():
+            print(f"  tune {kname}: " + "; ".join(
+                f"{ {kk: vv for kk, vv in c.items() if kk not in ('num_stages',)} } {ms:.3f}ms" for c, ms in log), flush=True)
+        # written after every shape, so a run cut short keeps what it measured
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        with open(out_path, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
+
+    # Table last (the device tool returns the tail of the output).
+    print(f"\nMoSSE scan, bf16 x/B/C, {meta['device']}, copy ceiling {ceiling/1e9:.0f} GB/s; "
+          "GB/s = minimum traffic / time (% of ceiling)")
+    hdr = f"{'shape':26s} {'pass':8s} {'triton ms':>10s} {'GB/s (%)':>13s} {'chunked ms':>11s} {'speedup':>8s} {'fla ms':>8s}"
+    print(hdr)
+    for r in results:
+        for pas, key in (("fwd", "fwd"), ("fwd+bwd", "fwdbwd")):
+            t = r.get(f"triton_{key}_ms")
+            c = r.get(f"chunked_{key}_ms")
+            fl = r.get(f"fla_{key}_ms")
+            gb = r.get(f"triton_{key}_GBps")
+            print(f"{r['shape']:26s} {pas:8s} {t:10.3f} {gb:7.0f} ({100*gb*1e9/ceiling:3.0f}%) "
+                  f"{(f'{c:11.3f}' if c else '          -')} {(f'{c/t:7.1f}x' if c else '       -')} "
+                  f"{(f'{fl:8.3f}' if fl else '       -')}")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()

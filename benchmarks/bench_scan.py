@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--out", default=None, help="JSON path (default: $OUT/bench_scan.json or ./bench_scan.json)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names from: " + ",".join(SHAPES))
     ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--fla-shapes", default="b8_T2048_E8_k2,gpu_b16_T8192_E8_k2",
+                    help="shapes on which fla is timed (its autotuning is slow; 'all' for every shape)")
     ap.add_argument("--no-chunked", action="store_true", help="skip the PyTorch chunked baseline")
     ap.add_argument("--fla-bwd-unsafe", action="store_true", help="lift fla's Hopper/Triton<3.7.1 backward guard (timing only)")
     ap.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
@@ -198,7 +200,7 @@ def main():
         del y_c
         torch.cuda.empty_cache()
 
-        if fla_fn is not None:
+        if fla_fn is not None and (args.fla_shapes == "all" or name in args.fla_shapes.split(",")):
             q, kk_, v = inp["C"], (inp["dt"][..., None] * inp["B"].float()).to(inp["B"].dtype), inp["x"]
             gg = inp["dt"] * inp["A"]
             try:

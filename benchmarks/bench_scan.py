@@ -78,6 +78,41 @@ def rel_rms(a, b):
     return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
 
 
+_PROBE = r"""
+import json, torch
+from mossnet.ops import mosse_scan
+out = {}
+for (b, T, E) in [(2, 256, 4), (2, 300, 4), (2, 2048, 8)]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(b, T, E, 64, device="cuda", generator=g).bfloat16()
+    B = (torch.randn(b, T, E, 64, device="cuda", generator=g) / 8).bfloat16()
+    C = torch.randn(b, T, E, 64, device="cuda", generator=g).bfloat16()
+    dt = torch.rand(b, T, E, device="cuda", generator=g) * (torch.rand(b, T, E, device="cuda", generator=g) < 0.3)
+    A = -torch.rand(E, device="cuda", generator=g) - 0.1
+    y, _ = mosse_scan(x, dt, A, B, C, impl="triton")
+    r, _ = mosse_scan(x.float(), dt, A, B.float(), C.float(), impl="chunked")
+    torch.cuda.synchronize()
+    out[f"T{T}"] = ((y.double() - r.double()).pow(2).mean().sqrt() / r.double().pow(2).mean().sqrt()).item()
+print("PROBE " + json.dumps(out))
+"""
+
+
+def specialize_probe():
+    """y error of the Triton path with Triton's default integer specialisation, in a subprocess."""
+    import subprocess
+
+    env = dict(os.environ, MOSSNET_TRITON_SPECIALIZE="1", MOSSNET_TRITON_AUTOTUNE="0")
+    env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        r = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")]
+    if r.returncode != 0 or not lines:
+        return f"rc={r.returncode}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}"
+    return json.loads(lines[-1][len("PROBE "):])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="JSON path (default: $OUT/bench_scan.json or ./bench_scan.json)")
@@ -88,6 +123,9 @@ def main():
     ap.add_argument("--no-chunked", action="store_true", help="skip the PyTorch chunked baseline")
     ap.add_argument("--fla-bwd-unsafe", action="store_true", help="lift fla's Hopper/Triton<3.7.1 backward guard (timing only)")
     ap.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
+    ap.add_argument("--specialize-probe", action="store_true",
+                    help="also run the kernels with Triton's integer specialisation (MOSSNET_TRITON_SPECIALIZE=1) "
+                         "in a subprocess and report whether y still matches (the Hopper T %% 16 problem)")
     ap.add_argument("--smoke", action="store_true", help="check this script on the CPU under TRITON_INTERPRET=1")
     args = ap.parse_args()
 
@@ -148,6 +186,10 @@ def main():
             meta["fla"] = f"unavailable: {type(e).__name__}: {e}"
             fla_fn = None
     print(f"# fla: {meta.get('fla', 'skipped')}", flush=True)
+
+    if args.specialize_probe:
+        meta["specialize_probe"] = specialize_probe()
+        print(f"# specialize probe: {meta['specialize_probe']}", flush=True)
 
     results = []
     for name in args.shapes.split(","):

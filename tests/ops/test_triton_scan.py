@@ -232,3 +232,73 @@ def test_autotuned_launch_matches():
 def test_half_inputs_small(dtype):
     check(make_inputs(2, 70, 2, 16, 32, with_d=True, with_init=True, seed=1, dtype=dtype),
           chunk_size=16, metric=rel_rms, tol=5e-3)
+
+
+@needs_backend
+@on_gpu
+@pytest.mark.parametrize("T", [256, 2048])
+def test_half_T_multiple_of_chunk(T):
+    # T divisible by 16 / by the chunk: the case that broke on Hopper when T was specialised.
+    check(make_inputs(2, T, 4, 64, 64, with_d=True, with_init=True, seed=T, dtype=torch.bfloat16),
+          metric=rel_rms, tol=5e-3)
+
+
+_CONFIG_CHECK = r"""
+import json, sys, torch
+from mossnet.ops import mosse_scan
+from mossnet.ops.mosse import triton_scan as ts
+name, idx = sys.argv[1], int(sys.argv[2])
+ts._CONFIGS[name] = [ts._CONFIGS[name][idx]]
+out = {}
+for (b, T, E, k) in [(2, 256, 4, 4), (2, 300, 8, 2), (4, 2048, 8, 2)]:
+    g = torch.Generator(device="cuda").manual_seed(T)
+    N = P = 64
+    x = torch.randn(b, T, E, P, device="cuda", generator=g).bfloat16()
+    B = (torch.randn(b, T, E, N, device="cuda", generator=g) / 8).bfloat16()
+    C = torch.randn(b, T, E, N, device="cuda", generator=g).bfloat16()
+    dt = torch.rand(b, T, E, device="cuda", generator=g) * 0.5 + 0.05
+    keep = torch.zeros(b, T, E, dtype=torch.bool, device="cuda")
+    keep.scatter_(-1, torch.rand(b, T, E, device="cuda", generator=g).topk(k, -1).indices, True)
+    dt = dt * keep
+    A = -torch.rand(E, device="cuda", generator=g) - 0.1
+    D = torch.randn(E, P, device="cuda", generator=g)
+    h0 = torch.randn(b, E, N, P, device="cuda", generator=g)
+    res = {}
+    for impl, cast in (("triton", lambda t: t), ("chunked", lambda t: t.float())):
+        leaves = [cast(t).detach().requires_grad_(True) for t in (x, dt, A, B, C, D, h0)]
+        y, s = mosse_scan(*leaves[:6], initial_state=leaves[6], output_final_state=True, impl=impl)
+        gy = torch.randn(y.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+        ((y.float() * gy).sum() + s.sum()).backward()
+        res[impl] = [y, s] + [t.grad for t in leaves]
+    rms = lambda a, r: ((a.double() - r.double()).pow(2).mean().sqrt() / r.double().pow(2).mean().sqrt()).item()
+    names = ["y", "final_state", "dx", "ddt", "dA", "dB", "dC", "dD", "dh0"]
+    out[f"b{b}_T{T}_E{E}"] = {n: rms(a, r) for n, a, r in zip(names, res["triton"], res["chunked"])}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _all_configs():
+    return [(name, i) for name, cfgs in triton_scan._CONFIGS.items() for i in range(len(cfgs))]
+
+
+@needs_backend
+@on_gpu
+@pytest.mark.parametrize("name,idx", _all_configs())
+def test_every_config_matches(name, idx):
+    # Each autotuning candidate alone, in its own process (a bad config can leave the CUDA
+    # context unusable), against the fp32 chunked path on bf16 inputs with top-k routing.
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MOSSNET_TRITON_AUTOTUNE="0")
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", _CONFIG_CHECK, name, str(idx)], env=env,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, f"{name}[{idx}] {triton_scan._CONFIGS[name][idx]} crashed:\n{r.stderr[-3000:]}"
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    errs = json.loads(line[len("RESULT "):])
+    bad = {shape: {k: v for k, v in e.items() if not v < 5e-3} for shape, e in errs.items()}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, f"{name}[{idx}] {triton_scan._CONFIGS[name][idx]}: {bad}"

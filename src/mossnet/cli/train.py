@@ -1,0 +1,126 @@
+"""``mossnet train``: train MossNet (or a size-matched Llama / Mamba-2 baseline) on a prepared corpus.
+
+    mossnet train --preset tiny --data runs/demo/data --out runs/demo/model --max-steps 600
+    mossnet train --config run.yaml lr=1e-3 model.n_layers=6        # YAML + key=value overrides
+    mossnet train --resume runs/demo/model --max-steps 1200         # continue exactly
+    mossnet train --arch llama --preset tiny --data ... --out ...   # the same pipeline, a baseline
+    torchrun --nproc_per_node 4 -m mossnet.cli.main train ... [--fsdp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "Any option of the training config can be set as KEY=VALUE (e.g. lr=3e-4 warmup_steps=200),\n"
+        "and any model-config field as model.FIELD=VALUE (e.g. model.ssm_experts=8).\n"
+        "Priority: preset < checkpoint (with --resume) < --config YAML < flags < KEY=VALUE.\n"
+        "Multi-GPU: torchrun --nproc_per_node N -m mossnet.cli.main train ... (DDP; --fsdp for FSDP2).")
+    g = parser.add_argument_group("what and where")
+    g.add_argument("--preset", default=None, help="model size: tiny | small | base (default tiny)")
+    g.add_argument("--arch", default=None, choices=["mossnet", "llama", "mamba2"],
+                   help="mossnet (default), or a size-matched transformers baseline")
+    g.add_argument("--data", default=None, help="a directory written by `mossnet prepare-data`")
+    g.add_argument("--out", default=None, help="checkpoint directory (a Hugging Face model directory)")
+    g.add_argument("--config", default=None, metavar="FILE.yaml", help="training options from a YAML file")
+    g.add_argument("--resume", default=None, metavar="DIR", help="continue from this checkpoint (default --out: DIR)")
+    g = parser.add_argument_group("schedule and batch")
+    g.add_argument("--max-steps", type=int, default=None, help="total optimizer steps")
+    g.add_argument("--batch-size", type=int, default=None, help="micro-batch size per process")
+    g.add_argument("--seq-len", type=int, default=None)
+    g.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    g.add_argument("--warmup-steps", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--grad-clip", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g = parser.add_argument_group("logging and checkpoints")
+    g.add_argument("--log-interval", type=int, default=None)
+    g.add_argument("--eval-interval", type=int, default=None)
+    g.add_argument("--eval-tokens", type=int, default=None)
+    g.add_argument("--ckpt-interval", type=int, default=None, help="steps between checkpoints")
+    g.add_argument("--no-progress", action="store_const", const=False, dest="progress", default=None,
+                   help="no tqdm progress bar")
+    g.add_argument("--no-tensorboard", action="store_const", const=False, dest="tensorboard", default=None)
+    g = parser.add_argument_group("execution")
+    g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    g.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
+    g.add_argument("--fsdp", action="store_const", const=True, default=None,
+                   help="FSDP2 (fully_shard) instead of DDP under torchrun")
+    g.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training or model.* overrides")
+
+
+FLAG_KEYS = ("preset", "arch", "data", "out", "resume", "max_steps", "batch_size", "seq_len", "grad_accum", "lr",
+             "warmup_steps", "weight_decay", "grad_clip", "seed", "log_interval", "eval_interval", "eval_tokens",
+             "ckpt_interval", "progress", "tensorboard", "device", "dtype", "compile", "fsdp", "num_threads")
+
+
+def resolve_config(args: argparse.Namespace):
+    from mossnet.train.config import build_config, load_yaml, parse_overrides
+
+    flags = {k: getattr(args, k, None) for k in FLAG_KEYS}
+    # --resume may also come from the YAML file or an override
+    resume = flags["resume"] or parse_overrides(args.overrides or []).get("resume")
+    if not resume and args.config:
+        resume = load_yaml(args.config).get("resume")
+    saved = None
+    if resume:
+        saved = _saved_config(resume)
+        saved.pop("resume", None)
+        if flags["out"] is None:
+            flags["out"] = resume  # continue in place
+        flags["resume"] = resume
+    return build_config(preset=None, saved=saved, yaml_path=args.config, flags=flags, overrides=args.overrides)
+
+
+def _saved_config(path: str) -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    from mossnet.train.checkpoint import CheckpointError, recover
+
+    recover(path)
+    f = Path(path) / "train_config.yaml"
+    if not Path(path).is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if not f.is_file():
+        raise CheckpointError(f"{path} is not a training checkpoint (train_config.yaml is missing)")
+    try:
+        data = yaml.safe_load(f.read_text())
+    except yaml.YAMLError as err:
+        raise CheckpointError(f"{f} is corrupt: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{f} is corrupt (not a mapping)")
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    from mossnet.data.errors import DataError
+    from mossnet.train.checkpoint import CheckpointError
+    from mossnet.train.loop import TrainingDiverged, train
+
+    try:
+        cfg = resolve_config(args)
+    except (ValueError, CheckpointError) as err:
+        print(f"mossnet train: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = train(cfg)
+    except TrainingDiverged as err:
+        print(f"mossnet train: {err}", file=sys.stderr)
+        return 1
+    except CheckpointError as err:
+        print(f"mossnet train: bad checkpoint: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"mossnet train: bad data: {err}", file=sys.stderr)
+        return 2
+    return 130 if result.status == "interrupted" else 0

@@ -1,0 +1,183 @@
+"""Model construction for the trainer: MossNet, and size-matched Llama / Mamba-2 baselines.
+
+A baseline keeps the reference MossNet's vocabulary, width (``d_model``) and depth
+(``n_layers``) and is sized to the same *active* parameter count per token (the parameters one
+token actually uses: the routers, k of the E experts of each mixture, norms, embeddings):
+
+* Llama: the MLP width (``intermediate_size``) is solved for, attention heads of width 64
+  (or ``d_model`` when smaller);
+* Mamba-2: ``head_dim`` and ``state_size`` follow MossNet's ``ssm_head_dim``/``ssm_state_dim``,
+  one group, and the integer ``expand`` (``num_heads * head_dim = expand * d_model``) that comes
+  closest to the target.
+
+Parameters are counted on the meta device, so building a config never allocates weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied parameters are listed once
+
+
+def embedding_parameters(model: nn.Module) -> int:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return emb.weight.numel() if emb is not None else 0
+
+
+def active_parameters(model: nn.Module) -> int:
+    """Parameters one token uses: MossNet's own count (``models/mossnet/parameter_count.py``)
+    or ``model.num_active_parameters()`` when there is one; otherwise counts each per-expert tensor of a mixture (leading dim = the mixture's expert
+    count, inside the SSM mixer or the MLP, not a router) at ``top_k / experts`` of its size."""
+    own = getattr(model, "num_active_parameters", None)
+    if callable(own):
+        return int(own())
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) == "mossnet":
+        try:
+            from mossnet.models.mossnet.parameter_count import count_parameters as mossnet_count
+
+            return int(mossnet_count(model)["active"])
+        except ImportError:
+            pass
+    mixtures = []  # (name fragments of the mixture's module, experts, top_k)
+    for frags, e_key, k_key in (((".mixer.", "ssm"), "ssm_experts", "ssm_top_k"),
+                                ((".mlp.", "moe"), "mlp_experts", "mlp_top_k")):
+        e, k = getattr(config, e_key, None), getattr(config, k_key, None)
+        if isinstance(e, int) and isinstance(k, int) and e > 1:
+            mixtures.append((frags, e, k))
+    total = 0.0
+    for name, p in model.named_parameters():
+        frac = 1.0
+        if "router" not in name and "shared" not in name and p.ndim >= 1:
+            for frags, e, k in mixtures:
+                if p.shape[0] == e and any(f in name for f in frags):
+                    frac = k / e
+                    break
+        total += p.numel() * frac
+    return int(round(total))
+
+
+def _meta_model(cls, config):
+    with torch.device("meta"):
+        return cls(config)
+
+
+def mossnet_config(preset: str, vocab_size: int, overrides: dict[str, Any], eos_id: int | None = None,
+                   bos_id: int | None = None):
+    from mossnet import MossNetConfig
+
+    kwargs = dict(overrides)
+    kwargs.setdefault("vocab_size", vocab_size)
+    for key, value in (("eos_token_id", eos_id), ("bos_token_id", bos_id)):
+        if value is not None:
+            kwargs.setdefault(key, value)
+    return MossNetConfig.from_preset(preset, **kwargs)
+
+
+def _reference_numbers(ref) -> tuple[int, int, int, int]:
+    """(vocab, d_model, n_layers, active parameters) of a reference MossNet config."""
+    from mossnet import MossNetForCausalLM
+
+    model = _meta_model(MossNetForCausalLM, ref)
+    return ref.vocab_size, ref.d_model, ref.n_layers, active_parameters(model)
+
+
+def baseline_config(arch: str, ref, seq_len: int = 2048, target_active: int | None = None):
+    """A transformers config for ``arch`` ("llama" | "mamba2") matched to MossNet config ``ref``
+    (vocabulary, d_model, n_layers, and roughly the active parameter count). ``target_active``
+    overrides the count to match (it defaults to the reference model's)."""
+    if target_active is None:
+        vocab, d, n_layers, target_active = _reference_numbers(ref)
+    else:
+        vocab, d, n_layers = ref.vocab_size, ref.d_model, ref.n_layers
+    tie = bool(getattr(ref, "tie_word_embeddings", True))
+    common = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=n_layers, tie_word_embeddings=tie,
+                  bos_token_id=getattr(ref, "bos_token_id", None), eos_token_id=getattr(ref, "eos_token_id", None),
+                  pad_token_id=getattr(ref, "pad_token_id", None))
+    if arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        head_dim = min(64, d)
+        heads = max(1, d // head_dim)
+
+        def make(intermediate: int):
+            return LlamaConfig(intermediate_size=intermediate, num_attention_heads=heads,
+                               num_key_value_heads=heads, head_dim=d // heads,
+                               max_position_embeddings=max(2048, seq_len), **common)
+
+        # parameters are affine in intermediate_size: measure two points and solve
+        p8 = count_parameters(_meta_model(LlamaForCausalLM, make(8)))
+        p16 = count_parameters(_meta_model(LlamaForCausalLM, make(16)))
+        per_unit = (p16 - p8) / 8
+        width = int(round((target_active - p8) / per_unit / 8.0)) * 8 + 8
+        return make(max(8, width))
+    if arch == "mamba2":
+        from transformers import Mamba2Config, Mamba2ForCausalLM
+
+        head_dim = int(getattr(ref, "ssm_head_dim", 64))
+        state = int(getattr(ref, "ssm_state_dim", 64))
+        conv = int(getattr(ref, "conv_kernel", 4))
+
+        def make(expand: int):
+            return Mamba2Config(num_heads=expand * d // head_dim, head_dim=head_dim, expand=expand,
+                                state_size=state, n_groups=1, conv_kernel=conv,
+                                chunk_size=min(256, seq_len), **common)
+
+        best = None
+        for expand in range(1, 17):
+            if (expand * d) % head_dim:
+                continue
+            cfg = make(expand)
+            diff = abs(count_parameters(_meta_model(Mamba2ForCausalLM, cfg)) - target_active)
+            if best is None or diff < best[0]:
+                best = (diff, cfg)
+        if best is None:
+            raise ValueError(f"no integer expand makes expand * d_model ({d}) a multiple of head_dim {head_dim}")
+        return best[1]
+    raise ValueError(f"unknown baseline architecture {arch!r} (llama | mamba2)")
+
+
+def model_class(arch: str):
+    if arch == "mossnet":
+        from mossnet import MossNetForCausalLM
+
+        return MossNetForCausalLM
+    if arch == "llama":
+        from transformers import LlamaForCausalLM
+
+        return LlamaForCausalLM
+    if arch == "mamba2":
+        from transformers import Mamba2ForCausalLM
+
+        return Mamba2ForCausalLM
+    raise ValueError(f"unknown architecture {arch!r}")
+
+
+def build_model_config(arch: str, preset: str, vocab_size: int, overrides: dict[str, Any], seq_len: int,
+                       eos_id: int | None = None, bos_id: int | None = None):
+    """The model config for a fresh run. For baselines, ``overrides`` are split: keys of the
+    MossNet config shape the reference; any other key is set on the baseline config."""
+    if arch == "mossnet":
+        return mossnet_config(preset, vocab_size, overrides, eos_id, bos_id)
+    from mossnet import MossNetConfig
+
+    ref_fields = set(MossNetConfig().to_dict())
+    ref_over = {k: v for k, v in overrides.items() if k in ref_fields}
+    own_over = {k: v for k, v in overrides.items() if k not in ref_fields}
+    ref = mossnet_config(preset, vocab_size, ref_over, eos_id, bos_id)
+    cfg = baseline_config(arch, ref, seq_len=seq_len)
+    for key, value in own_over.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def describe(model: nn.Module) -> dict[str, int]:
+    total = count_parameters(model)
+    return {"total": total, "active": active_parameters(model), "embedding": embedding_parameters(model),
+            "non_embedding": total - embedding_parameters(model)}

@@ -1,0 +1,264 @@
+"""Training configuration: one dataclass, YAML files and ``key=value`` overrides.
+
+Where a value comes from, lowest priority first:
+
+1. the dataclass defaults below;
+2. the training defaults of the chosen preset (``TRAIN_PRESETS``);
+3. the configuration saved in the checkpoint, when resuming;
+4. a YAML file (``--config file.yaml``): flat keys named as the fields below, plus an optional
+   ``model:`` mapping of model-config overrides;
+5. explicit command-line flags (``--lr 3e-4``);
+6. ``key=value`` overrides (``lr=3e-4 model.d_model=128``).
+
+Every key is checked: an unknown key is an error that suggests the closest known one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARCHS = ("mossnet", "llama", "mamba2")
+DTYPES = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    # ---- what to train, on what, where to write it
+    arch: str = "mossnet"  # mossnet | llama | mamba2 (baselines get a size-matched config)
+    preset: str = "tiny"  # MossNetConfig.from_preset name; baselines are matched to it
+    model: dict = field(default_factory=dict)  # overrides of the model config (model.KEY=VALUE)
+    data: str = ""  # a directory written by `mossnet prepare-data`
+    out: str = ""  # the checkpoint directory (a Hugging Face model directory)
+    resume: str = ""  # a checkpoint directory to continue from ("" = start fresh)
+
+    # ---- batch: one optimizer step sees batch_size * seq_len * grad_accum * world_size tokens
+    seq_len: int = 256
+    batch_size: int = 16  # micro-batch per process
+    grad_accum: int = 1
+    max_steps: int = 1000
+
+    # ---- optimizer (AdamW) and schedule (linear warmup, cosine decay to lr * min_lr_ratio)
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm (0 = no clipping)
+
+    # ---- validation, logging, checkpoints
+    log_interval: int = 10  # steps between log records
+    eval_interval: int = 200  # steps between validation runs (0 = only at the end)
+    eval_tokens: int = 65536  # validation tokens per periodic run (0 = the whole split)
+    ckpt_interval: int = 500  # steps between checkpoints (0 = only at the end)
+    sample_tokens: int = 120  # tokens generated at the end of training (0 = no sample)
+    sample_prompt: str = ""  # "" = the first tokens of the validation split
+    router_collapse_ratio: float = 0.5  # warn when a router's effective expert count < ratio * E
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    progress: bool = True  # tqdm progress bar
+    plot: bool = True  # loss-curve PNG at the end (needs matplotlib)
+
+    # ---- execution
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model
+    fsdp: bool = False  # FSDP2 (fully_shard) instead of DDP under torchrun
+    num_threads: int = 0  # torch CPU threads (0 = torch's default)
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("seq_len", "batch_size", "grad_accum", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "log_interval", "eval_interval", "ckpt_interval",
+                     "eval_tokens", "sample_tokens", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if not self.data:
+            raise ValueError("no data directory: pass --data DIR (a `mossnet prepare-data` output)")
+        if not self.out:
+            raise ValueError("no output directory: pass --out DIR")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum * world_size
+
+
+# Training defaults per preset, applied before YAML / flags / overrides. The tiny preset is what
+# `make demo` trains: it must learn English from Shakespeare in a few minutes on 2 CPU cores.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(seq_len=128, batch_size=16, lr=3e-3, warmup_steps=50, max_steps=600,
+                 eval_interval=100, eval_tokens=32768, ckpt_interval=200, log_interval=10,
+                 weight_decay=0.1),
+    "small": dict(seq_len=512, batch_size=16, lr=1.5e-3, warmup_steps=200, max_steps=5000,
+                  eval_interval=250, ckpt_interval=1000),
+    "base": dict(seq_len=1024, batch_size=16, lr=6e-4, warmup_steps=1000, max_steps=50000,
+                 eval_interval=1000, ckpt_interval=2000),
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` (often a string from the command line) to the type of field ``name``."""
+    default = _FIELDS[name].default
+    if name == "model":
+        if not isinstance(value, dict):
+            raise ValueError(f"'model' must be a mapping of model-config overrides, got {value!r}")
+        return dict(value)
+    kind = type(default)
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        if kind is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{name}: expected a boolean, got {value!r}")
+        try:
+            if kind is int:
+                number = float(text)
+                if number != int(number):
+                    raise ValueError
+                return int(number)
+            if kind is float:
+                return float(text)
+        except ValueError:
+            raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    if kind is int and isinstance(value, float):
+        if value != int(value):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        return int(value)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and value is None:
+        return ""
+    if not isinstance(value, kind):
+        raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_model_value(text: str) -> Any:
+    """A model-config override value: int, float, bool, null, a YAML list/mapping, or a string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_updates(cfg: TrainConfig, updates: dict[str, Any], source: str) -> TrainConfig:
+    """Set fields from a mapping; ``model`` is merged key by key; unknown keys are errors."""
+    for key, value in updates.items():
+        if key not in _FIELDS:
+            raise ValueError(f"{source}: unknown training option {key!r}{_suggest(key, _FIELDS)}")
+        try:
+            value = _coerce(key, value)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+        if key == "model":
+            cfg.model = {**cfg.model, **value}
+        else:
+            setattr(cfg, key, value)
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=1e-3", "model.d_model=64"]`` -> ``{"lr": "1e-3", "model": {"d_model": 64}}``."""
+    updates: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key.startswith("model."):
+            updates.setdefault("model", {})[key[len("model."):]] = parse_model_value(value)
+        else:
+            updates[key] = value
+    return updates
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def build_config(
+    preset: str | None = None,
+    saved: dict[str, Any] | None = None,
+    yaml_path: str | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> TrainConfig:
+    """Merge the layers described in the module docstring into one validated ``TrainConfig``."""
+    cfg = TrainConfig()
+    file_updates = load_yaml(yaml_path) if yaml_path else {}
+    flag_updates = {k: v for k, v in (flags or {}).items() if v is not None}
+    override_updates = parse_overrides(overrides or [])
+    # The preset can itself come from any layer; find the winning value first.
+    chosen = preset
+    for layer in (saved or {}, file_updates, flag_updates, override_updates):
+        chosen = layer.get("preset", chosen)
+    chosen = chosen or cfg.preset
+    if chosen not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {chosen!r}; choose from {sorted(TRAIN_PRESETS)}")
+    cfg.preset = chosen
+    apply_updates(cfg, TRAIN_PRESETS[chosen], f"preset {chosen!r}")
+    if saved:
+        apply_updates(cfg, saved, "saved checkpoint config")
+    if file_updates:
+        apply_updates(cfg, file_updates, f"config file {yaml_path}")
+    apply_updates(cfg, flag_updates, "command line")
+    apply_updates(cfg, override_updates, "override")
+    cfg.validate()
+    return cfg
+
+
+def config_json(cfg: TrainConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,92 @@
+"""``mossnet train`` from the command line: YAML + flags + overrides, resume, clear failures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mossnet.cli.main import main
+
+_spec = importlib.util.spec_from_file_location("train_helpers", Path(__file__).parents[1] / "train" / "helpers.py")
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+MODEL = [f"model.{k}={v}" for k, v in helpers.TINY_MODEL.items()]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return helpers.make_data_dir(tmp_path_factory.mktemp("cli") / "data")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train(data_dir, out, *extra, max_steps=2):
+    return main(["train", "--data", str(data_dir), "--out", str(out), "--max-steps", str(max_steps), "--seq-len", "32",
+                 "--batch-size", "4", "--no-progress", "--no-tensorboard", *extra, "sample_tokens=0", "plot=false",
+                 "num_threads=1", "eval_tokens=256", *MODEL])
+
+
+def test_yaml_flags_and_overrides(data_dir, tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("lr: 0.002\nwarmup_steps: 1\nlog_interval: 1\neval_interval: 0\nmodel:\n  n_layers: 1\n")
+    out = tmp_path / "run"
+    assert _train(data_dir, out, "--config", str(cfg), "--lr", "0.004", "grad_clip=0.5") == 0
+    text = capsys.readouterr().out
+    assert "mossnet (validation)" in text and "bigram baseline" in text
+    saved = (out / "train_config.yaml").read_text()
+    assert "lr: 0.004" in saved and "grad_clip: 0.5" in saved and "warmup_steps: 1" in saved
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_layers"] == 2  # the override model.n_layers=2 comes after the YAML's 1
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
+    assert records[-1]["split"] == "final" and "model_loss" in records[-1] and "bigram_loss" in records[-1]
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("step,split,loss")
+
+
+def test_resume_takes_the_saved_config(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(data_dir, out, "--lr", "0.005", max_steps=2) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--max-steps", "3", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "resumed from" in text and "at step 2" in text
+    state = json.loads((out / "trainer_state" / "state.json").read_text())
+    assert state["step"] == 3
+    assert "lr: 0.005" in (out / "train_config.yaml").read_text()
+
+
+def test_bad_checkpoint_and_bad_options_exit_2(data_dir, tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nope"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert _train(data_dir, out, max_steps=1) == 0
+    (out / "trainer_state" / "optimizer.safetensors").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--max-steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "bad checkpoint" in err and "optimizer.safetensors" in err
+    assert main(["train", "--data", str(data_dir), "--out", str(out), "lrr=1"]) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "bad data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["llama", "mamba2"])
+def test_baselines_train_through_the_same_pipeline(data_dir, tmp_path, capsys, arch):
+    out = tmp_path / arch
+    assert _train(data_dir, out, "--arch", arch, max_steps=1) == 0
+    text = capsys.readouterr().out
+    cls = {"llama": "LlamaForCausalLM", "mamba2": "Mamba2ForCausalLM"}[arch]
+    assert f"model: {arch} ({cls})" in text and "parameters" in text
+    assert json.loads((out / "config.json").read_text())["model_type"] == arch

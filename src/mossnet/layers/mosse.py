@@ -22,7 +22,7 @@ from torch import nn
 from ..ops.conv import routed_causal_conv
 from ..ops.moe import dispatch_by_expert, grouped_linear
 from ..ops.mosse import mosse_scan
-from ..ops.mosse.naive import ssm_step
+from ..ops.mosse.naive import compute_dtype_for, ssm_step
 from .norm import gated_rms_norm
 from .router import Router, RouterOutput, RouterReport
 from .sequence_layout import SequenceLayout
@@ -125,8 +125,10 @@ class MoSSE(nn.Module):
         )
         xBC = F.silu(xBC)
         x, B, C = xBC.split([P, N, N], dim=-1)
-        dt = F.softplus(d.squeeze(-1).float() + self.dt_bias.float()) * visit
-        A = -torch.exp(self.A_log.float())
+        # Step sizes and decays in fp32 (fp64 when the layer runs in fp64, as the identity tests do).
+        sdt = compute_dtype_for(u)
+        dt = F.softplus(d.squeeze(-1).to(sdt) + self.dt_bias.to(sdt)) * visit
+        A = -torch.exp(self.A_log.to(sdt))
 
         y, final = self._scan(x, dt, A, B, C, layout, ssm_state, return_states)
 
@@ -187,8 +189,9 @@ class MoSSE(nn.Module):
         conv_out = (window * self.conv_weight[idx].transpose(-1, -2)).sum(2) + self.conv_bias[idx]
         x, B, C = F.silu(conv_out).split([P, N, N], dim=-1)
 
-        dt = F.softplus(d.squeeze(-1).float() + self.dt_bias[idx].float())
-        A = -torch.exp(self.A_log[idx].float())
+        sdt = compute_dtype_for(u)
+        dt = F.softplus(d.squeeze(-1).to(sdt) + self.dt_bias[idx].to(sdt))
+        A = -torch.exp(self.A_log[idx].to(sdt))
         y, new_state = ssm_step(gather4(ssm_state, (N, P)), x, dt, A, B, C, self.D[idx])
         ssm_state.scatter_(1, idx[:, :, None, None].expand(-1, -1, N, P), new_state.to(ssm_state.dtype))
 

@@ -6,11 +6,17 @@ import torch
 from torch import nn
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    # fp32 for half types; fp64 stays fp64 (the float64 identity tests need full precision).
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMS-normalise the last dim in fp32 and scale by ``weight``; returns x's dtype."""
-    x32 = x.float()
+    """RMS-normalise the last dim in fp32 (fp64 for fp64 input) and scale by ``weight``;
+    returns x's dtype."""
+    x32 = _at_least_fp32(x)
     normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return (normed * weight.float()).to(x.dtype)
+    return (normed * _at_least_fp32(weight)).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -32,7 +38,7 @@ def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: 
     Args:
         y, z: (..., E, P). weight: (E, P) (or broadcastable, e.g. gathered (batch, k, P)).
     Returns:
-        (..., E, P) in fp32.
+        (..., E, P) in fp32 (fp64 for fp64 inputs).
     """
-    gated = y.float() * nn.functional.silu(z.float())
-    return gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    gated = _at_least_fp32(y) * nn.functional.silu(_at_least_fp32(z))
+    return gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + eps) * _at_least_fp32(weight)

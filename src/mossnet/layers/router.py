@@ -44,7 +44,8 @@ class RouterOutput:
 
 
 class Router(nn.Module):
-    """Linear logits -> softmax -> top-k, in fp32; ties go to the lower expert index.
+    """Linear logits -> softmax -> top-k, in fp32 (fp64 for fp64 inputs); ties go to the lower
+    expert index.
 
     Gates: pi renormalised over the chosen experts when ``k > 1 and renormalize``; otherwise
     the raw probabilities of the chosen experts (with k = 1 a renormalised gate would be the
@@ -59,8 +60,9 @@ class Router(nn.Module):
 
     def forward(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> RouterOutput:
         """u: (n, D); valid: (n,) bool or None."""
+        cdt = torch.promote_types(u.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         with torch.autocast(device_type=u.device.type, enabled=False):
-            logits = u.float() @ self.weight.float().T
+            logits = u.to(cdt) @ self.weight.to(cdt).T
         probs = torch.softmax(logits, dim=-1)
         # A stable descending sort keeps the lower index first among equal probabilities.
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)

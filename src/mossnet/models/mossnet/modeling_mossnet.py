@@ -103,6 +103,21 @@ class MossNetPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["A_log", "dt_bias", "mixer.D", "norm", "router"]
     _keep_in_fp32_modules = _keep_in_fp32_modules_strict
 
+    @staticmethod
+    def _finalize_model_loading(model, load_config, loading_info):
+        # transformers 5 raises on a shape mismatch with only "look at the above report" (the
+        # tensor names are in a logged table, hidden at lower verbosity). Name them in the error.
+        mismatched = getattr(loading_info, "mismatched_keys", None)
+        if mismatched and not getattr(load_config, "ignore_mismatched_sizes", False):
+            details = "; ".join(
+                f"{key}: checkpoint {tuple(ckpt)} vs model {tuple(ours)}" for key, ckpt, ours in sorted(mismatched)
+            )
+            raise RuntimeError(
+                f"{type(model).__name__}: checkpoint tensors do not match the config's shapes: {details}. "
+                "Check config.json against the weights (or pass ignore_mismatched_sizes=True to re-initialise them)."
+            )
+        return PreTrainedModel._finalize_model_loading(model, load_config, loading_info)
+
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range

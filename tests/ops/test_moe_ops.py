@@ -1,0 +1,80 @@
+"""MoE plumbing: sorting assignments by expert and the grouped linear layer (spec section 3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mossnet.ops.moe import dispatch_by_expert, grouped_linear, grouped_linear_reference
+
+
+@pytest.mark.parametrize("n,k,E", [(1, 1, 1), (9, 2, 4), (17, 3, 5)])
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_dispatch_sorts_stably_and_drops_padding(n, k, E, with_padding):
+    idx = torch.stack([torch.randperm(E)[:k] for _ in range(n)])
+    valid = (torch.rand(n) > 0.3) if with_padding else None
+    d = dispatch_by_expert(idx, valid, E)
+    keep = torch.ones(n, dtype=torch.bool) if valid is None else valid
+    n_kept = int(keep.sum()) * k
+
+    # Counts = dispatches per expert, padding excluded; offsets are their cumulative sums.
+    want_counts = torch.bincount(idx[keep].flatten(), minlength=E)
+    assert torch.equal(d.counts, want_counts)
+    assert d.offsets.dtype == torch.int32 and torch.equal(d.offsets.long(), want_counts.cumsum(0))
+    assert int(d.offsets[-1]) == n_kept
+
+    # Rows before offsets[-1] are the valid assignments, grouped by expert, in token order.
+    expert, token, slot = d.expert[:n_kept], d.token[:n_kept], d.slot[:n_kept]
+    assert (expert[1:] >= expert[:-1]).all()
+    for e in range(E):
+        toks = token[expert == e]
+        assert (toks[1:] > toks[:-1]).all()
+        assert set(toks.tolist()) == {i for i in range(n) if keep[i] and e in idx[i].tolist()}
+    # slot points back into the (n, k) table; token = slot // k.
+    assert torch.equal(idx.flatten()[slot], expert)
+    assert torch.equal(slot // k, token)
+    # Dropped rows (padding) sort last under the virtual expert E.
+    assert (d.expert[n_kept:] == E).all()
+    assert set(d.token[n_kept:].tolist()) == set((~keep).nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize("counts", [[3, 0, 4], [0, 0, 5], [2, 2, 2], [0, 0, 0]])
+@pytest.mark.parametrize("extra_rows", [0, 2])
+def test_grouped_linear_matches_reference(counts, extra_rows):
+    """Empty groups, all rows in one group, and rows past offsets[-1] (dropped: zero)."""
+    E, d_in, d_out = len(counts), 6, 4
+    M = sum(counts) + extra_rows
+    x = torch.randn(M, d_in, requires_grad=True)
+    w = torch.randn(E, d_out, d_in, requires_grad=True)
+    offsets = torch.tensor(counts).cumsum(0).to(torch.int32)
+    expert_of_row = torch.cat([torch.full((c,), e) for e, c in enumerate(counts)] + [torch.full((extra_rows,), E)])
+    out = grouped_linear(x, w, offsets)
+    ref = grouped_linear_reference(x, w, expert_of_row)
+    torch.testing.assert_close(out, ref)
+    assert (out[sum(counts):] == 0).all()
+    g = torch.randn_like(out)
+    # With no rows to compute the output may not depend on x or w at all: its gradient is 0.
+    kw = dict(allow_unused=True, materialize_grads=True)
+    got = torch.autograd.grad((out * g).sum(), (x, w), **kw) if out.requires_grad else (torch.zeros_like(x), torch.zeros_like(w))
+    want = torch.autograd.grad((ref * g).sum(), (x, w), **kw)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_grouped_linear_casts_weight_to_input_dtype():
+    x = torch.randn(5, 4, dtype=torch.float64)
+    w = torch.randn(2, 3, 4)
+    out = grouped_linear(x, w, torch.tensor([2, 5], dtype=torch.int32))
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, grouped_linear_reference(x, w.double(), torch.tensor([0, 0, 1, 1, 1])))
+
+
+@pytest.mark.gpu
+def test_grouped_mm_path_on_cuda():
+    x = torch.randn(40, 16, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(3, 8, 16, device="cuda", dtype=torch.bfloat16)
+    offsets = torch.tensor([10, 10, 33], dtype=torch.int32, device="cuda")
+    expert_of_row = torch.cat([torch.zeros(10), torch.full((23,), 2), torch.full((7,), 3)]).long().cuda()
+    out = grouped_linear(x, w, offsets)
+    ref = grouped_linear_reference(x.float(), w.float(), expert_of_row)
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)

@@ -8,7 +8,8 @@ skipped entirely where Triton is not installed (the default CPU CI).
     pytest tests/ops/test_triton_scan.py                                               # GPU
 
 Tolerances are spec section 5: fp32 max|a-b|/max|b| < 1e-4; bf16 inputs relative RMS <= 5e-3
-against the fp32 (here fp64) reference on the same (rounded) inputs; never a NaN.
+against the fp32 (here fp64) reference on the same (rounded) inputs and the same upstream
+gradient (rounded to y's dtype, as the op receives it); never a NaN.
 """
 
 from __future__ import annotations
@@ -59,8 +60,12 @@ def make_inputs(batch, T, E, N, P, *, with_d, with_init, n_states=None, seed=0, 
     return {k: (v.to(DEVICE) if v is not None else None) for k, v in out.items()}
 
 
-def run(inputs, impl_fn, cu_seqlens, upcast=False):
-    """Forward + backward of one execution; returns y, final state and the gradients."""
+def run(inputs, impl_fn, cu_seqlens, upcast=False, gy_dtype=None):
+    """Forward + backward of one execution; returns y, final state and the gradients.
+
+    The upstream gradient of y is drawn in fp64 and rounded to ``gy_dtype`` (default: y's dtype):
+    a bf16 op receives a bf16 dy, and the reference is given those same values, so that the
+    comparison measures the kernels and not the rounding of dy."""
     leaves = {}
     for k, v in inputs.items():
         if v is None:
@@ -73,8 +78,8 @@ def run(inputs, impl_fn, cu_seqlens, upcast=False):
     y, s = impl_fn(**leaves, output_final_state=True, cu_seqlens=cu_seqlens)
     assert y.dtype == leaves["x"].dtype and s.dtype in (torch.float32, torch.float64)
     g = torch.Generator().manual_seed(123)
-    gy = torch.randn(y.shape, generator=g).to(y.device, torch.float64)
-    gs = torch.randn(s.shape, generator=g).to(s.device, torch.float64)
+    gy = torch.randn(y.shape, generator=g).to(gy_dtype or y.dtype).to(y.device, torch.float64)
+    gs = torch.randn(s.shape, generator=g).float().to(s.device, torch.float64)
     loss = (y.double() * gy).sum() + (s.double() * gs).sum()
     grads = torch.autograd.grad(loss, [v for v in leaves.values() if v is not None])
     it = iter(grads)
@@ -99,7 +104,7 @@ def check(inputs, cu_seqlens=None, chunk_size=None, metric=rel_max, tol=1e-4):
     kw = {} if chunk_size is None else {"chunk_size": chunk_size}
     fast = lambda **a: mosse_scan_triton(**a, **kw)  # noqa: E731
     y, s, g = run(inputs, fast, cu_seqlens)
-    y_ref, s_ref, g_ref = run(inputs, reference, cu_seqlens, upcast=True)
+    y_ref, s_ref, g_ref = run(inputs, reference, cu_seqlens, upcast=True, gy_dtype=y.dtype)
     errors = {"y": metric(y, y_ref), "final_state": metric(s, s_ref)}
     for k in NAMES:
         if g[k] is not None:
@@ -268,6 +273,7 @@ for (b, T, E, k) in [(2, 256, 4, 4), (2, 300, 8, 2), (4, 2048, 8, 2)]:
         leaves = [cast(t).detach().requires_grad_(True) for t in (x, dt, A, B, C, D, h0)]
         y, s = mosse_scan(*leaves[:6], initial_state=leaves[6], output_final_state=True, impl=impl)
         gy = torch.randn(y.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+        gy = gy.bfloat16().float()  # what the bf16 op receives; the fp32 reference gets the same
         ((y.float() * gy).sum() + s.sum()).backward()
         res[impl] = [y, s] + [t.grad for t in leaves]
     rms = lambda a, r: ((a.double() - r.double()).pow(2).mean().sqrt() / r.double().pow(2).mean().sqrt()).item()

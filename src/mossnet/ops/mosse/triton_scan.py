@@ -92,10 +92,9 @@ if _interpreting():
     _patch_interpreter_for_numpy2()
 
 # Sizes that vary from call to call (T, chunks per sequence, experts) are not specialised on
-# their divisibility: that would compile a new variant for every T % 16 class and, on Hopper with
-# Triton 3.6, a T divisible by 16 gave wrong outputs / an illegal memory access (docs/GPU_NOTES.md;
-# flash-linear-attention avoids the same with do_not_specialize=['T']).
-# MOSSNET_TRITON_SPECIALIZE=1 restores Triton's default (kept to reproduce the problem).
+# their divisibility (as flash-linear-attention does with do_not_specialize=['T']): no new
+# compile per T % 16 class. MOSSNET_TRITON_SPECIALIZE=1 restores Triton's default; on an H200 it
+# gave the same results (bench_scan.py --specialize-probe, docs/GPU_NOTES.md).
 if os.environ.get("MOSSNET_TRITON_SPECIALIZE", "0") == "1":
     _kernel = triton.jit
 else:
@@ -433,33 +432,34 @@ def _bwd_dqk_kernel(
 # the two sequential kernels (more programs in flight); the parallel ones contract over all N.
 _CONFIGS = {
     "fwd_h": [
-        dict(BLOCK_N=32, BLOCK_P=32, ROW_SKIP=True, num_warps=4, num_stages=2),
+        dict(BLOCK_N=16, BLOCK_P=16, ROW_SKIP=True, num_warps=1, num_stages=3),
+        dict(BLOCK_N=16, BLOCK_P=16, ROW_SKIP=False, num_warps=1, num_stages=3),
         dict(BLOCK_N=32, BLOCK_P=32, ROW_SKIP=False, num_warps=4, num_stages=2),
         dict(BLOCK_N=16, BLOCK_P=32, ROW_SKIP=True, num_warps=2, num_stages=2),
-        dict(BLOCK_N=16, BLOCK_P=16, ROW_SKIP=True, num_warps=1, num_stages=3),
     ],
+    # (BLOCK_P=32, num_warps=8) is left out of fwd_o / bwd_dx on purpose: with Triton 3.6 on an
+    # H200 it gave wrong outputs or an illegal memory access (docs/GPU_NOTES.md).
     "fwd_o": [
         dict(BLOCK_P=64, num_warps=8, num_stages=2),
         dict(BLOCK_P=32, num_warps=4, num_stages=2),
-        dict(BLOCK_P=32, num_warps=8, num_stages=2),
     ],
     "bwd_dh": [
+        dict(BLOCK_N=16, BLOCK_P=16, num_warps=1, num_stages=3),
         dict(BLOCK_N=32, BLOCK_P=32, num_warps=4, num_stages=2),
         dict(BLOCK_N=16, BLOCK_P=32, num_warps=2, num_stages=2),
-        dict(BLOCK_N=16, BLOCK_P=16, num_warps=1, num_stages=3),
     ],
     "bwd_dx": [
-        dict(BLOCK_P=64, num_warps=8, num_stages=2),
         dict(BLOCK_P=32, num_warps=4, num_stages=2),
-        dict(BLOCK_P=32, num_warps=8, num_stages=2),
+        dict(BLOCK_P=64, num_warps=8, num_stages=2),
     ],
     "bwd_dqk": [
-        dict(BLOCK_P=32, num_warps=8, num_stages=2),
         dict(BLOCK_P=64, num_warps=8, num_stages=2),
+        dict(BLOCK_P=32, num_warps=8, num_stages=2),
         dict(BLOCK_P=16, num_warps=8, num_stages=2),
     ],
 }
 _TUNED: dict[tuple, dict] = {}
+_CANDS: dict[tuple, list] = {}
 TUNE_LOG: dict[tuple, list] = {}  # (kernel, key) -> [(config, median ms)], read by benchmarks
 
 
@@ -473,16 +473,19 @@ def _pow2_at_least_16(n: int) -> int:
 
 def _launch(name, kernel, grid_fn, args, consts, N, P, key):
     """Run ``kernel`` with the best of its (at most four) configs for ``key`` (tuned once)."""
-    cands = []
-    for cfg in _CONFIGS[name]:
-        cfg = dict(cfg)
-        cfg["BLOCK_P"] = min(cfg["BLOCK_P"], _pow2_at_least_16(P))
-        if "BLOCK_N" in cfg:
-            cfg["BLOCK_N"] = min(cfg["BLOCK_N"], _pow2_at_least_16(N))
-        else:
-            cfg["BLOCK_N"] = _pow2_at_least_16(N)
-        if cfg not in cands:
-            cands.append(cfg)
+    cands = _CANDS.get((name, N, P))
+    if cands is None:
+        cands = []
+        for cfg in _CONFIGS[name]:
+            cfg = dict(cfg)
+            cfg["BLOCK_P"] = min(cfg["BLOCK_P"], _pow2_at_least_16(P))
+            if "BLOCK_N" in cfg:
+                cfg["BLOCK_N"] = min(cfg["BLOCK_N"], _pow2_at_least_16(N))
+            else:
+                cfg["BLOCK_N"] = _pow2_at_least_16(N)
+            if cfg not in cands:
+                cands.append(cfg)
+        _CANDS[(name, N, P)] = cands
 
     def go(cfg):
         kernel[grid_fn(cfg)](*args, **consts, **cfg)
@@ -577,8 +580,10 @@ def _run_fwd_h(x, dt, A, B, h0, geo, E, N, P, store_final):
     h = torch.empty(geo.U, E, N, P, dtype=torch.float32, device=dev)
     hT = torch.empty(geo.n_seqs, E, N, P, dtype=torch.float32, device=dev) if store_final else h
     args = (x, dt, A, B, h0 if h0 is not None else h, h, hT, geo.cu, geo.cu_ch, geo.T, geo.NC, E, N, P)
+    # The sequential state passes multiply in fp32/tf32 even for half inputs: rounding the scaled
+    # B (or C) operand to bf16 there cost the final state, dh0 and dA ~1e-3 relative RMS each.
     consts = dict(HAS_INIT=h0 is not None, STORE_FINAL=store_final, IS_VARLEN=geo.varlen,
-                  LOWP=_lowp(x.dtype), CHUNK=geo.L, PREC=_prec(x.dtype))
+                  LOWP=False, CHUNK=geo.L, PREC=_prec(x.dtype))
     _launch("fwd_h", _fwd_h_kernel, _seq_grid(geo, E, N, P), args, consts, N, P, (N, P, x.dtype, geo.L))
     return h, (hT if store_final else None)
 
@@ -621,7 +626,7 @@ class _MosseScanTriton(torch.autograd.Function):
                 geo.cu, geo.cu_ch, geo.T, geo.NC, E, N, P)
         lowp = _lowp(x.dtype)
         consts = dict(HAS_DFINAL=dhT_c is not None, STORE_DH0=dh0 is not None, IS_VARLEN=geo.varlen,
-                      LOWP=lowp, CHUNK=geo.L, PREC=prec)
+                      LOWP=False, CHUNK=geo.L, PREC=prec)
         key = (N, P, x.dtype, geo.L)
         _launch("bwd_dh", _bwd_dh_kernel, _seq_grid(geo, E, N, P), args, consts, N, P, key)
         dx = torch.empty_like(x)
@@ -631,8 +636,10 @@ class _MosseScanTriton(torch.autograd.Function):
         dB = torch.empty_like(B)
         dC = torch.empty_like(C)
         ddt = torch.empty(dt.shape, dtype=torch.float32, device=dev)
-        dA_part = torch.zeros(geo.U, E, dtype=torch.float32, device=dev)
-        dD_part = torch.zeros(geo.U, E, P, dtype=torch.float32, device=dev) if D is not None else dA_part
+        # Surplus programs of a packed batch write nothing: their partials must read as zeros.
+        alloc = torch.zeros if geo.varlen else torch.empty
+        dA_part = alloc(geo.U, E, dtype=torch.float32, device=dev)
+        dD_part = alloc(geo.U, E, P, dtype=torch.float32, device=dev) if D is not None else dA_part
         args = (x, dt, A, B, C, h, dh, dy, ddt, dB, dC, dA_part, dD_part,
                 geo.ts, geo.te, geo.T, geo.NC, E, N, P)
         _launch("bwd_dqk", _bwd_dqk_kernel, lambda c: (geo.U, E), args, consts, N, P, key)

@@ -20,7 +20,7 @@ status=0
 # --- op tests on CUDA (MoSSE scan: Triton vs reference, fwd + every gradient) --------------
 xdist=""
 if python3 -c "import xdist" 2>/dev/null; then xdist="-n ${PYTEST_WORKERS:-8}"; fi
-timeout "${PYTEST_TIMEOUT:-300}" python3 -m pytest tests/ops -q $xdist -p no:cacheprovider -rs 2>&1 | tee "$OUT/pytest_ops.log"
+timeout "${PYTEST_TIMEOUT:-300}" python3 -m pytest tests/ops $xdist -p no:cacheprovider -rs 2>&1 | tee "$OUT/pytest_ops.log"
 rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
 echo "pytest tests/ops: rc=$rc" | tee -a "$OUT/summary.txt"
 
@@ -28,5 +28,20 @@ echo "pytest tests/ops: rc=$rc" | tee -a "$OUT/summary.txt"
 timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_scan.py --out "$OUT/bench_scan.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_scan.log"
 rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
 echo "bench_scan: rc=$rc" | tee -a "$OUT/summary.txt"
+
+# --- the rest of the test suite (CPU tests and the model-level GPU tests) -------------------
+# tests/models/test_cuda_graph_decode.py: graph-replayed decode == eager decode (raw step and
+# generate), interleaved caches, recapture, and no host sync in the training / prefill / decode step.
+timeout "${PYTEST_ALL_TIMEOUT:-900}" python3 -m pytest tests --ignore=tests/ops -q $xdist -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/pytest_all.log"
+rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
+echo "pytest tests (all but ops): rc=$rc" | tee -a "$OUT/summary.txt"
+
+# --- model-level benchmark: MossNet base/small vs Llama-135M vs single-head SSM ------------
+# One child process per job (a device fault in one job cannot take the others down); prints a
+# table last and writes every number to bench_model.json. BENCHMARKS.md shows a full run.
+timeout "${BENCH_MODEL_TIMEOUT:-900}" python3 benchmarks/bench_model.py --out "$OUT/bench_model.json" \
+  --time-budget "${BENCH_MODEL_EXTRAS_AFTER:-600}" ${BENCH_MODEL_ARGS:-} 2>&1 | tee "$OUT/bench_model.log"
+rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
+echo "bench_model: rc=$rc" | tee -a "$OUT/summary.txt"
 
 exit $status

@@ -104,8 +104,9 @@ class MoSSE(nn.Module):
         # Which tokens each expert processes (its "sequence"), and their projections.
         w_in = self.in_proj.to(flat.dtype) if not torch.is_autocast_enabled() else self.in_proj
         if self.routed:
-            visit = routing.top_gates.new_zeros(n, E + 1, dtype=torch.bool)
-            visit[torch.arange(n, device=u.device)[:, None], routing.top_idx] = True
+            # scatter_ with a scalar, not an indexed assignment: ``t[idx] = True`` copies the value
+            # from host memory, a host synchronisation on CUDA (issue 4: none in the training step).
+            visit = torch.zeros(n, E + 1, dtype=torch.bool, device=u.device).scatter_(1, routing.top_idx, True)
             if valid is not None:
                 visit = visit & valid[:, None]
             visit = visit[:, :E]

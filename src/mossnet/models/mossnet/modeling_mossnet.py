@@ -23,6 +23,7 @@ from ...layers.norm import RMSNorm
 from ...layers.router import RouterReport
 from ...layers.sequence_layout import SequenceLayout
 from .cache import MossNetCache
+from .cuda_graph_decode import graph_decode, graph_decode_applicable
 from .configuration_mossnet import MossNetConfig
 
 try:  # transformers >= 4.52: re-entrant checkpointing handled for us
@@ -158,6 +159,7 @@ class MossNetModel(MossNetPreTrainedModel):
         self.layers = nn.ModuleList(MossNetBlock(config, i) for i in range(config.n_layers))
         self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps)
         self.gradient_checkpointing = False
+        self.validate_token_ids = True  # CUDA id range check (a host sync); see check_token_ids
         self.post_init()
 
     def get_input_embeddings(self):
@@ -167,10 +169,12 @@ class MossNetModel(MossNetPreTrainedModel):
         self.embed_tokens = value
 
     def check_token_ids(self, input_ids: torch.Tensor) -> None:
-        """Raise a ValueError naming an out-of-range id. Skipped where it would cost a device
-        sync inside a compiled region or a CUDA graph capture; the data pipeline checks too."""
+        """Raise a ValueError naming an out-of-range id. On CUDA the check reads min/max back
+        (a host sync): it is skipped inside a compiled region or a CUDA graph capture, and when
+        ``self.validate_token_ids`` is False (the trainer sets that: its data pipeline checks
+        ids). CPU inputs are always checked."""
         if input_ids.is_cuda and (
-            torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()
+            not self.validate_token_ids or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()
         ):
             return
         if input_ids.numel() == 0:
@@ -275,6 +279,11 @@ class MossNetForCausalLM(MossNetPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = MossNetModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # One-token steps on CUDA (eval, no grad) replay a captured CUDA graph: see
+        # cuda_graph_decode.py. Set False to run them eagerly; cuda_graph_compile=True also runs
+        # the step through torch.compile before capturing it.
+        self.cuda_graph_decode = True
+        self.cuda_graph_compile = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -306,6 +315,10 @@ class MossNetForCausalLM(MossNetPreTrainedModel, GenerationMixin):
     ) -> MossNetCausalLMOutput:
         """labels: (batch, T), shifted inside (predict token t+1 at t); -100 and padding are
         ignored. Returns loss = cross-entropy + aux_loss when labels are given."""
+        if graph_decode_applicable(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, labels,
+                                   output_hidden_states, output_router_stats, logits_to_keep):
+            logits = graph_decode(self, input_ids, cache)
+            return MossNetCausalLMOutput(logits=logits, aux_loss=self.router_loss({}), cache=cache)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,

@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"mossnet generate: cannot load a tokenizer from {args.tokenizer or path}: {err}\n"
               "(pass --tokenizer DATA_DIR/tokenizer)", file=sys.stderr)
         return 2
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of the text
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
 
     if args.prompt:

@@ -108,7 +108,7 @@ class TrainConfig:
 # `make demo` trains: it must learn English from Shakespeare in a few minutes on 2 CPU cores.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(seq_len=128, batch_size=16, lr=3e-3, warmup_steps=50, max_steps=600,
-                 eval_interval=100, eval_tokens=32768, ckpt_interval=200, log_interval=10,
+                 eval_interval=100, eval_tokens=16384, ckpt_interval=200, log_interval=10,
                  weight_decay=0.1),
     "small": dict(seq_len=512, batch_size=16, lr=1.5e-3, warmup_steps=200, max_steps=5000,
                   eval_interval=250, ckpt_interval=1000),

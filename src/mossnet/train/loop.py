@@ -37,6 +37,7 @@ from .metrics import MetricsLogger, read_jsonl
 from .optim import build_optimizer, group_param_names, lr_at, set_lr
 
 MODEL_TYPES = {"mossnet": "mossnet", "llama": "llama", "mamba2": "mamba2"}
+VAL_SEGMENTS = 8  # periodic validation: evenly spaced segments of the split
 
 
 class MicroBatches:
@@ -130,8 +131,7 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls outside autocast
         self.resume_dir = Path(cfg.resume) if cfg.resume else None
         self.resume_state = ckpt.read_trainer_state(self.resume_dir) if self.resume_dir else None
 
@@ -500,9 +500,7 @@ class Trainer:
         if info.is_main or info.fsdp:
             self.model.eval()
             with torch.no_grad(), self.autocast():
-                result = evaluate_perplexity(self.raw_model, self.val_tokens, self.val_bytes, seq_len=cfg.seq_len,
-                                             stride=cfg.seq_len, batch_size=cfg.batch_size, device=self.device,
-                                             max_tokens=max_tokens, progress=False)
+                result = self._evaluate(evaluate_perplexity, max_tokens)
             self.model.train()
         info.barrier()
         if info.is_main:
@@ -513,6 +511,30 @@ class Trainer:
             self.say(f"step {self.step}: val loss {result['loss']:.4f}, ppl {result['perplexity']:.2f}, "
                      f"{result['bits_per_byte']:.4f} bits/byte ({result['tokens']:,} tokens)")
         return result
+
+    def _evaluate(self, evaluate_perplexity, max_tokens: int | None) -> dict[str, Any]:
+        """The whole split, or ``max_tokens`` of it taken as ``VAL_SEGMENTS`` evenly spaced segments
+        (the start of a split alone can be unrepresentative: a corpus split by whole documents
+        begins with one document)."""
+        cfg, tokens, n_bytes = self.cfg, self.val_tokens, self.val_bytes
+        kwargs = dict(seq_len=cfg.seq_len, stride=cfg.seq_len, batch_size=cfg.batch_size, device=self.device,
+                      progress=False)
+        n = len(tokens)
+        if not max_tokens or max_tokens >= n:
+            return evaluate_perplexity(self.raw_model, tokens, n_bytes, **kwargs)
+        segments = max(1, min(VAL_SEGMENTS, max_tokens // (cfg.seq_len + 1)))
+        length = max_tokens // segments
+        starts = np.linspace(0, n - length, segments).astype(np.int64)
+        nats = scored = 0.0
+        for start in starts:
+            part = tokens[start:start + length]
+            r = evaluate_perplexity(self.raw_model, part, max(1, round(n_bytes * length / n)), **kwargs)
+            nats += r["loss"] * r["tokens"]
+            scored += r["tokens"]
+        loss = nats / scored
+        est_bytes = n_bytes * segments * length / n
+        return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": nats / math.log(2) / est_bytes,
+                "tokens": int(scored)}
 
     def fit_bigram(self) -> dict[str, float] | None:
         if self.val_tokens is None:

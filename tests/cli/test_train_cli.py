@@ -11,7 +11,7 @@ import torch
 
 from mossnet.cli.main import main
 
-_spec = importlib.util.spec_from_file_location("train_helpers", Path(__file__).parents[1] / "train" / "helpers.py")
+_spec = importlib.util.spec_from_file_location("train_helpers", Path(__file__).parents[1] / "train" / "trainer_helpers.py")
 helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)
 

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import make_data_dir, tiny_config  # noqa: E402
+from trainer_helpers import make_data_dir, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")

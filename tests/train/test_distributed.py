@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import TINY_MODEL
+from trainer_helpers import TINY_MODEL
 
 from mossnet.cli.main import main
 

@@ -10,7 +10,7 @@ from mossnet.train.loop import train
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, data_dir):
-    from helpers import tiny_config
+    from trainer_helpers import tiny_config
 
     root = tmp_path_factory.mktemp("gen")
     out = {}

@@ -28,7 +28,7 @@ $(VENV)/.setup-done: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-done: $(VENV)/.setup-done
-	$(BIN)/pip install --quiet -e ".[dev,eval]" "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev,eval,export]" "$(TORCH_SPEC)"
 	touch $@
 
 setup: $(VENV)/.setup-done

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.moe import dispatch_by_expert, grouped_linear
+from ..ops.moe.gathered_linear import gathered_linear
 from .router import Router, RouterReport
 
 
@@ -63,6 +64,29 @@ class MoEMLP(nn.Module):
         if keep is not None:
             out = out * keep.to(out.dtype)
         return out, report
+
+    # Above this many (token, expert) pairs the decode step uses the sorted grouped path.
+    STEP_MAX_PAIRS = 64
+
+    @torch.no_grad()
+    def step(self, u: torch.Tensor) -> torch.Tensor:
+        """The decode path: ``forward(u)[0]`` for a few tokens (no padding), without sorting,
+        group offsets or router statistics. Each token's k experts are applied directly
+        (:func:`~mossnet.ops.moe.gathered_linear.gathered_linear`), touching only their weights.
+
+        u: (n, D) -> (n, D).
+        """
+        if self.n_experts == 1 or u.shape[0] * self.router.top_k > self.STEP_MAX_PAIRS:
+            return self.forward(u)[0]
+        routing = self.router(u)
+        idx = routing.top_idx  # (n, k)
+        hidden = gathered_linear(u[:, None, :].expand(-1, idx.shape[1], -1), self.gate_up, idx)
+        gate, up = hidden.chunk(2, dim=-1)
+        rows = gathered_linear(F.silu(gate) * up, self.down, idx)  # (n, k, D)
+        out = (rows * routing.top_gates[..., None].to(rows.dtype)).sum(1)
+        if self.shared is not None:
+            out = out + self.shared(u)
+        return out
 
 
 def moe_mlp_reference(mlp: MoEMLP, u: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

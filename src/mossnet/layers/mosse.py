@@ -21,6 +21,7 @@ from torch import nn
 
 from ..ops.conv import routed_causal_conv
 from ..ops.moe import dispatch_by_expert, grouped_linear
+from ..ops.moe.gathered_linear import gathered_linear
 from ..ops.mosse import mosse_scan
 from ..ops.mosse.naive import compute_dtype_for, ssm_step
 from .norm import gated_rms_norm
@@ -178,8 +179,8 @@ class MoSSE(nn.Module):
             idx = torch.arange(E, device=u.device).expand(batch, E)
             gates = routing.dense_gates(E)
         kv = idx.shape[1]
-        w_in = self.in_proj[idx]  # (batch, kv, F, D)
-        proj = torch.einsum("bkfd,bd->bkf", w_in, u.to(w_in.dtype))
+        # Only the routed experts' projections are read (no copy of their weights on the CPU).
+        proj = gathered_linear(u.to(self.in_proj.dtype)[:, None, :].expand(-1, kv, -1), self.in_proj, idx)
         z, xBC, d = self._split(proj)
 
         C_ch = P + 2 * N
@@ -197,8 +198,7 @@ class MoSSE(nn.Module):
         ssm_state.scatter_(1, idx[:, :, None, None].expand(-1, -1, N, P), new_state.to(ssm_state.dtype))
 
         yhat = gated_rms_norm(y, z, self.norm_weight[idx], self.eps) * gates[..., None]
-        w_out = self.out_proj[idx]  # (batch, kv, D, P)
-        return torch.einsum("bkp,bkdp->bd", yhat.to(w_out.dtype), w_out)
+        return gathered_linear(yhat.to(self.out_proj.dtype), self.out_proj, idx).sum(1)  # (batch, D)
 
     # ----------------------------------------------------------------- init
     @torch.no_grad()

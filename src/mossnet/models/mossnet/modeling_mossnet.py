@@ -88,7 +88,7 @@ class MossNetBlock(_BlockBase):
     def step(self, h, conv_state, ssm_state):
         """One token: h (batch, D); the states are updated in place."""
         h = h + self.mixer.step(self.mixer_norm(h), conv_state, ssm_state).float()
-        channel, _ = self.mlp(self.mlp_norm(h))
+        channel = self.mlp.step(self.mlp_norm(h))
         return h + channel.float()
 
 

@@ -1,0 +1,142 @@
+"""Functional wrappers around a :class:`~mossnet.MossNetForCausalLM` for export.
+
+The eager model keeps its recurrent state in a :class:`~mossnet.models.mossnet.cache.MossNetCache`
+that the decode step updates in place. Exported programs want explicit inputs and outputs
+instead, so these wrappers take the per-layer states as tensors and return new ones:
+
+    DecodeStep(model)(input_ids, *conv_states, *ssm_states) -> (logits, *conv_states', *ssm_states')
+    Prefill(model)(input_ids) -> (logits_last, *conv_states, *ssm_states)
+
+Both run the model's own code (:meth:`MossNetBlock.step` and the chunked-scan forward), so the
+exported graph computes exactly what eager generation computes. Shapes, per layer l:
+conv_states[l] (batch, E, K-1, P+2N) and ssm_states[l] (batch, E, N, P), fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..layers import moe_mlp as _moe_mlp_module
+from ..layers import mosse as _mosse_module
+from ..models.mossnet.cache import MossNetCache
+
+
+def state_names(n_layers: int) -> list[str]:
+    """Names of the state tensors, in argument order: conv_state_0.., ssm_state_0.."""
+    return [f"conv_state_{i}" for i in range(n_layers)] + [f"ssm_state_{i}" for i in range(n_layers)]
+
+
+def initial_states(config, batch_size: int = 1, device=None) -> list[torch.Tensor]:
+    """Zero states in argument order (what a fresh sequence starts from)."""
+    cache = MossNetCache(config, batch_size, device=device)
+    return list(cache.conv_states) + list(cache.ssm_states)
+
+
+class DecodeStep(nn.Module):
+    """One generated token as a pure function of the recurrent state.
+
+    forward(input_ids (batch, 1) int64, conv_state_0, ..., conv_state_{L-1}, ssm_state_0, ...,
+    ssm_state_{L-1}) -> (logits (batch, V) fp32, new conv states..., new ssm states...).
+    The inputs are not modified (the step works on copies).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.n_layers = model.config.n_layers
+
+    def forward(self, input_ids: torch.Tensor, *states: torch.Tensor):
+        L = self.n_layers
+        if len(states) != 2 * L:
+            raise ValueError(f"DecodeStep: expected {2 * L} state tensors (conv then ssm per layer), got {len(states)}")
+        conv = [s.clone() for s in states[:L]]
+        ssm = [s.clone() for s in states[L:]]
+        backbone = self.model.model
+        h = backbone.embed_tokens(input_ids[:, 0]).float()
+        for i, block in enumerate(backbone.layers):
+            h = block.step(h, conv[i], ssm[i])
+        h = backbone.norm_f(h)
+        logits = self.model.lm_head(h.to(self.model.lm_head.weight.dtype)).float()
+        return (logits, *conv, *ssm)
+
+
+def _grouped_linear_traceable(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """:func:`~mossnet.ops.moe.grouped_linear` with shapes independent of the routing: every
+    expert on every row, then each row keeps its own expert's result (E times the FLOPs; no
+    host read of the group sizes, so it traces). Rows past ``offsets[-1]`` are zero."""
+    if weight.dtype != x.dtype:
+        weight = weight.to(x.dtype)
+    M, E = x.shape[0], weight.shape[0]
+    rows = torch.arange(M, device=x.device)
+    # searchsorted(offsets, rows, right=True) as a comparison count (ONNX has no searchsorted).
+    expert_of_row = (rows[:, None] >= offsets.to(torch.int64)[None, :]).sum(1)  # E past the end
+    every = torch.matmul(x, weight.transpose(1, 2))  # (E, M, D_out)
+    out = every[expert_of_row.clamp(max=E - 1), rows]
+    return out * (expert_of_row < E)[:, None].to(out.dtype)
+
+
+@contextlib.contextmanager
+def traceable_grouped_linear():
+    """Within this block the MoSSE and MoE-MLP layers use :func:`_grouped_linear_traceable`
+    (the CPU grouped path reads group sizes to the host, which ``torch.export`` cannot trace)."""
+    saved = (_mosse_module.grouped_linear, _moe_mlp_module.grouped_linear)
+    _mosse_module.grouped_linear = _moe_mlp_module.grouped_linear = _grouped_linear_traceable
+    try:
+        yield
+    finally:
+        _mosse_module.grouped_linear, _moe_mlp_module.grouped_linear = saved
+
+
+class Prefill(nn.Module):
+    """A block of prompt tokens continued from given states (chunked prefill):
+    forward(input_ids (batch, T), conv states..., ssm states...) -> (logits at the last
+    position (batch, V), new conv states..., new ssm states...). Zero states start a prompt;
+    a long prompt is several calls. Inputs are not modified. No padding (every token valid)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.n_layers = model.config.n_layers
+
+    def forward(self, input_ids: torch.Tensor, *states: torch.Tensor):
+        L = self.n_layers
+        if len(states) != 2 * L:
+            raise ValueError(f"Prefill: expected {2 * L} state tensors (conv then ssm per layer), got {len(states)}")
+        cache = MossNetCache.__new__(MossNetCache)
+        cache.conv_states = [s.clone() for s in states[:L]]
+        cache.ssm_states = [s.clone() for s in states[L:]]
+        cache.seen_tokens = 1  # any value: only generation bookkeeping reads it
+        # Embeddings are looked up here: the model's token-id range check reads values back to
+        # the host, which a traced graph cannot do (out-of-range ids fail in the runtime's Gather).
+        embeds = self.model.model.embed_tokens(input_ids)
+        out = self.model(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1)
+        return (out.logits[:, -1], *cache.conv_states, *cache.ssm_states)
+
+
+def _example_ids(model, batch: int, T: int) -> torch.Tensor:
+    device = model.lm_head.weight.device
+    return torch.randint(0, model.config.vocab_size, (batch, T), device=device)
+
+
+def export_decode_step(model, batch_size: int = 1, strict: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export`` the decode step at a fixed batch size (ExecuTorch's input)."""
+    wrapper = DecodeStep(model).eval()
+    args = (_example_ids(model, batch_size, 1), *initial_states(model.config, batch_size, model.lm_head.weight.device))
+    with torch.no_grad():
+        return torch.export.export(wrapper, args, strict=strict)
+
+
+def export_prefill(model, length: int = 128, batch_size: int = 1, strict: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export`` :class:`Prefill` for blocks of ``length`` tokens (a static shape: the
+    chunked scan unrolls its loop over chunks, so the block length is fixed at export time).
+    A runner prefills a prompt in blocks and feeds the remainder through the decode step.
+
+    The grouped expert products run in the traceable all-experts form
+    (:func:`traceable_grouped_linear`): E/k times the expert FLOPs of the eager CPU path."""
+    wrapper = Prefill(model).eval()
+    args = (_example_ids(model, batch_size, length), *initial_states(model.config, batch_size, model.lm_head.weight.device))
+    with torch.no_grad(), traceable_grouped_linear():
+        return torch.export.export(wrapper, args, strict=strict)

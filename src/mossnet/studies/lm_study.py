@@ -1,0 +1,163 @@
+"""The language-model study and the ablations: equal data, tokenizer, token budget, batch,
+schedule and optimizer for every model; only the architecture changes.
+
+Every run is one ``mossnet.train`` run (:func:`mossnet.train.loop.train`) of the same
+:class:`~mossnet.train.config.TrainConfig` except ``arch``/``model``, written under
+``OUT/runs/<variant>-s<seed>/train`` (a normal checkpoint directory with ``metrics.jsonl``),
+and summarised in ``OUT/runs/<variant>-s<seed>/result.json``. The seed sets both the
+initialisation and the order of the training windows, so that, for one seed, every architecture
+sees exactly the same batches. A run whose result JSON exists is skipped; one interrupted after
+a checkpoint resumes from it.
+
+Variants
+--------
+``lm`` study: the architectures of :mod:`mossnet.studies.arch_configs` (MossNet, single-head
+SSM, MoE-Mamba, Llama, Mamba-2), matched to the reference MossNet's active parameters.
+
+``ablations`` study: MossNet with one choice changed at a time (:data:`ABLATIONS`). Choices of
+the MLP keep the active parameters matched (the expert width is solved); choices of the SSM
+change the active parameters and the state by nature, and the table reports both.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from .arch_configs import (ARCHS, LABELS, MOSSNET_VARIANTS, _solve_mlp_width, describe_arch, mossnet_active,
+                           reference_config, trainer_arch, variant_overrides)
+
+# name -> (label, overrides of the reference MossNet, solve the MLP width to match active params)
+ABLATIONS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "reference": ("MossNet reference (routed, E=4, k=2, MoE MLP)", {}, False),
+    "state_all": ('state_update="all" (every expert scans every token)', {"state_update": "all"}, False),
+    "ssm_e8_k2": ("8 SSM experts, top-2 (same active, 2x state)", {"ssm_experts": 8, "ssm_top_k": 2}, False),
+    "ssm_e4_k1": ("4 SSM experts, top-1 (half the active SSM)", {"ssm_top_k": 1}, False),
+    "ssm_e4_k4": ("4 SSM experts, top-4 (every expert, router-weighted)", {"ssm_top_k": 4}, False),
+    "mlp_dense": ("MoE MLP off (dense SwiGLU, matched active)", {"mlp_experts": 1, "mlp_top_k": 1}, True),
+    "shared_expert": ("+ shared MLP expert (matched active)", {"mlp_shared_expert": True}, True),
+}
+
+
+def variants(study: str, ref, archs=None) -> dict[str, dict[str, Any]]:
+    """name -> {"label", "trainer_arch", "family", "overrides"} (overrides of the reference)."""
+    out: dict[str, dict[str, Any]] = {}
+    if study == "lm":
+        for arch in archs or ARCHS:
+            over = variant_overrides(arch, ref) if arch in MOSSNET_VARIANTS else {}
+            out[arch] = {"label": LABELS[arch], "trainer_arch": trainer_arch(arch), "family": arch, "overrides": over}
+    elif study == "ablations":
+        target = mossnet_active(ref)
+        for name in archs or ABLATIONS:
+            if name not in ABLATIONS:
+                raise ValueError(f"unknown ablation {name!r}; choose from {sorted(ABLATIONS)}")
+            label, over, match = ABLATIONS[name]
+            over = dict(over)
+            if match:
+                base = ref.__class__(**{**ref.to_dict(), **over})
+                over["mlp_hidden_dim"] = _solve_mlp_width(base, target)
+            out[name] = {"label": label, "trainer_arch": "mossnet", "family": "mossnet", "overrides": over}
+    else:
+        raise ValueError(f"unknown study {study!r}")
+    return out
+
+
+def make_specs(study: str, out: str | Path, data: str, preset: str = "tiny", archs=None, seeds=(0, 1),
+               budget_tokens: int = 200_000, batch_size: int = 8, seq_len: int = 128, lr: float = 3e-3,
+               warmup_frac: float = 0.05, weight_decay: float = 0.1, min_lr_ratio: float = 0.1,
+               eval_points: int = 8, eval_tokens: int = 16384, model_overrides: dict | None = None,
+               device: str = "auto", dtype: str = "auto", threads: int = 0) -> list[dict[str, Any]]:
+    from mossnet.data import read_manifest
+
+    manifest = read_manifest(data)
+    vocab = int(manifest["vocab_size"])
+    ref_over = dict(model_overrides or {})
+    ref = reference_config(preset, vocab, ref_over)
+    tokens_per_step = batch_size * seq_len
+    max_steps = max(1, budget_tokens // tokens_per_step)
+    out = Path(out)
+    specs = []
+    for name, v in variants(study, ref, archs).items():
+        for seed in seeds:
+            run = out / "runs" / f"{name}-s{seed}"
+            specs.append(dict(
+                kind="lm", study=study, name=f"{study}/{name}-s{seed}", variant=name, label=v["label"],
+                family=v["family"], trainer_arch=v["trainer_arch"], model={**ref_over, **v["overrides"]},
+                result=str(run / "result.json"), train_dir=str(run / "train"), data=str(data), preset=preset,
+                seed=seed, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps, lr=lr,
+                warmup_steps=max(1, int(round(warmup_frac * max_steps))), weight_decay=weight_decay,
+                min_lr_ratio=min_lr_ratio, eval_interval=max(1, max_steps // max(1, eval_points)),
+                eval_tokens=eval_tokens, ckpt_interval=max(1, max_steps // 4), device=device, dtype=dtype,
+                threads=threads,
+            ))
+    return specs
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def execute_lm(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import AutoConfig
+
+    import mossnet  # noqa: F401  (registers MossNetConfig with AutoConfig)
+    from mossnet.train import checkpoint as ckpt
+    from mossnet.train.config import TrainConfig
+    from mossnet.train.loop import train
+
+    from .common import resolve_device
+
+    train_dir = Path(spec["train_dir"])
+    cfg = TrainConfig(
+        arch=spec["trainer_arch"], preset=spec["preset"], model=dict(spec["model"]), data=spec["data"],
+        out=str(train_dir), seq_len=spec["seq_len"], batch_size=spec["batch_size"], grad_accum=1,
+        max_steps=spec["max_steps"], lr=spec["lr"], min_lr_ratio=spec["min_lr_ratio"],
+        warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"], eval_interval=spec["eval_interval"],
+        eval_tokens=spec["eval_tokens"], ckpt_interval=spec["ckpt_interval"], sample_tokens=0,
+        tensorboard=False, progress=False, plot=False, seed=spec["seed"], device=spec["device"],
+        dtype=spec["dtype"], num_threads=spec.get("threads", 0) or 0,
+    )
+    if (train_dir / ckpt.STATE_DIR).is_dir():
+        cfg.resume = str(train_dir)  # an interrupted run: continue from its last checkpoint
+    cfg.validate()
+    t0 = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - t0
+    if result.status != "done":
+        raise RuntimeError(f"{spec['name']}: training stopped ({result.status}) at step {result.step}")
+
+    records = _read_jsonl(train_dir / "metrics.jsonl")
+    tps = spec["batch_size"] * spec["seq_len"]
+    curve = {}
+    for r in records:
+        if r.get("split") == "val":
+            curve[int(r["step"])] = float(r["loss"])  # a resumed run may repeat a step: keep the last
+    train_recs = [r for r in records if r.get("split") == "train"]
+    last = train_recs[-1] if train_recs else {}
+    tokens_per_s = last["tokens"] / last["elapsed_s"] if last.get("elapsed_s") else float("nan")
+    final = result.final.get("model", {})
+    config = AutoConfig.from_pretrained(train_dir)
+    params = describe_arch(spec["family"] if spec["family"] in ARCHS else "mossnet", config, spec["seq_len"])
+    return {
+        **{k: spec[k] for k in ("kind", "study", "name", "variant", "label", "family", "seed", "model",
+                                "seq_len", "batch_size", "max_steps", "lr", "warmup_steps")},
+        "tokens": spec["max_steps"] * tps,
+        "params": params,
+        "val_loss": final.get("loss"), "val_perplexity": final.get("perplexity"),
+        "val_bits_per_byte": final.get("bits_per_byte"), "val_tokens": final.get("tokens"),
+        "bigram": result.final.get("bigram"),
+        "val_curve": [[step * tps, loss] for step, loss in sorted(curve.items())],
+        "train_curve": [[int(r["step"]) * tps, float(r["ce"])] for r in train_recs],
+        "tokens_per_s": tokens_per_s,
+        "train_s": last.get("elapsed_s"),
+        "wall_s": wall,
+        "device": str(resolve_device(spec["device"])),
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+    }

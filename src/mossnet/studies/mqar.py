@@ -1,0 +1,143 @@
+"""The MQAR study: recall accuracy of each architecture at several widths and numbers of pairs.
+
+Grid: architectures x ``d_model`` x ``num_pairs`` x learning rates; a *cell* is (architecture,
+width, pairs) and reports the best accuracy over its learning rates (Zoology's protocol). Every
+architecture sees the same training stream (``make_mqar`` seeded by (seed, step)) and is tested on
+the same held-out examples (a fixed seed no training batch uses).
+
+The reference MossNet at width ``d`` has ``n_layers`` layers, E = 4 SSM experts of top-2 with
+head width P = d / 4 and state N = 16, and a top-2 MoE MLP of 4 experts of width 2d; the other
+architectures are matched to its active parameters (``arch_configs``). Loss: cross-entropy on
+the query positions only (plus the routers' aux loss for MossNet variants).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from .arch_configs import ARCHS, build_config, describe_arch, model_class
+from .mqar_data import IGNORE_INDEX, MQARSpec, make_mqar, recall_accuracy
+
+EVAL_SEED = 2_000_000_011  # held-out examples; training batches use seeds below 2**31 - 1 - this
+
+
+def reference_config(d_model: int, vocab_size: int, n_layers: int = 2, state_dim: int = 16):
+    from mossnet import MossNetConfig
+
+    if d_model % 4:
+        raise ValueError(f"d_model must be a multiple of 4 (P = d_model / 4), got {d_model}")
+    return MossNetConfig(
+        vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+        ssm_experts=4, ssm_top_k=2, ssm_head_dim=d_model // 4, ssm_state_dim=state_dim,
+        mlp_experts=4, mlp_top_k=2, mlp_hidden_dim=2 * d_model,
+    )
+
+
+def train_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % 1_000_000_007
+
+
+def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), lrs=(1e-3, 3e-3),
+               seq_len: int = 64, vocab_size: int = 256, steps: int = 400, batch_size: int = 32,
+               n_layers: int = 2, seeds=(0,), eval_examples: int = 512, warmup_steps: int = 20,
+               weight_decay: float = 0.1, device: str = "auto", dtype: str = "auto",
+               threads: int = 0) -> list[dict[str, Any]]:
+    out = Path(out)
+    specs = []
+    # pairs outermost: a study cut short still holds complete comparisons for the easier cells
+    for n in pairs:
+        for d in widths:
+            for arch in archs:
+                for lr in lrs:
+                    for seed in seeds:
+                        name = f"mqar/{arch}-d{d}-kv{n}-lr{lr:g}-s{seed}"
+                        specs.append(dict(
+                            kind="mqar", name=name, result=str(out / "runs" / name.split("/", 1)[1] / "result.json"),
+                            arch=arch, d_model=d, num_pairs=n, lr=lr, seed=seed, seq_len=seq_len,
+                            vocab_size=vocab_size, steps=steps, batch_size=batch_size, n_layers=n_layers,
+                            eval_examples=eval_examples, warmup_steps=warmup_steps, weight_decay=weight_decay,
+                            device=device, dtype=dtype, threads=threads,
+                        ))
+    return specs
+
+
+def _logits_and_aux(model, input_ids):
+    out = model(input_ids=input_ids)
+    aux = getattr(out, "aux_loss", None)
+    return out.logits, aux
+
+
+def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from mossnet.train.optim import build_optimizer, lr_at, set_lr
+
+    from .common import autocast_for, resolve_device, set_threads
+
+    set_threads(spec.get("threads", 0))
+    device = resolve_device(spec.get("device", "auto"))
+    autocast = autocast_for(device, spec.get("dtype", "auto"))
+    task = MQARSpec(vocab_size=spec["vocab_size"], seq_len=spec["seq_len"], num_pairs=spec["num_pairs"])
+    ref = reference_config(spec["d_model"], spec["vocab_size"], spec["n_layers"])
+    arch = spec["arch"]
+    config = build_config(arch, ref, seq_len=spec["seq_len"])
+    info = describe_arch(arch, config, spec["seq_len"])
+
+    torch.manual_seed(spec["seed"])
+    model = model_class(arch)(config).to(device)
+    opt = build_optimizer(model, spec["lr"], spec["weight_decay"], (0.9, 0.95))
+    steps, lr = spec["steps"], spec["lr"]
+    losses = []
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        set_lr(opt, lr_at(step, lr, spec["warmup_steps"], steps, 0.1))
+        x, y = make_mqar(spec["batch_size"], task, train_seed(spec["seed"], step))
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            logits, aux = _logits_and_aux(model, x)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX)
+        total = loss + aux.float() if aux is not None else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            break
+        losses.append(value)
+    train_s = time.perf_counter() - t0
+
+    model.eval()
+    correct = count = 0
+    eval_loss = 0.0
+    xs, ys = make_mqar(spec["eval_examples"], task, EVAL_SEED)
+    with torch.no_grad():
+        for i in range(0, len(xs), 128):
+            x, y = xs[i:i + 128].to(device), ys[i:i + 128].to(device)
+            with autocast():
+                logits, _ = _logits_and_aux(model, x)
+            logits = logits.float()
+            c, n = recall_accuracy(logits, y)
+            correct, count = correct + c, count + n
+            eval_loss += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                               ignore_index=IGNORE_INDEX, reduction="sum"))
+    every = max(1, steps // 50)
+    return {
+        **{k: spec[k] for k in ("kind", "name", "arch", "d_model", "num_pairs", "lr", "seed", "seq_len",
+                                "vocab_size", "steps", "batch_size", "n_layers")},
+        "params": info,
+        "accuracy": correct / max(count, 1),
+        "eval_loss": eval_loss / max(count, 1),
+        "eval_queries": count,
+        "diverged": len(losses) < steps,
+        "train_loss_curve": [[i + 1, losses[i]] for i in range(every - 1, len(losses), every)],
+        "train_s": train_s,
+        "examples_per_s": spec["batch_size"] * len(losses) / max(train_s, 1e-9),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }

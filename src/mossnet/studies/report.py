@@ -1,0 +1,203 @@
+"""Tables (Markdown) and plots (PNG) of the studies' result JSONs.
+
+Spread over seeds is written ``mean ± h`` with ``h`` half the range (max - min) / 2: with two
+seeds that is the honest summary (a standard deviation of two numbers says no more).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def _mean_spread(values: Iterable[float]) -> tuple[float, float, int]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return sum(vals) / len(vals), (max(vals) - min(vals)) / 2, len(vals)
+
+
+def _fmt_pm(mean: float, spread: float, digits: int = 3, n: int = 2) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    if n < 2:
+        return f"{mean:.{digits}f}"  # one seed: no spread to show
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} B"
+
+
+def group_lm(results: list[dict[str, Any]]) -> "OrderedDict[str, list[dict[str, Any]]]":
+    groups: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+    for r in results:
+        groups.setdefault(r["variant"], []).append(r)
+    return groups
+
+
+def lm_table(results: list[dict[str, Any]]) -> str:
+    """One row per variant: parameters, state, validation loss / perplexity / bits-per-byte
+    (mean ± half-range over seeds), training tokens/s."""
+    groups = group_lm(results)
+    lines = [
+        "| model | active params | total params | state / layer | val loss | perplexity | bits/byte | tokens/s | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for _, runs in groups.items():
+        p = runs[0]["params"]
+        loss = _mean_spread(r["val_loss"] for r in runs)
+        ppl = _mean_spread(r["val_perplexity"] for r in runs)
+        bpb = _mean_spread(r["val_bits_per_byte"] for r in runs)
+        tps = _mean_spread(r["tokens_per_s"] for r in runs)
+        state = _bytes(p["state_bytes_per_layer"]) + (f" (KV @ {runs[0]['seq_len']})" if p["state_kind"] == "kv_cache" else "")
+        lines.append(
+            f"| {runs[0]['label']} | {_millions(p['active'])} | {_millions(p['total'])} | {state} | "
+            f"{_fmt_pm(*loss[:2], n=loss[2])} | {_fmt_pm(*ppl[:2], digits=1, n=loss[2])} | "
+            f"{_fmt_pm(*bpb[:2], n=loss[2])} | {tps[0]:,.0f} | {loss[2]} |"
+        )
+    bigram = next((r["bigram"] for r in results if r.get("bigram")), None)
+    if bigram:
+        lines.append(f"| bigram baseline (fit on train) | | | | {bigram['loss']:.3f} | {bigram['perplexity']:.1f} | "
+                     f"{bigram['bits_per_byte']:.3f} | | |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plot_lm(results: list[dict[str, Any]], path: str | Path, title: str = "") -> str | None:
+    """Validation loss against training tokens, one line per variant (mean over seeds, band =
+    min..max). Returns a note when no plot could be written."""
+    plt = _pyplot()
+    if plt is None:
+        return "matplotlib is not installed: no plot (pip install matplotlib)"
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=120)
+    for variant, runs in group_lm(results).items():
+        curves = [dict((int(t), l) for t, l in r["val_curve"]) for r in runs]
+        tokens = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
+        if not tokens:
+            continue
+        mean = [sum(c[t] for c in curves) / len(curves) for t in tokens]
+        lo = [min(c[t] for c in curves) for t in tokens]
+        hi = [max(c[t] for c in curves) for t in tokens]
+        line, = ax.plot(tokens, mean, "o-", ms=3, lw=1.5, label=runs[0]["label"])
+        if len(curves) > 1:
+            ax.fill_between(tokens, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    bigram = next((r["bigram"] for r in results if r.get("bigram")), None)
+    if bigram:
+        ax.axhline(bigram["loss"], color="gray", ls="--", lw=1, label=f"bigram ({bigram['loss']:.2f})")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss (nats / token)")
+    ax.set_title(title or "validation loss (mean over seeds; band = min..max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, plt)
+    return None
+
+
+def _save(fig, path, plt) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------- MQAR
+def mqar_cells(results: list[dict[str, Any]]) -> "OrderedDict[tuple, dict[str, Any]]":
+    """(arch, d_model, num_pairs) -> the best learning rate's numbers (accuracy averaged over
+    seeds first), with every learning rate's accuracy kept in ``by_lr``."""
+    by_lr: OrderedDict[tuple, dict[float, list[float]]] = OrderedDict()
+    info: dict[tuple, dict[str, Any]] = {}
+    for r in results:
+        key = (r["arch"], r["d_model"], r["num_pairs"])
+        by_lr.setdefault(key, {}).setdefault(r["lr"], []).append(r["accuracy"])
+        info.setdefault(key, r)
+    cells: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+    for key, lrs in by_lr.items():
+        means = {lr: sum(a) / len(a) for lr, a in lrs.items()}
+        best = max(means, key=lambda lr: means[lr])
+        cells[key] = {"accuracy": means[best], "best_lr": best, "by_lr": means, "params": info[key]["params"],
+                      "seeds": len(lrs[best])}
+    return cells
+
+
+def mqar_table(results: list[dict[str, Any]]) -> str:
+    from .arch_configs import LABELS
+
+    cells = mqar_cells(results)
+    pairs = sorted({k[2] for k in cells})
+    rows: OrderedDict[tuple, dict[int, dict[str, Any]]] = OrderedDict()
+    for (arch, d, n), c in cells.items():
+        rows.setdefault((arch, d), {})[n] = c
+    head = "| model | d_model | active params | state / layer | " + " | ".join(f"{n} pairs" for n in pairs) + " |"
+    lines = [head, "|---|---:|---:|---:|" + "---:|" * len(pairs)]
+    seq = results[0]["seq_len"] if results else 0
+    for (arch, d), by_n in rows.items():
+        p = next(iter(by_n.values()))["params"]
+        state = _bytes(p["state_bytes_per_layer"]) + (f" (KV @ {seq})" if p["state_kind"] == "kv_cache" else "")
+        accs = " | ".join(f"{by_n[n]['accuracy']:.3f} (lr {by_n[n]['best_lr']:g})" if n in by_n else "" for n in pairs)
+        lines.append(f"| {LABELS.get(arch, arch)} | {d} | {_millions(p['active'])} | {state} | {accs} |")
+    return "\n".join(lines)
+
+
+def plot_mqar(results: list[dict[str, Any]], path: str | Path) -> str | None:
+    """Left: accuracy against the number of pairs (solid: the largest width, dashed: the others).
+    Right: accuracy against recurrent-state bytes per layer, for the largest number of pairs."""
+    from .arch_configs import LABELS
+
+    plt = _pyplot()
+    if plt is None:
+        return "matplotlib is not installed: no plot (pip install matplotlib)"
+    cells = mqar_cells(results)
+    if not cells:
+        return "no MQAR results"
+    widths = sorted({k[1] for k in cells})
+    archs = list(OrderedDict.fromkeys(k[0] for k in cells))
+    hardest = max(k[2] for k in cells)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^v<>ph"
+    for i, arch in enumerate(archs):
+        color = colors[i % len(colors)]
+        for j, d in enumerate(widths):
+            pts = sorted((n, c["accuracy"]) for (a, dd, n), c in cells.items() if a == arch and dd == d)
+            if pts:
+                ax1.plot(*zip(*pts), marker=markers[i % len(markers)], color=color,
+                         ls="-" if d == widths[-1] else "--", label=f"{LABELS.get(arch, arch)}, d={d}")
+            c = cells.get((arch, d, hardest))
+            if c:
+                ax2.scatter(c["params"]["state_bytes_per_layer"], c["accuracy"], color=color,
+                            marker=markers[i % len(markers)], s=30 + 25 * j,
+                            label=f"{LABELS.get(arch, arch)}, d={d}")
+    ax1.set_xlabel("key-value pairs")
+    ax1.set_ylabel("recall accuracy (best lr)")
+    ax1.set_ylim(-0.02, 1.02)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=6.5)
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("state bytes per layer (fp32; attention: KV cache at the sequence length)")
+    ax2.set_ylabel(f"recall accuracy, {hardest} pairs")
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.grid(alpha=0.3)
+    fig.suptitle("MQAR: recall accuracy")
+    fig.tight_layout()
+    _save(fig, path, plt)
+    return None

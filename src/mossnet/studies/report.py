@@ -160,7 +160,10 @@ def mqar_table(results: list[dict[str, Any]]) -> str:
 
 def plot_mqar(results: list[dict[str, Any]], path: str | Path) -> str | None:
     """Left: accuracy against the number of pairs (solid: the largest width, dashed: the others).
-    Right: accuracy against recurrent-state bytes per layer, for the largest number of pairs."""
+    Middle: accuracy against recurrent-state bytes per layer, for the largest number of pairs.
+    Right: training loss on the queries against examples seen, for the largest width and number
+    of pairs at each architecture's best learning rate (ln of the number of pairs = the plateau
+    of a model that copies *some* value of the context)."""
     from .arch_configs import LABELS
 
     plt = _pyplot()
@@ -172,7 +175,9 @@ def plot_mqar(results: list[dict[str, Any]], path: str | Path) -> str | None:
     widths = sorted({k[1] for k in cells})
     archs = list(OrderedDict.fromkeys(k[0] for k in cells))
     hardest = max(k[2] for k in cells)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4), dpi=120)
+    runs = {(r["arch"], r["d_model"], r["num_pairs"], r["lr"]): r for r in results if r.get("seed", 0) == min(
+        x.get("seed", 0) for x in results)}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "osD^v<>ph"
     for i, arch in enumerate(archs):
@@ -183,6 +188,11 @@ def plot_mqar(results: list[dict[str, Any]], path: str | Path) -> str | None:
                 ax1.plot(*zip(*pts), marker=markers[i % len(markers)], color=color,
                          ls="-" if d == widths[-1] else "--", label=f"{LABELS.get(arch, arch)}, d={d}")
             c = cells.get((arch, d, hardest))
+            run = runs.get((arch, d, hardest, c["best_lr"])) if c else None
+            if run and d == widths[-1] and run.get("train_loss_curve"):
+                steps, losses = zip(*run["train_loss_curve"])
+                ax3.plot([s * run["batch_size"] for s in steps], losses, color=color, lw=1.3,
+                         label=f"{LABELS.get(arch, arch)} (lr {c['best_lr']:g})")
             if c:
                 ax2.scatter(c["params"]["state_bytes_per_layer"], c["accuracy"], color=color,
                             marker=markers[i % len(markers)], s=30 + 25 * j,
@@ -197,6 +207,11 @@ def plot_mqar(results: list[dict[str, Any]], path: str | Path) -> str | None:
     ax2.set_ylabel(f"recall accuracy, {hardest} pairs")
     ax2.set_ylim(-0.02, 1.02)
     ax2.grid(alpha=0.3)
+    ax3.axhline(math.log(hardest), color="gray", ls="--", lw=1, label=f"ln {hardest} (copy-any-value plateau)")
+    ax3.set_xlabel("training examples")
+    ax3.set_ylabel(f"query loss (nats), d={widths[-1]}, {hardest} pairs")
+    ax3.grid(alpha=0.3)
+    ax3.legend(fontsize=6.5)
     fig.suptitle("MQAR: recall accuracy")
     fig.tight_layout()
     _save(fig, path, plt)

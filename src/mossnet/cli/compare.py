@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from existing results")
     lm = parser.add_argument_group("lm and ablations")
     lm.add_argument("--data", help="a prepared corpus (`mossnet prepare-data --out DIR`)")
-    lm.add_argument("--budget-tokens", type=_count, default=200_000, help="training tokens per run")
+    lm.add_argument("--budget-tokens", type=_count, default=163_840, help="training tokens per run")
     lm.add_argument("--preset", default="tiny", help="the reference MossNet preset (default tiny)")
     lm.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides of the reference MossNet config (e.g. d_model=96 n_layers=3)")
@@ -62,17 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--seq-len", type=int, default=128)
     lm.add_argument("--lr", type=float, default=3e-3)
     lm.add_argument("--warmup-frac", type=float, default=0.05, help="warmup steps as a fraction of the run")
-    lm.add_argument("--eval-points", type=int, default=8, help="validation points on the curve")
-    lm.add_argument("--eval-tokens", type=int, default=16384,
+    lm.add_argument("--eval-points", type=int, default=5, help="validation points on the curve")
+    lm.add_argument("--eval-tokens", type=int, default=8192,
                     help="validation tokens per intermediate point (the final point uses the whole split)")
     mq = parser.add_argument_group("mqar")
     mq.add_argument("--widths", type=_csv(int), default=[32, 64], help="d_model values")
     mq.add_argument("--pairs", type=_csv(int), default=[4, 8, 16], help="numbers of key-value pairs")
-    mq.add_argument("--lrs", type=_csv(float), default=[1e-3, 3e-3], help="learning rates (best one per cell)")
+    mq.add_argument("--lrs", type=_csv(float), default=[3e-3, 1e-2], help="learning rates (best one per cell)")
     mq.add_argument("--mqar-seq-len", type=int, default=64)
-    mq.add_argument("--mqar-vocab", type=int, default=256)
-    mq.add_argument("--mqar-steps", type=int, default=400)
-    mq.add_argument("--mqar-batch-size", type=int, default=32)
+    mq.add_argument("--mqar-vocab", type=int, default=64)
+    mq.add_argument("--mqar-steps", type=int, default=1500,
+                    help="training steps per run (at CPU scale, 1,500 are too few to learn the bindings; see RESULTS.md)")
+    mq.add_argument("--mqar-batch-size", type=int, default=16)
     mq.add_argument("--mqar-layers", type=int, default=2)
     mq.add_argument("--mqar-eval-examples", type=int, default=512)
 

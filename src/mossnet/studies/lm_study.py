@@ -66,9 +66,9 @@ def variants(study: str, ref, archs=None) -> dict[str, dict[str, Any]]:
 
 
 def make_specs(study: str, out: str | Path, data: str, preset: str = "tiny", archs=None, seeds=(0, 1),
-               budget_tokens: int = 200_000, batch_size: int = 8, seq_len: int = 128, lr: float = 3e-3,
+               budget_tokens: int = 163_840, batch_size: int = 8, seq_len: int = 128, lr: float = 3e-3,
                warmup_frac: float = 0.05, weight_decay: float = 0.1, min_lr_ratio: float = 0.1,
-               eval_points: int = 8, eval_tokens: int = 16384, model_overrides: dict | None = None,
+               eval_points: int = 5, eval_tokens: int = 8192, model_overrides: dict | None = None,
                device: str = "auto", dtype: str = "auto", threads: int = 0) -> list[dict[str, Any]]:
     from mossnet.data import read_manifest
 

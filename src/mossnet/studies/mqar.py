@@ -40,8 +40,8 @@ def train_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % 1_000_000_007
 
 
-def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), lrs=(1e-3, 3e-3),
-               seq_len: int = 64, vocab_size: int = 256, steps: int = 400, batch_size: int = 32,
+def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), lrs=(3e-3, 1e-2),
+               seq_len: int = 64, vocab_size: int = 64, steps: int = 1500, batch_size: int = 16,
                n_layers: int = 2, seeds=(0,), eval_examples: int = 512, warmup_steps: int = 20,
                weight_decay: float = 0.1, device: str = "auto", dtype: str = "auto",
                threads: int = 0) -> list[dict[str, Any]]:

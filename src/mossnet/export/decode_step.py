@@ -35,7 +35,25 @@ def initial_states(config, batch_size: int = 1, device=None) -> list[torch.Tenso
     return list(cache.conv_states) + list(cache.ssm_states)
 
 
-class DecodeStep(nn.Module):
+class _StateFunction(nn.Module):
+    """Base of the export wrappers: holds the model and copies the explicit state arguments."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.n_layers = model.config.n_layers
+
+    def _copied_states(self, states: tuple[torch.Tensor, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(conv states, ssm states) as fresh copies, so the caller's inputs are never modified."""
+        L = self.n_layers
+        if len(states) != 2 * L:
+            raise ValueError(
+                f"{type(self).__name__}: expected {2 * L} state tensors (conv then ssm per layer), got {len(states)}"
+            )
+        return [s.clone() for s in states[:L]], [s.clone() for s in states[L:]]
+
+
+class DecodeStep(_StateFunction):
     """One generated token as a pure function of the recurrent state.
 
     forward(input_ids (batch, 1) int64, conv_state_0, ..., conv_state_{L-1}, ssm_state_0, ...,
@@ -43,17 +61,8 @@ class DecodeStep(nn.Module):
     The inputs are not modified (the step works on copies).
     """
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.n_layers = model.config.n_layers
-
     def forward(self, input_ids: torch.Tensor, *states: torch.Tensor):
-        L = self.n_layers
-        if len(states) != 2 * L:
-            raise ValueError(f"DecodeStep: expected {2 * L} state tensors (conv then ssm per layer), got {len(states)}")
-        conv = [s.clone() for s in states[:L]]
-        ssm = [s.clone() for s in states[L:]]
+        conv, ssm = self._copied_states(states)
         backbone = self.model.model
         h = backbone.embed_tokens(input_ids[:, 0]).float()
         for i, block in enumerate(backbone.layers):
@@ -90,25 +99,14 @@ def traceable_grouped_linear():
         _mosse_module.grouped_linear, _moe_mlp_module.grouped_linear = saved
 
 
-class Prefill(nn.Module):
+class Prefill(_StateFunction):
     """A block of prompt tokens continued from given states (chunked prefill):
     forward(input_ids (batch, T), conv states..., ssm states...) -> (logits at the last
     position (batch, V), new conv states..., new ssm states...). Zero states start a prompt;
     a long prompt is several calls. Inputs are not modified. No padding (every token valid)."""
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.n_layers = model.config.n_layers
-
     def forward(self, input_ids: torch.Tensor, *states: torch.Tensor):
-        L = self.n_layers
-        if len(states) != 2 * L:
-            raise ValueError(f"Prefill: expected {2 * L} state tensors (conv then ssm per layer), got {len(states)}")
-        cache = MossNetCache.__new__(MossNetCache)
-        cache.conv_states = [s.clone() for s in states[:L]]
-        cache.ssm_states = [s.clone() for s in states[L:]]
-        cache.seen_tokens = 1  # any value: only generation bookkeeping reads it
+        cache = MossNetCache.from_states(*self._copied_states(states))
         # Embeddings are looked up here: the model's token-id range check reads values back to
         # the host, which a traced graph cannot do (out-of-range ids fail in the runtime's Gather).
         embeds = self.model.model.embed_tokens(input_ids)

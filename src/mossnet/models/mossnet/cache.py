@@ -30,6 +30,15 @@ class MossNetCache:
         self.ssm_states = [torch.zeros(batch_size, E, N, P, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.seen_tokens = 0
 
+    @classmethod
+    def from_states(cls, conv_states: list[torch.Tensor], ssm_states: list[torch.Tensor]) -> "MossNetCache":
+        """A cache around existing per-layer state tensors (used as given, not copied), marked as
+        continuing a sequence (``seen_tokens = 1``: only generation bookkeeping reads it)."""
+        cache = cls.__new__(cls)
+        cache.conv_states, cache.ssm_states = list(conv_states), list(ssm_states)
+        cache.seen_tokens = 1
+        return cache
+
     @property
     def batch_size(self) -> int:
         return self.ssm_states[0].shape[0]

@@ -31,12 +31,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _args(data: Path, out: Path, *extra: str) -> list[str]:
+def _args(data: Path, out: Path, *extra: str, sample_tokens: int = 0) -> list[str]:
     model = [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
     return ["train", "--data", str(data), "--out", str(out), "--seq-len", "32", "--batch-size", "4",
             "--max-steps", str(STEPS), "--log-interval", "1", "--eval-interval", "0", "--ckpt-interval", "2",
             "--no-progress", "--no-tensorboard", "--seed", "0", *extra,
-            "warmup_steps=1", "sample_tokens=0", "plot=false", "num_threads=1", "eval_tokens=256", *model]
+            "warmup_steps=1", f"sample_tokens={sample_tokens}", "plot=false", "num_threads=1", "eval_tokens=256", *model]
 
 
 def _run(cmd: list[str], timeout: int = 300) -> None:
@@ -56,7 +56,8 @@ def test_two_processes_equal_gradient_accumulation(data_dir, tmp_path, mode):
     assert main(_args(data_dir, single, "--grad-accum", "2")) == 0  # in this process: one start-up less
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(_free_port()), "-m", "mossnet.cli.main"]
-    _run([*launcher, *_args(data_dir, multi, *(["--fsdp"] if mode == "fsdp" else []))])
+    # the distributed run also writes its end-of-training sample (under FSDP2 from the gathered checkpoint)
+    _run([*launcher, *_args(data_dir, multi, *(["--fsdp"] if mode == "fsdp" else []), sample_tokens=4)])
 
     a, b = _train_records(single), _train_records(multi)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))

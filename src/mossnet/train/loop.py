@@ -641,8 +641,13 @@ class Trainer:
 
     def sample(self) -> str:
         cfg, info = self.cfg, self.info
-        if not cfg.sample_tokens or not (info.is_main or info.fsdp):
+        if not cfg.sample_tokens or not info.is_main:
             return ""
+        model = self.raw_model
+        if info.fsdp:
+            # FSDP2 leaves sharded DTensor weights in the model, and the decode step runs the
+            # layers outside their forward hooks; rank 0 samples from the full final checkpoint.
+            model = type(self.raw_model).from_pretrained(self.out).to(self.device)
         from mossnet.data import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.data)
@@ -652,9 +657,9 @@ class Trainer:
             source = self.val_tokens if self.val_tokens is not None else self.train_tokens
             prompt_ids = torch.as_tensor(np.asarray(source[:12], dtype=np.int64))[None]
         torch.manual_seed(cfg.seed)
-        self.raw_model.eval()
+        model.eval()
         with torch.no_grad(), self.autocast():
-            out = self.raw_model.generate(prompt_ids.to(self.device), max_new_tokens=cfg.sample_tokens,
+            out = model.generate(prompt_ids.to(self.device), max_new_tokens=cfg.sample_tokens,
                                           do_sample=True, temperature=0.8, top_p=0.95,
                                           pad_token_id=self.eos_id, eos_token_id=self.eos_id)
         text = tokenizer.decode(out[0].tolist(), skip_special_tokens=True)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU-scale comparison studies of RESULTS.md, as run on one lent GPU (one device call each):
+#   DATA=path/to/prepared OUT=/tmp/x scripts/gpu_studies.sh lm,ablations   # ~10 GPU-minutes
+#   OUT=/tmp/x scripts/gpu_studies.sh mqar                                   # ~10 GPU-minutes
+# DATA: `mossnet prepare-data --out DIR --corpus all --vocab-size 8192` (5.0M training tokens).
+# Study directories go under $STUDIES (default out/studies); re-running skips finished runs.
+# Several runs share the GPU at once (--jobs): the models are small and launch-bound, so one
+# run alone leaves the card mostly idle. Their tokens/s are therefore not benchmarks.
+# Each study stops at $STUDY_TIMEOUT seconds; the results of finished runs are kept, packed
+# (without weights) into $OUT/<study>.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-out/gpu_studies}" STUDIES="${STUDIES:-out/studies}"
+mkdir -p "$OUT" "$STUDIES"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+T="${STUDY_TIMEOUT:-520}"
+# ~5M active parameters (spec-shaped: E=4 SSM experts of top-2, P=64, N=32, 4 MLP experts).
+MODEL=(d_model=256 n_layers=6 ssm_head_dim=64 ssm_state_dim=32)
+LM=(--data "${DATA:-}" --budget-tokens "${BUDGET:-10000000}" --batch-size 32 --seq-len 256 --lr 3e-3
+    --eval-points 6 --eval-tokens 65536 --model "${MODEL[@]}")
+pids=()
+for study in ${1//,/ }; do
+  case "$study" in
+    lm) args=(--study lm --seeds 2 --jobs "${LM_JOBS:-4}" "${LM[@]}") ;;
+    ablations) args=(--study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}") ;;
+    mqar) args=(--study mqar --widths 64,128 --pairs 8,16,32 --lrs 1e-3,3e-3 --mqar-seq-len 128
+                --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-3000}" --mqar-batch-size 64 --jobs "${MQAR_JOBS:-8}") ;;
+    *) echo "unknown study $study (lm, ablations, mqar)"; exit 2 ;;
+  esac
+  echo "mossnet compare ${args[*]} --out $STUDIES/$study" | tee -a "$OUT/commands.txt"
+  timeout "$T" python3 -m mossnet.cli.main compare "${args[@]}" --out "$STUDIES/$study" > "$OUT/$study.log" 2>&1 &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+for study in ${1//,/ }; do
+  tail -n 25 "$OUT/$study.log"
+  tar czf "$OUT/$study.tgz" --exclude='*.safetensors' --exclude='trainer_state' --exclude='tokenizer*' \
+    -C "$STUDIES" "$study" 2>/dev/null
+done
+ls -la "$OUT"

@@ -7,6 +7,20 @@ state does not move otherwise), and only those tokens are projected (grouped GEM
 sorted assignments); with ``"all"`` every expert processes every token and the router only
 gates the outputs.
 
+Two layouts of the full-sequence forward compute the same function:
+
+* **compact** (``_forward_compact``): only the n*k dispatched rows, sorted by expert and, inside
+  an expert, by (batch row, time). Each (expert, batch row) pair is a contiguous segment, so the
+  conv (:func:`~mossnet.ops.conv.segment_causal_conv`) and the scan (one head, ``cu_seqlens``
+  over the E*batch segments) run on the rows directly: k/E of the dense elementwise work and
+  memory. Used for ``state_update="routed"`` on a fresh forward over whole rows -- no carried or
+  returned states, no packed documents (``position_ids``); padding is fine. This is the
+  training and plain-evaluation case.
+* **dense** (``_forward_dense``): the routed rows scattered into (batch, T, E, ...) and every
+  expert's conv and scan masked by its visits. The general path (``"all"``, generation with
+  states, packed documents) and the reference the compact layout is tested against; set the
+  module attribute ``compact_routing = False`` to force it everywhere.
+
 Shapes: D = d_model, E experts, P = head (value) dim, N = state dim, K = conv width,
 C = P + 2N conv channels, F = 2P + 2N + 1 projected features [z, x, B, C, d].
 """
@@ -19,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.conv import routed_causal_conv
+from ..ops.conv import gather_rows, routed_causal_conv, segment_causal_conv
 from ..ops.moe import dispatch_by_expert, grouped_linear
 from ..ops.moe.gathered_linear import gathered_linear
 from ..ops.mosse import mosse_scan
@@ -48,6 +62,8 @@ class MoSSE(nn.Module):
         self.routed = config.state_update == "routed"
         self.eps = config.rms_norm_eps
         self.scan_impl, self.chunk_size = config.scan_impl, config.chunk_size
+        # Set False (tests, benchmarks) to force the dense reference layout everywhere.
+        self.compact_routing = True
         self.router = Router(D, E, config.ssm_top_k, config.router_renormalize) if E > 1 else None
         self.in_proj = nn.Parameter(torch.empty(E, 2 * P + 2 * N + 1, D))
         self.conv_weight = nn.Parameter(torch.empty(E, P + 2 * N, K))
@@ -95,12 +111,51 @@ class MoSSE(nn.Module):
             (or None).
         """
         batch, T, Dm = u.shape
-        E, P, N = self.n_experts, self.head_dim, self.state_dim
         n = batch * T
         flat = u.reshape(n, Dm)
         valid = None if layout.valid is None else layout.valid.reshape(n)
         routing = self.route(flat, valid)
-        assign = dispatch_by_expert(routing.top_idx, valid, E)
+        assign = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
+
+        if self._compact_applies(layout, conv_state, ssm_state, return_states):
+            rows, states = self._forward_compact(u, routing, assign), None
+        else:
+            rows, states = self._forward_dense(u, valid, layout, routing, assign, conv_state, ssm_state, return_states)
+
+        # Read-out, shared by both layouts: rows (n*k, P) in dispatch order -> W_o of each
+        # row's expert -> summed back onto the tokens.
+        w_out = self.out_proj if torch.is_autocast_enabled() else self.out_proj.to(u.dtype)
+        out_rows = grouped_linear(rows.to(u.dtype), w_out, assign.offsets)  # (n*k, D)
+        o = out_rows.new_zeros(n, Dm).index_add(0, assign.token, out_rows).view(batch, T, Dm)
+        report = RouterReport.of(routing, assign.counts) if self.router is not None else None
+        return o, report, states
+
+    def _compact_applies(self, layout: SequenceLayout, conv_state, ssm_state, return_states) -> bool:
+        """The compact layout covers a fresh routed forward over whole rows (training, plain
+        evaluation), padding included. Carried or returned states (generation) and packed
+        documents take the dense layout, which handles both."""
+        return (
+            self.compact_routing
+            and self.routed
+            and layout.cu_seqlens is None
+            and conv_state is None
+            and ssm_state is None
+            and not return_states
+        )
+
+    def _forward_dense(self, u, valid, layout, routing, assign, conv_state, ssm_state, return_states):
+        """The masked dense layout: every expert's conv and scan over (batch, T, E, ...).
+
+        Args:
+            u: (batch, T, D); valid: (n,) bool or None; routing / assign of the n = batch*T tokens.
+        Returns:
+            rows (n*k, P): the gated, normed expert outputs in dispatch order, and the new
+            (conv_state, ssm_state) if ``return_states`` else None.
+        """
+        batch, T, Dm = u.shape
+        E, P, N = self.n_experts, self.head_dim, self.state_dim
+        n = batch * T
+        flat = u.reshape(n, Dm)
 
         # Which tokens each expert processes (its "sequence"), and their projections.
         w_in = self.in_proj.to(flat.dtype) if not torch.is_autocast_enabled() else self.in_proj
@@ -137,12 +192,68 @@ class MoSSE(nn.Module):
         gates = routing.dense_gates(E).view(batch, T, E, 1)
         yhat = gated_rms_norm(y, z, self.norm_weight, self.eps) * gates  # (batch, T, E, P) fp32
         rows = yhat.reshape(n * E, P)[assign.token * E + assign.expert.clamp(max=E - 1)]
-        w_out = self.out_proj if torch.is_autocast_enabled() else self.out_proj.to(u.dtype)
-        out_rows = grouped_linear(rows.to(u.dtype), w_out, assign.offsets)  # (n*k, D)
-        o = out_rows.new_zeros(n, Dm).index_add(0, assign.token, out_rows).view(batch, T, Dm)
-        report = RouterReport.of(routing, assign.counts) if self.router is not None else None
-        states = (new_conv, final) if return_states else None
-        return o, report, states
+        return rows, ((new_conv, final) if return_states else None)
+
+    def _forward_compact(self, u, routing, assign) -> torch.Tensor:
+        """The compact layout: only the n*k dispatched rows, never a (batch, T, E, ...) tensor.
+
+        The dispatch sorts rows by expert, stably, so inside an expert they stay in flat token
+        order b*T + t: each (expert e, batch row b) pair is one contiguous segment holding e's
+        subsequence of row b in time order -- exactly the sequence the routed conv and scan of
+        expert e must see. Padding rows (expert id E) sort last and form one extra trailing
+        segment: they touch no real segment, their gate is 0 and ``grouped_linear`` zeroes
+        their output rows, so they are computed (fixed shapes) but never used.
+
+        Args:
+            u: (batch, T, D); routing / assign of the n = batch*T tokens.
+        Returns:
+            rows (n*k, P): the gated, normed expert outputs in dispatch order.
+        """
+        batch, T, Dm = u.shape
+        E, P, N = self.n_experts, self.head_dim, self.state_dim
+        flat = u.reshape(batch * T, Dm)
+        expert = assign.expert.clamp(max=E - 1)  # padding rows borrow expert E-1's parameters
+
+        # Segment boundaries on the device, fixed shape (E*batch + 2,): segment e*batch + b,
+        # and E*batch for padding. scatter_add_, not bincount (which reads its max to the host).
+        segment = (assign.expert * batch + torch.div(assign.token, T, rounding_mode="floor")).clamp(max=E * batch)
+        sizes = torch.zeros(E * batch + 1, dtype=torch.long, device=u.device)
+        sizes.scatter_add_(0, segment, torch.ones_like(segment))
+        cu = F.pad(torch.cumsum(sizes, 0), (1, 0)).to(torch.int32)
+
+        w_in = self.in_proj.to(flat.dtype) if not torch.is_autocast_enabled() else self.in_proj
+        proj = grouped_linear(flat[assign.token], w_in, assign.offsets)  # (n*k, F)
+        z, xBC, d = self._split(proj)
+        xBC = F.silu(segment_causal_conv(xBC, self.conv_weight, self.conv_bias, expert, cu))
+        x, B, C = xBC.split([P, N, N], dim=-1)
+
+        # One scan "head" for all experts. The scan takes one A per head, so fold each row's
+        # |A_e| into its step: with dt' = dt |A_e| and A' = -1,
+        #     h'_t = exp(-dt'_t) h'_{t-1} + dt'_t B_t x_t^T = |A_e| h_t   (h_t: the true state),
+        # since exp(-dt'_t) = exp(dt_t A_e) and the input term is |A_e| times the true one; so
+        # C_t h'_t = |A_e| C_t h_t and y_t = C_t h'_t / |A_e| + D_e x_t. Dividing the output (in
+        # fp32) rather than x or B keeps the scan's inputs unrounded; D is applied here, per row.
+        # dt and A stay in fp32 (fp64 for fp64 layers), as in the dense layout. The Triton scan
+        # takes cu_seqlens without a host sync; the plain PyTorch scans ("chunked", "reference")
+        # read it back to the host, as they do for any packed batch.
+        sdt = compute_dtype_for(u)
+        # Each row's expert's dt bias, |A_e|, D_e and norm weight in one gather (they are fp32
+        # parameters even in bf16 models; the norm upcasts its weight anyway).
+        table = torch.cat(
+            [self.dt_bias[:, None], torch.exp(self.A_log)[:, None], self.D, self.norm_weight], dim=1
+        ).to(sdt)  # (E, 2 + 2P)
+        dt_bias, neg_A, D, norm_weight = gather_rows(table, expert).split([1, 1, P, P], dim=1)
+        neg_A = neg_A.squeeze(1)  # |A_e| per row, (n*k,)
+        dt = F.softplus(d.squeeze(-1).to(sdt) + dt_bias.squeeze(1))
+        unit = lambda t: t[None, :, None]  # noqa: E731  (n*k, ...) -> (1, n*k, 1, ...): one head
+        y, _ = mosse_scan(
+            unit(x), unit(dt * neg_A), -torch.ones(1, dtype=sdt, device=u.device), unit(B), unit(C),
+            cu_seqlens=cu, impl=self.scan_impl, chunk_size=self.chunk_size,
+        )
+        y = y[0, :, 0].to(sdt) / neg_A[:, None] + D * x.to(sdt)  # (n*k, P)
+
+        gates = routing.top_gates.reshape(-1).index_select(0, assign.slot)  # sorted rows' gates
+        return gated_rms_norm(y, z, norm_weight, self.eps) * gates[:, None]
 
     def _scan(self, x, dt, A, B, C, layout: SequenceLayout, ssm_state, return_states):
         """The scan over (batch, T), or over the flattened batch when documents are packed."""

@@ -56,6 +56,7 @@ def random_states(layer, batch, dtype=torch.float64):
 def run_layer(layer, u, valid=None, conv=None, ssm=None, return_states=False):
     """Forward, capturing the per-expert y that the layer's scan produced."""
     captured = {}
+    layer.compact_routing = False  # the dense layout exposes y per (token, expert); test_mosse_compact covers the compact one
     scan = layer._scan
 
     def spy(*args, **kwargs):

@@ -107,9 +107,11 @@ def llama_config(tiny: bool, vocab: int, max_len: int) -> LlamaConfig:
 
 
 def build(name: str, tiny: bool, device, max_len: int = 32768):
-    """A fresh fp32 model by benchmark name."""
+    """A fresh fp32 model by benchmark name. ``mossnet-base-dense``: the base model with the
+    routed layer forced onto its masked-dense reference layout (``compact_routing=False``), to
+    time what the compact layout buys in the same run."""
     torch.manual_seed(0)
-    if name == "mossnet-base":
+    if name in ("mossnet-base", "mossnet-base-dense"):
         model = MossNetForCausalLM(mossnet_config("base", tiny))
     elif name == "mossnet-small":
         model = MossNetForCausalLM(mossnet_config("small", tiny))
@@ -122,11 +124,23 @@ def build(name: str, tiny: bool, device, max_len: int = 32768):
         raise ValueError(name)
     if isinstance(model, MossNetForCausalLM):
         model.model.validate_token_ids = False  # ids below are generated in range; no host sync
+    if name.endswith("-dense"):
+        for module in model.modules():
+            if hasattr(module, "compact_routing"):
+                module.compact_routing = False
     return model.to(device)
 
 
 def is_mossnet(model) -> bool:
     return isinstance(model, MossNetForCausalLM)
+
+
+def routing_layout(model) -> str | None:
+    """"compact" or "dense" for a routed MossNet (see layers/mosse.py), else None."""
+    flags = {m.compact_routing and m.routed for m in model.modules() if hasattr(m, "compact_routing")}
+    if not flags or not is_mossnet(model) or model.config.ssm_experts == 1:
+        return None
+    return "compact" if flags == {True} else "dense"
 
 
 # ---------------------------------------------------------------------------- accounting
@@ -295,6 +309,7 @@ def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
         "peak_mem_gb": peak(device) / 2**30,
         "state_bytes_per_layer": (recurrent_state_bytes_per_layer(model.config) if is_mossnet(model) else None),
         "scan_impl": (scan_impl or resolve_impl("auto", ids.float())) if is_mossnet(model) else None,
+        "routing_layout": routing_layout(model),
     }
     del model, opt
     reset_peak(device)
@@ -640,7 +655,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None, help="JSON results path")
     ap.add_argument("--sections", default="train,prefill,decode,memory,profile,extras")
-    ap.add_argument("--train-models", default="mossnet-base,mossnet-small,llama-135m,ssm-1head")
+    ap.add_argument("--train-models", default="mossnet-base,mossnet-base-dense,mossnet-small,llama-135m,ssm-1head")
     ap.add_argument("--time-budget", type=float, default=420.0,
                     help="seconds after the start past which the extras (captured prefill, compiled decode) are skipped")
     ap.add_argument("--hard-budget", type=float, default=1e9,

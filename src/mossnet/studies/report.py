@@ -88,7 +88,9 @@ def plot_lm(results: list[dict[str, Any]], path: str | Path, title: str = "") ->
         return "matplotlib is not installed: no plot (pip install matplotlib)"
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=120)
     for variant, runs in group_lm(results).items():
-        curves = [dict((int(t), l) for t, l in r["val_curve"]) for r in runs]
+        # The intermediate points score a validation subset, the final one the whole split (a
+        # different mix of documents, so a different level): the final score is drawn apart.
+        curves = [dict((int(t), l) for t, l in _intermediate(r)) for r in runs]
         tokens = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
         if not tokens:
             continue
@@ -98,17 +100,29 @@ def plot_lm(results: list[dict[str, Any]], path: str | Path, title: str = "") ->
         line, = ax.plot(tokens, mean, "o-", ms=3, lw=1.5, label=runs[0]["label"])
         if len(curves) > 1:
             ax.fill_between(tokens, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+        finals = [r["val_loss"] for r in runs if r.get("val_loss") is not None]
+        if finals:
+            ax.plot([runs[0]["tokens"]], [sum(finals) / len(finals)], "*", ms=9, color=line.get_color())
     bigram = next((r["bigram"] for r in results if r.get("bigram")), None)
     if bigram:
         ax.axhline(bigram["loss"], color="gray", ls="--", lw=1, label=f"bigram ({bigram['loss']:.2f})")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats / token)")
     ax.set_title(title or "validation loss (mean over seeds; band = min..max)")
+    ax.plot([], [], "*", ms=9, color="black", label="final score, whole validation split")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path, plt)
     return None
+
+
+def _intermediate(run: dict[str, Any]) -> list:
+    """The validation curve without its last point when that point is the final whole-split score."""
+    curve = run["val_curve"]
+    if len(curve) > 1 and run.get("val_loss") is not None and curve[-1][1] == run["val_loss"]:
+        return curve[:-1]
+    return curve
 
 
 def _save(fig, path, plt) -> None:

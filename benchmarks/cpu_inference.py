@@ -5,7 +5,8 @@ and Mamba-2 (~130M): prefill time, decode latency (median / p90) and peak RSS pe
     python benchmarks/cpu_inference.py --markdown --json runs/bench/cpu.json --plot docs/cpu_inference.png
     python benchmarks/cpu_inference.py --tiny --contexts 16,32          # seconds, for tests
 
-Same as ``mossnet bench --device cpu``; see :mod:`mossnet.cli.bench` for what is measured.
+Same as ``mossnet bench --device cpu`` (arguments: :mod:`mossnet.cli.bench`); see :mod:`mossnet.bench`
+for what is measured.
 """
 
 import sys

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from mossnet.bench.report import markdown_table
 from mossnet.cli import bench
 
 KEYS = {"model", "context", "prefill_ms", "decode_ms_median", "decode_ms_p90", "peak_rss_mb", "decode_tokens",
@@ -29,7 +30,7 @@ def test_tiny_benchmark_in_process(tmp_path):
         assert r["prefill_ms"] > 0 and r["decode_ms_p90"] >= r["decode_ms_median"] > 0 and r["peak_rss_mb"] > 0
         assert r["decode_tokens"] == 3
     assert {"date", "cpu", "threads", "torch", "command"} <= set(data["machine"])
-    table = bench.markdown_table(rows)
+    table = markdown_table(rows)
     assert table.count("\n") == len(rows) + 1
 
 

@@ -7,14 +7,17 @@ segment holding exactly that expert's subsequence of that row. A causal depthwis
 segment, with the segment's expert's taps, is then the routed conv of
 :func:`~mossnet.ops.conv.routed_causal_conv` without the dense (batch, T, E, C) buffer.
 
-No host synchronisation, fixed shapes: the segment of each row comes from a ``searchsorted``
-on the device, and a tap that would reach across a segment start is masked to zero.
+No host synchronisation, fixed shapes: the segment of each row is counted on the device
+(:func:`~mossnet.ops.segments.segment_ids`), and a tap that would reach across a segment start
+is masked to zero.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..segments import segment_ids
 
 
 # Backward of gather_rows: lanes per group that the gradient rows are spread over before the
@@ -101,13 +104,6 @@ def segment_causal_conv(
     G, _, K = weight.shape
     if M == 0:
         return x.new_zeros(0, C, dtype=torch.promote_types(x.dtype, weight.dtype))
-    rows = torch.arange(M, device=x.device)
-    # Segment of each row = number of segment ends at or before it (empty segments skipped);
-    # its position inside the segment says how many taps reach back without leaving it.
-    cu = cu_seqlens.to(device=x.device, dtype=torch.long)
-    seg = torch.searchsorted(cu[1:], rows, right=True).clamp_(max=cu.numel() - 2)
-    pos = rows - cu[seg]  # (M,)
-
     # Every row's taps (and bias) in one gather: (M, C*K [+ C]).
     table = weight.reshape(G, C * K) if bias is None else torch.cat([weight.reshape(G, C * K), bias], dim=1)
     per_row = gather_rows(table, group)
@@ -115,12 +111,27 @@ def segment_causal_conv(
     # Window of row i: rows i-K+1 .. i (zeros before row 0); tap t reaches back K-1-t rows and
     # is dropped where that crosses the start of row i's segment.
     windows = F.pad(x, (0, 0, K - 1, 0)).unfold(0, K, 1)  # (M, C, K), a view
-    reach = torch.arange(K - 1, -1, -1, device=x.device)  # (K,)
-    keep = (pos[:, None] >= reach[None, :]).to(taps.dtype)  # (M, K)
+    keep = taps_inside_segment(cu_seqlens.to(x.device), M, K).to(taps.dtype)  # (M, K)
     out = (windows * (taps * keep[:, None, :])).sum(-1)
     if bias is not None:
         out = out + per_row[:, C * K :]
     return out
+
+
+@torch.compiler.disable
+def taps_inside_segment(cu_seqlens: torch.Tensor, M: int, K: int) -> torch.Tensor:
+    """(M, K) bool: tap t of row i (which reads row i-K+1+t) stays inside row i's segment.
+
+    A row's position inside its segment says how many taps reach back without leaving it.
+    Kept out of ``torch.compile`` graphs (a graph break, then the mask enters the graph as an
+    input): with torch 2.13, Inductor's CPU code for this integer bookkeeping, recomputed in the
+    backward graph, corrupted the heap on more than one thread (``tests/ops/test_segments.py``).
+    """
+    cu = cu_seqlens.to(torch.long)
+    rows = torch.arange(M, device=cu.device)
+    pos = rows - cu[segment_ids(cu, M)]  # (M,)
+    reach = torch.arange(K - 1, -1, -1, device=cu.device)  # (K,)
+    return pos[:, None] >= reach[None, :]
 
 
 def segment_causal_conv_reference(x, weight, bias, group, cu_seqlens):

@@ -14,6 +14,7 @@ import torch
 from mossnet import MossNetForCausalLM
 from mossnet.layers.mosse import MoSSE
 from mossnet.layers.sequence_layout import SequenceLayout
+from mosse_helpers import randomize_mosse_
 
 
 def make_layer(tiny_config, E, k, dtype=torch.float64, **kw):
@@ -21,16 +22,7 @@ def make_layer(tiny_config, E, k, dtype=torch.float64, **kw):
     cfg = tiny_config(d_model=12, ssm_experts=E, ssm_top_k=k, ssm_head_dim=6, ssm_state_dim=5, **kw)
     layer = MoSSE(cfg)
     layer.reset_parameters(cfg)
-    with torch.no_grad():  # O(1) activations; distinct per-expert A, dt, D, norms and biases
-        layer.in_proj.normal_(std=0.4)
-        layer.out_proj.normal_(std=0.3)
-        layer.conv_bias.normal_(std=0.2)
-        layer.D.normal_()
-        layer.norm_weight.normal_(mean=1.0, std=0.3)
-        layer.dt_bias.normal_(mean=-1.0, std=0.5)
-        layer.A_log.uniform_(-1.0, 1.5)
-        if layer.router is not None:
-            layer.router.weight.normal_(std=0.5)
+    randomize_mosse_(layer, a_log_max=1.5)
     return layer.to(dtype)
 
 

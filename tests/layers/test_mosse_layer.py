@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mossnet.layers.mosse import MoSSE
 from mossnet.layers.sequence_layout import SequenceLayout
 from mossnet.ops.mosse import mosse_scan
+from mosse_helpers import randomize_mosse_
 
 F64_TOL = 1e-10
 
@@ -33,16 +34,7 @@ def make_layer(tiny_config, E=4, k=2, state_update="routed", dtype=torch.float64
     )
     layer = MoSSE(cfg)
     layer.reset_parameters(cfg)
-    with torch.no_grad():  # O(1) activations and non-trivial routing / norms / skips / biases
-        layer.in_proj.normal_(std=0.4)
-        layer.out_proj.normal_(std=0.3)
-        layer.conv_bias.normal_(std=0.2)
-        layer.D.normal_()
-        layer.norm_weight.normal_(mean=1.0, std=0.3)
-        layer.dt_bias.normal_(mean=-1.0, std=0.5)
-        layer.A_log.uniform_(-1.0, 1.0)
-        if layer.router is not None:
-            layer.router.weight.normal_(std=0.5)
+    randomize_mosse_(layer, a_log_max=1.0)
     return layer.to(dtype)
 
 

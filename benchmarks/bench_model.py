@@ -265,16 +265,24 @@ def bench_matmul(device, n: int, clock: Clock) -> float:
     return 2 * n**3 / seconds
 
 
+def reported_error(err: Exception, limit: int = 600, print_traceback: bool = True) -> str:
+    """A failed measurement's one-line entry for the results (the traceback goes to the log):
+    a broken job must not hide the other numbers."""
+    if print_traceback:
+        traceback.print_exc()
+    return f"{type(err).__name__}: {err}"[:limit]
+
+
 def bench_train(name, tiny, device, sz, clock, matmul_rate) -> dict:
     try:
         return _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl=None)
     except Exception as err:  # noqa: BLE001  (a broken fast path must not hide the other numbers)
         if not name.startswith(("mossnet", "ssm")):
             raise
-        traceback.print_exc()
+        error = reported_error(err, limit=400)
         reset_peak(device)
         out = _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl="chunked")
-        out["fast_path_error"] = f"{type(err).__name__}: {err}"[:400]
+        out["fast_path_error"] = error
         return out
 
 
@@ -380,7 +388,7 @@ def bench_prefill(name, tiny, device, sz, clock, graph: bool = False) -> dict:
                 out["graph_ms"] = clock.median(graph.replay, sz["prefill_iters"], sz["warmup"]) * 1e3
                 del graph
             except Exception as err:  # noqa: BLE001
-                out["graph_error"] = f"{type(err).__name__}: {err}"[:400]
+                out["graph_error"] = reported_error(err, limit=400, print_traceback=False)
     out["best_ms"] = min(v for k, v in out.items() if k.endswith("_ms"))
     del model
     reset_peak(device)
@@ -474,8 +482,7 @@ def bench_decode(name, tiny, device, sz, clock, modes, deadline) -> list:
                 else:
                     row.update(llama_decode(model, B, sz, device, clock, compiled=mode == "static+compile"))
             except Exception as err:  # noqa: BLE001
-                row["error"] = f"{type(err).__name__}: {err}"[:600]
-                traceback.print_exc()
+                row["error"] = reported_error(err)
             rows.append(row)
             print(f"  decode {row}", flush=True)
             reset_peak(device)
@@ -520,8 +527,7 @@ def bench_memory(name, tiny, device, sz, clock) -> list:
             row["decode_resident_mb_above_weights"] = (before - weights) / 2**20
             del cache, kw
         except Exception as err:  # noqa: BLE001
-            row["error"] = f"{type(err).__name__}: {err}"[:600]
-            traceback.print_exc()
+            row["error"] = reported_error(err)
         rows.append(row)
         print(f"  memory {row}", flush=True)
         reset_peak(device)
@@ -597,8 +603,7 @@ def run_job(job: str, args, device, sz, clock, rate, deadline) -> tuple[str, lis
         try:
             return [fn()]
         except Exception as err:  # noqa: BLE001
-            traceback.print_exc()
-            return [{"model": name, "error": f"{type(err).__name__}: {err}"[:600]}]
+            return [{"model": name, "error": reported_error(err)}]
 
     if section == "train":
         return "train", one(lambda: bench_train(name, args.tiny, device, sz, clock, rate))

@@ -63,6 +63,7 @@ from mossnet import MossNetConfig, MossNetForCausalLM  # noqa: E402
 from mossnet.models.mossnet.cuda_graph_decode import reset_graph_decoders  # noqa: E402
 from mossnet.models.mossnet.parameter_count import count_parameters, recurrent_state_bytes_per_layer  # noqa: E402
 from mossnet.ops.mosse import resolve_impl  # noqa: E402
+from mossnet.train.cuda_graph_step import CapturedTrainStep, autocast_for_capture  # noqa: E402
 
 # ---------------------------------------------------------------------------- sizes
 
@@ -277,7 +278,7 @@ def bench_train(name, tiny, device, sz, clock, matmul_rate) -> dict:
     try:
         return _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl=None)
     except Exception as err:  # noqa: BLE001  (a broken fast path must not hide the other numbers)
-        if not name.startswith(("mossnet", "ssm")):
+        if not name.startswith(("mossnet", "ssm")) or name.endswith("-graph"):
             raise
         error = reported_error(err, limit=400)
         reset_peak(device)
@@ -287,7 +288,11 @@ def bench_train(name, tiny, device, sz, clock, matmul_rate) -> dict:
 
 
 def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
-    model = build(name, tiny, device).train()
+    """Training tokens/s, MFU and peak memory. ``NAME-graph``: model NAME with the whole step
+    (forward, backward, AdamW) replayed from a CUDA graph (``mossnet.train.cuda_graph_step``,
+    what ``mossnet train --cuda-graph`` runs)."""
+    graphed = name.endswith("-graph")
+    model = build(name.removesuffix("-graph"), tiny, device).train()
     if scan_impl is not None:
         for module in model.modules():
             if hasattr(module, "scan_impl"):
@@ -297,12 +302,27 @@ def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
     ids = randint(model.config.vocab_size, (B, T), device)
 
-    def step():
-        with autocast(device):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    if graphed:
+        if device.type != "cuda":
+            raise RuntimeError("the -graph training jobs need CUDA")
+
+        def loss_fn(input_ids, labels):
+            with autocast_for_capture("cuda", torch.bfloat16):
+                loss = model(input_ids=input_ids, labels=labels).loss
+            return loss, loss, None, {}
+
+        captured = CapturedTrainStep(model, opt, loss_fn, warmup_steps=2)
+        ids3 = ids.unsqueeze(0)
+
+        def step():
+            captured(ids3, ids3)
+    else:
+        def step():
+            with autocast(device):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
     reset_peak(device)
     for _ in range(sz["train_warmup"]):
@@ -318,6 +338,7 @@ def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
         "state_bytes_per_layer": (recurrent_state_bytes_per_layer(model.config) if is_mossnet(model) else None),
         "scan_impl": (scan_impl or resolve_impl("auto", ids.float())) if is_mossnet(model) else None,
         "routing_layout": routing_layout(model),
+        "cuda_graph": graphed,
     }
     del model, opt
     reset_peak(device)
@@ -635,7 +656,10 @@ def jobs_for(args, device) -> list[str]:
     sections = set(args.sections.split(","))
     jobs = []
     if "train" in sections:
-        jobs += [f"train:{m}" for m in args.train_models.split(",")]
+        models = args.train_models.split(",")
+        if device.type != "cuda":  # CUDA graphs need CUDA
+            models = [m for m in models if not m.endswith("-graph")]
+        jobs += [f"train:{m}" for m in models]
     if "prefill" in sections:
         jobs += ["prefill:mossnet-base", "prefill:llama-135m"]
     batches = sizes(args.tiny)["decode_batches"]
@@ -660,7 +684,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None, help="JSON results path")
     ap.add_argument("--sections", default="train,prefill,decode,memory,profile,extras")
-    ap.add_argument("--train-models", default="mossnet-base,mossnet-base-dense,mossnet-small,llama-135m,ssm-1head")
+    ap.add_argument("--train-models", default="mossnet-base,mossnet-base-graph,mossnet-base-dense,mossnet-small,"
+                    "llama-135m,llama-135m-graph,ssm-1head,ssm-1head-graph",
+                    help="training jobs; NAME-graph replays the whole step from a CUDA graph (CUDA only)")
     ap.add_argument("--time-budget", type=float, default=420.0,
                     help="seconds after the start past which the extras (captured prefill, compiled decode) are skipped")
     ap.add_argument("--hard-budget", type=float, default=1e9,

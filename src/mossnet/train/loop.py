@@ -34,7 +34,9 @@ from . import distributed
 from .baselines import build_model_config, describe, model_class
 from .config import TrainConfig, save_yaml
 from .metrics import MetricsLogger, read_jsonl
-from .optim import build_optimizer, group_param_names, lr_at, set_lr
+from .cuda_graph_step import CapturedTrainStep, autocast_for_capture
+from .optim import (build_optimizer, float_learning_rates, group_param_names, lr_at, restore_implementation,
+                    set_lr)
 
 MODEL_TYPES = {"mossnet": "mossnet", "llama": "llama", "mamba2": "mamba2"}
 VAL_SEGMENTS = 8  # periodic validation: evenly spaced segments of the split
@@ -135,6 +137,7 @@ class Trainer:
         self.resume_dir = Path(cfg.resume) if cfg.resume else None
         self.resume_state = ckpt.read_trainer_state(self.resume_dir) if self.resume_dir else None
 
+        self.check_cuda_graph()
         self.load_data()
         self.build_model()
         self.build_optimizer()
@@ -274,6 +277,7 @@ class Trainer:
             distributed.load_full_optimizer_state(self.raw_model, self.optimizer, opt["optimizer"], info)
         except (ValueError, KeyError, RuntimeError) as err:
             raise ckpt.CheckpointError(f"{path}: the optimizer state cannot be loaded: {err}") from None
+        restore_implementation(self.optimizer)
         for group in self.optimizer.param_groups:  # this run's hyper-parameters win
             group["betas"] = (cfg.beta1, cfg.beta2)
             group["eps"] = cfg.eps
@@ -312,9 +316,22 @@ class Trainer:
     def make_autocast(self):
         cfg, dev = self.cfg, self.device
         bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
+        if bf16 and cfg.cuda_graph:
+            return lambda: autocast_for_capture(dev.type, torch.bfloat16)
         if bf16:
             return lambda: torch.autocast(dev.type, dtype=torch.bfloat16)
         return contextlib.nullcontext
+
+    def check_cuda_graph(self) -> None:
+        """``--cuda-graph`` needs one CUDA process and an eager model (torch.compile captures its own)."""
+        cfg, info = self.cfg, self.info
+        if not cfg.cuda_graph:
+            return
+        if self.device.type != "cuda":
+            raise ValueError(f"--cuda-graph needs a CUDA device; this run is on {self.device} "
+                             "(pass --no-cuda-graph, e.g. when resuming a GPU run on the CPU)")
+        if info.enabled:
+            raise ValueError("--cuda-graph runs in a single process; under torchrun (DDP/FSDP2) train without it")
 
     # ------------------------------------------------------------------ the loop
     def loop(self) -> TrainResult:
@@ -334,14 +351,13 @@ class Trainer:
         previous_handlers = self.install_signal_handlers()
         try:
             self.model.train()
+            self.captured_step = self.make_captured_step() if cfg.cuda_graph else None
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
-                loss, ce, aux, stop, load = self.train_step()
-                grad_norm = self.clip_gradients()
-                if not all(math.isfinite(x) for x in (loss, ce, aux, grad_norm)):
-                    self.diverged(loss, ce, aux, grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                if self.captured_step is not None:
+                    loss, ce, aux, grad_norm, stop, load = self.captured_train_step()
+                else:
+                    loss, ce, aux, grad_norm, stop, load = self.eager_train_step()
                 self.step += 1
                 self.tokens_seen += tokens_per_step
                 dt = time.perf_counter() - t0
@@ -381,6 +397,44 @@ class Trainer:
         self.logger.close()
         return result
 
+    def micro_loss(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        """One micro-batch's forward under autocast: (loss, cross-entropy, aux loss or None,
+        {router name: (E,) tokens per expert})."""
+        with self.autocast():
+            out = self.model(input_ids=input_ids, **self.forward_kwargs)
+            ce, aux = lm_and_aux_loss(out, labels)
+            loss = ce + aux if aux is not None else ce
+        return loss, ce, aux, getattr(out, "router_load", None) or {}
+
+    def eager_train_step(self):
+        """One optimizer step, eagerly: forward/backward over the micro-batches, clipping, and
+        AdamW, which is not applied when the loss or gradient norm is not finite (training stops)."""
+        loss, ce, aux, stop, load = self.train_step()
+        grad_norm = self.clip_gradients()
+        if not all(math.isfinite(x) for x in (loss, ce, aux, grad_norm)):
+            self.diverged(loss, ce, aux, grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, ce, aux, grad_norm, stop, load
+
+    def make_captured_step(self) -> CapturedTrainStep:
+        self.say("the training step is captured in a CUDA graph after 2 eager steps (--cuda-graph)")
+        return CapturedTrainStep(self.raw_model, self.optimizer, self.micro_loss, grad_clip=self.cfg.grad_clip)
+
+    def captured_train_step(self):
+        """One optimizer step replayed from a CUDA graph (``train/cuda_graph_step.py``): the same
+        work as ``eager_train_step`` in one launch; a non-finite step is skipped inside the graph."""
+        cfg = self.cfg
+        self.set_lr(lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+        micro = [next(self.batches) for _ in range(cfg.grad_accum)]
+        input_ids = torch.as_tensor(np.stack([m[0] for m in micro]))
+        labels = torch.as_tensor(np.stack([m[1] for m in micro]))
+        stats, load = self.captured_step(input_ids, labels)
+        loss, ce, aux, grad_norm = stats.tolist()
+        if not all(math.isfinite(x) for x in (loss, ce, aux, grad_norm)):
+            self.diverged(loss, ce, aux, grad_norm)
+        return loss, ce, aux, grad_norm, self._stop_signal, load
+
     def train_step(self) -> tuple[float, float, float, str | None, dict[str, torch.Tensor]]:
         """Forward and backward over grad_accum micro-batches. Returns the step's mean loss, cross-
         entropy and aux loss (averaged over ranks), a stop reason if any rank got a signal, and the
@@ -395,14 +449,11 @@ class Trainer:
             labels = torch.as_tensor(labels).to(self.device, non_blocking=True)
             last = micro == cfg.grad_accum - 1
             with distributed.no_grad_sync(self.model, info, skip=not last):
-                with self.autocast():
-                    out = self.model(input_ids=input_ids, **self.forward_kwargs)
-                    ce, aux = lm_and_aux_loss(out, labels)
-                    loss = ce + aux if aux is not None else ce
+                loss, ce, aux, micro_load = self.micro_loss(input_ids, labels)
                 (loss / cfg.grad_accum).backward()
             sums += torch.stack([loss.detach().float(), ce.detach().float(),
                                  aux.detach().float() if aux is not None else sums.new_zeros(())])
-            for name, counts in (getattr(out, "router_load", None) or {}).items():
+            for name, counts in micro_load.items():
                 counts = counts.detach().float()
                 load[name] = load[name] + counts if name in load else counts
         flag = 1.0 if self._stop_signal else 0.0
@@ -553,6 +604,8 @@ class Trainer:
         self.logger.close_tensorboard()
         model_state = distributed.full_model_state(self.raw_model, info) if info.fsdp else None
         opt_state = distributed.full_optimizer_state(self.raw_model, self.optimizer, info)
+        if opt_state is not None:
+            opt_state = float_learning_rates(opt_state)
 
         def write_model(tmp: Path) -> None:
             if model_state is not None:

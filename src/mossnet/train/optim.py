@@ -80,5 +80,30 @@ def lr_at(step: int, max_lr: float, warmup_steps: int, max_steps: int, min_lr_ra
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate. A tensor learning rate (a CUDA-graph-captured step reads
+    it, ``train/cuda_graph_step.py``) is written in place; a float one is replaced."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def restore_implementation(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict``: the loaded param groups carry the saving run's implementation
+    flags (fused, foreach, capturable) and maybe a tensor learning rate; put back this run's
+    flags (the constructor's) and a float learning rate."""
+    for group in optimizer.param_groups:
+        for key in ("foreach", "fused", "capturable"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
+
+
+def float_learning_rates(optimizer_state: dict) -> dict:
+    """``optimizer_state`` (a ``state_dict()``) with tensor learning rates as plain floats, so a
+    checkpoint's param groups do not depend on how the saving run stepped."""
+    groups = [{**g, "lr": float(g["lr"])} if isinstance(g.get("lr"), torch.Tensor) else g
+              for g in optimizer_state["param_groups"]]
+    return {**optimizer_state, "param_groups": groups}

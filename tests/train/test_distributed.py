@@ -35,7 +35,7 @@ def _args(data: Path, out: Path, *extra: str, sample_tokens: int = 0) -> list[st
     model = [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
     return ["train", "--data", str(data), "--out", str(out), "--seq-len", "32", "--batch-size", "4",
             "--max-steps", str(STEPS), "--log-interval", "1", "--eval-interval", "0", "--ckpt-interval", "2",
-            "--no-progress", "--no-tensorboard", "--seed", "0", *extra,
+            "--no-progress", "--no-tensorboard", "--seed", "0", "--device", "cpu", *extra,
             "warmup_steps=1", f"sample_tokens={sample_tokens}", "plot=false", "num_threads=1", "eval_tokens=256", *model]
 
 

@@ -58,9 +58,21 @@ def quantize_int8(src: str, dst: str) -> None:
     (the LM head) become int8 with activations quantized per call, and Gather tables (the
     embedding and the stacked expert weights that the decode step gathers) are stored in int8
     and dequantized after the gather."""
+    import tempfile
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+    # The quantizer re-runs onnx shape inference and fails where an intermediate shape recorded
+    # by the exporter disagrees with what inference derives (seen with torch 2.11's exporter: a
+    # tied embedding / LM-head weight, "(32) vs (96)"). Those records are only hints: drop them
+    # and let inference recompute every intermediate shape.
+    model = onnx.load(src)
+    del model.graph.value_info[:]
+    with tempfile.TemporaryDirectory() as tmp:
+        hintless = os.path.join(tmp, "model.onnx")
+        onnx.save(model, hintless)
+        quantize_dynamic(hintless, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
 
 
 def export_onnx(

@@ -81,7 +81,8 @@ class CapturedTrainStep:
         self.static_labels: torch.Tensor | None = None
         self.static_stats: torch.Tensor | None = None
         self.static_load: dict[str, torch.Tensor] = {}
-        self.found_inf = torch.zeros(1, device=self.device, dtype=torch.float32)
+        # 0-d: torch's fused AdamW subtracts it from each 0-d step counter
+        self.found_inf = torch.zeros((), device=self.device, dtype=torch.float32)
         make_capturable(optimizer, self.found_inf)
 
     # ------------------------------------------------------------------ public
@@ -136,7 +137,7 @@ class CapturedTrainStep:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
         stats = torch.cat([sums / n_micro, grad_norm.detach().float().reshape(1)])
         # Skip the update when anything is not finite (read by the fused AdamW kernel).
-        self.found_inf.copy_((~torch.isfinite(stats)).any().float().reshape(1))
+        self.found_inf.copy_((~torch.isfinite(stats)).any().float())
         self.optimizer.step()
         return stats, load
 

@@ -194,6 +194,23 @@ def test_graph_decode_equals_eager(batch, autocast):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("autocast", [False, True])
+def test_compiled_graph_decode_equals_eager(autocast):
+    """``cuda_graph_compile``: the decode step compiled by torch.compile (Inductor fuses it), then
+    captured. Same tokens and logits as eager decode, up to Inductor's reordered arithmetic."""
+    model = tiny_model().cuda()
+    model.cuda_graph_compile = True
+    prompt = torch.randint(0, model.config.vocab_size, (2, 11), device="cuda")
+    (eager, eager_cache), (graph, graph_cache) = _eager_and_graph(model, prompt, 5, autocast)
+    tol = 2e-2 if autocast else 1e-4
+    torch.testing.assert_close(graph, eager, rtol=tol, atol=tol)
+    for a, b in zip(graph_cache.ssm_states + graph_cache.conv_states, eager_cache.ssm_states + eager_cache.conv_states):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+@gpu
 def test_graph_decode_state_update_all():
     model = tiny_model(state_update="all").cuda()
     prompt = torch.randint(0, model.config.vocab_size, (2, 7), device="cuda")

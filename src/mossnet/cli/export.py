@@ -75,12 +75,16 @@ def run(args) -> int:
         print(f"wrote {args.out}/decode_step.pt2 and prefill.pt2 (torch.export)")
     if args.format in ("onnx", "both"):
         try:
-            from mossnet.export.onnx import export_onnx
+            from mossnet.export.onnx import Int8ExportError, export_onnx
         except ImportError as err:  # pragma: no cover
             print(f"mossnet export: ONNX export needs onnx, onnxscript and onnxruntime ({err})", file=sys.stderr)
             return 2
-        manifest = export_onnx(model, args.out, prefill_length=args.prefill_length, batch_size=args.batch_size,
-                               opset=args.opset, quantize=args.quantize, tokenizer_file=tokenizer)
+        try:
+            manifest = export_onnx(model, args.out, prefill_length=args.prefill_length, batch_size=args.batch_size,
+                                   opset=args.opset, quantize=args.quantize, tokenizer_file=tokenizer)
+        except Int8ExportError as err:
+            print(f"mossnet export: {err}", file=sys.stderr)
+            return 1
         print(f"wrote {args.out}: " + ", ".join(manifest["files"].values()) + ", manifest.json"
               + (", tokenizer.json" if tokenizer else " (no tokenizer: pass --tokenizer to generate text)"))
     print(f"export took {time.perf_counter() - t0:.1f} s")

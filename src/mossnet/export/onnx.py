@@ -53,6 +53,10 @@ def _to_onnx(program: torch.export.ExportedProgram, path: str, n_layers: int, op
     onnx_program.save(path, external_data=False)
 
 
+class Int8ExportError(RuntimeError):
+    """The int8 graph onnxruntime's quantizer wrote does not load in onnxruntime."""
+
+
 def quantize_int8(src: str, dst: str) -> None:
     """int8 dynamic quantization with onnxruntime's ``quantize_dynamic``: MatMul / Gemm weights
     (the LM head) become int8 with activations quantized per call, and Gather tables (the
@@ -73,6 +77,23 @@ def quantize_int8(src: str, dst: str) -> None:
         hintless = os.path.join(tmp, "model.onnx")
         onnx.save(model, hintless)
         quantize_dynamic(hintless, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+    _check_loads(dst)
+
+
+def _check_loads(path: str) -> None:
+    """Fail with a clear message, and leave no file behind, when onnxruntime cannot load ``path``.
+    Seen on the GPU machine (torch 2.11's exporter, 2026-11-27): the quantized graph failed to
+    load ("Add: Incompatible dimensions") while the fp32 graph was fine; torch 2.13 is fine."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001  (onnxruntime raises its own exception types)
+        os.remove(path)
+        raise Int8ExportError(
+            f"the int8 graph {os.path.basename(path)} written by onnxruntime's quantizer does not load in "
+            f"onnxruntime {ort.__version__} with torch {torch.__version__} ({str(err)[:200]}). The fp32 graphs "
+            "are fine: export without int8 quantization, or with torch >= 2.13 where this works.") from None
 
 
 def export_onnx(

@@ -91,13 +91,17 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     if not info.enabled:
         return model
     if info.fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # The mesh on this run's device type: fully_shard's default mesh is CUDA whenever CUDA
+        # exists, which breaks a CPU (gloo) run on a machine with fewer GPUs than ranks.
+        mesh = init_device_mesh(device.type, (info.world_size,))
         layers = _layer_list(model)
         if layers is not None:
             for layer in layers:
-                fully_shard(layer)
-        fully_shard(model)
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -29,7 +29,6 @@ status=0
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-  git log -1 --format='commit %H %s' 2>/dev/null || true
 } 2>&1 | tee "$OUT/env.txt"
 
 xdist=""

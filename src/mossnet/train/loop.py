@@ -351,6 +351,7 @@ class Trainer:
         previous_handlers = self.install_signal_handlers()
         try:
             self.model.train()
+            self.suggest_cuda_graph()
             self.captured_step = self.make_captured_step() if cfg.cuda_graph else None
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
@@ -416,6 +417,13 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, ce, aux, grad_norm, stop, load
+
+    def suggest_cuda_graph(self) -> None:
+        cfg = self.cfg
+        if (self.device.type == "cuda" and not self.info.enabled and not cfg.cuda_graph and not cfg.compile
+                and cfg.arch == "mossnet"):
+            self.say("tip: --cuda-graph replays the whole step from a CUDA graph; MossNet's eager step is bound by "
+                     "kernel launches (docs/TRAINING.md)")
 
     def make_captured_step(self) -> CapturedTrainStep:
         self.say("the training step is captured in a CUDA graph after 2 eager steps (--cuda-graph)")

@@ -54,6 +54,43 @@ def make_inputs(batch, T, E, N, P, k, device, dtype=torch.bfloat16, seed=0):
     return dict(x=x, dt=dt, A=A, B=B, C=C, D=D)
 
 
+def make_compact_inputs(batch, T, E, N, P, k, device, dtype=torch.bfloat16, seed=0):
+    """The same routed work in the layout training runs (``layers/mosse.py``, compact layout):
+    the n*k routed rows as one head, one segment per (expert, batch row) via ``cu_seqlens`` (equal
+    segments of T*k/E rows: what uniform routing gives on average), each expert's decay folded
+    into dt (A = -1). Only the chosen experts' rows exist, so this is 1/(E/k) of the dense work."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    rows = batch * T * k
+    seg = T * k // E
+    x = torch.randn(1, rows, 1, P, device=device, generator=g).to(dtype)
+    B = (torch.randn(1, rows, 1, N, device=device, generator=g) / N**0.5).to(dtype)
+    C = torch.randn(1, rows, 1, N, device=device, generator=g).to(dtype)
+    dt = torch.nn.functional.softplus(torch.randn(1, rows, 1, device=device, generator=g) - 1.0)
+    A = -torch.ones(1, device=device)
+    cu = torch.arange(0, rows + 1, seg, device=device, dtype=torch.int32)
+    return dict(x=x, dt=dt, A=A, B=B, C=C), cu
+
+
+def graph_ms(do_bench, fn, grads, rep):
+    """Median ms of ``fn`` replayed from a CUDA graph (host launch cost excluded): warm-up on a
+    side stream, one capture with every grad set to None (so the graph writes fresh grads), then
+    timed replays."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            for t in grads:
+                t.grad = None
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    for t in grads:
+        t.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return do_bench(graph.replay, warmup=25, rep=rep, return_mode="median")
+
+
 def min_bytes(inp, with_bwd):
     """Each input read once, each output written once (fwd); the backward adds reading the
     inputs and dy again and writing one gradient per input."""
@@ -113,6 +150,41 @@ def specialize_probe():
     return json.loads(lines[-1][len("PROBE "):])
 
 
+def time_graphed(row, do_bench, mosse_scan, inp, leaves, dy, batch, T, E, N, P, k, device, rep):
+    """CUDA-graph-replay times of the dense (masked) Triton scan and of the compact layout's scan
+    over the routed rows only; the compact layout's minimum bytes count routed rows only."""
+    try:
+        row["triton_graph_fwd_ms"] = graph_ms(do_bench, lambda: mosse_scan(**inp, impl="triton"), [], rep)
+
+        def dense_fb():
+            y, _ = mosse_scan(**leaves, impl="triton")
+            y.backward(dy)
+
+        row["triton_graph_fwdbwd_ms"] = graph_ms(do_bench, dense_fb, list(leaves.values()), rep)
+        cin, cu = make_compact_inputs(batch, T, E, N, P, k, device)
+        cleaves = {kk: v.detach().clone().requires_grad_(True) for kk, v in cin.items()}
+        cdy = torch.randn_like(cin["x"])
+
+        def compact_f():
+            return mosse_scan(**cin, cu_seqlens=cu, impl="triton")
+
+        def compact_fb():
+            y, _ = mosse_scan(**cleaves, cu_seqlens=cu, impl="triton")
+            y.backward(cdy)
+
+        compact_fb()  # tune outside the timing
+        row["compact_rows"] = int(cin["x"].shape[1])
+        row["compact_min_bytes_fwd"] = min_bytes(cin, False)
+        row["compact_min_bytes_fwdbwd"] = min_bytes(cin, True)
+        row["compact_graph_fwd_ms"] = ms_f = graph_ms(do_bench, compact_f, [], rep)
+        row["compact_graph_fwdbwd_ms"] = ms_fb = graph_ms(do_bench, compact_fb, list(cleaves.values()), rep)
+        row["compact_graph_fwd_GBps"] = row["compact_min_bytes_fwd"] / (ms_f * 1e-3) / 1e9
+        row["compact_graph_fwdbwd_GBps"] = row["compact_min_bytes_fwdbwd"] / (ms_fb * 1e-3) / 1e9
+    except Exception as e:  # noqa: BLE001  (report, keep the other numbers)
+        row["graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="JSON path (default: $OUT/bench_scan.json or ./bench_scan.json)")
@@ -123,6 +195,9 @@ def main():
     ap.add_argument("--no-chunked", action="store_true", help="skip the PyTorch chunked baseline")
     ap.add_argument("--fla-bwd-unsafe", action="store_true", help="lift fla's Hopper/Triton<3.7.1 backward guard (timing only)")
     ap.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
+    ap.add_argument("--graph-shapes", default="gpu_b16_T8192_E8_k2,large_b8_T8192_E32_k8",
+                    help="shapes also timed by CUDA-graph replay, with the compact (routed rows only) layout "
+                         "('none' to skip)")
     ap.add_argument("--specialize-probe", action="store_true",
                     help="also run the kernels with Triton's integer specialisation (MOSSNET_TRITON_SPECIALIZE=1) "
                          "in a subprocess and report whether y still matches (the Hopper T %% 16 problem)")
@@ -247,6 +322,9 @@ def main():
         del y_c
         torch.cuda.empty_cache()
 
+        if device == "cuda" and name in args.graph_shapes.split(","):
+            time_graphed(row, do_bench, mosse_scan, inp, leaves, dy, batch, T, E, N, P, k, device, args.rep)
+
         if fla_fn is not None and (args.fla_shapes == "all" or name in args.fla_shapes.split(",")):
             q, kk_, v = inp["C"], (inp["dt"][..., None] * inp["B"].float()).to(inp["B"].dtype), inp["x"]
             gg = inp["dt"] * inp["A"]
@@ -270,6 +348,10 @@ def main():
                 ms = do_bench(fla_fb, warmup=25, rep=args.rep, grad_to_none=fl, return_mode="median")
                 row["fla_fwdbwd_ms"] = ms
                 row["fla_fwdbwd_GBps"] = bytes_fb / (ms * 1e-3) / 1e9
+                if device == "cuda" and name in args.graph_shapes.split(","):
+                    row["fla_graph_fwd_ms"] = graph_ms(
+                        do_bench, lambda: fla_fn(q, kk_, v, g=gg, scale=1.0), [], args.rep)
+                    row["fla_graph_fwdbwd_ms"] = graph_ms(do_bench, fla_fb, fl, args.rep)
                 # its dv against our dx (no D): is the lifted-guard backward right on this stack?
                 ol = [t.detach().clone().requires_grad_(True) for t in (inp["x"], inp["B"], inp["C"])]
                 y2, _ = mosse_scan(ol[0], inp["dt"], inp["A"], ol[1], ol[2], impl="triton")
@@ -316,6 +398,21 @@ def main():
             print(f"{r['shape']:26s} {pas:8s} {t:10.3f} {gb:7.0f} ({100*gb*1e9/ceiling:3.0f}%) "
                   f"{(f'{c:11.3f}' if c else '          -')} {(f'{c/t:7.1f}x' if c else '       -')} "
                   f"{(f'{fl:8.3f}' if fl else '       -')}")
+    graphed = [r for r in results if "triton_graph_fwd_ms" in r or "graph_error" in r]
+    if graphed:
+        print(f"\nCUDA-graph replay (no launch cost). compact = the routed rows only, as training runs the "
+              f"scan; its GB/s counts routed-row bytes (% of {ceiling/1e9:.0f} GB/s)")
+        print(f"{'shape':26s} {'pass':8s} {'dense ms':>9s} {'compact ms':>11s} {'compact GB/s (%)':>17s} "
+              f"{'fla ms':>8s} {'compact/fla':>12s}")
+        for r in graphed:
+            if "graph_error" in r:
+                print(f"{r['shape']:26s} failed: {r['graph_error'][:90]}")
+                continue
+            for pas, key in (("fwd", "fwd"), ("fwd+bwd", "fwdbwd")):
+                d, c = r[f"triton_graph_{key}_ms"], r[f"compact_graph_{key}_ms"]
+                gb, fl = r[f"compact_graph_{key}_GBps"], r.get(f"fla_graph_{key}_ms")
+                print(f"{r['shape']:26s} {pas:8s} {d:9.3f} {c:11.3f} {gb:9.0f} ({100*gb*1e9/ceiling:3.0f}%) "
+                      f"{(f'{fl:8.3f}' if fl else '       -')} {(f'{c/fl:11.2f}x' if fl else '           -')}")
     print(f"wrote {out_path}")
 
 

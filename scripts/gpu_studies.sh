@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU-scale comparison studies of RESULTS.md, as run on one lent GPU (one device call each):
 #   DATA=path/to/prepared OUT=/tmp/x scripts/gpu_studies.sh lm,ablations   # ~10 GPU-minutes
-#   OUT=/tmp/x scripts/gpu_studies.sh mqar                                   # ~10 GPU-minutes
+#   OUT=/tmp/x scripts/gpu_studies.sh mqar                                   # ~9-12 GPU-minutes (2 calls)
+# mqar: 24 runs (mossnet, single_head, llama x d 64,128 x 8,16 pairs x lr 3e-3,1e-2), 2,000 steps of
+# 512 examples each: attention has to escape a long plateau, so steps matter and a batch of 512 is
+# nearly free on the GPU (docs/STUDIES.md). MQAR_PAIRS=8,16,32 adds the 32-pair cells (~5 min more).
 # DATA: `mossnet prepare-data --out DIR --corpus all --vocab-size 8192` (5.0M training tokens).
 # Study directories go under $STUDIES (default out/studies); re-running skips finished runs.
 # Several runs share the GPU at once (--jobs): the models are small and launch-bound, so one
@@ -23,8 +26,9 @@ for study in ${1//,/ }; do
   case "$study" in
     lm) args=(--study lm --seeds 2 --jobs "${LM_JOBS:-4}" "${LM[@]}") ;;
     ablations) args=(--study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}") ;;
-    mqar) args=(--study mqar --widths 64,128 --pairs 8,16,32 --lrs 1e-3,3e-3 --mqar-seq-len 128
-                --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-3000}" --mqar-batch-size 64 --jobs "${MQAR_JOBS:-8}") ;;
+    mqar) args=(--study mqar --archs mossnet,single_head,llama --widths 64,128 --pairs "${MQAR_PAIRS:-8,16}"
+                --lrs 3e-3,1e-2 --mqar-seq-len 128 --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-2000}"
+                --mqar-batch-size 512 --mqar-warmup 100 --mqar-eval-points 10 --jobs "${MQAR_JOBS:-8}") ;;
     *) echo "unknown study $study (lm, ablations, mqar)"; exit 2 ;;
   esac
   echo "mossnet compare ${args[*]} --out $STUDIES/$study" | tee -a "$OUT/commands.txt"

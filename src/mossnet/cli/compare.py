@@ -76,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mq.add_argument("--mqar-batch-size", type=int, default=16)
     mq.add_argument("--mqar-layers", type=int, default=2)
     mq.add_argument("--mqar-eval-examples", type=int, default=512)
+    mq.add_argument("--mqar-warmup", type=int, default=20,
+                    help="linear warmup steps before the cosine decay (default 20)")
+    mq.add_argument("--mqar-eval-points", type=int, default=0,
+                    help="also score 256 held-out examples at this many evenly spaced points of each run: "
+                         "an accuracy curve and the examples needed to reach 0.9 (default 0: final score only)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ def train_seed(seed: int, step: int) -> int:
 def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), lrs=(3e-3, 1e-2),
                seq_len: int = 64, vocab_size: int = 64, steps: int = 1500, batch_size: int = 16,
                n_layers: int = 2, seeds=(0,), eval_examples: int = 512, warmup_steps: int = 20,
-               weight_decay: float = 0.1, device: str = "auto", dtype: str = "auto",
+               weight_decay: float = 0.1, eval_points: int = 0, device: str = "auto", dtype: str = "auto",
                threads: int = 0) -> list[dict[str, Any]]:
     out = Path(out)
     specs = []
@@ -59,7 +59,7 @@ def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), 
                             arch=arch, d_model=d, num_pairs=n, lr=lr, seed=seed, seq_len=seq_len,
                             vocab_size=vocab_size, steps=steps, batch_size=batch_size, n_layers=n_layers,
                             eval_examples=eval_examples, warmup_steps=warmup_steps, weight_decay=weight_decay,
-                            device=device, dtype=dtype, threads=threads,
+                            eval_points=eval_points, device=device, dtype=dtype, threads=threads,
                         ))
     return specs
 
@@ -68,6 +68,41 @@ def _logits_and_aux(model, input_ids):
     out = model(input_ids=input_ids)
     aux = getattr(out, "aux_loss", None)
     return out.logits, aux
+
+
+CURVE_EXAMPLES = 256  # held-out examples scored at each intermediate point of the accuracy curve
+
+
+def _evaluate(model, xs, ys, device, autocast) -> tuple[int, int, float]:
+    """(correct, queries, summed query loss) of ``model`` on the held-out examples ``xs, ys``."""
+    import torch
+    import torch.nn.functional as F
+
+    correct = count = 0
+    loss = 0.0
+    with torch.no_grad():
+        for i in range(0, len(xs), 128):
+            x, y = xs[i:i + 128].to(device), ys[i:i + 128].to(device)
+            with autocast():
+                logits, _ = _logits_and_aux(model, x)
+            logits = logits.float()
+            c, n = recall_accuracy(logits, y)
+            correct, count = correct + c, count + n
+            loss += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                          ignore_index=IGNORE_INDEX, reduction="sum"))
+    return correct, count, loss
+
+
+def curve_steps(steps: int, points: int) -> list[int]:
+    """The 1-based steps after which the accuracy curve is measured: ``points`` evenly spaced ones,
+    the last being ``steps`` (none when ``points`` is 0)."""
+    points = max(0, min(int(points), steps))
+    return sorted({max(1, round(steps * (i + 1) / points)) for i in range(points)})
+
+
+def examples_to(curve: list[list[float]], threshold: float = 0.9) -> int | None:
+    """Training examples at the first curve point whose accuracy reaches ``threshold`` (or None)."""
+    return next((int(ex) for ex, acc in curve if acc >= threshold), None)
 
 
 def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +127,10 @@ def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
     opt = build_optimizer(model, spec["lr"], spec["weight_decay"], (0.9, 0.95))
     steps, lr = spec["steps"], spec["lr"]
     losses = []
+    xs, ys = make_mqar(spec["eval_examples"], task, EVAL_SEED)
+    at = set(curve_steps(steps, spec.get("eval_points", 0)))
+    curve: list[list[float]] = []  # [training examples, held-out accuracy on the first CURVE_EXAMPLES]
+    eval_s = 0.0
     t0 = time.perf_counter()
     model.train()
     for step in range(steps):
@@ -110,30 +149,30 @@ def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
         if not math.isfinite(value):
             break
         losses.append(value)
-    train_s = time.perf_counter() - t0
+        if step + 1 in at:
+            te = time.perf_counter()
+            model.eval()
+            c, n, _ = _evaluate(model, xs[:CURVE_EXAMPLES], ys[:CURVE_EXAMPLES], device, autocast)
+            model.train()
+            curve.append([(step + 1) * spec["batch_size"], c / max(n, 1)])
+            eval_s += time.perf_counter() - te
+    train_s = time.perf_counter() - t0 - eval_s
 
     model.eval()
-    correct = count = 0
-    eval_loss = 0.0
-    xs, ys = make_mqar(spec["eval_examples"], task, EVAL_SEED)
-    with torch.no_grad():
-        for i in range(0, len(xs), 128):
-            x, y = xs[i:i + 128].to(device), ys[i:i + 128].to(device)
-            with autocast():
-                logits, _ = _logits_and_aux(model, x)
-            logits = logits.float()
-            c, n = recall_accuracy(logits, y)
-            correct, count = correct + c, count + n
-            eval_loss += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                               ignore_index=IGNORE_INDEX, reduction="sum"))
+    correct, count, eval_loss = _evaluate(model, xs, ys, device, autocast)
     every = max(1, steps // 50)
     return {
+        # every setting that changes the answer is recorded, so that a re-run with other settings
+        # is refused instead of silently reusing this result (runner.check_existing)
         **{k: spec[k] for k in ("kind", "name", "arch", "d_model", "num_pairs", "lr", "seed", "seq_len",
                                 "vocab_size", "steps", "batch_size", "n_layers")},
+        **{k: spec[k] for k in ("warmup_steps", "weight_decay", "eval_examples", "eval_points") if k in spec},
         "params": info,
         "accuracy": correct / max(count, 1),
         "eval_loss": eval_loss / max(count, 1),
         "eval_queries": count,
+        "accuracy_curve": curve,
+        "examples_to_90": examples_to(curve, 0.9),
         "diverged": len(losses) < steps,
         "train_loss_curve": [[i + 1, losses[i]] for i in range(every - 1, len(losses), every)],
         "train_s": train_s,

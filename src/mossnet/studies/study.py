@@ -76,7 +76,8 @@ def build_specs(args) -> list[dict[str, Any]]:
                           seq_len=args.mqar_seq_len, vocab_size=args.mqar_vocab, steps=args.mqar_steps,
                           batch_size=args.mqar_batch_size, n_layers=args.mqar_layers,
                           seeds=tuple(range(args.seeds)), eval_examples=args.mqar_eval_examples,
-                          device=args.device, dtype=args.dtype, threads=threads)
+                          warmup_steps=getattr(args, "mqar_warmup", 20),
+                          eval_points=getattr(args, "mqar_eval_points", 0), device=args.device, dtype=args.dtype, threads=threads)
     if not args.data:
         raise ValueError(f"--study {args.study} needs --data DIR, a prepared corpus "
                          "(make one with `mossnet prepare-data --out DIR`)")

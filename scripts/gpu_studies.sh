@@ -26,7 +26,7 @@ for study in ${1//,/ }; do
   case "$study" in
     lm) args=(--study lm --seeds 2 --jobs "${LM_JOBS:-4}" "${LM[@]}") ;;
     ablations) args=(--study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}") ;;
-    mqar) args=(--study mqar --archs mossnet,single_head,llama --widths 64,128 --pairs "${MQAR_PAIRS:-8,16}"
+    mqar) args=(--study mqar --archs mossnet,single_head,llama --widths "${MQAR_WIDTHS:-64,128}" --pairs "${MQAR_PAIRS:-8,16}"
                 --lrs 3e-3,1e-2 --mqar-seq-len 128 --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-2000}"
                 --mqar-batch-size 512 --mqar-warmup 100 --mqar-eval-points 10 --jobs "${MQAR_JOBS:-8}") ;;
     *) echo "unknown study $study (lm, ablations, mqar)"; exit 2 ;;

@@ -28,7 +28,7 @@ for study in ${1//,/ }; do
     ablations) args=(--study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}") ;;
     mqar) args=(--study mqar --archs mossnet,single_head,llama --widths "${MQAR_WIDTHS:-64,128}" --pairs "${MQAR_PAIRS:-8,16}"
                 --lrs 3e-3,1e-2 --mqar-seq-len 128 --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-2000}"
-                --mqar-batch-size 512 --mqar-warmup 100 --mqar-eval-points 10 --jobs "${MQAR_JOBS:-8}") ;;
+                --mqar-batch-size 512 --mqar-warmup 100 --mqar-eval-points 10 --seeds "${MQAR_SEEDS:-1}" --jobs "${MQAR_JOBS:-8}") ;;
     *) echo "unknown study $study (lm, ablations, mqar)"; exit 2 ;;
   esac
   echo "mossnet compare ${args[*]} --out $STUDIES/$study" | tee -a "$OUT/commands.txt"
@@ -38,7 +38,9 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 for study in ${1//,/ }; do
   tail -n 25 "$OUT/$study.log"
-  tar czf "$OUT/$study.tgz" --exclude='*.safetensors' --exclude='trainer_state' --exclude='tokenizer*' \
-    -C "$STUDIES" "$study" 2>/dev/null
+  # results only (a run cut short leaves checkpoints of any name behind): text, JSON, plots
+  (cd "$STUDIES" && find "$study" -type f -not -path '*trainer_state*' \( -name '*.json' -o -name '*.jsonl' \
+     -o -name '*.md' -o -name '*.txt' -o -name '*.png' -o -name '*.csv' -o -name '*.yaml' \) -print0 \
+     | tar czf "$OUT/$study.tgz" --null -T -)
 done
 ls -la "$OUT"

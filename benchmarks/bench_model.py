@@ -63,6 +63,7 @@ from mossnet import MossNetConfig, MossNetForCausalLM  # noqa: E402
 from mossnet.models.mossnet.cuda_graph_decode import reset_graph_decoders  # noqa: E402
 from mossnet.models.mossnet.parameter_count import count_parameters, recurrent_state_bytes_per_layer  # noqa: E402
 from mossnet.ops.mosse import resolve_impl  # noqa: E402
+from mossnet.cuda_graph import capture  # noqa: E402
 from mossnet.train.cuda_graph_step import CapturedTrainStep, autocast_for_capture  # noqa: E402
 
 # ---------------------------------------------------------------------------- sizes
@@ -381,16 +382,7 @@ def capture_prefill(model, ids):
     def run():
         return model(input_ids=ids, use_cache=True, logits_to_keep=1).logits
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    return graph
+    return capture(run, warmup=2)[0]
 
 
 def bench_prefill(name, tiny, device, sz, clock, graph: bool = False) -> dict:

@@ -75,19 +75,14 @@ def graph_ms(do_bench, fn, grads, rep):
     """Median ms of ``fn`` replayed from a CUDA graph (host launch cost excluded): warm-up on a
     side stream, one capture with every grad set to None (so the graph writes fresh grads), then
     timed replays."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            for t in grads:
-                t.grad = None
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    for t in grads:
-        t.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    from mossnet.cuda_graph import capture
+
+    def with_fresh_grads():
+        for t in grads:
+            t.grad = None
         fn()
+
+    graph, _ = capture(with_fresh_grads, warmup=3)
     return do_bench(graph.replay, warmup=25, rep=rep, return_mode="median")
 
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from mossnet.ops.segments import segment_ids
+from mossnet.ops.segments import segment_ids, segment_positions
 
 
 @pytest.mark.parametrize("lengths", [[5], [0, 3, 0, 0, 4, 0], [1, 1, 1], [7, 0], [0, 7], [2, 0, 0, 9, 1]])
@@ -33,6 +33,15 @@ def test_segment_ids_random():
         total = int(cu[-1])
         expected = torch.searchsorted(cu[1:], torch.arange(total), right=True)
         assert torch.equal(segment_ids(cu, total), expected)
+
+
+@pytest.mark.parametrize("lengths", [[5], [0, 3, 0, 0, 4, 0], [2, 0, 0, 9, 1]])
+def test_segment_positions_count_from_each_segment_start(lengths):
+    cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32)
+    seg, pos = segment_positions(cu, int(cu[-1]))
+    expected_seg = [s for s, n in enumerate(lengths) for _ in range(n)]
+    expected_pos = [i for n in lengths for i in range(n)]
+    assert seg.tolist() == expected_seg and pos.tolist() == expected_pos
 
 
 _COMPILE_SCRIPT = textwrap.dedent("""

@@ -31,3 +31,15 @@ def segment_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     counts = torch.zeros(total + 1, dtype=torch.long, device=cu.device)
     counts.index_add_(0, ends, torch.ones_like(ends))
     return counts.cumsum(0)[:total]
+
+
+def segment_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row's segment (:func:`segment_ids`) and its position inside that segment.
+
+    Example:
+        >>> [t.tolist() for t in segment_positions(torch.tensor([0, 2, 2, 5]), 5)]
+        [[0, 0, 2, 2, 2], [0, 1, 0, 1, 2]]
+    """
+    cu = cu_seqlens.to(torch.long)
+    seg = segment_ids(cu, total)
+    return seg, torch.arange(total, device=cu.device) - cu[seg]

@@ -9,8 +9,9 @@ microseconds of CPU time, so the host, not the GPU, sets the pace: about 110 ms 
 Why by hand: ``torch.compile(mode="reduce-overhead")`` would capture graphs for us, but the compact
 routed layout runs in eager mode only (``layers/mosse.py``), and
 ``torch.cuda.make_graphed_callables`` graphs forward and backward but not the optimizer step. What
-is left is PyTorch's documented "whole-network capture" recipe: a few eager steps on a side stream
-(lazy initialisation, Triton autotuning, optimizer state), one capture, then replays. It needs a
+is left is PyTorch's documented "whole-network capture" recipe (``mossnet/cuda_graph.py``): a few
+eager steps on a side stream (lazy initialisation, Triton autotuning, optimizer state), one
+capture, then replays. It needs a
 step without host synchronisation and with fixed shapes; MossNet's training step is checked for
 both (``tests/models/test_cuda_graph_decode.py``).
 
@@ -37,6 +38,9 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from ..cuda_graph import capture, run_on_side_stream
+from .metrics import add_micro_batch
 
 # (micro-batch input_ids, labels) -> (loss, cross-entropy, aux loss or None, {router: (E,) load})
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]]
@@ -129,11 +133,7 @@ class CapturedTrainStep:
         for micro in range(n_micro):
             loss, ce, aux, micro_load = self.loss_fn(self.static_ids[micro], self.static_labels[micro])
             (loss / n_micro).backward()
-            aux = aux.detach().float() if aux is not None else sums.new_zeros(())
-            sums = sums + torch.stack([loss.detach().float(), ce.detach().float(), aux])
-            for name, counts in micro_load.items():
-                counts = counts.detach().float()
-                load[name] = load[name] + counts if name in load else counts
+            sums = add_micro_batch(sums, load, loss, ce, aux, micro_load)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
         stats = torch.cat([sums / n_micro, grad_norm.detach().float().reshape(1)])
         # Skip the update when anything is not finite (read by the fused AdamW kernel).
@@ -142,19 +142,14 @@ class CapturedTrainStep:
         return stats, load
 
     def _eager_on_side_stream(self):
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            out = self._step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        return out
+        with torch.cuda.device(self.device):
+            return run_on_side_stream(self._step)
 
     def _capture(self) -> None:
         torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                self.static_stats, self.static_load = self._step()
+            with torch.cuda.device(self.device):
+                graph, (self.static_stats, self.static_load) = capture(self._step)
         except Exception as err:
             raise CaptureError(
                 f"capturing the training step in a CUDA graph failed ({type(err).__name__}: {err}). The step "

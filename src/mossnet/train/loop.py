@@ -33,7 +33,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .baselines import build_model_config, describe, model_class
 from .config import TrainConfig, save_yaml
-from .metrics import MetricsLogger, read_jsonl
+from .metrics import MetricsLogger, add_micro_batch, read_jsonl
 from .cuda_graph_step import CapturedTrainStep, autocast_for_capture
 from .optim import (build_optimizer, float_learning_rates, group_param_names, lr_at, restore_implementation,
                     set_lr)
@@ -459,11 +459,7 @@ class Trainer:
             with distributed.no_grad_sync(self.model, info, skip=not last):
                 loss, ce, aux, micro_load = self.micro_loss(input_ids, labels)
                 (loss / cfg.grad_accum).backward()
-            sums += torch.stack([loss.detach().float(), ce.detach().float(),
-                                 aux.detach().float() if aux is not None else sums.new_zeros(())])
-            for name, counts in micro_load.items():
-                counts = counts.detach().float()
-                load[name] = load[name] + counts if name in load else counts
+            sums = add_micro_batch(sums, load, loss, ce, aux, micro_load)
         flag = 1.0 if self._stop_signal else 0.0
         packed = torch.cat([sums / cfg.grad_accum, sums.new_tensor([flag])])
         if info.enabled:

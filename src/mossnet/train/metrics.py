@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 CSV_COLUMNS = ("step", "split", "loss", "ce", "aux", "lr", "grad_norm", "tokens", "tokens_per_s",
                "elapsed_s", "perplexity", "bits_per_byte")
 
@@ -94,6 +96,18 @@ class MetricsLogger:
 
     def close(self) -> None:
         self.close_tensorboard()
+
+
+def add_micro_batch(sums: torch.Tensor, load: dict[str, torch.Tensor], loss: torch.Tensor, ce: torch.Tensor,
+                    aux: torch.Tensor | None, router_load: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A training step's totals over its micro-batches, on the device (no host sync): returns
+    ``sums`` (3,) fp32 plus [loss, cross-entropy, aux loss (0 if None)]; adds each router's
+    (E,) token counts into ``load`` in place."""
+    aux = aux.detach().float() if aux is not None else sums.new_zeros(())
+    for name, counts in router_load.items():
+        counts = counts.detach().float()
+        load[name] = load[name] + counts if name in load else counts
+    return sums + torch.stack([loss.detach().float(), ce.detach().float(), aux])
 
 
 def _clean(value: Any) -> Any:

@@ -32,6 +32,7 @@ import weakref
 
 import torch
 
+from ...cuda_graph import capture
 from .cache import MossNetCache
 
 
@@ -126,16 +127,8 @@ class CUDAGraphDecoder:
         if compile:
             step = torch.compile(self._step, dynamic=False)
         self._run = step
-        self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.device(device), torch.no_grad():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(max(1, warmup)):
-                    self._call()
-            torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(self.graph, pool=pool):
-                self.logits = self._call()
+            self.graph, self.logits = capture(self._call, warmup=max(1, warmup), pool=pool)
         self.static_cache.reset()  # warm-up moved the static state; bind() fills it anyway
         self.model = None  # the graph holds what it needs; no reference cycle through the model
 

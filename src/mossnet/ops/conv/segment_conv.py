@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..segments import segment_ids
+from ..segments import segment_positions
 
 
 # Backward of gather_rows: lanes per group that the gradient rows are spread over before the
@@ -127,10 +127,8 @@ def taps_inside_segment(cu_seqlens: torch.Tensor, M: int, K: int) -> torch.Tenso
     input): with torch 2.13, Inductor's CPU code for this integer bookkeeping, recomputed in the
     backward graph, corrupted the heap on more than one thread (``tests/ops/test_segments.py``).
     """
-    cu = cu_seqlens.to(torch.long)
-    rows = torch.arange(M, device=cu.device)
-    pos = rows - cu[segment_ids(cu, M)]  # (M,)
-    reach = torch.arange(K - 1, -1, -1, device=cu.device)  # (K,)
+    _, pos = segment_positions(cu_seqlens, M)  # (M,)
+    reach = torch.arange(K - 1, -1, -1, device=pos.device)  # (K,)
     return pos[:, None] >= reach[None, :]
 
 

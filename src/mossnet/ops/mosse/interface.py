@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from ..segments import segment_ids
+from ..segments import segment_positions
 from .chunked import mosse_scan_chunked
 from .naive import compute_dtype_for, mosse_scan_reference, mosse_scan_reference_varlen, ssm_step
 
@@ -137,8 +137,7 @@ def unpack_varlen(t: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int) -> to
 
 def pack_varlen(t: torch.Tensor, cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """(n_seqs, max_len, ...) padded -> (1, total, ...) packed; inverse of :func:`unpack_varlen`."""
-    seq_of_token = segment_ids(cu_seqlens, total)
-    pos_in_seq = torch.arange(total, device=t.device) - cu_seqlens[:-1].long()[seq_of_token]
+    seq_of_token, pos_in_seq = segment_positions(cu_seqlens, total)
     return t[seq_of_token, pos_in_seq][None]
 
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The GPU-scale comparison studies of RESULTS.md, as run on one lent GPU (one device call each):
 #   DATA=path/to/prepared OUT=/tmp/x scripts/gpu_studies.sh lm,ablations   # ~10 GPU-minutes
-#   OUT=/tmp/x scripts/gpu_studies.sh mqar                                   # ~9-12 GPU-minutes (2 calls)
-# mqar: 24 runs (mossnet, single_head, llama x d 64,128 x 8,16 pairs x lr 3e-3,1e-2), 2,000 steps of
-# 512 examples each: attention has to escape a long plateau, so steps matter and a batch of 512 is
-# nearly free on the GPU (docs/STUDIES.md). MQAR_PAIRS=8,16,32 adds the 32-pair cells (~5 min more).
+#   OUT=/tmp/x scripts/gpu_studies.sh mqar                                   # 2+ calls, resumable
+# mqar: 36 runs per seed (mossnet, single_head, llama x d 64,128 x 8,16 pairs x lr 1e-3,3e-3,1e-2),
+# 2,000 steps of 512 examples each: attention has to escape a long plateau, so steps matter and a
+# batch of 512 is nearly free on the GPU (docs/STUDIES.md). Attention needs lr 1e-3 (at 3e-3 and 1e-2
+# it never left the plateau). MQAR_PAIRS=8,16,32 adds the 32-pair cells.
+# lm: LM_ARCHS (default the four fast models; add mamba2 for transformers' kernel-less Mamba-2) at
+# lr 3e-3 on 2 seeds, plus LM_SWEEP (default 1e-3,1e-2) on seed 0: each model's best rate.
+# Every run but Mamba-2's replays its training step from a CUDA graph (--cuda-graph).
 # DATA: `mossnet prepare-data --out DIR --corpus all --vocab-size 8192` (5.0M training tokens).
 # Study directories go under $STUDIES (default out/studies); re-running skips finished runs.
 # Several runs share the GPU at once (--jobs): the models are small and launch-bound, so one
@@ -24,11 +28,13 @@ LM=(--data "${DATA:-}" --budget-tokens "${BUDGET:-10000000}" --batch-size 32 --s
 pids=()
 for study in ${1//,/ }; do
   case "$study" in
-    lm) args=(--study lm --seeds 2 --jobs "${LM_JOBS:-4}" "${LM[@]}") ;;
+    lm) args=(--study lm --archs "${LM_ARCHS:-mossnet,single_head,moe_mamba,llama}" --seeds 2
+              --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 --jobs "${LM_JOBS:-4}" --cuda-graph "${LM[@]}") ;;
     ablations) args=(--study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}") ;;
     mqar) args=(--study mqar --archs mossnet,single_head,llama --widths "${MQAR_WIDTHS:-64,128}" --pairs "${MQAR_PAIRS:-8,16}"
-                --lrs 3e-3,1e-2 --mqar-seq-len 128 --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-2000}"
-                --mqar-batch-size 512 --mqar-warmup 100 --mqar-eval-points 10 --seeds "${MQAR_SEEDS:-1}" --jobs "${MQAR_JOBS:-8}") ;;
+                --lrs "${MQAR_LRS:-1e-3,3e-3,1e-2}" --mqar-seq-len 128 --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-2000}"
+                --mqar-batch-size 512 --mqar-warmup 100 --mqar-eval-points 10 --seeds "${MQAR_SEEDS:-1}"
+                --jobs "${MQAR_JOBS:-8}" --cuda-graph) ;;
     *) echo "unknown study $study (lm, ablations, mqar)"; exit 2 ;;
   esac
   echo "mossnet compare ${args[*]} --out $STUDIES/$study" | tee -a "$OUT/commands.txt"

@@ -3,30 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from mossnet.cli.main import main as mossnet_main
-
-
-def make_corpus(path: Path, vocab: int = 64, n_train: int = 6000, n_val: int = 700) -> Path:
-    """A prepared corpus (manifest + token files) of a noisy repeating pattern: learnable."""
-    from mossnet.data.token_store import FORMAT, write_manifest, write_tokens
-
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    entries = {}
-    for split, n in (("train", n_train), ("val", n_val)):
-        base = np.arange(n) % 17 + 1
-        noise = rng.integers(1, vocab, n)
-        ids = np.where(rng.random(n) < 0.2, noise, base).astype(np.uint16)
-        count, sha = write_tokens(path / f"{split}.bin", [ids], np.uint16)
-        entries[split] = {"file": f"{split}.bin", "tokens": count, "bytes": 3 * count, "documents": 1, "sha256": sha}
-    write_manifest(path, {"format": FORMAT, "corpus": "synthetic", "tokenizer": "none", "vocab_size": vocab,
-                          "eos_id": 0, "dtype": "uint16", "splits": entries})
-    return path
 
 
 def test_variants_are_matched_in_active_parameters():
@@ -82,8 +62,8 @@ def test_tiny_mqar_study_end_to_end(tmp_path, capsys):
     assert "made with other settings" in capsys.readouterr().err
 
 
-def test_tiny_lm_study_end_to_end(tmp_path):
-    data = make_corpus(tmp_path / "data")
+def test_tiny_lm_study_end_to_end(tmp_path, tiny_corpus):
+    data = tiny_corpus
     out = tmp_path / "lm"
     argv = ["compare", "--study", "lm", "--data", str(data), "--out", str(out), "--archs", "mossnet,single_head,llama",
             "--seeds", "1", "--budget-tokens", "256", "--batch-size", "4", "--seq-len", "32", "--eval-points", "2",
@@ -102,8 +82,8 @@ def test_tiny_lm_study_end_to_end(tmp_path):
     assert (out / "lm.png").stat().st_size > 1000
 
 
-def test_tiny_ablations_run(tmp_path):
-    data = make_corpus(tmp_path / "data")
+def test_tiny_ablations_run(tmp_path, tiny_corpus):
+    data = tiny_corpus
     out = tmp_path / "abl"
     argv = ["compare", "--study", "ablations", "--data", str(data), "--out", str(out),
             "--archs", "reference,mlp_dense", "--seeds", "1", "--budget-tokens", "128", "--batch-size", "4",

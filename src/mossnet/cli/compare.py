@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from existing results")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="replay each run's training step from a CUDA graph (CUDA only; not for mamba2, whose "
+                             "kernel-less path is not capturable): several times faster for these small, "
+                             "launch-bound models. The numbers answer the same question; it is tested equal to "
+                             "the eager step")
     lm = parser.add_argument_group("lm and ablations")
     lm.add_argument("--data", help="a prepared corpus (`mossnet prepare-data --out DIR`)")
     lm.add_argument("--budget-tokens", type=_count, default=163_840, help="training tokens per run")
@@ -60,7 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="overrides of the reference MossNet config (e.g. d_model=96 n_layers=3)")
     lm.add_argument("--batch-size", type=int, default=8)
     lm.add_argument("--seq-len", type=int, default=128)
-    lm.add_argument("--lr", type=float, default=3e-3)
+    lm.add_argument("--lr", type=float, default=3e-3,
+                    help="the learning rate every model shares (the main, equal-settings table)")
+    lm.add_argument("--lr-sweep", type=_csv(float), default=[],
+                    help="other learning rates to try per model, on the first --sweep-seeds seeds: the report "
+                         "adds a sweep table and each model's best learning rate")
+    lm.add_argument("--sweep-seeds", type=_count, default=1, help="seeds of the --lr-sweep runs (default 1)")
     lm.add_argument("--warmup-frac", type=float, default=0.05, help="warmup steps as a fraction of the run")
     lm.add_argument("--eval-points", type=int, default=5, help="validation points on the curve")
     lm.add_argument("--eval-tokens", type=int, default=8192,
@@ -68,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mq = parser.add_argument_group("mqar")
     mq.add_argument("--widths", type=_csv(int), default=[32, 64], help="d_model values")
     mq.add_argument("--pairs", type=_csv(int), default=[4, 8, 16], help="numbers of key-value pairs")
-    mq.add_argument("--lrs", type=_csv(float), default=[3e-3, 1e-2], help="learning rates (best one per cell)")
+    mq.add_argument("--lrs", type=_csv(float), default=[1e-3, 3e-3, 1e-2],
+                    help="learning rates (best one per cell; attention needs the low end, the SSMs the high one)")
     mq.add_argument("--mqar-seq-len", type=int, default=64)
     mq.add_argument("--mqar-vocab", type=int, default=64)
     mq.add_argument("--mqar-steps", type=int, default=1500,

@@ -50,6 +50,12 @@ def trainer_arch(arch: str) -> str:
     raise ValueError(f"unknown study architecture {arch!r}; choose from {ARCHS}")
 
 
+def captures(arch: str) -> bool:
+    """Whether ``--cuda-graph`` applies to ``arch`` (a study or trainer architecture): not to
+    transformers' Mamba-2, whose kernel-less path (no ``mamba_ssm`` here) is not written for capture."""
+    return arch != "mamba2"
+
+
 def reference_config(preset: str, vocab_size: int, overrides: dict[str, Any] | None = None):
     from mossnet import MossNetConfig
 

@@ -13,11 +13,16 @@ def resolve_device(name: str = "auto"):
     return torch.device(name)
 
 
-def autocast_for(device, dtype: str = "auto"):
-    """bf16 autocast on CUDA (``auto``) or when asked; fp32 otherwise."""
+def autocast_for(device, dtype: str = "auto", capture: bool = False):
+    """bf16 autocast on CUDA (``auto``) or when asked; fp32 otherwise. ``capture``: the form a
+    CUDA-graph-captured step needs (no cast cache)."""
     import torch
 
     bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if bf16 and capture:
+        from mossnet.train.cuda_graph_step import autocast_for_capture
+
+        return lambda: autocast_for_capture(device.type, torch.bfloat16)
     if bf16:
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .arch_configs import (ARCHS, LABELS, MOSSNET_VARIANTS, _solve_mlp_width, describe_arch, mossnet_active,
-                           reference_config, trainer_arch, variant_overrides)
+from .arch_configs import (ARCHS, LABELS, MOSSNET_VARIANTS, _solve_mlp_width, captures, describe_arch,
+                           mossnet_active, reference_config, trainer_arch, variant_overrides)
 
 # name -> (label, overrides of the reference MossNet, solve the MLP width to match active params)
 ABLATIONS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -65,11 +65,20 @@ def variants(study: str, ref, archs=None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def run_name(variant: str, seed: int, lr: float, reference_lr: float) -> str:
+    """``<variant>-s<seed>`` at the shared learning rate, ``<variant>-lr<lr>-s<seed>`` in a sweep."""
+    return f"{variant}-s{seed}" if lr == reference_lr else f"{variant}-lr{lr:g}-s{seed}"
+
+
 def make_specs(study: str, out: str | Path, data: str, preset: str = "tiny", archs=None, seeds=(0, 1),
                budget_tokens: int = 163_840, batch_size: int = 8, seq_len: int = 128, lr: float = 3e-3,
-               warmup_frac: float = 0.05, weight_decay: float = 0.1, min_lr_ratio: float = 0.1,
-               eval_points: int = 5, eval_tokens: int = 8192, model_overrides: dict | None = None,
-               device: str = "auto", dtype: str = "auto", threads: int = 0) -> list[dict[str, Any]]:
+               lr_sweep=(), sweep_seeds: int = 1, warmup_frac: float = 0.05, weight_decay: float = 0.1,
+               min_lr_ratio: float = 0.1, eval_points: int = 5, eval_tokens: int = 8192,
+               model_overrides: dict | None = None, device: str = "auto", dtype: str = "auto", threads: int = 0,
+               cuda_graph: bool = False) -> list[dict[str, Any]]:
+    """One spec per (variant, learning rate, seed): every variant at the shared ``lr`` on all
+    ``seeds``, and at each other rate of ``lr_sweep`` on the first ``sweep_seeds`` seeds (the usual
+    protocol: tune on one seed, compare on several)."""
     from mossnet.data import read_manifest
 
     manifest = read_manifest(data)
@@ -80,20 +89,24 @@ def make_specs(study: str, out: str | Path, data: str, preset: str = "tiny", arc
     max_steps = max(1, budget_tokens // tokens_per_step)
     out = Path(out)
     specs = []
+    rates = [(lr, tuple(seeds))] + [(x, tuple(seeds)[:sweep_seeds]) for x in dict.fromkeys(lr_sweep) if x != lr]
     for name, v in variants(study, ref, archs).items():
-        for seed in seeds:
-            run = out / "runs" / f"{name}-s{seed}"
-            specs.append(dict(
-                kind="lm", study=study, name=f"{study}/{name}-s{seed}", variant=name, label=v["label"],
-                family=v["family"], trainer_arch=v["trainer_arch"], model={**ref_over, **v["overrides"]},
-                result=str(run / "result.json"), train_dir=str(run / "train"), data=str(data), preset=preset,
-                seed=seed, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps, lr=lr,
-                warmup_steps=max(1, int(round(warmup_frac * max_steps))), weight_decay=weight_decay,
-                min_lr_ratio=min_lr_ratio, eval_interval=max(1, max_steps // max(1, eval_points)),
-                eval_tokens=eval_tokens, ckpt_interval=max(1, max_steps // 4), device=device, dtype=dtype,
-                threads=threads,
-            ))
+        for run_lr, run_seeds in rates:
+            for seed in run_seeds:
+                run_id = run_name(name, seed, run_lr, lr)
+                run = out / "runs" / run_id
+                specs.append(dict(
+                    kind="lm", study=study, name=f"{study}/{run_id}", variant=name, label=v["label"],
+                    family=v["family"], trainer_arch=v["trainer_arch"], model={**ref_over, **v["overrides"]},
+                    result=str(run / "result.json"), train_dir=str(run / "train"), data=str(data), preset=preset,
+                    seed=seed, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps, lr=run_lr,
+                    warmup_steps=max(1, int(round(warmup_frac * max_steps))), weight_decay=weight_decay,
+                    min_lr_ratio=min_lr_ratio, eval_interval=max(1, max_steps // max(1, eval_points)),
+                    eval_tokens=eval_tokens, ckpt_interval=max(1, max_steps // 4), device=device, dtype=dtype,
+                    threads=threads, cuda_graph=bool(cuda_graph) and captures(v["trainer_arch"]),
+                ))
     return specs
+
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -102,14 +115,27 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def execute_lm(spec: dict[str, Any]) -> dict[str, Any]:
-    import torch
+def _run_config(spec: dict[str, Any], train_dir: Path):
+    """The run's model config: its checkpoint's, or (a run that diverged before its first
+    checkpoint) the one the trainer built."""
     from transformers import AutoConfig
 
     import mossnet  # noqa: F401  (registers MossNetConfig with AutoConfig)
+    from mossnet.data import read_manifest
+    from mossnet.train.baselines import build_model_config
+
+    if (train_dir / "config.json").is_file():
+        return AutoConfig.from_pretrained(train_dir)
+    vocab = int(read_manifest(spec["data"])["vocab_size"])
+    return build_model_config(spec["trainer_arch"], spec["preset"], vocab, dict(spec["model"]), spec["seq_len"])
+
+
+def execute_lm(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
     from mossnet.train import checkpoint as ckpt
     from mossnet.train.config import TrainConfig
-    from mossnet.train.loop import train
+    from mossnet.train.loop import TrainingDiverged, train
 
     from .common import resolve_device
 
@@ -121,15 +147,19 @@ def execute_lm(spec: dict[str, Any]) -> dict[str, Any]:
         warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"], eval_interval=spec["eval_interval"],
         eval_tokens=spec["eval_tokens"], ckpt_interval=spec["ckpt_interval"], sample_tokens=0,
         tensorboard=False, progress=False, plot=False, seed=spec["seed"], device=spec["device"],
-        dtype=spec["dtype"], num_threads=spec.get("threads", 0) or 0,
+        dtype=spec["dtype"], num_threads=spec.get("threads", 0) or 0, cuda_graph=bool(spec.get("cuda_graph")),
     )
     if (train_dir / ckpt.STATE_DIR).is_dir():
         cfg.resume = str(train_dir)  # an interrupted run: continue from its last checkpoint
     cfg.validate()
     t0 = time.perf_counter()
-    result = train(cfg)
+    diverged = None
+    try:
+        result = train(cfg)
+    except TrainingDiverged as err:  # a result too (e.g. a sweep's highest learning rate): not retried
+        diverged, result = str(err), None
     wall = time.perf_counter() - t0
-    if result.status != "done":
+    if result is not None and result.status != "done":
         raise RuntimeError(f"{spec['name']}: training stopped ({result.status}) at step {result.step}")
 
     records = _read_jsonl(train_dir / "metrics.jsonl")
@@ -141,8 +171,8 @@ def execute_lm(spec: dict[str, Any]) -> dict[str, Any]:
     train_recs = [r for r in records if r.get("split") == "train"]
     last = train_recs[-1] if train_recs else {}
     tokens_per_s = last["tokens"] / last["elapsed_s"] if last.get("elapsed_s") else float("nan")
-    final = result.final.get("model", {})
-    config = AutoConfig.from_pretrained(train_dir)
+    final = result.final.get("model", {}) if result else {}
+    config = _run_config(spec, train_dir)
     params = describe_arch(spec["family"] if spec["family"] in ARCHS else "mossnet", config, spec["seq_len"])
     return {
         **{k: spec[k] for k in ("kind", "study", "name", "variant", "label", "family", "seed", "model",
@@ -151,13 +181,15 @@ def execute_lm(spec: dict[str, Any]) -> dict[str, Any]:
         "params": params,
         "val_loss": final.get("loss"), "val_perplexity": final.get("perplexity"),
         "val_bits_per_byte": final.get("bits_per_byte"), "val_tokens": final.get("tokens"),
-        "bigram": result.final.get("bigram"),
+        "bigram": result.final.get("bigram") if result else None,
+        "diverged": diverged,
         "val_curve": [[step * tps, loss] for step, loss in sorted(curve.items())],
         "train_curve": [[int(r["step"]) * tps, float(r["ce"])] for r in train_recs],
         "tokens_per_s": tokens_per_s,
         "train_s": last.get("elapsed_s"),
         "wall_s": wall,
         "device": str(resolve_device(spec["device"])),
+        "cuda_graph": bool(spec.get("cuda_graph")),
         "torch_threads": torch.get_num_threads(),
         "host": platform.node(),
     }

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .arch_configs import ARCHS, build_config, describe_arch, model_class
+from .arch_configs import ARCHS, build_config, captures, describe_arch, model_class
 from .mqar_data import IGNORE_INDEX, MQARSpec, make_mqar, recall_accuracy
 
 EVAL_SEED = 2_000_000_011  # held-out examples; training batches use seeds below 2**31 - 1 - this
@@ -44,7 +44,8 @@ def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), 
                seq_len: int = 64, vocab_size: int = 64, steps: int = 1500, batch_size: int = 16,
                n_layers: int = 2, seeds=(0,), eval_examples: int = 512, warmup_steps: int = 20,
                weight_decay: float = 0.1, eval_points: int = 0, device: str = "auto", dtype: str = "auto",
-               threads: int = 0) -> list[dict[str, Any]]:
+               threads: int = 0, cuda_graph: bool = False) -> list[dict[str, Any]]:
+
     out = Path(out)
     specs = []
     # pairs outermost: a study cut short still holds complete comparisons for the easier cells
@@ -60,6 +61,7 @@ def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), 
                             vocab_size=vocab_size, steps=steps, batch_size=batch_size, n_layers=n_layers,
                             eval_examples=eval_examples, warmup_steps=warmup_steps, weight_decay=weight_decay,
                             eval_points=eval_points, device=device, dtype=dtype, threads=threads,
+                            cuda_graph=bool(cuda_graph) and captures(arch),
                         ))
     return specs
 
@@ -105,9 +107,51 @@ def examples_to(curve: list[list[float]], threshold: float = 0.9) -> int | None:
     return next((int(ex) for ex, acc in curve if acc >= threshold), None)
 
 
+def _query_loss(model, input_ids, labels, autocast):
+    """(loss to differentiate, cross-entropy on the query positions, routers' aux loss or None)."""
+    import torch.nn.functional as F
+
+    with autocast():
+        logits, aux = _logits_and_aux(model, input_ids)
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    return (ce + aux.float() if aux is not None else ce), ce, aux
+
+
+def _train_step(model, opt, device, dtype: str, cuda_graph: bool):
+    """``step(x, y) -> query cross-entropy`` (a float): one AdamW step with clipping at 1.0, eager
+    or replayed from a CUDA graph (``mossnet.train.cuda_graph_step``; the same step, tested equal)."""
+    import torch
+
+    from .common import autocast_for
+
+    if cuda_graph:
+        from mossnet.train.cuda_graph_step import CapturedTrainStep
+
+        autocast = autocast_for(device, dtype, capture=True)
+        captured = CapturedTrainStep(
+            model, opt, lambda ids, labels: (*_query_loss(model, ids, labels, autocast), {}), grad_clip=1.0)
+
+        def graph_step(x, y) -> float:
+            stats, _ = captured(x[None], y[None])  # (grad_accum=1, batch, seq)
+            return float(stats[1])
+
+        return graph_step
+
+    autocast = autocast_for(device, dtype)
+
+    def eager_step(x, y) -> float:
+        total, ce, _ = _query_loss(model, x.to(device), y.to(device), autocast)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return float(ce.detach())
+
+    return eager_step
+
+
 def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-    import torch.nn.functional as F
 
     from mossnet.train.optim import build_optimizer, lr_at, set_lr
 
@@ -125,6 +169,7 @@ def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(spec["seed"])
     model = model_class(arch)(config).to(device)
     opt = build_optimizer(model, spec["lr"], spec["weight_decay"], (0.9, 0.95))
+    train_step = _train_step(model, opt, device, spec.get("dtype", "auto"), bool(spec.get("cuda_graph")))
     steps, lr = spec["steps"], spec["lr"]
     losses = []
     xs, ys = make_mqar(spec["eval_examples"], task, EVAL_SEED)
@@ -136,16 +181,7 @@ def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
     for step in range(steps):
         set_lr(opt, lr_at(step, lr, spec["warmup_steps"], steps, 0.1))
         x, y = make_mqar(spec["batch_size"], task, train_seed(spec["seed"], step))
-        x, y = x.to(device), y.to(device)
-        with autocast():
-            logits, aux = _logits_and_aux(model, x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX)
-        total = loss + aux.float() if aux is not None else loss
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        value = float(loss.detach())
+        value = train_step(x, y)
         if not math.isfinite(value):
             break
         losses.append(value)
@@ -178,5 +214,6 @@ def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
         "train_s": train_s,
         "examples_per_s": spec["batch_size"] * len(losses) / max(train_s, 1e-9),
         "device": str(device),
+        "cuda_graph": bool(spec.get("cuda_graph")),
         "torch_threads": torch.get_num_threads(),
     }

@@ -52,6 +52,10 @@ def lm_table(results: list[dict[str, Any]]) -> str:
     ]
     for _, runs in groups.items():
         p = runs[0]["params"]
+        if all(r.get("diverged") for r in runs):
+            lines.append(f"| {runs[0]['label']} | {_millions(p['active'])} | {_millions(p['total'])} | | diverged | "
+                         f"| | | {len(runs)} |")
+            continue
         loss = _mean_spread(r["val_loss"] for r in runs)
         ppl = _mean_spread(r["val_perplexity"] for r in runs)
         bpb = _mean_spread(r["val_bits_per_byte"] for r in runs)
@@ -67,6 +71,42 @@ def lm_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"| bigram baseline (fit on train) | | | | {bigram['loss']:.3f} | {bigram['perplexity']:.1f} | "
                      f"{bigram['bits_per_byte']:.3f} | | |")
     return "\n".join(lines)
+
+
+def lm_sweep_table(results: list[dict[str, Any]], reference_lr: float) -> str:
+    """The learning-rate sweep: one row per variant, its final validation loss at each learning
+    rate (mean over the seeds every rate was run on, normally seed 0 alone), the best in bold; and
+    each variant's best rate. Empty when only one rate was run."""
+    lrs = sorted({r["lr"] for r in results})
+    if len(lrs) < 2:
+        return ""
+    swept = {r["seed"] for r in results if r["lr"] != reference_lr}
+    rows = []
+    for _, runs in group_lm(results).items():
+        losses: dict[float, float | None] = {}
+        for lr in lrs:
+            at = [r for r in runs if r["lr"] == lr and r["seed"] in swept]
+            if at:
+                vals = [r["val_loss"] for r in at if not r.get("diverged") and r.get("val_loss") is not None]
+                losses[lr] = sum(vals) / len(vals) if len(vals) == len(at) else None  # None: diverged
+        finite = {lr: v for lr, v in losses.items() if v is not None}
+        best = min(finite, key=finite.get) if finite else None
+        cells = []
+        for lr in lrs:
+            if lr not in losses:
+                cells.append("")
+            elif losses[lr] is None:
+                cells.append("diverged")
+            else:
+                cells.append(f"**{losses[lr]:.3f}**" if lr == best else f"{losses[lr]:.3f}")
+        best_text = f"{best:g} ({finite[best]:.3f})" if best is not None else "n/a"
+        rows.append((finite.get(best, math.inf), f"| {runs[0]['label']} | " + " | ".join(cells) + f" | {best_text} |"))
+    seeds = ", ".join(str(s) for s in sorted(swept))
+    head = [f"Learning-rate sweep: final validation loss, seed{'s' if len(swept) > 1 else ''} {seeds} "
+            f"(the shared rate is {reference_lr:g}); rows ordered by their best loss.", "",
+            "| model | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best lr (loss) |",
+            "|---|" + "---:|" * len(lrs) + "---:|"]
+    return "\n".join(head + [row for _, row in sorted(rows, key=lambda x: x[0])])
 
 
 def _pyplot():

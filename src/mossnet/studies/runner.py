@@ -34,7 +34,7 @@ def read_json(path: str | Path) -> Any:
 
 # Spec keys that only say where or how fast a run executes: a result made with other values
 # still answers the same question.
-_EXECUTION_KEYS = {"result", "train_dir", "threads", "device", "dtype", "label", "data", "name"}
+_EXECUTION_KEYS = {"result", "train_dir", "threads", "device", "dtype", "label", "data", "name", "cuda_graph"}
 
 
 def is_done(spec: dict[str, Any]) -> bool:

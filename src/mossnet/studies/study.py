@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 from pathlib import Path
@@ -66,8 +65,20 @@ def _jobs_threads(args) -> tuple[int, int]:
     return jobs, threads
 
 
+def _check_cuda_graph(args) -> bool:
+    """``--cuda-graph`` asks for CUDA: say so now rather than in every run's log."""
+    if not getattr(args, "cuda_graph", False):
+        return False
+    from .common import resolve_device
+
+    if resolve_device(args.device).type != "cuda":
+        raise ValueError("--cuda-graph needs a CUDA device (this study would run on the CPU)")
+    return True
+
+
 def build_specs(args) -> list[dict[str, Any]]:
     jobs, threads = _jobs_threads(args)
+    cuda_graph = _check_cuda_graph(args)
     if args.study == "mqar":
         from .arch_configs import ARCHS
         from .mqar import make_specs
@@ -77,7 +88,8 @@ def build_specs(args) -> list[dict[str, Any]]:
                           batch_size=args.mqar_batch_size, n_layers=args.mqar_layers,
                           seeds=tuple(range(args.seeds)), eval_examples=args.mqar_eval_examples,
                           warmup_steps=getattr(args, "mqar_warmup", 20),
-                          eval_points=getattr(args, "mqar_eval_points", 0), device=args.device, dtype=args.dtype, threads=threads)
+                          eval_points=getattr(args, "mqar_eval_points", 0), device=args.device, dtype=args.dtype, threads=threads,
+                          cuda_graph=cuda_graph)
     if not args.data:
         raise ValueError(f"--study {args.study} needs --data DIR, a prepared corpus "
                          "(make one with `mossnet prepare-data --out DIR`)")
@@ -85,9 +97,10 @@ def build_specs(args) -> list[dict[str, Any]]:
 
     return make_specs(args.study, args.out, args.data, preset=args.preset, archs=args.archs,
                       seeds=tuple(range(args.seeds)), budget_tokens=args.budget_tokens, batch_size=args.batch_size,
-                      seq_len=args.seq_len, lr=args.lr, warmup_frac=args.warmup_frac, eval_points=args.eval_points,
-                      eval_tokens=args.eval_tokens, model_overrides=_parse_model(args.model), device=args.device,
-                      dtype=args.dtype, threads=threads)
+                      seq_len=args.seq_len, lr=args.lr, lr_sweep=getattr(args, "lr_sweep", ()),
+                      sweep_seeds=getattr(args, "sweep_seeds", 1), warmup_frac=args.warmup_frac,
+                      eval_points=args.eval_points, eval_tokens=args.eval_tokens, model_overrides=_parse_model(args.model),
+                      device=args.device, dtype=args.dtype, threads=threads, cuda_graph=cuda_graph)
 
 
 def write_report(study: str, out: Path, specs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
@@ -99,9 +112,15 @@ def write_report(study: str, out: Path, specs: list[dict[str, Any]], settings: d
         note = report.plot_mqar(results, out / "mqar.png")
         png = "mqar.png"
     else:
-        table = report.lm_table(results)
+        # the main table and plot: every model at the shared learning rate; a sweep gets its own table
+        reference_lr = settings["args"].get("lr")
+        shared = [r for r in results if reference_lr is None or r["lr"] == reference_lr]
+        table = report.lm_table(shared) if shared else "no finished run at the shared learning rate yet"
+        sweep = report.lm_sweep_table(results, reference_lr) if reference_lr is not None else ""
+        if sweep:
+            table += "\n\n" + sweep
         budget = results[0]["tokens"]
-        note = report.plot_lm(results, out / f"{study}.png",
+        note = report.plot_lm(shared or results, out / f"{study}.png",
                               title=f"{study}: validation loss, {budget:,} training tokens per run")
         png = f"{study}.png"
     text = [f"# mossnet compare --study {study}", "",

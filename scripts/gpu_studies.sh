@@ -6,8 +6,9 @@
 # 2,000 steps of 512 examples each: attention has to escape a long plateau, so steps matter and a
 # batch of 512 is nearly free on the GPU (docs/STUDIES.md). Attention needs lr 1e-3 (at 3e-3 and 1e-2
 # it never left the plateau). MQAR_PAIRS=8,16,32 adds the 32-pair cells.
-# lm: LM_ARCHS (default the four fast models; add mamba2 for transformers' kernel-less Mamba-2) at
-# lr 3e-3 on 2 seeds, plus LM_SWEEP (default 1e-3,1e-2) on seed 0: each model's best rate.
+# lm: LM_ARCHS (default the four fast models) at lr 3e-3 on 2 seeds, plus LM_SWEEP (default
+# 1e-3,1e-2) on seed 0: each model's best rate. lm_mamba2: transformers' Mamba-2 (kernel-less,
+# slow) at lr 3e-3, 2 seeds, in $STUDIES/lm_mamba2 (merge its runs into lm/runs for the report).
 # Every run but Mamba-2's replays its training step from a CUDA graph (--cuda-graph).
 # DATA: `mossnet prepare-data --out DIR --corpus all --vocab-size 8192` (5.0M training tokens).
 # Study directories go under $STUDIES (default out/studies); re-running skips finished runs.
@@ -30,12 +31,13 @@ for study in ${1//,/ }; do
   case "$study" in
     lm) args=(--study lm --archs "${LM_ARCHS:-mossnet,single_head,moe_mamba,llama}" --seeds 2
               --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 --jobs "${LM_JOBS:-4}" --cuda-graph "${LM[@]}") ;;
+    lm_mamba2) args=(--study lm --archs mamba2 --seeds 2 --jobs 2 "${LM[@]}") ;;  # eager, its own directory
     ablations) args=(--study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}") ;;
     mqar) args=(--study mqar --archs mossnet,single_head,llama --widths "${MQAR_WIDTHS:-64,128}" --pairs "${MQAR_PAIRS:-8,16}"
                 --lrs "${MQAR_LRS:-1e-3,3e-3,1e-2}" --mqar-seq-len 128 --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-2000}"
                 --mqar-batch-size 512 --mqar-warmup 100 --mqar-eval-points 10 --seeds "${MQAR_SEEDS:-1}"
                 --jobs "${MQAR_JOBS:-8}" --cuda-graph) ;;
-    *) echo "unknown study $study (lm, ablations, mqar)"; exit 2 ;;
+    *) echo "unknown study $study (lm, lm_mamba2, ablations, mqar)"; exit 2 ;;
   esac
   echo "mossnet compare ${args[*]} --out $STUDIES/$study" | tee -a "$OUT/commands.txt"
   timeout "$T" python3 -m mossnet.cli.main compare "${args[@]}" --out "$STUDIES/$study" > "$OUT/$study.log" 2>&1 &

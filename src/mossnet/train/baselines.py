@@ -88,6 +88,9 @@ def _reference_numbers(ref) -> tuple[int, int, int, int]:
     return ref.vocab_size, ref.d_model, ref.n_layers, active_parameters(model)
 
 
+MAMBA2_CHUNK = 64
+
+
 def baseline_config(arch: str, ref, seq_len: int = 2048, target_active: int | None = None):
     """A transformers config for ``arch`` ("llama" | "mamba2") matched to MossNet config ``ref``
     (vocabulary, d_model, n_layers, and roughly the active parameter count). ``target_active``
@@ -124,10 +127,13 @@ def baseline_config(arch: str, ref, seq_len: int = 2048, target_active: int | No
         state = int(getattr(ref, "ssm_state_dim", 64))
         conv = int(getattr(ref, "conv_kernel", 4))
 
+        # Chunk 64, not transformers' default 256: without mamba_ssm, Mamba-2 runs its pure
+        # PyTorch SSD, which builds (chunk x chunk) blocks per head; 64 is ~1.8x faster there (CPU,
+        # fwd+bwd) and the same function (tests/train/test_baselines.py).
         def make(expand: int):
             return Mamba2Config(num_heads=expand * d // head_dim, head_dim=head_dim, expand=expand,
                                 state_size=state, n_groups=1, conv_kernel=conv,
-                                chunk_size=min(256, seq_len), **common)
+                                chunk_size=min(MAMBA2_CHUNK, seq_len), **common)
 
         best = None
         for expand in range(1, 17):

@@ -1,0 +1,32 @@
+"""The transformers baselines the trainer and the studies build (``mossnet.train.baselines``)."""
+
+from __future__ import annotations
+
+import torch
+
+from mossnet.studies.arch_configs import reference_config
+from mossnet.train.baselines import MAMBA2_CHUNK, baseline_config
+
+
+def test_mamba2_chunk_size_does_not_change_the_function():
+    """The Mamba-2 baseline scans in chunks of 64 (faster in transformers' kernel-less path than its
+    default 256); the chunking is an evaluation order, so the logits and gradients must not move."""
+    from transformers import Mamba2ForCausalLM
+
+    ref = reference_config("tiny", 128, {"d_model": 32, "n_layers": 2, "ssm_head_dim": 16, "ssm_state_dim": 8})
+    small = baseline_config("mamba2", ref, seq_len=200)
+    assert small.chunk_size == MAMBA2_CHUNK
+    large = small.__class__(**{**small.to_dict(), "chunk_size": 256})
+    x = torch.randint(0, 128, (2, 200))  # odd length: 3 whole chunks of 64 and a ragged one
+    outs = []
+    for cfg in (small, large):
+        torch.manual_seed(0)
+        model = Mamba2ForCausalLM(cfg)
+        out = model(input_ids=x, labels=x)
+        out.loss.backward()
+        outs.append((out.logits.detach(), model.backbone.layers[0].mixer.A_log.grad.clone()))
+    # fp32 (transformers' fallback computes parts of the scan in fp32 whatever the model dtype):
+    # a chunking bug moves logits by ~0.1, summation order by ~1e-7
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-6)
+    assert baseline_config("mamba2", ref, seq_len=32).chunk_size == 32  # never longer than the sequence

@@ -33,7 +33,7 @@ for study in ${1//,/ }; do
               --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 --jobs "${LM_JOBS:-4}" --cuda-graph "${LM[@]}") ;;
     lm_mamba2) args=(--study lm --archs mamba2 --seeds 2 --jobs 2 "${LM[@]}") ;;  # eager, its own directory
     ablations) args=(--study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}") ;;
-    mqar) args=(--study mqar --archs mossnet,single_head,llama --widths "${MQAR_WIDTHS:-64,128}" --pairs "${MQAR_PAIRS:-8,16}"
+    mqar) args=(--study mqar --archs "${MQAR_ARCHS:-mossnet,single_head,llama}" --widths "${MQAR_WIDTHS:-64,128}" --pairs "${MQAR_PAIRS:-8,16}"
                 --lrs "${MQAR_LRS:-1e-3,3e-3,1e-2}" --mqar-seq-len 128 --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-2000}"
                 --mqar-batch-size 512 --mqar-warmup 100 --mqar-eval-points 10 --seeds "${MQAR_SEEDS:-1}"
                 --jobs "${MQAR_JOBS:-8}" --cuda-graph) ;;

@@ -43,6 +43,7 @@ def test_sweep_table_marks_each_models_best_rate_and_divergence():
         _result("a", 3e-3, 0, 4.0), _result("a", 3e-3, 1, 3.0),  # seed 1 is not part of the sweep
         _result("a", 1e-3, 0, 4.2), _result("a", 1e-2, 0, None, diverged="not finite"),
         _result("b", 3e-3, 0, 4.1), _result("b", 1e-3, 0, 3.9), _result("b", 1e-2, 0, 4.5),
+        _result("c", 3e-3, 0, 4.05),  # run at the shared rate only
     ]
     table = lm_sweep_table(results, 3e-3)
     lines = table.splitlines()
@@ -51,6 +52,7 @@ def test_sweep_table_marks_each_models_best_rate_and_divergence():
     # rows ordered by their best loss: B (3.9 at 1e-3) before A (4.0 at 3e-3; seed 1's 3.0 is not used)
     assert lines[4] == "| B | **3.900** | 4.100 | 4.500 | 0.001 (3.900) |"
     assert lines[5] == "| A | 4.200 | **4.000** | diverged | 0.003 (4.000) |"
+    assert lines[6] == "| C |  | 4.050 |  | not swept |"
     assert lm_sweep_table([_result("a", 3e-3, 0, 4.0)], 3e-3) == ""  # no sweep: no table
 
 

@@ -90,7 +90,8 @@ def lm_sweep_table(results: list[dict[str, Any]], reference_lr: float) -> str:
                 vals = [r["val_loss"] for r in at if not r.get("diverged") and r.get("val_loss") is not None]
                 losses[lr] = sum(vals) / len(vals) if len(vals) == len(at) else None  # None: diverged
         finite = {lr: v for lr, v in losses.items() if v is not None}
-        best = min(finite, key=finite.get) if finite else None
+        # a model run at one rate only (not swept): its loss is shown, but no rate is "best"
+        best = min(finite, key=finite.get) if finite and len(losses) > 1 else None
         cells = []
         for lr in lrs:
             if lr not in losses:
@@ -99,8 +100,8 @@ def lm_sweep_table(results: list[dict[str, Any]], reference_lr: float) -> str:
                 cells.append("diverged")
             else:
                 cells.append(f"**{losses[lr]:.3f}**" if lr == best else f"{losses[lr]:.3f}")
-        best_text = f"{best:g} ({finite[best]:.3f})" if best is not None else "n/a"
-        rows.append((finite.get(best, math.inf), f"| {runs[0]['label']} | " + " | ".join(cells) + f" | {best_text} |"))
+        best_text = f"{best:g} ({finite[best]:.3f})" if best is not None else ("not swept" if finite else "n/a")
+        rows.append((finite[best] if best is not None else min(finite.values(), default=math.inf), f"| {runs[0]['label']} | " + " | ".join(cells) + f" | {best_text} |"))
     seeds = ", ".join(str(s) for s in sorted(swept))
     head = [f"Learning-rate sweep: final validation loss, seed{'s' if len(swept) > 1 else ''} {seeds} "
             f"(the shared rate is {reference_lr:g}); rows ordered by their best loss.", "",

@@ -67,3 +67,25 @@ def test_rerun_with_another_warmup_is_refused(tmp_path, capsys):
 def test_bad_option_values_are_rejected(tmp_path, bad):
     with pytest.raises(SystemExit):
         mossnet_main(["compare", "--study", "mqar", "--out", str(tmp_path), *TINY, *bad])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["mossnet", "llama"])
+def test_mqar_graph_step_matches_eager(tmp_path, arch):
+    """The MQAR run replayed from a CUDA graph trains like the eager run: the same loss, step by
+    step (fp32, so that only the kernels' summation order differs), with eager evaluations of the
+    accuracy curve in between the replays."""
+    import numpy as np
+
+    curves = {}
+    for graph in (False, True):
+        (spec,) = make_specs(tmp_path / str(graph), archs=(arch,), widths=(32,), pairs=(4,), lrs=(3e-3,), seq_len=32,
+                             vocab_size=32, steps=8, batch_size=16, n_layers=2, eval_examples=32, warmup_steps=2,
+                             eval_points=4, device="cuda", dtype="fp32", cuda_graph=graph)
+        r = execute_mqar(spec)
+        assert r["cuda_graph"] is graph
+        curves[graph] = [loss for _, loss in r["train_loss_curve"]]
+        curves[graph, "accuracy"] = [acc for _, acc in r["accuracy_curve"]]
+    assert len(curves[True]) == 8
+    np.testing.assert_allclose(curves[True], curves[False], rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(curves[True, "accuracy"], curves[False, "accuracy"], atol=0.02)

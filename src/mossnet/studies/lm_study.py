@@ -108,7 +108,6 @@ def make_specs(study: str, out: str | Path, data: str, preset: str = "tiny", arc
     return specs
 
 
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []

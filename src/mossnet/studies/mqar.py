@@ -45,7 +45,6 @@ def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), 
                n_layers: int = 2, seeds=(0,), eval_examples: int = 512, warmup_steps: int = 20,
                weight_decay: float = 0.1, eval_points: int = 0, device: str = "auto", dtype: str = "auto",
                threads: int = 0, cuda_graph: bool = False) -> list[dict[str, Any]]:
-
     out = Path(out)
     specs = []
     # pairs outermost: a study cut short still holds complete comparisons for the easier cells

@@ -66,9 +66,12 @@ def _jobs_threads(args) -> tuple[int, int]:
 
 
 def _check_cuda_graph(args) -> bool:
-    """``--cuda-graph`` asks for CUDA: say so now rather than in every run's log."""
+    """``--cuda-graph`` asks for CUDA: say so now rather than in every run's log (a report
+    rebuilt with ``--report-only`` runs nothing, so it may be rebuilt anywhere)."""
     if not getattr(args, "cuda_graph", False):
         return False
+    if getattr(args, "report_only", False):
+        return True
     from .common import resolve_device
 
     if resolve_device(args.device).type != "cuda":

@@ -1,8 +1,6 @@
-"""Small helpers shared by the studies: device, autocast, thread count."""
+"""Small helpers shared by the studies: device and thread count (autocast: ``mossnet.train.precision``)."""
 
 from __future__ import annotations
-
-import contextlib
 
 
 def resolve_device(name: str = "auto"):
@@ -11,21 +9,6 @@ def resolve_device(name: str = "auto"):
     if name in ("", "auto", None):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def autocast_for(device, dtype: str = "auto", capture: bool = False):
-    """bf16 autocast on CUDA (``auto``) or when asked; fp32 otherwise. ``capture``: the form a
-    CUDA-graph-captured step needs (no cast cache)."""
-    import torch
-
-    bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if bf16 and capture:
-        from mossnet.train.cuda_graph_step import autocast_for_capture
-
-        return lambda: autocast_for_capture(device.type, torch.bfloat16)
-    if bf16:
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def set_threads(threads: int) -> None:

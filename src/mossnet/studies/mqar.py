@@ -121,12 +121,12 @@ def _train_step(model, opt, device, dtype: str, cuda_graph: bool):
     or replayed from a CUDA graph (``mossnet.train.cuda_graph_step``; the same step, tested equal)."""
     import torch
 
-    from .common import autocast_for
+    from mossnet.train.precision import autocast_factory
 
+    autocast = autocast_factory(device, dtype, capture=cuda_graph)
     if cuda_graph:
         from mossnet.train.cuda_graph_step import CapturedTrainStep
 
-        autocast = autocast_for(device, dtype, capture=True)
         captured = CapturedTrainStep(
             model, opt, lambda ids, labels: (*_query_loss(model, ids, labels, autocast), {}), grad_clip=1.0)
 
@@ -135,8 +135,6 @@ def _train_step(model, opt, device, dtype: str, cuda_graph: bool):
             return float(stats[1])
 
         return graph_step
-
-    autocast = autocast_for(device, dtype)
 
     def eager_step(x, y) -> float:
         total, ce, _ = _query_loss(model, x.to(device), y.to(device), autocast)
@@ -154,11 +152,13 @@ def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
 
     from mossnet.train.optim import build_optimizer, lr_at, set_lr
 
-    from .common import autocast_for, resolve_device, set_threads
+    from mossnet.train.precision import autocast_factory
+
+    from .common import resolve_device, set_threads
 
     set_threads(spec.get("threads", 0))
     device = resolve_device(spec.get("device", "auto"))
-    autocast = autocast_for(device, spec.get("dtype", "auto"))
+    autocast = autocast_factory(device, spec.get("dtype", "auto"))  # for the evaluations
     task = MQARSpec(vocab_size=spec["vocab_size"], seq_len=spec["seq_len"], num_pairs=spec["num_pairs"])
     ref = reference_config(spec["d_model"], spec["vocab_size"], spec["n_layers"])
     arch = spec["arch"]

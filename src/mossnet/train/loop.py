@@ -34,7 +34,8 @@ from . import distributed
 from .baselines import build_model_config, describe, model_class
 from .config import TrainConfig, save_yaml
 from .metrics import MetricsLogger, add_micro_batch, read_jsonl
-from .cuda_graph_step import CapturedTrainStep, autocast_for_capture
+from .cuda_graph_step import CapturedTrainStep
+from .precision import autocast_factory
 from .optim import (build_optimizer, float_learning_rates, group_param_names, lr_at, restore_implementation,
                     set_lr)
 
@@ -314,13 +315,7 @@ class Trainer:
                     shutil.copy2(self.resume_dir / name, self.out / name)
 
     def make_autocast(self):
-        cfg, dev = self.cfg, self.device
-        bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
-        if bf16 and cfg.cuda_graph:
-            return lambda: autocast_for_capture(dev.type, torch.bfloat16)
-        if bf16:
-            return lambda: torch.autocast(dev.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext
+        return autocast_factory(self.device, self.cfg.dtype, capture=self.cfg.cuda_graph)
 
     def check_cuda_graph(self) -> None:
         """``--cuda-graph`` needs one CUDA process and an eager model (torch.compile captures its own)."""

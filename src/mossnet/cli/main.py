@@ -3,13 +3,22 @@
 Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are
 imported only when their command runs, so ``mossnet --help`` stays fast and a missing optional
 dependency of one command does not break the others.
+
+Errors: this file is the one boundary where they are caught. A :class:`mossnet.errors.MossNetError`
+(bad data, checkpoint, config, device, option or output directory) prints one line and exits
+with its ``exit_code``; an ``OSError`` (disk full, permission denied) prints one line and exits 1;
+anything else is a bug and prints one line that says so. ``MOSSNET_DEBUG=1`` re-raises instead,
+with the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from mossnet.errors import MossNetError
 
 # command name -> (module under mossnet.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,11 +67,39 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         print(f"mossnet {args.command}: not available in this build", file=sys.stderr)
         return 2
+    return run_command(args.command, module.run, args)
+
+
+def run_command(name: str, fn, args: argparse.Namespace) -> int:
+    """Run one subcommand and turn every exception into one line and an exit code."""
+    debug = os.environ.get("MOSSNET_DEBUG", "") not in ("", "0")
     try:
-        return int(module.run(args) or 0)
+        return int(fn(args) or 0)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except MossNetError as err:
+        if debug:
+            raise
+        print(f"mossnet {name}: {_one_line(err)}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        if debug:
+            raise
+        print(f"mossnet {name}: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        print(f"mossnet {name}: unexpected error ({type(err).__name__}: {_one_line(err)}); "
+              "run again with MOSSNET_DEBUG=1 for the traceback and please report it", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err``; a hint on a following indented line (an install command) stays."""
+    text = str(err).strip() or type(err).__name__
+    return text
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ it), so the command line prints them as they are, without a traceback, and exits
 
 from __future__ import annotations
 
+from mossnet.errors import DataError
 
-class DataError(Exception):
-    """A prepared corpus, or the text it is built from, is missing, corrupt or inconsistent."""
+__all__ = ["ChecksumError", "DataError", "ManifestError", "MissingDataPackageError"]
 
 
 class MissingDataPackageError(DataError):

@@ -38,14 +38,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mossnet.errors import CheckpointError  # re-exported: the trainer's domain error
+
 FORMAT_VERSION = 1
 STATE_DIR = "trainer_state"
 STATE_FILE = "state.json"
 LOG_FILES = ("metrics.jsonl", "metrics.csv", "loss_curve.png", "train.log")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, corrupt, or does not match the run."""
 
 
 # --------------------------------------------------------------------------------------------

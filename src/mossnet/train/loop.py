@@ -1,11 +1,14 @@
 """The trainer. Read it top to bottom: ``train(cfg)`` is the whole program.
 
-    setup (process group, device) -> data -> model (fresh or from the checkpoint) -> parallel
-    wrapper -> AdamW -> resume trainer state -> loop:
+    setup (process group, device) -> claim the run directory -> data -> model (fresh or from the
+    checkpoint) -> parallel wrapper -> AdamW -> resume trainer state -> loop:
         for each step: lr from the schedule; grad_accum micro-batches (forward, backward, router
         load); reduce the step's statistics across ranks; stop on a non-finite loss or gradient;
         clip; optimizer step; log; validate; checkpoint; stop cleanly on Ctrl-C / SIGTERM
-    -> final validation next to the bigram baseline -> loss curve -> final checkpoint -> sample.
+    -> final checkpoint -> final validation next to the bigram baseline -> loss curve -> sample.
+
+Ctrl-C and SIGTERM are caught from the start to the end of ``run``: the step in flight finishes,
+a checkpoint is saved (unless the last one is current), and the run ends with 130 / 143.
 
 One process, DDP and FSDP2 run the same code; ``distributed.py`` hides their differences.
 """
@@ -28,6 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from mossnet.errors import CheckpointError, ConfigError, DataError, DeviceError, MossNetError
+from mossnet.rundir import LOGS, MODEL, TRAINER, write_marker
 
 from . import checkpoint as ckpt
 from . import distributed
@@ -79,14 +85,22 @@ class MicroBatches:
         self._next = 0
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(MossNetError, RuntimeError):
     """The loss or the gradient became NaN/inf; the last good checkpoint was kept."""
+
+    exit_code = 1
+
+
+class SaveFailed(CheckpointError):
+    """Writing a checkpoint failed (a full disk, say); the previous checkpoint is intact."""
+
+    exit_code = 1
 
 
 @dataclass
 class TrainResult:
     step: int
-    status: str  # "done" | "interrupted"
+    status: str  # "done" | "interrupted" (Ctrl-C) | "terminated" (SIGTERM)
     out: str
     final: dict[str, Any] = field(default_factory=dict)  # validation / bigram numbers
     losses: list[float] = field(default_factory=list)  # training loss of every step of this run
@@ -95,11 +109,28 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    check_device(cfg.device)
     info, device = distributed.setup(cfg.device, cfg.fsdp)
     try:
         return Trainer(cfg, info, device).run()
     finally:
         distributed.teardown(info)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, in one line, before any work starts."""
+    try:
+        dev = torch.device("cpu" if device == "auto" else device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"--device {device}: {why} (use --device cpu, or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type != "cpu":
+        raise DeviceError(f"--device {device}: training runs on cpu or cuda")
 
 
 def build_model(cfg: TrainConfig, config) -> nn.Module:
@@ -130,6 +161,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def run(self) -> TrainResult:
+        previous_handlers = self.install_signal_handlers()
+        try:
+            self.setup()
+            return self.loop()
+        finally:
+            self.restore_signal_handlers(previous_handlers)
+
+    def setup(self) -> None:
         cfg, info = self.cfg, self.info
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -137,6 +176,8 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls outside autocast
         self.resume_dir = Path(cfg.resume) if cfg.resume else None
         self.resume_state = ckpt.read_trainer_state(self.resume_dir) if self.resume_dir else None
+        if info.is_main:
+            ckpt.claim_run_dir(cfg, self.resume_state)
 
         self.check_cuda_graph()
         self.load_data()
@@ -146,17 +187,14 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.elapsed = 0.0
+        self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         if self.resume_state:
             self.load_trainer_state()
-        elif info.is_main and (self.out / ckpt.STATE_DIR).is_dir():
-            self.warn(f"{self.out} already holds a checkpoint; this fresh run replaces it at its first save "
-                      "(pass --resume DIR to continue it instead)")
         self.prepare_out_dir()
-        self.logger = MetricsLogger(self.out, enabled=info.is_main, tensorboard=cfg.tensorboard,
+        self.logger = MetricsLogger(self.out / LOGS, enabled=info.is_main, tensorboard=cfg.tensorboard,
                                     resume_step=self.step if self.resume_state else None)
         self.autocast = self.make_autocast()
         self.lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-        return self.loop()
 
     def load_data(self) -> None:
         from mossnet.data import open_split, read_manifest
@@ -172,16 +210,21 @@ class Trainer:
         self.val_bytes = int(splits.get(self.val_split, {}).get("bytes", 0)) if self.val_split else 0
         if self.val_tokens is None:
             self.warn(f"{cfg.data} has no validation split: no validation loss will be reported")
+        elif len(self.val_tokens) < cfg.seq_len + 1:
+            self.warn(f"the {self.val_split} split of {cfg.data} has {len(self.val_tokens)} tokens, fewer than one "
+                      f"window (seq_len={cfg.seq_len} + 1): no validation loss will be reported")
+            self.val_tokens = None
         if len(self.train_tokens) < cfg.seq_len + 1:
-            raise ValueError(f"the train split of {cfg.data} has {len(self.train_tokens)} tokens, fewer than "
-                             f"one sequence (seq_len={cfg.seq_len} + 1)")
+            raise DataError(f"the train split of {cfg.data} has {len(self.train_tokens)} tokens, fewer than "
+                            f"one sequence (seq_len={cfg.seq_len} + 1)")
+        self.data_identity = ckpt.data_identity(self.manifest)
 
     def build_model(self) -> None:
         cfg, info = self.cfg, self.info
         if self.resume_dir:
-            config = self.checkpoint_config(self.resume_dir)
+            config = self.checkpoint_config(self.resume_dir / MODEL)
             model = build_model(cfg, config)
-            self.load_weights(model, self.resume_dir)
+            self.load_weights(model, self.resume_dir / MODEL)
         else:
             config = build_model_config(cfg.arch, cfg.preset, self.vocab_size, cfg.model, cfg.seq_len,
                                         eos_id=self.eos_id)
@@ -222,7 +265,7 @@ class Trainer:
         want = MODEL_TYPES[self.cfg.arch]
         if config.model_type != want:
             raise ckpt.CheckpointError(f"{path} holds a {config.model_type!r} model but --arch is {self.cfg.arch!r}")
-        if config.vocab_size != self.vocab_size:
+        if config.vocab_size < self.vocab_size:
             raise ckpt.CheckpointError(
                 f"{path} has a vocabulary of {config.vocab_size} tokens but {self.cfg.data} has {self.vocab_size}: "
                 "the data was prepared with a different tokenizer")
@@ -283,6 +326,7 @@ class Trainer:
             group["betas"] = (cfg.beta1, cfg.beta2)
             group["eps"] = cfg.eps
             group["weight_decay"] = cfg.weight_decay if group.get("name") == "decay" else 0.0
+        self.check_resume_changes(state)
         saved_world = int(state.get("world_size", 1))
         saved_micro = saved_world * int(state.get("grad_accum", cfg.grad_accum))
         if saved_micro != info.world_size * cfg.grad_accum or state.get("batch_size", cfg.batch_size) != cfg.batch_size:
@@ -298,21 +342,38 @@ class Trainer:
             raise ckpt.CheckpointError(f"{path}: the data position does not fit this run: {err}") from None
         ckpt.restore_rng(rank_state["rng"])
         self.step = int(state["step"])
+        if path.resolve() == self.out.resolve():
+            self.saved_step = self.step  # that checkpoint is this run's newest
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.elapsed = float(state.get("elapsed_s", 0.0))
         self.say(f"resumed from {path} at step {self.step} ({self.tokens_seen:,} tokens seen)")
         if self.step >= cfg.max_steps:
             self.warn(f"the checkpoint is at step {self.step} and max_steps is {cfg.max_steps}: nothing to train")
 
+    def check_resume_changes(self, state: dict[str, Any]) -> None:
+        """A resumed run continues the recorded one: other data, seq_len or preset is refused
+        unless --allow-change, and an allowed change is printed."""
+        cfg = self.cfg
+        recorded = {"data": state.get("data", {}).get("identity"), "seq_len": state.get("seq_len"),
+                    "preset": state.get("preset")}
+        recorded = {k: v for k, v in recorded.items() if v is not None}
+        changes = ckpt.resume_changes(recorded, {"data": self.data_identity, "seq_len": cfg.seq_len,
+                                                 "preset": cfg.preset})
+        if changes and not cfg.allow_change:
+            raise ConfigError(f"resuming {self.resume_dir} with changes: {'; '.join(changes)}; pass --allow-change "
+                              "to accept them (the run then no longer continues the recorded one exactly)")
+        for change in changes:
+            self.warn(f"allowed change on resume: {change}")
+
     def prepare_out_dir(self) -> None:
         if not self.info.is_main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        ckpt.recover(self.out)
+        write_marker(self.out, "train")
+        (self.out / LOGS).mkdir(exist_ok=True)
         if self.resume_dir and self.resume_dir.resolve() != self.out.resolve():
             for name in ("metrics.jsonl", "metrics.csv"):  # continue the old run's logs
-                if (self.resume_dir / name).is_file():
-                    shutil.copy2(self.resume_dir / name, self.out / name)
+                if (self.resume_dir / LOGS / name).is_file():
+                    shutil.copy2(self.resume_dir / LOGS / name, self.out / LOGS / name)
 
     def make_autocast(self):
         return autocast_factory(self.device, self.cfg.dtype, capture=self.cfg.cuda_graph)
@@ -323,10 +384,10 @@ class Trainer:
         if not cfg.cuda_graph:
             return
         if self.device.type != "cuda":
-            raise ValueError(f"--cuda-graph needs a CUDA device; this run is on {self.device} "
-                             "(pass --no-cuda-graph, e.g. when resuming a GPU run on the CPU)")
+            raise DeviceError(f"--cuda-graph needs a CUDA device; this run is on {self.device} "
+                              "(pass --no-cuda-graph, e.g. when resuming a GPU run on the CPU)")
         if info.enabled:
-            raise ValueError("--cuda-graph runs in a single process; under torchrun (DDP/FSDP2) train without it")
+            raise ConfigError("--cuda-graph runs in a single process; under torchrun (DDP/FSDP2) train without it")
 
     # ------------------------------------------------------------------ the loop
     def loop(self) -> TrainResult:
@@ -343,7 +404,6 @@ class Trainer:
         self.collapsed: set[str] = set()
         window = _new_window()
         self.last_checkpoint = (self.resume_dir, self.step) if self.resume_dir else None
-        previous_handlers = self.install_signal_handlers()
         try:
             self.model.train()
             self.suggest_cuda_graph()
@@ -376,20 +436,21 @@ class Trainer:
                 if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < cfg.max_steps:
                     self.validate(cfg.eval_tokens or None)
                 if stop:
-                    self.say(f"{stop}: saving a checkpoint at step {self.step} and stopping")
-                    self.save()
-                    result.status = "interrupted"
                     break
                 if cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0 and self.step < cfg.max_steps:
                     self.save()
         finally:
-            self.restore_signal_handlers(previous_handlers)
             self.bar.close()
             self.bar = None
         result.step = self.step
-        if result.status == "done":
+        self.save_if_new()  # the final state is on disk before anything else can go wrong
+        if not self._stop_signal:
             result.final = self.finish()
+        if not self._stop_signal:
             result.sample = self.sample()
+        if self._stop_signal:
+            result.status = "terminated" if "SIGTERM" in self._stop_signal else "interrupted"
+            self.say(f"{self._stop_signal}: stopped with the checkpoint of step {self.saved_step} in {self.out}")
         self.logger.close()
         return result
 
@@ -538,7 +599,7 @@ class Trainer:
                 self.collapsed.discard(name)
                 self.say(f"router {name} recovered ({n_eff:.1f} effective experts of {e})")
 
-    def validate(self, max_tokens: int | None) -> dict[str, Any] | None:
+    def validate(self, max_tokens: int | None, progress: bool = False) -> dict[str, Any] | None:
         """Validation loss / perplexity / bits per byte on (the start of) the validation split. Rank 0
         computes it (every rank under FSDP, whose forward is collective)."""
         if self.val_tokens is None:
@@ -550,7 +611,7 @@ class Trainer:
         if info.is_main or info.fsdp:
             self.model.eval()
             with torch.no_grad(), self.autocast():
-                result = self._evaluate(evaluate_perplexity, max_tokens)
+                result = self._evaluate(evaluate_perplexity, max_tokens, progress)
             self.model.train()
         info.barrier()
         if info.is_main:
@@ -562,13 +623,13 @@ class Trainer:
                      f"{result['bits_per_byte']:.4f} bits/byte ({result['tokens']:,} tokens)")
         return result
 
-    def _evaluate(self, evaluate_perplexity, max_tokens: int | None) -> dict[str, Any]:
+    def _evaluate(self, evaluate_perplexity, max_tokens: int | None, progress: bool = False) -> dict[str, Any]:
         """The whole split, or ``max_tokens`` of it taken as ``VAL_SEGMENTS`` evenly spaced segments
         (the start of a split alone can be unrepresentative: a corpus split by whole documents
         begins with one document)."""
         cfg, tokens, n_bytes = self.cfg, self.val_tokens, self.val_bytes
         kwargs = dict(seq_len=cfg.seq_len, stride=cfg.seq_len, batch_size=cfg.batch_size, device=self.device,
-                      progress=False)
+                      progress=progress and self.info.is_main)
         n = len(tokens)
         if not max_tokens or max_tokens >= n:
             return evaluate_perplexity(self.raw_model, tokens, n_bytes, **kwargs)
@@ -598,9 +659,23 @@ class Trainer:
         return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": bpb}
 
     # ------------------------------------------------------------------ checkpoints
+    def save_if_new(self) -> None:
+        if self.saved_step != self.step:
+            self.save()
+
     def save(self) -> None:
+        """Write a checkpoint of this step; a failure (a full disk) leaves the previous one intact."""
+        try:
+            self._save()
+        except OSError as err:
+            kept = (f"the checkpoint of step {self.saved_step} is intact" if self.saved_step >= 0
+                    else "no checkpoint had been written yet")
+            raise SaveFailed(f"saving the checkpoint of step {self.step} to {self.out} failed "
+                             f"({err.strerror or err}); {kept}") from None
+        self.saved_step = self.step
+
+    def _save(self) -> None:
         cfg, info = self.cfg, self.info
-        self.logger.close_tensorboard()
         model_state = distributed.full_model_state(self.raw_model, info) if info.fsdp else None
         opt_state = distributed.full_optimizer_state(self.raw_model, self.optimizer, info)
         if opt_state is not None:
@@ -612,19 +687,22 @@ class Trainer:
             else:
                 self.raw_model.save_pretrained(tmp)
             ckpt.copy_tokenizer(cfg.data, tmp)
-            save_yaml(cfg, tmp / "train_config.yaml")
+            trainer_dir = tmp.parent / TRAINER
+            trainer_dir.mkdir(exist_ok=True)
+            save_yaml(cfg, trainer_dir / ckpt.CONFIG_FILE)
 
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed,
                  "world_size": info.world_size, "grad_accum": cfg.grad_accum, "batch_size": cfg.batch_size,
-                 "seq_len": cfg.seq_len, "arch": cfg.arch, "lr": self.lr,
-                 "data": {"dir": str(cfg.data), "train_tokens": int(len(self.train_tokens))}}
+                 "seq_len": cfg.seq_len, "arch": cfg.arch, "preset": cfg.preset, "lr": self.lr,
+                 "data": {"dir": str(cfg.data), "identity": self.data_identity,
+                          "train_tokens": int(len(self.train_tokens))}}
         optimizer_state = {"optimizer": opt_state, "param_names": self.group_names} if opt_state is not None else None
         rank_state = {"data": self.batches.state_dict(), "rng": ckpt.capture_rng()}
         with _quiet_transformers():
             ckpt.save_checkpoint(self.out, rank=info.rank, barrier=info.barrier, write_model=write_model,
-                                 state=state, optimizer_state=optimizer_state, rank_state=rank_state)
+                                 state=state, optimizer_state=optimizer_state, rank_state=rank_state,
+                                 announce=self.say)
         self.last_checkpoint = (self.out, self.step)
-        self.logger.open_tensorboard()
 
     # ------------------------------------------------------------------ signals
     def install_signal_handlers(self):
@@ -636,12 +714,12 @@ class Trainer:
 
         def handler(signum, frame):
             name = signal.Signals(signum).name
-            if self._stop_signal:  # second signal: stop now, without saving
+            if self._stop_signal:  # second signal: stop now; the last complete checkpoint stays
                 raise KeyboardInterrupt
             self._stop_signal = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"received {name}"
             if self.info.is_main:
-                print(f"\n{name}: finishing this step, then saving a checkpoint (press Ctrl-C again to quit "
-                      "without saving)", file=sys.stderr, flush=True)
+                print(f"\n{name}: finishing this step, then saving a checkpoint (a second signal quits at once; "
+                      "the last complete checkpoint is kept)", file=sys.stderr, flush=True)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
@@ -653,11 +731,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> dict[str, Any]:
-        """Final validation on the whole split, next to the bigram baseline; the loss curve; the
-        final checkpoint."""
+        """After the final checkpoint: validation on the whole split, next to the bigram baseline,
+        and the loss curve."""
         cfg, info = self.cfg, self.info
         final = {}
-        val = self.validate(None)
+        self.say(f"checkpoint: {self.out} (step {self.step}, {self.tokens_seen:,} tokens, "
+                 f"{self.elapsed:.0f} s of training)")
+        val = self.validate(None, progress=cfg.progress)
+        if self._stop_signal:
+            return final
         if info.is_main:
             if val is not None:
                 final["model"] = {k: val[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")}
@@ -667,15 +749,12 @@ class Trainer:
             if cfg.plot:
                 from .plots import plot_loss_curve
 
-                note = plot_loss_curve(read_jsonl(self.out / "metrics.jsonl"), self.out / "loss_curve.png",
+                note = plot_loss_curve(read_jsonl(self.out / LOGS / "metrics.jsonl"), self.out / LOGS / "loss_curve.png",
                                        bigram_loss=self.bigram["loss"] if self.bigram else None,
                                        title=f"{cfg.arch} {cfg.preset}: {self.step} steps")
-                self.say(note or f"loss curve: {self.out / 'loss_curve.png'}")
+                self.say(note or f"loss curve: {self.out / LOGS / 'loss_curve.png'}")
             self.logger.log({"step": self.step, "split": "final", **{f"{k}_{m}": v for k, d in final.items()
                                                                      for m, v in d.items()}})
-        self.save()
-        self.say(f"checkpoint: {self.out} (step {self.step}, {self.tokens_seen:,} tokens, "
-                 f"{self.elapsed:.0f} s of training)")
         return final
 
     def report(self, final: dict[str, Any]) -> None:
@@ -699,7 +778,7 @@ class Trainer:
         if info.fsdp:
             # FSDP2 leaves sharded DTensor weights in the model, and the decode step runs the
             # layers outside their forward hooks; rank 0 samples from the full final checkpoint.
-            model = type(self.raw_model).from_pretrained(self.out).to(self.device)
+            model = type(self.raw_model).from_pretrained(self.out / MODEL).to(self.device)
         from mossnet.data import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.data)

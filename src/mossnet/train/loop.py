@@ -687,6 +687,7 @@ class Trainer:
             else:
                 self.raw_model.save_pretrained(tmp)
             ckpt.copy_tokenizer(cfg.data, tmp)
+            self.write_card(tmp)
             trainer_dir = tmp.parent / TRAINER
             trainer_dir.mkdir(exist_ok=True)
             save_yaml(cfg, trainer_dir / ckpt.CONFIG_FILE)
@@ -703,6 +704,12 @@ class Trainer:
                                  state=state, optimizer_state=optimizer_state, rank_state=rank_state,
                                  announce=self.say)
         self.last_checkpoint = (self.out, self.step)
+
+    def write_card(self, model_dir: Path, results: dict[str, Any] | None = None) -> None:
+        from mossnet.rundir.model_card import command_line, write_model_card
+
+        write_model_card(model_dir, config=self.raw_model.config, params=self.params, made_by=command_line(),
+                         data=self.manifest, tokens_seen=self.tokens_seen, results=results)
 
     # ------------------------------------------------------------------ signals
     def install_signal_handlers(self):
@@ -746,6 +753,9 @@ class Trainer:
             if self.bigram is not None:
                 final["bigram"] = self.bigram
             self.report(final)
+            if final:  # the card of the final checkpoint gains its results (README.md is not checksummed)
+                self.write_card(self.out / MODEL, {f"validation ({self.val_split})" if k == "model" else
+                                                   "bigram baseline": v for k, v in final.items()})
             if cfg.plot:
                 from .plots import plot_loss_curve
 

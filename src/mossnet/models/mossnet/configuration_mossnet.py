@@ -13,6 +13,8 @@ from transformers import PretrainedConfig
 
 from mossnet.errors import ConfigError
 
+from .remote_code import AUTO_MAP
+
 STATE_UPDATES = ("routed", "all")
 # The names ``mosse_scan(impl=...)`` accepts (tests/models/test_config.py checks they agree).
 SCAN_IMPLS = ("auto", "reference", "chunked", "triton")
@@ -129,6 +131,9 @@ class MossNetConfig(PretrainedConfig):
         self.scan_impl = scan_impl
         self.chunk_size = chunk_size
         self.use_cache = use_cache
+        # Every saved config names its classes, so tools that never import mossnet can load it
+        # (see remote_code.py); the model's save_pretrained writes the modules it names.
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", default=None, metavar="FILE.yaml", help="training options from a YAML file")
     g.add_argument("--resume", default=None, metavar="DIR", help="continue exactly from this run directory "
                    "(default --out: DIR)")
+    g.add_argument("--init-from", default=None, metavar="DIR", dest="init_from",
+                   help="start from this model's weights (a run directory, its model/, or a `mossnet convert` "
+                        "output) with a fresh optimizer and schedule; only shape-keeping model.* overrides apply")
     g.add_argument("--force", action="store_const", const=True, default=None,
                    help="write into a non-empty --out that is not this run's, or over another run "
                         "(MossNet still writes only OUT/model, OUT/trainer, OUT/logs)")
@@ -84,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(overrides=[])
 
 
-FLAG_KEYS = ("preset", "arch", "data", "out", "resume", "force", "allow_change", "max_steps", "batch_size",
+FLAG_KEYS = ("preset", "arch", "data", "out", "resume", "init_from", "force", "allow_change", "max_steps", "batch_size",
              "seq_len", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip", "seed", "log_interval",
              "eval_interval", "eval_tokens", "ckpt_interval", "progress", "tensorboard", "device", "dtype",
              "compile", "cuda_graph", "fsdp", "num_threads")
@@ -102,6 +105,7 @@ def resolve_config(args: argparse.Namespace):
     if resume:
         saved = _saved_config(resume)
         saved.pop("resume", None)
+        saved.pop("init_from", None)  # provenance of the original run; the weights now come from the checkpoint
         if flags["out"] is None:
             flags["out"] = resume  # continue in place
         flags["resume"] = resume

@@ -365,7 +365,7 @@ def claim_run_dir(cfg, resume_state: dict[str, Any] | None) -> Path:
                    "or --force to start a new run over it")
     else:
         refusal = "already holds a MossNet run"
-    reads = {"--data": cfg.data}
+    reads = {"--data": cfg.data, "--init-from": getattr(cfg, "init_from", "")}
     if cfg.resume and not in_place:
         reads["--resume"] = cfg.resume
     return claim_output_dir(out, force=cfg.force, owned=is_run_dir, reuse_owned=in_place or not has_checkpoint,

@@ -40,6 +40,7 @@ class TrainConfig:
     data: str = ""  # a directory written by `mossnet prepare-data`
     out: str = ""  # the checkpoint directory (a Hugging Face model directory)
     resume: str = ""  # a checkpoint directory to continue from ("" = start fresh)
+    init_from: str = ""  # start from this model's weights with a fresh optimizer and schedule ("" = random init)
     force: bool = False  # write into a non-empty --out that is not this run's (never saved)
     allow_change: bool = False  # resume with other data, seq_len or preset (never saved)
 
@@ -119,6 +120,9 @@ class TrainConfig:
             raise ConfigError("no data directory: pass --data DIR (a `mossnet prepare-data` output)")
         if not self.out:
             raise ConfigError("no output directory: pass --out DIR")
+        if self.init_from and self.resume:
+            raise ConfigError("--init-from and --resume exclude each other: --resume continues a run exactly, "
+                              "--init-from starts a new one from a model's weights")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -46,6 +46,9 @@ from .optim import (build_optimizer, float_learning_rates, group_param_names, lr
                     set_lr)
 
 MODEL_TYPES = {"mossnet": "mossnet", "llama": "llama", "mamba2": "mamba2"}
+# Model-config fields an --init-from run may change: they keep every tensor's shape.
+SHAPE_KEEPING = ("ssm_top_k", "state_update", "router_renormalize", "router_aux_loss_coef", "router_z_loss_coef",
+                 "scan_impl", "chunk_size")
 VAL_SEGMENTS = 8  # periodic validation: evenly spaced segments of the split
 
 
@@ -225,6 +228,8 @@ class Trainer:
             config = self.checkpoint_config(self.resume_dir / MODEL)
             model = build_model(cfg, config)
             self.load_weights(model, self.resume_dir / MODEL)
+        elif cfg.init_from:
+            config, model = self.initial_model()
         else:
             config = build_model_config(cfg.arch, cfg.preset, self.vocab_size, cfg.model, cfg.seq_len,
                                         eos_id=self.eos_id)
@@ -251,6 +256,37 @@ class Trainer:
                 wrapped = torch.compile(model)
             wrapped = distributed.wrap(wrapped, info, self.device)
         self.model = wrapped
+
+    def initial_model(self):
+        """``--init-from``: the model in that directory (verified), with this run's shape-keeping
+        overrides applied; training starts at step 0 with a fresh optimizer."""
+        from mossnet.rundir.load import load_model
+
+        cfg = self.cfg
+        source = load_model(cfg.init_from, dtype=torch.float32)
+        config = source.config
+        if config.model_type != MODEL_TYPES[cfg.arch]:
+            raise ConfigError(f"--init-from {cfg.init_from} holds a {config.model_type!r} model but --arch is "
+                              f"{cfg.arch!r}")
+        if config.vocab_size < self.vocab_size:
+            raise CheckpointError(f"--init-from {cfg.init_from} has a vocabulary of {config.vocab_size} tokens but "
+                                  f"{cfg.data} uses {self.vocab_size}: prepare the data with that model's tokenizer "
+                                  f"(mossnet prepare-data --tokenizer {cfg.init_from})")
+        changed = {}
+        for key, value in cfg.model.items():
+            if _differs(getattr(config, key, None), value):
+                if key not in SHAPE_KEEPING:
+                    raise ConfigError(f"model.{key}={value!r} would change the model of --init-from {cfg.init_from} "
+                                      f"({key}={getattr(config, key, None)!r}); only these keep its tensors: "
+                                      f"{', '.join(SHAPE_KEEPING)}")
+                changed[key] = value
+        if changed:
+            config = type(config).from_dict({**config.to_dict(), **changed})
+            self.say("--init-from overrides: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
+        model = build_model(cfg, config)
+        model.load_state_dict(source.state_dict(), strict=True)
+        self.say(f"initialised from {cfg.init_from} (fresh optimizer and schedule)")
+        return config, model
 
     def checkpoint_config(self, path: Path):
         """The model config stored in a checkpoint, checked against this run's data and options."""

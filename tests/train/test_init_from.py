@@ -53,7 +53,7 @@ def test_init_from_takes_shape_keeping_overrides_and_refuses_others(source, make
 
 
 def test_init_from_into_its_own_directory_is_refused(source, make_cfg):
-    with pytest.raises(OutputDirError, match="already holds a training run"):
+    with pytest.raises(OutputDirError, match="is the --init-from directory"):
         train(make_cfg("source", max_steps=1, init_from=source.out))
     assert ckpt.read_trainer_state(source.out)["step"] == 2
     with pytest.raises(ConfigError, match="exclude each other"):

@@ -701,13 +701,16 @@ class Trainer:
 
     def save(self) -> None:
         """Write a checkpoint of this step; a failure (a full disk) leaves the previous one intact."""
+        from safetensors import SafetensorError
+
         try:
             self._save()
-        except OSError as err:
+        except (OSError, SafetensorError) as err:  # safetensors reports a failed write as its own error
             kept = (f"the checkpoint of step {self.saved_step} is intact" if self.saved_step >= 0
                     else "no checkpoint had been written yet")
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
             raise SaveFailed(f"saving the checkpoint of step {self.step} to {self.out} failed "
-                             f"({err.strerror or err}); {kept}") from None
+                             f"({reason}); {kept}") from None
         self.saved_step = self.step
 
     def _save(self) -> None:

@@ -332,6 +332,12 @@ def data_identity(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def mixture_identity(identities: list[str], weights: list[float]) -> str:
+    """The identity of a weighted mixture of corpora (order and weights matter)."""
+    key = [[i, round(w, 9)] for i, w in zip(identities, weights)]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
 def resume_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between a checkpoint's recorded run identity and this run's
     (``data``, ``seq_len``, ``preset``), one phrase each."""
@@ -365,7 +371,11 @@ def claim_run_dir(cfg, resume_state: dict[str, Any] | None) -> Path:
                    "or --force to start a new run over it")
     else:
         refusal = "already holds a MossNet run"
-    reads = {"--data": cfg.data, "--init-from": getattr(cfg, "init_from", "")}
+    from mossnet.data.mixture import parse_data_sources
+
+    reads = {f"--data source {s.path}" if "," in cfg.data else "--data": s.path
+             for s in parse_data_sources(cfg.data)}
+    reads["--init-from"] = getattr(cfg, "init_from", "")
     if cfg.resume and not in_place:
         reads["--resume"] = cfg.resume
     return claim_output_dir(out, force=cfg.force, owned=is_run_dir, reuse_owned=in_place or not has_checkpoint,

@@ -61,14 +61,20 @@ class MicroBatches:
     and 1 process accumulating 2 see exactly the same data, in the same micro-batches (and the
     router statistics, which are per micro-batch, agree too)."""
 
-    def __init__(self, tokens, batch_size: int, seq_len: int, seed: int, grad_accum: int, rank: int,
-                 world_size: int, vocab_size: int | None):
+    def __init__(self, sources: list, weights: list[float], batch_size: int, seq_len: int, seed: int,
+                 grad_accum: int, rank: int, world_size: int, vocab_size: int | None):
         from mossnet.data import TokenBatches
+        from mossnet.data.mixture import MixtureBatches
 
         n = world_size * grad_accum
-        self.streams = [TokenBatches(tokens, batch_size, seq_len, seed=seed, rank=rank * grad_accum + a,
-                                     world_size=n, vocab_size=vocab_size if a == 0 else None)
-                        for a in range(grad_accum)]
+
+        def stream(a: int):
+            kw = dict(seed=seed, rank=rank * grad_accum + a, world_size=n, vocab_size=vocab_size if a == 0 else None)
+            if len(sources) == 1:
+                return TokenBatches(sources[0], batch_size, seq_len, **kw)
+            return MixtureBatches(sources, weights, batch_size, seq_len, **kw)
+
+        self.streams = [stream(a) for a in range(grad_accum)]
         self._next = 0
 
     def __next__(self):
@@ -200,27 +206,58 @@ class Trainer:
         self.lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
 
     def load_data(self) -> None:
-        from mossnet.data import open_split, read_manifest
+        """The corpus, or the mixture of corpora (``--data A:0.7,B:0.3``): manifests checked
+        (one tokenizer for all), train splits opened, and each source's validation split."""
+        from mossnet.data import read_manifest
+        from mossnet.data.mixture import parse_data_sources
 
         cfg = self.cfg
-        self.manifest = read_manifest(cfg.data)
+        self.sources = parse_data_sources(cfg.data)
+        self.data_dir = self.sources[0].path  # the tokenizer and the sample prompt come from here
+        manifests = [read_manifest(s.path) for s in self.sources]
+        self.manifest = manifests[0]
+        for source, manifest in zip(self.sources[1:], manifests[1:]):
+            if _tokenizer_id(source.path, manifest) != _tokenizer_id(self.data_dir, self.manifest):
+                raise DataError(f"--data mixes corpora prepared with different tokenizers: {self.data_dir} and "
+                                f"{source.path}; prepare both with the same --tokenizer")
         self.vocab_size = int(self.manifest["vocab_size"])
         self.eos_id = self.manifest.get("eos_id")
-        self.train_tokens = open_split(cfg.data, "train")
-        splits = self.manifest.get("splits", {})
-        self.val_split = "val" if "val" in splits else ("test" if "test" in splits else None)
-        self.val_tokens = open_split(cfg.data, self.val_split) if self.val_split else None
-        self.val_bytes = int(splits.get(self.val_split, {}).get("bytes", 0)) if self.val_split else 0
-        if self.val_tokens is None:
-            self.warn(f"{cfg.data} has no validation split: no validation loss will be reported")
-        elif len(self.val_tokens) < cfg.seq_len + 1:
-            self.warn(f"the {self.val_split} split of {cfg.data} has {len(self.val_tokens)} tokens, fewer than one "
-                      f"window (seq_len={cfg.seq_len} + 1): no validation loss will be reported")
-            self.val_tokens = None
-        if len(self.train_tokens) < cfg.seq_len + 1:
-            raise DataError(f"the train split of {cfg.data} has {len(self.train_tokens)} tokens, fewer than "
-                            f"one sequence (seq_len={cfg.seq_len} + 1)")
-        self.data_identity = ckpt.data_identity(self.manifest)
+        self.train_sets = [self.open_train(s.path) for s in self.sources]
+        self.train_tokens = self.train_sets[0]  # the bigram baseline is fitted on the first source
+        self.val_sets = [v for v in (self.open_val(s.path, m) for s, m in zip(self.sources, manifests)) if v]
+        self.val_split, self.val_tokens, self.val_bytes = (self.val_sets[0][1:] if self.val_sets else (None, None, 0))
+        identities = [ckpt.data_identity(m) for m in manifests]
+        self.data_identity = (identities[0] if len(identities) == 1 else
+                              ckpt.mixture_identity(identities, [s.weight for s in self.sources]))
+        if len(self.sources) > 1:
+            self.say("data mixture: " + ", ".join(f"{s.path} ({s.weight:.0%}, {len(t):,} train tokens)"
+                                                  for s, t in zip(self.sources, self.train_sets)))
+
+    def open_train(self, path: str):
+        from mossnet.data import open_split
+
+        tokens = open_split(path, "train")
+        if len(tokens) < self.cfg.seq_len + 1:
+            raise DataError(f"the train split of {path} has {len(tokens)} tokens, fewer than "
+                            f"one sequence (seq_len={self.cfg.seq_len} + 1)")
+        return tokens
+
+    def open_val(self, path: str, manifest: dict[str, Any]):
+        """``(source name, split name, tokens, bytes)`` of a corpus' validation split, or None
+        (with a warning) when it has none long enough for one window."""
+        from mossnet.data import open_split
+
+        splits = manifest.get("splits", {})
+        split = "val" if "val" in splits else ("test" if "test" in splits else None)
+        if split is None:
+            self.warn(f"{path} has no validation split: no validation loss will be reported for it")
+            return None
+        tokens = open_split(path, split)
+        if len(tokens) < self.cfg.seq_len + 1:
+            self.warn(f"the {split} split of {path} has {len(tokens)} tokens, fewer than one window "
+                      f"(seq_len={self.cfg.seq_len} + 1): no validation loss will be reported for it")
+            return None
+        return Path(path).name, split, tokens, int(splits.get(split, {}).get("bytes", 0))
 
     def build_model(self) -> None:
         cfg, info = self.cfg, self.info
@@ -305,9 +342,9 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"{path} has a vocabulary of {config.vocab_size} tokens but {self.cfg.data} has {self.vocab_size}: "
                 "the data was prepared with a different tokenizer")
-        ours, theirs = path / "tokenizer.json", Path(self.cfg.data) / "tokenizer" / "tokenizer.json"
+        ours, theirs = path / "tokenizer.json", Path(self.data_dir) / "tokenizer" / "tokenizer.json"
         if ours.is_file() and theirs.is_file() and ckpt.sha256(ours) != ckpt.sha256(theirs):
-            raise ckpt.CheckpointError(f"the tokenizer in {path} differs from the one in {self.cfg.data}/tokenizer")
+            raise ckpt.CheckpointError(f"the tokenizer in {path} differs from the one in {self.data_dir}/tokenizer")
         for key, value in self.cfg.model.items():
             if hasattr(config, key) and _differs(getattr(config, key), value):
                 raise ckpt.CheckpointError(f"{path} has {key}={getattr(config, key)!r} but this run asks for "
@@ -345,7 +382,8 @@ class Trainer:
 
     def make_batches(self) -> "MicroBatches":
         cfg, info = self.cfg, self.info
-        return MicroBatches(self.train_tokens, cfg.batch_size, cfg.seq_len, cfg.seed, cfg.grad_accum,
+        return MicroBatches(self.train_sets, [s.weight for s in self.sources], cfg.batch_size, cfg.seq_len, cfg.seed,
+                            cfg.grad_accum,
                             info.rank, info.world_size, self.vocab_size)
 
     def load_trainer_state(self) -> None:
@@ -636,34 +674,46 @@ class Trainer:
                 self.say(f"router {name} recovered ({n_eff:.1f} effective experts of {e})")
 
     def validate(self, max_tokens: int | None, progress: bool = False) -> dict[str, Any] | None:
-        """Validation loss / perplexity / bits per byte on (the start of) the validation split. Rank 0
-        computes it (every rank under FSDP, whose forward is collective)."""
-        if self.val_tokens is None:
-            return None
+        """Validation loss / perplexity / bits per byte on (the start of) each source's validation
+        split; returns the first source's. Rank 0 computes it (every rank under FSDP, whose forward
+        is collective)."""
+        first = None
+        for name, _, tokens, n_bytes in self.val_sets:
+            result = self.validate_one(tokens, n_bytes, max_tokens, progress,
+                                       name if len(self.sources) > 1 else None)
+            first = first or result
+        return first
+
+    def validate_one(self, tokens, n_bytes: int, max_tokens: int | None, progress: bool,
+                     source: str | None) -> dict[str, Any] | None:
         from mossnet.eval.perplexity import evaluate_perplexity
 
-        cfg, info = self.cfg, self.info
+        info = self.info
         result = None
         if info.is_main or info.fsdp:
             self.model.eval()
             with torch.no_grad(), self.autocast():
-                result = self._evaluate(evaluate_perplexity, max_tokens, progress)
+                result = self._evaluate(evaluate_perplexity, tokens, n_bytes, max_tokens, progress)
             self.model.train()
         info.barrier()
         if info.is_main:
             record = {"step": self.step, "split": "val", "loss": result["loss"],
                       "perplexity": result["perplexity"], "bits_per_byte": result["bits_per_byte"],
                       "tokens": result["tokens"], "elapsed_s": self.elapsed}
+            if source:
+                record["source"] = source
             self.logger.log(record)
             self.say(f"step {self.step}: val loss {result['loss']:.4f}, ppl {result['perplexity']:.2f}, "
-                     f"{result['bits_per_byte']:.4f} bits/byte ({result['tokens']:,} tokens)")
+                     f"{result['bits_per_byte']:.4f} bits/byte ({result['tokens']:,} tokens)"
+                     + (f" [{source}]" if source else ""))
         return result
 
-    def _evaluate(self, evaluate_perplexity, max_tokens: int | None, progress: bool = False) -> dict[str, Any]:
+    def _evaluate(self, evaluate_perplexity, tokens, n_bytes: int, max_tokens: int | None,
+                  progress: bool = False) -> dict[str, Any]:
         """The whole split, or ``max_tokens`` of it taken as ``VAL_SEGMENTS`` evenly spaced segments
         (the start of a split alone can be unrepresentative: a corpus split by whole documents
         begins with one document)."""
-        cfg, tokens, n_bytes = self.cfg, self.val_tokens, self.val_bytes
+        cfg = self.cfg
         kwargs = dict(seq_len=cfg.seq_len, stride=cfg.seq_len, batch_size=cfg.batch_size, device=self.device,
                       progress=progress and self.info.is_main)
         n = len(tokens)
@@ -725,7 +775,7 @@ class Trainer:
                 self.raw_model.save_pretrained(tmp, state_dict=model_state)
             else:
                 self.raw_model.save_pretrained(tmp)
-            ckpt.copy_tokenizer(cfg.data, tmp)
+            ckpt.copy_tokenizer(self.data_dir, tmp)
             self.write_card(tmp)
             trainer_dir = tmp.parent / TRAINER
             trainer_dir.mkdir(exist_ok=True)
@@ -830,7 +880,7 @@ class Trainer:
             model = type(self.raw_model).from_pretrained(self.out / MODEL).to(self.device)
         from mossnet.data import load_tokenizer
 
-        tokenizer = load_tokenizer(cfg.data)
+        tokenizer = load_tokenizer(self.data_dir)
         if cfg.sample_prompt:
             prompt_ids = tokenizer(cfg.sample_prompt, return_tensors="pt").input_ids
         else:
@@ -875,6 +925,15 @@ def _quiet_transformers():
 
 def _new_window() -> dict[str, Any]:
     return {"loss": 0.0, "ce": 0.0, "aux": 0.0, "grad_norm": 0.0, "steps": 0, "time": 0.0, "load": {}}
+
+
+def _tokenizer_id(data_dir: str, manifest: dict[str, Any]) -> str:
+    """What names a corpus' tokenizer: the manifest's fingerprint, else its tokenizer.json's hash."""
+    fingerprint = manifest.get("tokenizer_fingerprint")
+    if fingerprint:
+        return str(fingerprint)
+    f = Path(data_dir) / "tokenizer" / "tokenizer.json"
+    return ckpt.sha256(f) if f.is_file() else f"vocab {manifest.get('vocab_size')}"
 
 
 def _differs(a: Any, b: Any) -> bool:

@@ -327,3 +327,86 @@ def test_bad_input_is_one_line_and_nonzero(what, argv, expect, cases, tmp_path, 
     assert "unexpected error" not in err, err
     assert re.search(expect, err), f"{what}: expected /{expect}/ in stderr, got:\n{err}"
     _no_complete_output(argv, tmp)
+
+
+# ----------------------------------------------------------------------------- missing extras
+
+
+def _hide_modules(monkeypatch, *names: str) -> None:
+    """Make ``importlib.util.find_spec`` report ``names`` as not installed."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name in names else real(name, *a, **k))
+
+
+@pytest.mark.parametrize("argv, hidden, want", [
+    (["export", "{good}", "--out", "{tmp}/e"], ("onnxscript",),
+     r"mossnet export --format onnx needs onnxscript, which is not installed: pip install 'mossnet\[export\]'"),
+    (["eval", "{good}", "--tasks", "piqa", "--output", "{tmp}/r.json"], ("lm_eval",),
+     r"mossnet eval --tasks needs lm-eval, which is not installed: pip install 'mossnet\[eval\]'"),
+    (["eval", "{good}", "--tasks", "piqa", "--backend", "hf", "--output", "{tmp}/r.json"], ("accelerate",),
+     r"needs accelerate, which is not installed: pip install 'mossnet\[eval\]'"),
+    (["bench", "--onnx-dir", "{tmp}"], ("onnxruntime",), r"needs onnxruntime, which is not installed"),
+    (["bench", "--tiny", "--plot", "{tmp}/p.png"], ("matplotlib",), r"pip install 'mossnet\[plot\]'"),
+])
+def test_missing_extra_is_one_line_naming_the_install(argv, hidden, want, cases, tmp_path, capsys, monkeypatch):
+    _hide_modules(monkeypatch, *hidden)
+    code, _, err = run_cli(fill(argv, cases, tmp_path), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert re.search(want, err), err
+    assert len(err.strip().splitlines()) == 1
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+# ----------------------------------------------------------------------------- what must still work
+
+
+def test_perplexity_needs_no_tokenizer(cases, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code, text, err = run_cli(["eval", str(cases["no_tokenizer"]), "--perplexity", "--data", str(cases["data"]),
+                               "--seq-len", "16", "--device", "cpu", "--no-progress", "--output", str(out)], capsys)
+    assert code == 0, err
+    assert "verified" in text and "SHA-256" in text  # the corpus check, with its cost
+    result = json.loads(out.read_text())["perplexity"]
+    assert result["tokens"] == 299 and np.isfinite(result["loss"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary file left
+
+
+def test_no_verify_skips_the_checksum(cases, tmp_path, capsys):
+    argv = ["eval", str(cases["flipped"]), "--perplexity", "--data", str(cases["data_corrupt"]), "--seq-len", "16",
+            "--device", "cpu", "--no-progress", "--output", str(tmp_path / "r.json")]
+    assert run_cli(argv, capsys)[0] == 2
+    code, text, err = run_cli(argv + ["--no-verify"], capsys)
+    assert code == 0, err
+    assert "verified" not in text
+
+
+def test_run_directory_and_its_model_folder(cases, tmp_path, capsys):
+    """RUN and RUN/model both name the model; eval's results then go to RUN/logs/."""
+    run = tmp_path / "run"
+    shutil.copytree(cases["run"], run)
+    for target in (run, run / "model"):
+        code, text, err = run_cli(["generate", str(target), "--prompt", "the king", "--max-new-tokens", "3",
+                                   "--seed", "0", "--device", "cpu"], capsys)
+        assert code == 0, err
+        assert text.startswith("the king")
+    code, _, err = run_cli(["eval", str(run), "--perplexity", "--data", str(cases["data"]), "--seq-len", "16",
+                            "--device", "cpu", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "perplexity" in json.loads((run / "logs" / "eval_results.json").read_text())
+    # an earlier result is replaced; anything else at --output is not
+    code, _, err = run_cli(["eval", str(run), "--perplexity", "--data", str(cases["data"]), "--seq-len", "16",
+                            "--device", "cpu", "--no-progress", "--output", str(run / "logs" / "eval_results.json")],
+                           capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "export", "bench", "compare", "info"])
+def test_every_flag_has_help(command):
+    from mossnet.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    bare = [a.option_strings or [a.dest] for a in sub._actions if not a.help and a.dest != "help"]
+    assert not bare, f"mossnet {command}: no help text for {bare}"

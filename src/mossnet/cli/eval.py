@@ -152,17 +152,12 @@ def _claim_output(args: argparse.Namespace) -> Path:
     if output.exists() and not _is_eval_result(output):
         raise OptionError(f"--output {output} exists and is not a `mossnet eval` result; it is never overwritten "
                           "(choose another path)")
-    parent = output.parent
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
+    parent = output.absolute().parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
         raise OptionError(f"--output {output}: {existing} is a file, not a directory")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = _temporary(output)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise OptionError(f"--output {output} cannot be written: {err.strerror or err}") from None
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError(f"--output {output} cannot be written: {existing} is not writable")
     return output
 
 
@@ -353,7 +348,7 @@ def _run_tasks(model: Any, tokenizer: Any, names: list[str], model_dir: Path, de
         model_args = None
     else:  # lm-eval's own HFLM loads the folder itself (MossNet works because `mossnet` is imported)
         lm = "hf"
-        model_args = {"pretrained": str(model_dir), "dtype": args.dtype}
+        model_args = {"pretrained": str(model_dir), "dtype": "float32" if args.dtype == "auto" else args.dtype}
         if args.gguf_file:
             model_args["gguf_file"] = args.gguf_file
     started = time.perf_counter()
@@ -381,6 +376,7 @@ def _temporary(path: Path) -> Path:
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` as a whole or not at all (a temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:

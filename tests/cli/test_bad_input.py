@@ -410,3 +410,40 @@ def test_every_flag_has_help(command):
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
     bare = [a.option_strings or [a.dest] for a in sub._actions if not a.help and a.dest != "help"]
     assert not bare, f"mossnet {command}: no help text for {bare}"
+
+
+# ----------------------------------------------------------------------------- hooks into mossnet.data
+
+
+def test_corpus_of_another_tokenizer_is_refused_by_fingerprint(cases, tmp_path, capsys, monkeypatch):
+    """Same vocabulary size, different tokenizer: refused when both fingerprints are known
+    (the corpus records one; the model's comes from its config or its stored tokenizer)."""
+    import mossnet.data
+
+    data = write_corpus(tmp_path / "data", np.arange(40).repeat(3), 40, tokenizer_fingerprint="a" * 64)
+    argv = ["eval", str(cases["good"]), "--perplexity", "--data", str(data), "--seq-len", "16", "--device", "cpu",
+            "--no-progress", "--output", str(tmp_path / "r.json")]
+    monkeypatch.setattr(mossnet.data, "tokenizer_fingerprint", lambda tokenizer: "b" * 64, raising=False)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "was tokenized with another tokenizer than the model's" in err
+    monkeypatch.setattr(mossnet.data, "tokenizer_fingerprint", lambda tokenizer: "a" * 64, raising=False)
+    assert run_cli(argv, capsys)[0] == 0
+    monkeypatch.delattr(mossnet.data, "tokenizer_fingerprint", raising=False)
+    assert run_cli(argv, capsys)[0] == 0  # nothing to compare with: the vocabulary check alone applies
+
+
+def test_verify_corpus_is_used_where_present(cases, tmp_path, capsys, monkeypatch):
+    import mossnet.data
+
+    calls = []
+
+    def verify_corpus(data_dir, splits, *, progress):
+        calls.append((Path(data_dir), list(splits)))
+        return {"message": "verified by verify_corpus"}
+
+    monkeypatch.setattr(mossnet.data, "verify_corpus", verify_corpus, raising=False)
+    code, text, err = run_cli(["eval", str(cases["good"]), "--perplexity", "--data", str(cases["data"]),
+                               "--seq-len", "16", "--device", "cpu", "--no-progress", "--output",
+                               str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    assert calls == [(cases["data"], ["val"])] and "verified by verify_corpus" in text

@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="only the CPU benchmark exists (default cpu)")
     parser.add_argument("--models", type=_model_list, default=",".join(MODELS),
                         help=f"comma-separated, from {', '.join(MODELS + OPTIONAL_MODELS)} (default: %(default)s)")
-    parser.add_argument("--contexts", type=int_list, default=",".join(map(str, DEFAULT_CONTEXTS)),
+    parser.add_argument("--contexts", type=_lengths_text, default=",".join(map(str, DEFAULT_CONTEXTS)),
                         help="comma-separated prompt lengths (default: %(default)s)")
-    parser.add_argument("--extra-contexts", type=_optional_int_list, default="",
+    parser.add_argument("--extra-contexts", type=_optional_lengths_text, default="",
                         help="longer prompt lengths run only for the recurrent models (mossnet, mamba2), e.g. 16384")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads in every model process (default 1)")
     parser.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed per prompt (default 32)")
@@ -76,13 +76,18 @@ def _model_list(text: str) -> str:
     return ",".join(names)
 
 
-def _optional_int_list(text: str) -> list[int]:
-    return int_list(text) if text.strip() else []
+def _lengths_text(text: str) -> str:
+    """argparse type: comma-separated prompt lengths (integers >= 1), kept as text ("128,512"):
+    the worker processes are passed the same string."""
+    return ",".join(map(str, int_list(text)))
 
 
-def _lengths(value: str | list[int]) -> list[int]:
-    """Prompt lengths: parsed by argparse already, or the default text."""
-    return list(value) if isinstance(value, list) else _optional_int_list(value)
+def _optional_lengths_text(text: str) -> str:
+    return _lengths_text(text) if text.strip() else ""
+
+
+def _lengths(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c]
 
 
 def run(args: argparse.Namespace) -> int:

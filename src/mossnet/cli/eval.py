@@ -216,25 +216,25 @@ def _check_data(args: argparse.Namespace) -> dict[str, Any]:
     manifest = read_manifest(args.data)
     open_split(args.data, args.split)  # the split exists and its size matches the manifest
     if not args.no_verify:
-        started = time.perf_counter()
-        what = _verify_corpus(Path(args.data), args.split, manifest)
-        print(f"verified {what} (SHA-256, {time.perf_counter() - started:.1f} s; --no-verify skips it)")
+        print(_verify_corpus(Path(args.data), args.split, manifest, progress=not args.no_progress))
     return manifest
 
 
-def _verify_corpus(data_dir: Path, split: str, manifest: dict[str, Any]) -> str:
-    """Check the corpus against its manifest's SHA-256s; returns what was checked.
+def _verify_corpus(data_dir: Path, split: str, manifest: dict[str, Any], *, progress: bool) -> str:
+    """Check the scored split against the manifest's SHA-256s; returns the line to print (what
+    was checked, and what it cost).
 
-    Hook: ``mossnet.data.verify_corpus(data_dir)`` (the whole corpus), where this build has it;
-    else the scored split alone."""
+    Hook: ``mossnet.data.verify_corpus(data_dir, splits, progress=)`` where this build has it
+    (sharded corpora, typed manifest checks); else the split's one file, with ``verify_checksum``."""
     import mossnet.data
 
     verify_corpus = getattr(mossnet.data, "verify_corpus", None)
     if verify_corpus is not None:
-        verify_corpus(data_dir)
-        return str(data_dir)
+        return str(verify_corpus(data_dir, [split], progress=progress)["message"])
+    started = time.perf_counter()
     mossnet.data.verify_checksum(data_dir, split)
-    return str(data_dir / manifest["splits"][split]["file"])
+    return (f"verified {data_dir / manifest['splits'][split]['file']} (SHA-256, "
+            f"{time.perf_counter() - started:.1f} s; --no-verify skips it)")
 
 
 def check_data_fits_model(data_dir: str | Path, manifest: dict[str, Any], model: Any, tokenizer: Any) -> None:

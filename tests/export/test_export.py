@@ -258,6 +258,27 @@ def test_failed_export_leaves_nothing_that_looks_complete(checkpoint, exported, 
     assert "simulated failure" in capsys.readouterr().err
 
 
+def test_leftover_of_a_killed_export_is_removed_with_a_message(checkpoint, tmp_path, monkeypatch, capsys):
+    import mossnet.export
+    from mossnet.cli.export import STAGING, STAGING_MARK
+
+    quick = torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))
+    monkeypatch.setattr(mossnet.export, "export_decode_step", lambda *args: quick)
+    monkeypatch.setattr(mossnet.export, "export_prefill", lambda *args: quick)
+    out = tmp_path / "out"
+    (out / STAGING).mkdir(parents=True)
+    (out / STAGING / STAGING_MARK).write_text("{}")
+    (out / STAGING / "decode_step.pt2").write_text("half written")
+    assert _export(checkpoint, out) == 0
+    assert f"removing {out / STAGING}, left over from an interrupted export" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["decode_step.pt2", "prefill.pt2"]
+    (out / STAGING).mkdir()  # a folder of that name without the mark is not ours: refused, kept
+    (out / STAGING / "x").write_text("someone's")
+    assert _export(checkpoint, out, "--force") == 2
+    assert "was not made by `mossnet export`; move it away" in capsys.readouterr().err
+    assert (out / STAGING / "x").read_text() == "someone's"
+
+
 def test_commit_drops_the_old_manifest_and_stale_graphs(tmp_path):
     """Re-exporting without --quantize into an export that had int8 graphs: the int8 files go
     (the new manifest does not list them), the user's own files stay."""

@@ -30,6 +30,7 @@ ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 MIN_OPSET = 18  # torch's ONNX exporter writes opset 18 and converts upwards from there
 MANIFEST = "manifest.json"
 STAGING = ".export.mossnet-tmp"
+STAGING_MARK = "mossnet-export.json"  # inside STAGING: proves the folder is ours before it is removed
 # Every name an export may write into OUT; nothing else there is ever touched.
 EXPORT_FILES = ("decode_step.onnx", "prefill.onnx", "decode_step.int8.onnx", "prefill.int8.onnx",
                 "decode_step.pt2", "prefill.pt2", "tokenizer.json", MANIFEST)
@@ -118,7 +119,7 @@ def _claim_out(args, model_dir: Path | None) -> Path:
     from mossnet.rundir.ownership import claim_output_dir
 
     return claim_output_dir(
-        args.out, option="--out", force=args.force, owned=_is_export_dir, reserved=EXPORT_FILES,
+        args.out, option="--out", force=args.force, owned=_is_export_dir, reserved=(*EXPORT_FILES, STAGING),
         owned_refusal="already holds an export; pass --force to replace it",
         read_dirs={"checkpoint": args.checkpoint, "model": model_dir})
 
@@ -196,6 +197,7 @@ def run(args) -> int:
     if args.tokenizer and tokenizer is None:
         raise CheckpointError(f"no tokenizer.json at {args.tokenizer}")
     existed = Path(args.out).exists()
+    _drop_leftover_staging(Path(args.out))
     out = _claim_out(args, model_dir)
     try:
         model = load_model(args, model_dir)
@@ -213,14 +215,24 @@ def run(args) -> int:
     return 0
 
 
+def _drop_leftover_staging(out: Path) -> None:
+    """Remove the staging folder of an export that was killed, after checking it is ours."""
+    staging = out / STAGING
+    if (staging / STAGING_MARK).is_file():
+        print(f"removing {staging}, left over from an interrupted export", file=sys.stderr)
+        shutil.rmtree(staging)
+
+
 def _export_staged(model, out: Path, args, tokenizer: str | None) -> list[str]:
     """Export into ``out/STAGING``, then move the files into ``out`` (manifest last). On any
     failure the staging folder is removed and ``out`` is as it was."""
+    from mossnet.errors import OutputDirError
+
     staging = out / STAGING
-    if staging.exists():
-        print(f"removing {staging}, left over from an interrupted export", file=sys.stderr)
-        shutil.rmtree(staging)
+    if staging.exists():  # _drop_leftover_staging removed ours: this one is someone else's
+        raise OutputDirError(f"{staging} exists and was not made by `mossnet export`; move it away")
     staging.mkdir()
+    (staging / STAGING_MARK).write_text(json.dumps({"pid": os.getpid()}) + "\n")
     try:
         _export_into(model, staging, args, tokenizer)
         return _commit(staging, out)
@@ -250,7 +262,7 @@ def _commit(staging: Path, out: Path) -> list[str]:
     from mossnet.rundir.atomic import fsync_tree
 
     fsync_tree(staging)
-    new = sorted(p.name for p in staging.iterdir())
+    new = sorted(p.name for p in staging.iterdir() if p.name != STAGING_MARK)
     old_manifest = out / MANIFEST
     if old_manifest.exists():
         old_manifest.unlink()

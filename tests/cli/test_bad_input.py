@@ -309,7 +309,7 @@ def _scan_impl_rows():
             for cmd, argv in (("generate", [*G, arg]), ("eval", [E[0], arg, *E[1:]]), ("export", [X[0], arg, *X[1:]]))]
 
 
-def _no_complete_output(argv: list[str], tmp: Path) -> None:
+def _no_complete_output(tmp: Path) -> None:
     """What a failed command leaves must not look like a finished result."""
     leftovers = [p for p in tmp.rglob("*") if p.is_file()]
     assert not leftovers, f"a failed command left {leftovers}"
@@ -326,7 +326,7 @@ def test_bad_input_is_one_line_and_nonzero(what, argv, expect, cases, tmp_path, 
     assert "Traceback" not in err and "Traceback" not in out
     assert "unexpected error" not in err, err
     assert re.search(expect, err), f"{what}: expected /{expect}/ in stderr, got:\n{err}"
-    _no_complete_output(argv, tmp)
+    _no_complete_output(tmp)
 
 
 # ----------------------------------------------------------------------------- missing extras

@@ -123,8 +123,9 @@ def test_perplexity_needs_data(tiny_checkpoint, capsys):
 
 def test_nothing_to_do_and_missing_checkpoint(tmp_path, capsys):
     assert _eval(tmp_path) == 2
-    assert _eval(tmp_path / "nope", "--tasks", "piqa") == 2
-    assert "not found" in capsys.readouterr().err
+    assert "nothing to do" in capsys.readouterr().err
+    assert _eval(tmp_path / "nope", "--perplexity", "--data", tmp_path) == 2
+    assert "nope does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -293,19 +293,9 @@ TABLE = [
 
 
 def _scan_impl_rows():
-    """``scan_impl: bogus`` must be refused when the checkpoint loads. Until MossNetConfig
-    validates it, these rows are strict xfails (they start passing, and fail as XPASS, the day it
-    does: then this mark goes)."""
-    from mossnet import MossNetConfig
-
-    try:
-        MossNetConfig(**{**MODEL, "scan_impl": "bogus"})
-        marks = [pytest.mark.xfail(strict=True, reason="MossNetConfig does not validate scan_impl yet "
-                                                       "(being added in configuration_mossnet.py)")]
-    except ValueError:
-        marks = []
+    """``scan_impl: bogus`` in a checkpoint's config.json is refused when it loads."""
     what, arg, expect = SCAN_IMPL_CASE
-    return [pytest.param(f"{cmd}: {what}", argv, expect, id=f"{cmd}: {what}", marks=marks)
+    return [pytest.param(f"{cmd}: {what}", argv, expect, id=f"{cmd}: {what}")
             for cmd, argv in (("generate", [*G, arg]), ("eval", [E[0], arg, *E[1:]]), ("export", [X[0], arg, *X[1:]]))]
 
 

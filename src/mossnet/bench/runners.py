@@ -66,7 +66,7 @@ class MossNetRunner(Runner):
         backbone = self.model.model
         h = backbone.embed_tokens(tok[:, 0]).float()
         for i, block in enumerate(backbone.layers):
-            h = block.step(h, conv_states[i], ssm_states[i])
+            h = block(h[:, None], None, conv_states[i], ssm_states[i], decode=True)[0][:, 0]
         return self.model.lm_head(backbone.norm_f(h)).float()
 
     def decode(self, tok):

@@ -408,7 +408,8 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
             )
             cache = out.cache
             if part.stop > first_kept:
-                kept.append(out.last_hidden_state[:, max(first_kept - start, 0):])
+                kept.append(out.last_hidden_state[:, max(first_kept - start, 0):].clone())
+            del out
         return torch.cat(kept, dim=1), cache
 
     def lm_loss(self, logits, labels, attention_mask=None) -> torch.Tensor:

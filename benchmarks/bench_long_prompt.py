@@ -91,7 +91,8 @@ def measure(args) -> dict:
     assert out.shape[1] == args.length + args.new_tokens
     return {
         "preset": args.preset, "length": args.length, "n_layers": model.config.n_layers,
-        "prefill_block": model.config.prefill_block_size, "new_tokens": args.new_tokens,
+        # 0 = one pass; a checkout from before block prefill has no such field (one pass too)
+        "prefill_block": getattr(model.config, "prefill_block_size", 0), "new_tokens": args.new_tokens,
         "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_is_since_start": not reset_ok, "seconds": round(seconds, 2),
     }

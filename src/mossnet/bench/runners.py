@@ -45,6 +45,8 @@ class MossNetRunner(Runner):
     def __init__(self, model, compiled: bool = False, block: int = 0):
         super().__init__(model)
         self.cache, self.block = None, block
+        if not block:  # --mossnet-block 0 means one pass: turn off the model's own block prefill
+            model.config.prefill_block_size = 0
         self.step_fn = self._step
         if compiled:
             import torch

@@ -36,6 +36,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     return [positive_int(part) for part in text.split(",") if part]
 
@@ -43,10 +50,12 @@ def int_list(text: str) -> list[int]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="tiny,base", help="comma-separated MossNet presets (default tiny,base)")
-    p.add_argument("--lengths", type=int_list, default=[2048, 40960], help="prompt lengths in tokens (default 2048,40960)")
+    p.add_argument("--lengths", type=int_list, default=[2048, 40960],
+                   help="prompt lengths in tokens (default 2048,40960)")
     p.add_argument("--new-tokens", type=positive_int, default=4, help="tokens generated after the prompt (default 4)")
-    p.add_argument("--n-layers", type=positive_int, default=None, help="override the preset's layer count (faster runs)")
-    p.add_argument("--prefill-block", type=int, default=None,
+    p.add_argument("--n-layers", type=positive_int, default=None,
+                   help="override the preset's layer count (faster runs)")
+    p.add_argument("--prefill-block", type=nonnegative_int, default=None,
                    help="override config.prefill_block_size (0 = one-pass prefill; default: the config's)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads per worker (default 1)")
     p.add_argument("--timeout", type=positive_int, default=1800, help="seconds per worker (default 1800)")
@@ -125,7 +134,8 @@ def run_worker(args, preset: str, length: int) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| preset | layers | prompt tokens | prefill block | RSS before MB | peak RSS MB | peak / shortest prompt's | seconds |")
+    print("| preset | layers | prompt tokens | prefill block | RSS before MB | peak RSS MB "
+          "| peak / shortest prompt's | seconds |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     shortest: dict[str, float] = {}
     for row in rows:

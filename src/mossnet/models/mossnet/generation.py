@@ -96,7 +96,9 @@ class MossNetGenerationMixin(GenerationMixin):
         forward. ``cache_implementation="static"`` is what MossNetCache already is."""
         check_generation_options(generation_config, assisted=generation_mode == GenerationMode.ASSISTED_GENERATION)
         if generation_config.cache_implementation is None:
-            return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, *args, **kwargs)
+            return super()._prepare_cache_for_generation(
+                generation_config, model_kwargs, generation_mode, *args, **kwargs
+            )
         return None
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):

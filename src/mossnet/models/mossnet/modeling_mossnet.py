@@ -379,7 +379,9 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
         With gradients on, blocks would save nothing (autograd keeps every block's activations)."""
         tokens = input_ids if input_ids is not None else inputs_embeds
         block = self.config.prefill_block_size
-        fills_cache = cache is not None or (use_cache if use_cache is not None else self.config.use_cache and not self.training)
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        fills_cache = cache is not None or use_cache
         return bool(
             tokens is not None and tokens.dim() >= 2 and 0 < block < tokens.shape[1]
             and fills_cache and labels is None and position_ids is None

@@ -51,6 +51,7 @@ class TrainConfig:
                        choices=("mossnet", "llama", "mamba2"))
     preset: str = option("tiny", "model size: tiny | small | base (default tiny)", WHERE)
     model: dict = field(default_factory=dict)  # overrides of the model config (model.KEY=VALUE)
+    distill: dict = field(default_factory=dict)  # `mossnet distill`: teacher, stage, train, ce_weight, temperature
     data: str = option("", "a directory written by `mossnet prepare-data`, or a mixture DIR_A:0.7,DIR_B:0.3", WHERE)
     out: str = option("", "run directory: new or empty, or this run's own when resuming (OUT/model is the model)",
                       WHERE)
@@ -185,9 +186,9 @@ def _suggest(key: str, known) -> str:
 def _coerce(name: str, value: Any) -> Any:
     """Convert ``value`` (often a string from the command line) to the type of field ``name``."""
     default = _FIELDS[name].default
-    if name == "model":
+    if name in ("model", "distill"):
         if not isinstance(value, dict):
-            raise ValueError(f"'model' must be a mapping of model-config overrides, got {value!r}")
+            raise ValueError(f"{name!r} must be a mapping, got {value!r}")
         return dict(value)
     kind = type(default)
     if isinstance(value, str) and kind is not str:

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -66,12 +66,14 @@ class TrainResult:
     sample: str = ""
 
 
-def train(cfg: TrainConfig, loss_fn: LossFn = lm_loss) -> TrainResult:
+def train(cfg: TrainConfig, loss_fn: LossFn = lm_loss, trainable: Callable[[str], bool] | None = None) -> TrainResult:
+    """Train as ``cfg`` says. ``loss_fn``: the loss of one micro-batch (``step.LossFn``; a
+    distillation loss, say). ``trainable(name)``: which parameters train (default: all)."""
     check_device(cfg.device)
     info, device = distributed.setup(cfg.device, cfg.fsdp)
     try:
         with StopSignals(announce=info.is_main) as signals:
-            return Trainer(cfg, info, device, signals, loss_fn).run()
+            return Trainer(cfg, info, device, signals, loss_fn, trainable).run()
     finally:
         distributed.teardown(info)
 
@@ -82,7 +84,7 @@ class Trainer:
     counters that checkpoints save."""
 
     def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, signals: StopSignals,
-                 loss_fn: LossFn = lm_loss):
+                 loss_fn: LossFn = lm_loss, trainable: Callable[[str], bool] | None = None):
         self.cfg, self.info, self.device, self.signals, self.loss_fn = cfg, info, device, signals, loss_fn
         self.out = Path(cfg.out)
         self.bar = None
@@ -99,6 +101,8 @@ class Trainer:
         self.data = load_training_data(cfg.data, cfg.seq_len, self.warn, self.say)
         config, self.raw_model = make_model(cfg, self.data, self.resume_dir, self.say)
         self.raw_model.to(device)
+        for name, param in self.raw_model.named_parameters():
+            param.requires_grad_(trainable is None or trainable(name))
         self.params = describe(self.raw_model)
         self.announce_model(config)
         self.model = wrap_model(self.raw_model, cfg, info, device)
@@ -157,7 +161,7 @@ class Trainer:
     def prepare_out_dir(self) -> None:
         if not self.info.is_main:
             return
-        write_marker(self.out, "train")
+        write_marker(self.out, "distill" if self.cfg.distill else "train")
         (self.out / LOGS).mkdir(exist_ok=True)
         if self.resume_dir and self.resume_dir.resolve() != self.out.resolve():
             import shutil
@@ -268,6 +272,9 @@ class Trainer:
                   "tokens": run.tokens_seen, "tokens_per_s": tok_s, "elapsed_s": run.elapsed}
         if load:
             record["router_load"] = load
+        extras = getattr(self.loss_fn, "window_metrics", None)  # e.g. distillation's per-layer errors
+        if extras is not None:
+            record.update(extras())
         if self.info.is_main:
             self.logger.log(record)
             self.bar.set_postfix(loss=f"{record['ce']:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{self.lr:.2e}", refresh=False)

@@ -9,11 +9,20 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 
 from mossnet import MossNetForCausalLM, MossNetModel
 
 FP32_PARAMS = ("A_log", "dt_bias", "mixer.D", "norm", "router")
+
+# transformers >= 5.1 calls our _finalize_model_loading, which names the mismatched tensors in
+# the error; 5.0 (tested by the min-versions CI job) raises its generic error and names them
+# only in the report it logs. Either way loading must fail.
+NAMES_MISMATCHES = hasattr(PreTrainedModel, "_finalize_model_loading")
+
+
+def mismatch_error(names_pattern: str) -> str:
+    return names_pattern if NAMES_MISMATCHES else "ignore_mismatched_sizes"
 
 
 @pytest.mark.parametrize("state_update", ["routed", "all"])
@@ -74,7 +83,7 @@ def test_shape_mismatch_fails_naming_the_tensor(make_model, tmp_path):
     weights = load_file(tmp_path / "model.safetensors")
     weights["model.layers.1.mixer.D"] = torch.ones(4, 9)  # the config says (E, P) = (4, 8)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(RuntimeError, match=r"model\.layers\.1\.mixer\.D.*\(4, 9\).*\(4, 8\)"):
+    with pytest.raises(RuntimeError, match=mismatch_error(r"model\.layers\.1\.mixer\.D.*\(4, 9\).*\(4, 8\)")):
         AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
@@ -83,7 +92,7 @@ def test_config_that_does_not_match_the_weights_fails(make_model, tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["ssm_state_dim"] = 6
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(RuntimeError, match=r"mixer\.in_proj"):
+    with pytest.raises(RuntimeError, match=mismatch_error(r"mixer\.in_proj")):
         AutoModelForCausalLM.from_pretrained(tmp_path)
 
 

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 
-    import mossnet  # noqa: F401  (registers MossNet with the Auto classes)
+    import mossnet.models.mossnet  # noqa: F401  (registers MossNet with the Auto classes)
 
     path = Path(args.model)
     if not (path / "config.json").is_file():

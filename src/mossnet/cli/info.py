@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import platform
+from typing import TYPE_CHECKING
 
-import torch
-
-from mossnet.ops.mosse.interface import resolve_impl
+if TYPE_CHECKING:  # torch is imported when the command runs, so that `mossnet --help` stays fast
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,10 @@ def _version(package: str) -> str:
 def describe(device: torch.device) -> list[tuple[str, str]]:
     """(label, value) rows of the report."""
     import warnings
+
+    import torch
+
+    from mossnet.ops.mosse.interface import resolve_impl
 
     rows = [("python", platform.python_version()), ("platform", platform.platform())]
     for package in ("mossnet", "torch", "transformers", "safetensors", "tokenizers", "triton", "lm-eval", "onnxruntime"):
@@ -47,6 +51,8 @@ def describe(device: torch.device) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = describe(device)
     width = max(len(label) for label, _ in rows)

@@ -37,9 +37,9 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def _register_mossnet() -> None:
-    """Importing the top-level package registers MossNet with the Auto classes (once it exists)."""
+    """Importing the model package registers MossNet with the Auto classes (once it exists)."""
     try:
-        import mossnet  # noqa: F401
+        import mossnet.models.mossnet  # noqa: F401
     except ImportError:  # a checkout where the model package is not built yet
         pass
 
@@ -55,7 +55,7 @@ def load_causal_lm(
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local folder, in eval mode, on ``device``.
 
-    Works for MossNet checkpoints (``import mossnet`` registers the Auto classes) and any
+    Works for MossNet checkpoints (importing ``mossnet.models.mossnet`` registers the Auto classes) and any
     Hugging Face causal LM folder, including a GGUF file inside one (``gguf_file=``; needs the
     ``gguf`` and ``accelerate`` packages; weights are dequantized to ``dtype``). Never downloads.
     """

@@ -213,7 +213,7 @@ class Trainer:
         """The model config stored in a checkpoint, checked against this run's data and options."""
         from transformers import AutoConfig
 
-        import mossnet  # noqa: F401  (registers the MossNet config with AutoConfig)
+        import mossnet.models.mossnet  # noqa: F401  (registers the MossNet config with AutoConfig)
 
         try:
             config = AutoConfig.from_pretrained(path)

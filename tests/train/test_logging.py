@@ -37,7 +37,7 @@ def test_router_collapse_warns_once_and_notes_recovery():
 def test_metrics_have_router_load_and_val(make_cfg):
     cfg = make_cfg("logs", max_steps=4, log_interval=2, eval_interval=2, plot=True)
     result = train(cfg)
-    records = read_jsonl(Path(cfg.out) / "metrics.jsonl")
+    records = read_jsonl(Path(cfg.out) / "logs" / "metrics.jsonl")
     train_recs = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train_recs] == [2, 4]
     load = train_recs[0]["router_load"]
@@ -47,8 +47,8 @@ def test_metrics_have_router_load_and_val(make_cfg):
     vals = [r for r in records if r["split"] == "val"]
     assert [r["step"] for r in vals] == [2, 4] and all(r["tokens"] > 0 for r in vals)
     assert vals[-1]["loss"] == pytest.approx(result.final["model"]["loss"])
-    assert (Path(cfg.out) / "loss_curve.png").stat().st_size > 1000
-    csv_lines = (Path(cfg.out) / "metrics.csv").read_text().splitlines()
+    assert (Path(cfg.out) / "logs" / "loss_curve.png").stat().st_size > 1000
+    csv_lines = (Path(cfg.out) / "logs" / "metrics.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(records)
 
 

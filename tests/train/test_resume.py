@@ -20,7 +20,7 @@ N = 3
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(path) / "model.safetensors"))
+    return load_file(str(Path(path) / "model" / "model.safetensors"))
 
 
 @pytest.mark.parametrize("arch, accum", [("mossnet", 1), ("mossnet", 2), ("llama", 1)])
@@ -37,7 +37,7 @@ def test_resume_is_exact(make_cfg, arch, accum):
     a, b = _weights(straight.out), _weights(second.out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the resumed run's log continues the first one's
-    steps = [r["step"] for r in read_jsonl(Path(second.out) / "metrics.jsonl") if r["split"] == "train"]
+    steps = [r["step"] for r in read_jsonl(Path(second.out) / "logs" / "metrics.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, 2 * N + 1))
 
 
@@ -83,7 +83,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(make_cfg, monkeypatch):
     assert ckpt.read_trainer_state(cfg.out)["step"] == 2
     weights = _weights(cfg.out)
     assert all(torch.isfinite(w).all() for w in weights.values())
-    assert read_jsonl(Path(cfg.out) / "metrics.jsonl")[-1]["split"] == "diverged"
+    assert read_jsonl(Path(cfg.out) / "logs" / "metrics.jsonl")[-1]["split"] == "diverged"
 
 
 def test_ctrl_c_saves_and_stops(make_cfg, monkeypatch):
@@ -112,5 +112,5 @@ def test_ctrl_c_saves_and_stops(make_cfg, monkeypatch):
     assert result.status == "interrupted" and result.step == 3  # step 3 completed, then saved
     state = ckpt.read_trainer_state(cfg.out)
     assert state["step"] == 3
-    assert json.loads((Path(cfg.out) / ckpt.STATE_DIR / "rank0.json").read_text())["data"]["step"] == 3
+    assert json.loads((Path(cfg.out) / "trainer" / "rank0.json").read_text())["data"]["step"] == 3
     assert signal.getsignal(signal.SIGINT) is before  # handler restored

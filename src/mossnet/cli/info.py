@@ -7,12 +7,15 @@ import importlib.metadata
 import platform
 from typing import TYPE_CHECKING
 
+from mossnet.runtime import device_name
+
 if TYPE_CHECKING:  # torch is imported when the command runs, so that `mossnet --help` stays fast
     import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="device to report on (default: cuda if available, else cpu)")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="device to report on: auto | cpu | cuda | cuda:N (default auto: cuda if available)")
 
 
 def _version(package: str) -> str:
@@ -22,8 +25,8 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def describe(device: torch.device) -> list[tuple[str, str]]:
-    """(label, value) rows of the report."""
+def describe(device) -> list[tuple[str, str]]:
+    """(label, value) rows of the report for ``device`` (a torch.device)."""
     import warnings
 
     import torch
@@ -51,10 +54,9 @@ def describe(device: torch.device) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from mossnet import runtime
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rows = describe(device)
+    rows = describe(runtime.resolve_device(args.device))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")

@@ -64,7 +64,15 @@ def _load(module_name: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Commands that take KEY=VALUE overrides accept them anywhere on the line; any other
+        # unknown word is an error, as parse_args would report it.
+        module = _load(args._module) if args.command else None
+        words_ok = getattr(module, "ACCEPTS_OVERRIDES", False) and all("=" in w and not w.startswith("-") for w in extra)
+        if not words_ok:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides or []) + extra
     if args.command is None:
         parser.print_help()
         return 0

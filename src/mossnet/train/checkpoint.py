@@ -1,21 +1,16 @@
-"""Checkpoints: a Hugging Face model directory plus the trainer state, written atomically and
-read back without unpickling anything.
+"""Checkpoints of a training run, saved into its run directory (``mossnet.rundir``) and read back
+without unpickling anything::
 
-Layout of a checkpoint directory (it is also the ``--out`` directory of a run)::
+    RUN/model/      model.save_pretrained + the data's tokenizer + SHA256SUMS
+    RUN/trainer/    train_config.yaml                       the resolved TrainConfig
+                    optimizer.safetensors + optimizer.json  AdamW state (tensors | structure)
+                    rank{R}.safetensors + rank{R}.json      RNG states + data position, per rank
+                    state.json                              step, counters, data identity, checksums; last
+    RUN/logs/       metrics.jsonl, metrics.csv, loss_curve.png, tensorboard/ (appended, never replaced)
 
-    config.json, model.safetensors, generation_config.json   # model.save_pretrained
-    tokenizer.json, tokenizer_config.json, ...               # copied from DATA/tokenizer
-    train_config.yaml                                        # the resolved TrainConfig
-    trainer_state/
-        optimizer.safetensors + optimizer.json               # AdamW state (tensors | structure)
-        rank{R}.safetensors + rank{R}.json                   # RNG states + data position, per rank
-        state.json                                           # step, counters, checksums; written last
-    metrics.jsonl, metrics.csv, loss_curve.png, ...          # run logs, carried from save to save
-
-Atomicity: everything is written into a sibling temporary directory; then the old directory is
-renamed aside, the new one renamed into place, and the old one removed. A crash while writing
-leaves the previous checkpoint untouched; a crash between the two renames leaves the previous
-checkpoint at ``DIR.old``, which ``recover()`` (called by every save and load) moves back.
+``model/`` and ``trainer/`` are replaced together by ``rundir.atomic``: a crash, a signal or a
+full disk leaves the previous checkpoint or the new one, never a mix, and nothing else in RUN is
+touched.
 
 No pickle: tensors go to safetensors files, everything else (the structure of the optimizer
 state, scalars, RNG bookkeeping) to JSON. ``dump_tree``/``load_tree`` convert any nesting of
@@ -39,11 +34,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mossnet.errors import CheckpointError  # re-exported: the trainer's domain error
+from mossnet.rundir import atomic
+from mossnet.rundir.integrity import sha256, verify_model_dir, write_checksums
+from mossnet.rundir.layout import MODEL, TRAINER, is_legacy_checkpoint
 
-FORMAT_VERSION = 1
-STATE_DIR = "trainer_state"
+FORMAT_VERSION = 2
 STATE_FILE = "state.json"
-LOG_FILES = ("metrics.jsonl", "metrics.csv", "loss_curve.png", "train.log")
+CONFIG_FILE = "train_config.yaml"
 
 
 
@@ -163,99 +160,6 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Atomic directory replacement
-
-
-def _old(path: Path) -> Path:
-    return path.with_name(path.name + ".old")
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
-def recover(path: str | Path) -> None:
-    """Undo a save that crashed between its two renames: restore ``DIR.old`` when ``DIR`` is
-    gone (a leftover ``.DIR.tmp`` is removed by the next save)."""
-    path = Path(path)
-    old = _old(path)
-    if not path.exists() and old.is_dir():
-        os.replace(old, path)
-    elif path.exists() and old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def begin_save(path: str | Path) -> Path:
-    """Create and return an empty temporary directory next to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover(path)
-    tmp = _tmp(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def commit_save(tmp: Path, path: str | Path, carry: tuple[str, ...] = LOG_FILES) -> None:
-    """Move the finished ``tmp`` into place as ``path`` (carrying the run's log files and any
-    other file the user left in ``path`` that the new checkpoint does not replace)."""
-    path = Path(path)
-    if path.is_dir():
-        for entry in path.iterdir():
-            target = tmp / entry.name
-            if target.exists() or entry.name == STATE_DIR:
-                continue
-            if entry.name in carry or not _is_checkpoint_artifact(entry.name):
-                if entry.is_dir():
-                    shutil.copytree(entry, target)
-                else:
-                    shutil.copy2(entry, target)
-        old = _old(path)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def abort_save(tmp: Path) -> None:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _is_checkpoint_artifact(name: str) -> bool:
-    """Files that each save rewrites: never carried over from the previous checkpoint (a stale
-    shard or tokenizer file from an earlier, different save must not survive)."""
-    return (
-        name in ("config.json", "generation_config.json", "train_config.yaml", "chat_template.jinja")
-        or name.startswith(("model", "tokenizer", "special_tokens_map", "vocab", "merges"))
-        or name.endswith((".safetensors", ".bin"))
-    )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
 # Trainer state
 
 
@@ -268,42 +172,47 @@ def copy_tokenizer(data_dir: str | Path, dest: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
-def write_trainer_state(tmp: Path, state: dict[str, Any], optimizer_state: dict[str, Any] | None) -> None:
-    """Write ``trainer_state/`` into the temporary checkpoint ``tmp`` (rank 0). ``state.json``
-    goes last, with checksums of every file of the checkpoint: its presence marks a complete
-    checkpoint."""
-    sdir = tmp / STATE_DIR
-    sdir.mkdir(exist_ok=True)
+def write_trainer_state(trainer_dir: Path, state: dict[str, Any], optimizer_state: dict[str, Any] | None) -> None:
+    """Write the optimizer and ``state.json`` into ``trainer_dir`` (rank 0, after every rank wrote
+    its own files). ``state.json`` goes last, with checksums of every trainer file and of the
+    model's SHA256SUMS: its presence marks a complete checkpoint."""
+    trainer_dir.mkdir(exist_ok=True)
     if optimizer_state is not None:
-        dump_tree(optimizer_state, sdir / "optimizer")
-    checksums = {}
-    for f in sorted(tmp.rglob("*")):
-        if f.is_file() and f.name != STATE_FILE and f.suffix in (".safetensors", ".json"):
-            checksums[str(f.relative_to(tmp))] = sha256(f)
-    record = {"format_version": FORMAT_VERSION, "saved_at": time.time(), **state,
-              "checksums": checksums}
-    (sdir / STATE_FILE).write_text(json.dumps(record, indent=2))
+        dump_tree(optimizer_state, trainer_dir / "optimizer")
+    checksums = {f.name: sha256(f) for f in sorted(trainer_dir.iterdir())
+                 if f.is_file() and f.name != STATE_FILE}
+    record = {"format_version": FORMAT_VERSION, "saved_at": time.time(), **state, "checksums": checksums}
+    (trainer_dir / STATE_FILE).write_text(json.dumps(record, indent=2))
 
 
-def write_rank_state(tmp: Path, rank: int, state: dict[str, Any]) -> None:
-    sdir = tmp / STATE_DIR
-    sdir.mkdir(exist_ok=True)
-    dump_tree(state, sdir / f"rank{rank}")
+def write_rank_state(trainer_dir: Path, rank: int, state: dict[str, Any]) -> None:
+    trainer_dir.mkdir(exist_ok=True)
+    dump_tree(state, trainer_dir / f"rank{rank}")
 
 
-def read_trainer_state(path: str | Path, verify: bool = True) -> dict[str, Any]:
-    """Read and check ``trainer_state/state.json``; with ``verify``, compare every checksum."""
-    path = Path(path)
-    recover(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
-    state_file = path / STATE_DIR / STATE_FILE
+# Fields of state.json and the type each must have (a hand edit gets one line, not a traceback).
+_STATE_FIELDS = {"step": int, "tokens_seen": int, "elapsed_s": (int, float), "world_size": int,
+                 "grad_accum": int, "batch_size": int, "seq_len": int, "checksums": dict}
+
+
+def read_trainer_state(run: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Read and check ``RUN/trainer/state.json``; with ``verify``, compare every checksum of the
+    trainer files and of the model directory."""
+    run = Path(run)
+    if not run.is_dir():
+        raise CheckpointError(f"checkpoint directory {run} does not exist")
+    atomic.recover(run)
+    if is_legacy_checkpoint(run):
+        raise CheckpointError(f"{run} is a checkpoint of an older MossNet layout (model files beside "
+                              "trainer_state/); it cannot be resumed by this version: start a new run from its "
+                              f"weights with --init-from {run}, or use it with generate / eval / export")
+    state_file = run / TRAINER / STATE_FILE
     if not state_file.is_file():
-        if (path / "config.json").is_file():
+        if (run / MODEL / "config.json").is_file() or (run / "config.json").is_file():
             raise CheckpointError(
-                f"{path} holds a model but no trainer state ({STATE_DIR}/{STATE_FILE} is missing): "
-                "it cannot be resumed (was it written by save_pretrained only, or was a save cut short?)")
-        raise CheckpointError(f"{path} is not a checkpoint directory ({STATE_DIR}/{STATE_FILE} is missing)")
+                f"{run} holds a model but no trainer state ({TRAINER}/{STATE_FILE} is missing): it cannot be "
+                "resumed (start from its weights with --init-from instead)")
+        raise CheckpointError(f"{run} is not a checkpoint directory ({TRAINER}/{STATE_FILE} is missing)")
     try:
         state = json.loads(state_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -313,24 +222,30 @@ def read_trainer_state(path: str | Path, verify: bool = True) -> dict[str, Any]:
     version = state.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{state_file} has format version {version}; this trainer reads {FORMAT_VERSION}")
+    for name, kind in _STATE_FIELDS.items():
+        value = state.get(name)
+        if name in state and (not isinstance(value, kind) or isinstance(value, bool)
+                              or (kind is int and value < 0)):
+            raise CheckpointError(f"{state_file}: field {name!r} has the invalid value {value!r}")
     if verify:
-        for rel, digest in state.get("checksums", {}).items():
-            f = path / rel
+        for name, digest in state.get("checksums", {}).items():
+            f = run / TRAINER / name
             if not f.is_file():
-                raise CheckpointError(f"checkpoint {path} is incomplete: {rel} is missing")
+                raise CheckpointError(f"checkpoint {run} is incomplete: {TRAINER}/{name} is missing")
             if sha256(f) != digest:
                 raise CheckpointError(
-                    f"checkpoint {path} is corrupt: {rel} does not match the checksum recorded when "
+                    f"checkpoint {run} is corrupt: {TRAINER}/{name} does not match the checksum recorded when "
                     f"it was saved at step {state['step']} (the file was truncated or changed)")
+        verify_model_dir(run / MODEL)
     return state
 
 
-def read_optimizer_state(path: str | Path) -> dict[str, Any]:
-    return load_tree(Path(path) / STATE_DIR / "optimizer")
+def read_optimizer_state(run: str | Path) -> dict[str, Any]:
+    return load_tree(Path(run) / TRAINER / "optimizer")
 
 
-def read_rank_state(path: str | Path, rank: int) -> dict[str, Any] | None:
-    stem = Path(path) / STATE_DIR / f"rank{rank}"
+def read_rank_state(run: str | Path, rank: int) -> dict[str, Any] | None:
+    stem = Path(run) / TRAINER / f"rank{rank}"
     if not stem.with_suffix(".json").is_file():
         return None
     return load_tree(stem)
@@ -369,7 +284,7 @@ def check_optimizer_state(opt_state: dict[str, Any], expected_names: list[list[s
 
 
 def save_checkpoint(
-    path: str | Path,
+    run: str | Path,
     *,
     rank: int,
     barrier: Callable[[], None],
@@ -377,27 +292,91 @@ def save_checkpoint(
     state: dict[str, Any],
     optimizer_state: dict[str, Any] | None,
     rank_state: dict[str, Any],
+    announce: Callable[[str], None] = print,
 ) -> None:
     """The whole save protocol, for one process or many (each calls it with its own rank).
 
-    Rank 0 creates the temporary directory and writes the model (``write_model(tmp)``) and the
-    optimizer; every rank writes its own RNG/data state; rank 0 writes ``state.json`` last and
-    renames the directory into place. ``barrier`` synchronises the ranks (a no-op for one)."""
-    path = Path(path)
-    tmp = _tmp(path)
+    Rank 0 opens the save (``rundir.atomic.begin_save``) and writes the model
+    (``write_model(tmp/model)``, then its SHA256SUMS) and the optimizer; every rank writes its own
+    RNG/data state; rank 0 writes ``state.json`` last and commits. ``barrier`` synchronises the
+    ranks (a no-op for one). On any failure the temporary folder is removed and the previous
+    checkpoint stays as it was."""
+    run = Path(run)
+    tmp = run / atomic.TMP
     if rank == 0:
-        begin_save(path)
+        atomic.begin_save(run, announce)
     barrier()
     try:
         if rank == 0:
-            write_model(tmp)
-        write_rank_state(tmp, rank, rank_state)
+            (tmp / MODEL).mkdir()
+            write_model(tmp / MODEL)
+            write_checksums(tmp / MODEL)
+        write_rank_state(tmp / TRAINER, rank, rank_state)
         barrier()
         if rank == 0:
-            write_trainer_state(tmp, state, optimizer_state)
-            commit_save(tmp, path)
+            write_trainer_state(tmp / TRAINER, state, optimizer_state)
+            atomic.commit_save(run, tmp)
     except BaseException:
         if rank == 0:
-            abort_save(tmp)
+            atomic.abort_save(tmp)
         raise
     barrier()
+
+
+def data_identity(manifest: dict[str, Any]) -> str:
+    """A short hash that names a prepared corpus by content (its train split's records and its
+    tokenizer), not by path: moving the directory keeps it, re-preparing other text changes it."""
+    splits = manifest.get("splits", {}) if isinstance(manifest.get("splits"), dict) else {}
+    key = {"train": splits.get("train"), "vocab_size": manifest.get("vocab_size"),
+           "tokenizer": manifest.get("tokenizer_fingerprint") or manifest.get("tokenizer")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def mixture_identity(identities: list[str], weights: list[float]) -> str:
+    """The identity of a weighted mixture of corpora (order and weights matter)."""
+    key = [[i, round(w, 9)] for i, w in zip(identities, weights)]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def resume_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's recorded run identity and this run's
+    (``data``, ``seq_len``, ``preset``), one phrase each."""
+    changes = []
+    for key in ("data", "seq_len", "preset"):
+        if key in saved and saved[key] != now.get(key):
+            changes.append(f"{key} {saved[key]!r} -> {now.get(key)!r}")
+    return changes
+
+
+def claim_run_dir(cfg, resume_state: dict[str, Any] | None) -> Path:
+    """Check that this run may write ``cfg.out`` (see ``rundir.ownership``) and create it.
+
+    A fresh run needs a new or empty directory (or one this trainer left without a checkpoint);
+    continuing in place needs ``--resume`` of that directory; another run's checkpoint, someone
+    else's files, or a directory overlapping ``--data`` are refused without ``--force``."""
+    from mossnet.rundir import claim_output_dir, is_legacy_checkpoint, is_run_dir
+
+    out = Path(cfg.out)
+    in_place = bool(cfg.resume) and Path(cfg.resume).resolve() == out.resolve()
+    if is_legacy_checkpoint(out) and not cfg.force:
+        raise CheckpointError(f"--out {out} holds a checkpoint of an older MossNet layout; choose a new --out "
+                              f"(start from its weights with --init-from {out}), or pass --force to write beside it")
+    has_checkpoint = (out / TRAINER / STATE_FILE).is_file()
+    if has_checkpoint:
+        try:
+            step = json.loads((out / TRAINER / STATE_FILE).read_text()).get("step", "?")
+        except (OSError, ValueError):
+            step = "?"
+        refusal = (f"already holds a training run (step {step}); pass --resume {out} to continue it, "
+                   "or --force to start a new run over it")
+    else:
+        refusal = "already holds a MossNet run"
+    from mossnet.data.mixture import parse_data_sources
+
+    reads = {f"--data source {s.path}" if "," in cfg.data else "--data": s.path
+             for s in parse_data_sources(cfg.data)}
+    reads["--init-from"] = getattr(cfg, "init_from", "")
+    if cfg.resume and not in_place:
+        reads["--resume"] = cfg.resume
+    return claim_output_dir(out, force=cfg.force, owned=is_run_dir, reuse_owned=in_place or not has_checkpoint,
+                            owned_refusal=refusal, read_dirs=reads)

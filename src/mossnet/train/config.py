@@ -18,11 +18,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mossnet.errors import ConfigError
 
 ARCHS = ("mossnet", "llama", "mamba2")
 DTYPES = ("auto", "fp32", "bf16")
@@ -37,6 +40,9 @@ class TrainConfig:
     data: str = ""  # a directory written by `mossnet prepare-data`
     out: str = ""  # the checkpoint directory (a Hugging Face model directory)
     resume: str = ""  # a checkpoint directory to continue from ("" = start fresh)
+    init_from: str = ""  # start from this model's weights with a fresh optimizer and schedule ("" = random init)
+    force: bool = False  # write into a non-empty --out that is not this run's (never saved)
+    allow_change: bool = False  # resume with other data, seq_len or preset (never saved)
 
     # ---- batch: one optimizer step sees batch_size * seq_len * grad_accum * world_size tokens
     seq_len: int = 256
@@ -76,33 +82,54 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads (0 = torch's default)
 
     def validate(self) -> None:
+        """Raise ConfigError naming the first impossible value."""
         if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "log_interval", "eval_interval", "ckpt_interval",
                      "eval_tokens", "sample_tokens", "num_threads"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if 0 < self.eval_tokens <= self.seq_len:
+            raise ConfigError(f"eval_tokens must be 0 (the whole split) or more than seq_len ({self.seq_len}), "
+                              f"got {self.eval_tokens}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.eps <= 0:
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if not 0.0 <= self.router_collapse_ratio <= 1.0:
+            raise ConfigError(f"router_collapse_ratio must be in [0, 1], got {self.router_collapse_ratio}")
         if self.cuda_graph and self.compile:
-            raise ValueError("cuda_graph and compile are exclusive: torch.compile captures its own graphs; "
-                             "pick one (--cuda-graph or --compile)")
+            raise ConfigError("cuda_graph and compile are exclusive: torch.compile captures its own graphs; "
+                              "pick one (--cuda-graph or --compile)")
         if not self.data:
-            raise ValueError("no data directory: pass --data DIR (a `mossnet prepare-data` output)")
+            raise ConfigError("no data directory: pass --data DIR (a `mossnet prepare-data` output)")
         if not self.out:
-            raise ValueError("no output directory: pass --out DIR")
+            raise ConfigError("no output directory: pass --out DIR")
+        if self.init_from and self.resume:
+            raise ConfigError("--init-from and --resume exclude each other: --resume continues a run exactly, "
+                              "--init-from starts a new one from a model's weights")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_saved_dict(self) -> dict[str, Any]:
+        """What a checkpoint records: everything but the waivers of this one invocation."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY}
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.batch_size * self.seq_len * self.grad_accum * world_size
@@ -121,6 +148,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+RUN_ONLY = ("force", "allow_change")  # apply to one invocation; never written to a checkpoint
 
 
 def _suggest(key: str, known) -> str:
@@ -152,16 +180,23 @@ def _coerce(name: str, value: Any) -> Any:
                     raise ValueError
                 return int(number)
             if kind is float:
-                return float(text)
+                number = float(text)
+                if not math.isfinite(number):
+                    raise ValueError
+                return number
         except ValueError:
             raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from None
     if kind is bool and not isinstance(value, bool):
         raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    if kind in (int, float) and isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
     if kind is int and isinstance(value, float):
         if value != int(value):
             raise ValueError(f"{name}: expected an integer, got {value!r}")
         return int(value)
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is float and isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
         return float(value)
     if kind is str and value is None:
         return ""
@@ -187,11 +222,11 @@ def apply_updates(cfg: TrainConfig, updates: dict[str, Any], source: str) -> Tra
     """Set fields from a mapping; ``model`` is merged key by key; unknown keys are errors."""
     for key, value in updates.items():
         if key not in _FIELDS:
-            raise ValueError(f"{source}: unknown training option {key!r}{_suggest(key, _FIELDS)}")
+            raise ConfigError(f"{source}: unknown training option {key!r}{_suggest(key, _FIELDS)}")
         try:
             value = _coerce(key, value)
         except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
+            raise ConfigError(f"{source}: {err}") from None
         if key == "model":
             cfg.model = {**cfg.model, **value}
         else:
@@ -204,7 +239,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     updates: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
         if key.startswith("model."):
@@ -219,18 +254,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
+        raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
+        raise ConfigError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(cfg.to_saved_dict(), sort_keys=False))
 
 
 def build_config(
@@ -251,7 +286,7 @@ def build_config(
         chosen = layer.get("preset", chosen)
     chosen = chosen or cfg.preset
     if chosen not in TRAIN_PRESETS:
-        raise ValueError(f"unknown preset {chosen!r}; choose from {sorted(TRAIN_PRESETS)}")
+        raise ConfigError(f"unknown preset {chosen!r}; choose from {sorted(TRAIN_PRESETS)}")
     cfg.preset = chosen
     apply_updates(cfg, TRAIN_PRESETS[chosen], f"preset {chosen!r}")
     if saved:
@@ -261,7 +296,15 @@ def build_config(
     apply_updates(cfg, flag_updates, "command line")
     apply_updates(cfg, override_updates, "override")
     cfg.validate()
+    from .baselines import validate_model_overrides
+
+    validate_model_overrides(cfg.arch, cfg.model)
     return cfg
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved configuration as YAML (what ``--print-config`` shows)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def config_json(cfg: TrainConfig) -> str:

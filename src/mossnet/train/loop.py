@@ -1,11 +1,14 @@
 """The trainer. Read it top to bottom: ``train(cfg)`` is the whole program.
 
-    setup (process group, device) -> data -> model (fresh or from the checkpoint) -> parallel
-    wrapper -> AdamW -> resume trainer state -> loop:
+    setup (process group, device) -> claim the run directory -> data -> model (fresh or from the
+    checkpoint) -> parallel wrapper -> AdamW -> resume trainer state -> loop:
         for each step: lr from the schedule; grad_accum micro-batches (forward, backward, router
         load); reduce the step's statistics across ranks; stop on a non-finite loss or gradient;
         clip; optimizer step; log; validate; checkpoint; stop cleanly on Ctrl-C / SIGTERM
-    -> final validation next to the bigram baseline -> loss curve -> final checkpoint -> sample.
+    -> final checkpoint -> final validation next to the bigram baseline -> loss curve -> sample.
+
+Ctrl-C and SIGTERM are caught from the start to the end of ``run``: the step in flight finishes,
+a checkpoint is saved (unless the last one is current), and the run ends with 130 / 143.
 
 One process, DDP and FSDP2 run the same code; ``distributed.py`` hides their differences.
 """
@@ -29,6 +32,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mossnet.errors import CheckpointError, ConfigError, DataError, DeviceError, MossNetError
+from mossnet.rundir import LOGS, MODEL, TRAINER, write_marker
+
 from . import checkpoint as ckpt
 from . import distributed
 from .baselines import build_model_config, describe, model_class
@@ -40,6 +46,9 @@ from .optim import (build_optimizer, float_learning_rates, group_param_names, lr
                     set_lr)
 
 MODEL_TYPES = {"mossnet": "mossnet", "llama": "llama", "mamba2": "mamba2"}
+# Model-config fields an --init-from run may change: they keep every tensor's shape.
+SHAPE_KEEPING = ("ssm_top_k", "state_update", "router_renormalize", "router_aux_loss_coef", "router_z_loss_coef",
+                 "scan_impl", "chunk_size")
 VAL_SEGMENTS = 8  # periodic validation: evenly spaced segments of the split
 
 
@@ -52,14 +61,20 @@ class MicroBatches:
     and 1 process accumulating 2 see exactly the same data, in the same micro-batches (and the
     router statistics, which are per micro-batch, agree too)."""
 
-    def __init__(self, tokens, batch_size: int, seq_len: int, seed: int, grad_accum: int, rank: int,
-                 world_size: int, vocab_size: int | None):
+    def __init__(self, sources: list, weights: list[float], batch_size: int, seq_len: int, seed: int,
+                 grad_accum: int, rank: int, world_size: int, vocab_size: int | None):
         from mossnet.data import TokenBatches
+        from mossnet.data.mixture import MixtureBatches
 
         n = world_size * grad_accum
-        self.streams = [TokenBatches(tokens, batch_size, seq_len, seed=seed, rank=rank * grad_accum + a,
-                                     world_size=n, vocab_size=vocab_size if a == 0 else None)
-                        for a in range(grad_accum)]
+
+        def stream(a: int):
+            kw = dict(seed=seed, rank=rank * grad_accum + a, world_size=n, vocab_size=vocab_size if a == 0 else None)
+            if len(sources) == 1:
+                return TokenBatches(sources[0], batch_size, seq_len, **kw)
+            return MixtureBatches(sources, weights, batch_size, seq_len, **kw)
+
+        self.streams = [stream(a) for a in range(grad_accum)]
         self._next = 0
 
     def __next__(self):
@@ -79,14 +94,22 @@ class MicroBatches:
         self._next = 0
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(MossNetError, RuntimeError):
     """The loss or the gradient became NaN/inf; the last good checkpoint was kept."""
+
+    exit_code = 1
+
+
+class SaveFailed(CheckpointError):
+    """Writing a checkpoint failed (a full disk, say); the previous checkpoint is intact."""
+
+    exit_code = 1
 
 
 @dataclass
 class TrainResult:
     step: int
-    status: str  # "done" | "interrupted"
+    status: str  # "done" | "interrupted" (Ctrl-C) | "terminated" (SIGTERM)
     out: str
     final: dict[str, Any] = field(default_factory=dict)  # validation / bigram numbers
     losses: list[float] = field(default_factory=list)  # training loss of every step of this run
@@ -95,11 +118,28 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    check_device(cfg.device)
     info, device = distributed.setup(cfg.device, cfg.fsdp)
     try:
         return Trainer(cfg, info, device).run()
     finally:
         distributed.teardown(info)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, in one line, before any work starts."""
+    try:
+        dev = torch.device("cpu" if device == "auto" else device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"--device {device}: {why} (use --device cpu, or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type != "cpu":
+        raise DeviceError(f"--device {device}: training runs on cpu or cuda")
 
 
 def build_model(cfg: TrainConfig, config) -> nn.Module:
@@ -130,6 +170,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def run(self) -> TrainResult:
+        previous_handlers = self.install_signal_handlers()
+        try:
+            self.setup()
+            return self.loop()
+        finally:
+            self.restore_signal_handlers(previous_handlers)
+
+    def setup(self) -> None:
         cfg, info = self.cfg, self.info
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -137,6 +185,8 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls outside autocast
         self.resume_dir = Path(cfg.resume) if cfg.resume else None
         self.resume_state = ckpt.read_trainer_state(self.resume_dir) if self.resume_dir else None
+        if info.is_main:
+            ckpt.claim_run_dir(cfg, self.resume_state)
 
         self.check_cuda_graph()
         self.load_data()
@@ -146,42 +196,77 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.elapsed = 0.0
+        self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         if self.resume_state:
             self.load_trainer_state()
-        elif info.is_main and (self.out / ckpt.STATE_DIR).is_dir():
-            self.warn(f"{self.out} already holds a checkpoint; this fresh run replaces it at its first save "
-                      "(pass --resume DIR to continue it instead)")
         self.prepare_out_dir()
-        self.logger = MetricsLogger(self.out, enabled=info.is_main, tensorboard=cfg.tensorboard,
+        self.logger = MetricsLogger(self.out / LOGS, enabled=info.is_main, tensorboard=cfg.tensorboard,
                                     resume_step=self.step if self.resume_state else None)
         self.autocast = self.make_autocast()
         self.lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-        return self.loop()
 
     def load_data(self) -> None:
-        from mossnet.data import open_split, read_manifest
+        """The corpus, or the mixture of corpora (``--data A:0.7,B:0.3``): manifests checked
+        (one tokenizer for all), train splits opened, and each source's validation split."""
+        from mossnet.data import read_manifest
+        from mossnet.data.mixture import parse_data_sources
 
         cfg = self.cfg
-        self.manifest = read_manifest(cfg.data)
+        self.sources = parse_data_sources(cfg.data)
+        self.data_dir = self.sources[0].path  # the tokenizer and the sample prompt come from here
+        manifests = [read_manifest(s.path) for s in self.sources]
+        self.manifest = manifests[0]
+        for source, manifest in zip(self.sources[1:], manifests[1:]):
+            if _tokenizer_id(source.path, manifest) != _tokenizer_id(self.data_dir, self.manifest):
+                raise DataError(f"--data mixes corpora prepared with different tokenizers: {self.data_dir} and "
+                                f"{source.path}; prepare both with the same --tokenizer")
         self.vocab_size = int(self.manifest["vocab_size"])
         self.eos_id = self.manifest.get("eos_id")
-        self.train_tokens = open_split(cfg.data, "train")
-        splits = self.manifest.get("splits", {})
-        self.val_split = "val" if "val" in splits else ("test" if "test" in splits else None)
-        self.val_tokens = open_split(cfg.data, self.val_split) if self.val_split else None
-        self.val_bytes = int(splits.get(self.val_split, {}).get("bytes", 0)) if self.val_split else 0
-        if self.val_tokens is None:
-            self.warn(f"{cfg.data} has no validation split: no validation loss will be reported")
-        if len(self.train_tokens) < cfg.seq_len + 1:
-            raise ValueError(f"the train split of {cfg.data} has {len(self.train_tokens)} tokens, fewer than "
-                             f"one sequence (seq_len={cfg.seq_len} + 1)")
+        self.train_sets = [self.open_train(s.path) for s in self.sources]
+        self.train_tokens = self.train_sets[0]  # the bigram baseline is fitted on the first source
+        self.val_sets = [v for v in (self.open_val(s.path, m) for s, m in zip(self.sources, manifests)) if v]
+        self.val_split, self.val_tokens, self.val_bytes = (self.val_sets[0][1:] if self.val_sets else (None, None, 0))
+        identities = [ckpt.data_identity(m) for m in manifests]
+        self.data_identity = (identities[0] if len(identities) == 1 else
+                              ckpt.mixture_identity(identities, [s.weight for s in self.sources]))
+        if len(self.sources) > 1:
+            self.say("data mixture: " + ", ".join(f"{s.path} ({s.weight:.0%}, {len(t):,} train tokens)"
+                                                  for s, t in zip(self.sources, self.train_sets)))
+
+    def open_train(self, path: str):
+        from mossnet.data import open_split
+
+        tokens = open_split(path, "train")
+        if len(tokens) < self.cfg.seq_len + 1:
+            raise DataError(f"the train split of {path} has {len(tokens)} tokens, fewer than "
+                            f"one sequence (seq_len={self.cfg.seq_len} + 1)")
+        return tokens
+
+    def open_val(self, path: str, manifest: dict[str, Any]):
+        """``(source name, split name, tokens, bytes)`` of a corpus' validation split, or None
+        (with a warning) when it has none long enough for one window."""
+        from mossnet.data import open_split
+
+        splits = manifest.get("splits", {})
+        split = "val" if "val" in splits else ("test" if "test" in splits else None)
+        if split is None:
+            self.warn(f"{path} has no validation split: no validation loss will be reported for it")
+            return None
+        tokens = open_split(path, split)
+        if len(tokens) < self.cfg.seq_len + 1:
+            self.warn(f"the {split} split of {path} has {len(tokens)} tokens, fewer than one window "
+                      f"(seq_len={self.cfg.seq_len} + 1): no validation loss will be reported for it")
+            return None
+        return Path(path).name, split, tokens, int(splits.get(split, {}).get("bytes", 0))
 
     def build_model(self) -> None:
         cfg, info = self.cfg, self.info
         if self.resume_dir:
-            config = self.checkpoint_config(self.resume_dir)
+            config = self.checkpoint_config(self.resume_dir / MODEL)
             model = build_model(cfg, config)
-            self.load_weights(model, self.resume_dir)
+            self.load_weights(model, self.resume_dir / MODEL)
+        elif cfg.init_from:
+            config, model = self.initial_model()
         else:
             config = build_model_config(cfg.arch, cfg.preset, self.vocab_size, cfg.model, cfg.seq_len,
                                         eos_id=self.eos_id)
@@ -209,6 +294,37 @@ class Trainer:
             wrapped = distributed.wrap(wrapped, info, self.device)
         self.model = wrapped
 
+    def initial_model(self):
+        """``--init-from``: the model in that directory (verified), with this run's shape-keeping
+        overrides applied; training starts at step 0 with a fresh optimizer."""
+        from mossnet.rundir.load import load_model
+
+        cfg = self.cfg
+        source = load_model(cfg.init_from, dtype=torch.float32)
+        config = source.config
+        if config.model_type != MODEL_TYPES[cfg.arch]:
+            raise ConfigError(f"--init-from {cfg.init_from} holds a {config.model_type!r} model but --arch is "
+                              f"{cfg.arch!r}")
+        if config.vocab_size < self.vocab_size:
+            raise CheckpointError(f"--init-from {cfg.init_from} has a vocabulary of {config.vocab_size} tokens but "
+                                  f"{cfg.data} uses {self.vocab_size}: prepare the data with that model's tokenizer "
+                                  f"(mossnet prepare-data --tokenizer {cfg.init_from})")
+        changed = {}
+        for key, value in cfg.model.items():
+            if _differs(getattr(config, key, None), value):
+                if key not in SHAPE_KEEPING:
+                    raise ConfigError(f"model.{key}={value!r} would change the model of --init-from {cfg.init_from} "
+                                      f"({key}={getattr(config, key, None)!r}); only these keep its tensors: "
+                                      f"{', '.join(SHAPE_KEEPING)}")
+                changed[key] = value
+        if changed:
+            config = type(config).from_dict({**config.to_dict(), **changed})
+            self.say("--init-from overrides: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
+        model = build_model(cfg, config)
+        model.load_state_dict(source.state_dict(), strict=True)
+        self.say(f"initialised from {cfg.init_from} (fresh optimizer and schedule)")
+        return config, model
+
     def checkpoint_config(self, path: Path):
         """The model config stored in a checkpoint, checked against this run's data and options."""
         from transformers import AutoConfig
@@ -222,13 +338,13 @@ class Trainer:
         want = MODEL_TYPES[self.cfg.arch]
         if config.model_type != want:
             raise ckpt.CheckpointError(f"{path} holds a {config.model_type!r} model but --arch is {self.cfg.arch!r}")
-        if config.vocab_size != self.vocab_size:
+        if config.vocab_size < self.vocab_size:
             raise ckpt.CheckpointError(
                 f"{path} has a vocabulary of {config.vocab_size} tokens but {self.cfg.data} has {self.vocab_size}: "
                 "the data was prepared with a different tokenizer")
-        ours, theirs = path / "tokenizer.json", Path(self.cfg.data) / "tokenizer" / "tokenizer.json"
+        ours, theirs = path / "tokenizer.json", Path(self.data_dir) / "tokenizer" / "tokenizer.json"
         if ours.is_file() and theirs.is_file() and ckpt.sha256(ours) != ckpt.sha256(theirs):
-            raise ckpt.CheckpointError(f"the tokenizer in {path} differs from the one in {self.cfg.data}/tokenizer")
+            raise ckpt.CheckpointError(f"the tokenizer in {path} differs from the one in {self.data_dir}/tokenizer")
         for key, value in self.cfg.model.items():
             if hasattr(config, key) and _differs(getattr(config, key), value):
                 raise ckpt.CheckpointError(f"{path} has {key}={getattr(config, key)!r} but this run asks for "
@@ -266,7 +382,8 @@ class Trainer:
 
     def make_batches(self) -> "MicroBatches":
         cfg, info = self.cfg, self.info
-        return MicroBatches(self.train_tokens, cfg.batch_size, cfg.seq_len, cfg.seed, cfg.grad_accum,
+        return MicroBatches(self.train_sets, [s.weight for s in self.sources], cfg.batch_size, cfg.seq_len, cfg.seed,
+                            cfg.grad_accum,
                             info.rank, info.world_size, self.vocab_size)
 
     def load_trainer_state(self) -> None:
@@ -283,6 +400,7 @@ class Trainer:
             group["betas"] = (cfg.beta1, cfg.beta2)
             group["eps"] = cfg.eps
             group["weight_decay"] = cfg.weight_decay if group.get("name") == "decay" else 0.0
+        self.check_resume_changes(state)
         saved_world = int(state.get("world_size", 1))
         saved_micro = saved_world * int(state.get("grad_accum", cfg.grad_accum))
         if saved_micro != info.world_size * cfg.grad_accum or state.get("batch_size", cfg.batch_size) != cfg.batch_size:
@@ -298,21 +416,38 @@ class Trainer:
             raise ckpt.CheckpointError(f"{path}: the data position does not fit this run: {err}") from None
         ckpt.restore_rng(rank_state["rng"])
         self.step = int(state["step"])
+        if path.resolve() == self.out.resolve():
+            self.saved_step = self.step  # that checkpoint is this run's newest
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.elapsed = float(state.get("elapsed_s", 0.0))
         self.say(f"resumed from {path} at step {self.step} ({self.tokens_seen:,} tokens seen)")
         if self.step >= cfg.max_steps:
             self.warn(f"the checkpoint is at step {self.step} and max_steps is {cfg.max_steps}: nothing to train")
 
+    def check_resume_changes(self, state: dict[str, Any]) -> None:
+        """A resumed run continues the recorded one: other data, seq_len or preset is refused
+        unless --allow-change, and an allowed change is printed."""
+        cfg = self.cfg
+        recorded = {"data": state.get("data", {}).get("identity"), "seq_len": state.get("seq_len"),
+                    "preset": state.get("preset")}
+        recorded = {k: v for k, v in recorded.items() if v is not None}
+        changes = ckpt.resume_changes(recorded, {"data": self.data_identity, "seq_len": cfg.seq_len,
+                                                 "preset": cfg.preset})
+        if changes and not cfg.allow_change:
+            raise ConfigError(f"resuming {self.resume_dir} with changes: {'; '.join(changes)}; pass --allow-change "
+                              "to accept them (the run then no longer continues the recorded one exactly)")
+        for change in changes:
+            self.warn(f"allowed change on resume: {change}")
+
     def prepare_out_dir(self) -> None:
         if not self.info.is_main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        ckpt.recover(self.out)
+        write_marker(self.out, "train")
+        (self.out / LOGS).mkdir(exist_ok=True)
         if self.resume_dir and self.resume_dir.resolve() != self.out.resolve():
             for name in ("metrics.jsonl", "metrics.csv"):  # continue the old run's logs
-                if (self.resume_dir / name).is_file():
-                    shutil.copy2(self.resume_dir / name, self.out / name)
+                if (self.resume_dir / LOGS / name).is_file():
+                    shutil.copy2(self.resume_dir / LOGS / name, self.out / LOGS / name)
 
     def make_autocast(self):
         return autocast_factory(self.device, self.cfg.dtype, capture=self.cfg.cuda_graph)
@@ -323,10 +458,10 @@ class Trainer:
         if not cfg.cuda_graph:
             return
         if self.device.type != "cuda":
-            raise ValueError(f"--cuda-graph needs a CUDA device; this run is on {self.device} "
-                             "(pass --no-cuda-graph, e.g. when resuming a GPU run on the CPU)")
+            raise DeviceError(f"--cuda-graph needs a CUDA device; this run is on {self.device} "
+                              "(pass --no-cuda-graph, e.g. when resuming a GPU run on the CPU)")
         if info.enabled:
-            raise ValueError("--cuda-graph runs in a single process; under torchrun (DDP/FSDP2) train without it")
+            raise ConfigError("--cuda-graph runs in a single process; under torchrun (DDP/FSDP2) train without it")
 
     # ------------------------------------------------------------------ the loop
     def loop(self) -> TrainResult:
@@ -343,7 +478,6 @@ class Trainer:
         self.collapsed: set[str] = set()
         window = _new_window()
         self.last_checkpoint = (self.resume_dir, self.step) if self.resume_dir else None
-        previous_handlers = self.install_signal_handlers()
         try:
             self.model.train()
             self.suggest_cuda_graph()
@@ -376,20 +510,21 @@ class Trainer:
                 if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < cfg.max_steps:
                     self.validate(cfg.eval_tokens or None)
                 if stop:
-                    self.say(f"{stop}: saving a checkpoint at step {self.step} and stopping")
-                    self.save()
-                    result.status = "interrupted"
                     break
                 if cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0 and self.step < cfg.max_steps:
                     self.save()
         finally:
-            self.restore_signal_handlers(previous_handlers)
             self.bar.close()
             self.bar = None
         result.step = self.step
-        if result.status == "done":
+        self.save_if_new()  # the final state is on disk before anything else can go wrong
+        if not self._stop_signal:
             result.final = self.finish()
+        if not self._stop_signal:
             result.sample = self.sample()
+        if self._stop_signal:
+            result.status = "terminated" if "SIGTERM" in self._stop_signal else "interrupted"
+            self.say(f"{self._stop_signal}: stopped with the checkpoint of step {self.saved_step} in {self.out}")
         self.logger.close()
         return result
 
@@ -538,37 +673,49 @@ class Trainer:
                 self.collapsed.discard(name)
                 self.say(f"router {name} recovered ({n_eff:.1f} effective experts of {e})")
 
-    def validate(self, max_tokens: int | None) -> dict[str, Any] | None:
-        """Validation loss / perplexity / bits per byte on (the start of) the validation split. Rank 0
-        computes it (every rank under FSDP, whose forward is collective)."""
-        if self.val_tokens is None:
-            return None
+    def validate(self, max_tokens: int | None, progress: bool = False) -> dict[str, Any] | None:
+        """Validation loss / perplexity / bits per byte on (the start of) each source's validation
+        split; returns the first source's. Rank 0 computes it (every rank under FSDP, whose forward
+        is collective)."""
+        first = None
+        for name, _, tokens, n_bytes in self.val_sets:
+            result = self.validate_one(tokens, n_bytes, max_tokens, progress,
+                                       name if len(self.sources) > 1 else None)
+            first = first or result
+        return first
+
+    def validate_one(self, tokens, n_bytes: int, max_tokens: int | None, progress: bool,
+                     source: str | None) -> dict[str, Any] | None:
         from mossnet.eval.perplexity import evaluate_perplexity
 
-        cfg, info = self.cfg, self.info
+        info = self.info
         result = None
         if info.is_main or info.fsdp:
             self.model.eval()
             with torch.no_grad(), self.autocast():
-                result = self._evaluate(evaluate_perplexity, max_tokens)
+                result = self._evaluate(evaluate_perplexity, tokens, n_bytes, max_tokens, progress)
             self.model.train()
         info.barrier()
         if info.is_main:
             record = {"step": self.step, "split": "val", "loss": result["loss"],
                       "perplexity": result["perplexity"], "bits_per_byte": result["bits_per_byte"],
                       "tokens": result["tokens"], "elapsed_s": self.elapsed}
+            if source:
+                record["source"] = source
             self.logger.log(record)
             self.say(f"step {self.step}: val loss {result['loss']:.4f}, ppl {result['perplexity']:.2f}, "
-                     f"{result['bits_per_byte']:.4f} bits/byte ({result['tokens']:,} tokens)")
+                     f"{result['bits_per_byte']:.4f} bits/byte ({result['tokens']:,} tokens)"
+                     + (f" [{source}]" if source else ""))
         return result
 
-    def _evaluate(self, evaluate_perplexity, max_tokens: int | None) -> dict[str, Any]:
+    def _evaluate(self, evaluate_perplexity, tokens, n_bytes: int, max_tokens: int | None,
+                  progress: bool = False) -> dict[str, Any]:
         """The whole split, or ``max_tokens`` of it taken as ``VAL_SEGMENTS`` evenly spaced segments
         (the start of a split alone can be unrepresentative: a corpus split by whole documents
         begins with one document)."""
-        cfg, tokens, n_bytes = self.cfg, self.val_tokens, self.val_bytes
+        cfg = self.cfg
         kwargs = dict(seq_len=cfg.seq_len, stride=cfg.seq_len, batch_size=cfg.batch_size, device=self.device,
-                      progress=False)
+                      progress=progress and self.info.is_main)
         n = len(tokens)
         if not max_tokens or max_tokens >= n:
             return evaluate_perplexity(self.raw_model, tokens, n_bytes, **kwargs)
@@ -598,9 +745,26 @@ class Trainer:
         return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": bpb}
 
     # ------------------------------------------------------------------ checkpoints
+    def save_if_new(self) -> None:
+        if self.saved_step != self.step:
+            self.save()
+
     def save(self) -> None:
+        """Write a checkpoint of this step; a failure (a full disk) leaves the previous one intact."""
+        from safetensors import SafetensorError
+
+        try:
+            self._save()
+        except (OSError, SafetensorError) as err:  # safetensors reports a failed write as its own error
+            kept = (f"the checkpoint of step {self.saved_step} is intact" if self.saved_step >= 0
+                    else "no checkpoint had been written yet")
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+            raise SaveFailed(f"saving the checkpoint of step {self.step} to {self.out} failed "
+                             f"({reason}); {kept}") from None
+        self.saved_step = self.step
+
+    def _save(self) -> None:
         cfg, info = self.cfg, self.info
-        self.logger.close_tensorboard()
         model_state = distributed.full_model_state(self.raw_model, info) if info.fsdp else None
         opt_state = distributed.full_optimizer_state(self.raw_model, self.optimizer, info)
         if opt_state is not None:
@@ -611,20 +775,30 @@ class Trainer:
                 self.raw_model.save_pretrained(tmp, state_dict=model_state)
             else:
                 self.raw_model.save_pretrained(tmp)
-            ckpt.copy_tokenizer(cfg.data, tmp)
-            save_yaml(cfg, tmp / "train_config.yaml")
+            ckpt.copy_tokenizer(self.data_dir, tmp)
+            self.write_card(tmp)
+            trainer_dir = tmp.parent / TRAINER
+            trainer_dir.mkdir(exist_ok=True)
+            save_yaml(cfg, trainer_dir / ckpt.CONFIG_FILE)
 
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed,
                  "world_size": info.world_size, "grad_accum": cfg.grad_accum, "batch_size": cfg.batch_size,
-                 "seq_len": cfg.seq_len, "arch": cfg.arch, "lr": self.lr,
-                 "data": {"dir": str(cfg.data), "train_tokens": int(len(self.train_tokens))}}
+                 "seq_len": cfg.seq_len, "arch": cfg.arch, "preset": cfg.preset, "lr": self.lr,
+                 "data": {"dir": str(cfg.data), "identity": self.data_identity,
+                          "train_tokens": int(len(self.train_tokens))}}
         optimizer_state = {"optimizer": opt_state, "param_names": self.group_names} if opt_state is not None else None
         rank_state = {"data": self.batches.state_dict(), "rng": ckpt.capture_rng()}
         with _quiet_transformers():
             ckpt.save_checkpoint(self.out, rank=info.rank, barrier=info.barrier, write_model=write_model,
-                                 state=state, optimizer_state=optimizer_state, rank_state=rank_state)
+                                 state=state, optimizer_state=optimizer_state, rank_state=rank_state,
+                                 announce=self.say)
         self.last_checkpoint = (self.out, self.step)
-        self.logger.open_tensorboard()
+
+    def write_card(self, model_dir: Path, results: dict[str, Any] | None = None) -> None:
+        from mossnet.rundir.model_card import command_line, write_model_card
+
+        write_model_card(model_dir, config=self.raw_model.config, params=self.params, made_by=command_line(),
+                         data=self.manifest, tokens_seen=self.tokens_seen, results=results)
 
     # ------------------------------------------------------------------ signals
     def install_signal_handlers(self):
@@ -636,12 +810,12 @@ class Trainer:
 
         def handler(signum, frame):
             name = signal.Signals(signum).name
-            if self._stop_signal:  # second signal: stop now, without saving
+            if self._stop_signal:  # second signal: stop now; the last complete checkpoint stays
                 raise KeyboardInterrupt
             self._stop_signal = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"received {name}"
             if self.info.is_main:
-                print(f"\n{name}: finishing this step, then saving a checkpoint (press Ctrl-C again to quit "
-                      "without saving)", file=sys.stderr, flush=True)
+                print(f"\n{name}: finishing this step, then saving a checkpoint (a second signal quits at once; "
+                      "the last complete checkpoint is kept)", file=sys.stderr, flush=True)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
@@ -653,29 +827,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> dict[str, Any]:
-        """Final validation on the whole split, next to the bigram baseline; the loss curve; the
-        final checkpoint."""
+        """After the final checkpoint: validation on the whole split, next to the bigram baseline,
+        and the loss curve."""
         cfg, info = self.cfg, self.info
         final = {}
-        val = self.validate(None)
+        self.say(f"checkpoint: {self.out} (step {self.step}, {self.tokens_seen:,} tokens, "
+                 f"{self.elapsed:.0f} s of training)")
+        val = self.validate(None, progress=cfg.progress)
+        if self._stop_signal:
+            return final
         if info.is_main:
             if val is not None:
                 final["model"] = {k: val[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")}
             if self.bigram is not None:
                 final["bigram"] = self.bigram
             self.report(final)
+            if final:  # the card of the final checkpoint gains its results (README.md is not checksummed)
+                self.write_card(self.out / MODEL, {f"validation ({self.val_split})" if k == "model" else
+                                                   "bigram baseline": v for k, v in final.items()})
             if cfg.plot:
                 from .plots import plot_loss_curve
 
-                note = plot_loss_curve(read_jsonl(self.out / "metrics.jsonl"), self.out / "loss_curve.png",
+                note = plot_loss_curve(read_jsonl(self.out / LOGS / "metrics.jsonl"), self.out / LOGS / "loss_curve.png",
                                        bigram_loss=self.bigram["loss"] if self.bigram else None,
                                        title=f"{cfg.arch} {cfg.preset}: {self.step} steps")
-                self.say(note or f"loss curve: {self.out / 'loss_curve.png'}")
+                self.say(note or f"loss curve: {self.out / LOGS / 'loss_curve.png'}")
             self.logger.log({"step": self.step, "split": "final", **{f"{k}_{m}": v for k, d in final.items()
                                                                      for m, v in d.items()}})
-        self.save()
-        self.say(f"checkpoint: {self.out} (step {self.step}, {self.tokens_seen:,} tokens, "
-                 f"{self.elapsed:.0f} s of training)")
         return final
 
     def report(self, final: dict[str, Any]) -> None:
@@ -699,10 +877,10 @@ class Trainer:
         if info.fsdp:
             # FSDP2 leaves sharded DTensor weights in the model, and the decode step runs the
             # layers outside their forward hooks; rank 0 samples from the full final checkpoint.
-            model = type(self.raw_model).from_pretrained(self.out).to(self.device)
+            model = type(self.raw_model).from_pretrained(self.out / MODEL).to(self.device)
         from mossnet.data import load_tokenizer
 
-        tokenizer = load_tokenizer(cfg.data)
+        tokenizer = load_tokenizer(self.data_dir)
         if cfg.sample_prompt:
             prompt_ids = tokenizer(cfg.sample_prompt, return_tensors="pt").input_ids
         else:
@@ -747,6 +925,15 @@ def _quiet_transformers():
 
 def _new_window() -> dict[str, Any]:
     return {"loss": 0.0, "ce": 0.0, "aux": 0.0, "grad_norm": 0.0, "steps": 0, "time": 0.0, "load": {}}
+
+
+def _tokenizer_id(data_dir: str, manifest: dict[str, Any]) -> str:
+    """What names a corpus' tokenizer: the manifest's fingerprint, else its tokenizer.json's hash."""
+    fingerprint = manifest.get("tokenizer_fingerprint")
+    if fingerprint:
+        return str(fingerprint)
+    f = Path(data_dir) / "tokenizer" / "tokenizer.json"
+    return ckpt.sha256(f) if f.is_file() else f"vocab {manifest.get('vocab_size')}"
 
 
 def _differs(a: Any, b: Any) -> bool:

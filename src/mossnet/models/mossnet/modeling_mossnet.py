@@ -25,6 +25,7 @@ from ...layers.router import RouterReport
 from ...layers.sequence_layout import SequenceLayout
 from .cache import MossNetCache
 from .cuda_graph_decode import graph_decode, graph_decode_applicable
+from .remote_code import write_shims
 from .configuration_mossnet import MossNetConfig
 
 try:  # transformers >= 4.52: re-entrant checkpointing handled for us
@@ -104,6 +105,13 @@ class MossNetPreTrainedModel(PreTrainedModel):
     # Numerically sensitive parameters stay fp32 when the model is loaded in bf16/fp16.
     _keep_in_fp32_modules_strict = ["A_log", "dt_bias", "mixer.D", "norm", "router"]
     _keep_in_fp32_modules = _keep_in_fp32_modules_strict
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, plus the shim modules that config.json's
+        ``auto_map`` names (``remote_code.py``)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_shims(save_directory)
 
     @staticmethod
     def _finalize_model_loading(model, load_config, loading_info):

@@ -23,10 +23,12 @@ DATA_LIST   := src/mossnet/data/packages.txt
 DATA_DISTS  := $(shell sed -nE 's/^([A-Za-z0-9_.-]+)==.*/\1/p' $(DATA_LIST))
 # transformers==X tokenizers==Y safetensors==Z, X Y Z being their floors in pyproject.toml.
 MIN_PINS    := $(shell sed -nE 's/^ *"(transformers|tokenizers|safetensors)>=([0-9][0-9.]*).*/\1==\2/p' pyproject.toml)
-# What a lower version could break: bit-exact save/load, generation (the HF cache API),
-# perplexity eval, trainer checkpoints (safetensors dtypes), the tokenizers.
-MIN_TESTS   := tests/models/test_save_load.py tests/models/test_generation.py tests/eval/test_perplexity.py \
-               tests/train/test_generate.py tests/train/test_checkpoint.py tests/data/test_data_tokenizer.py
+# What a lower version could break: bit-exact save/load, loading through auto_map without
+# `import mossnet`, generation (the HF cache API), perplexity eval, trainer checkpoints
+# (safetensors dtypes), the tokenizers. Not the slow ones (lm-eval is not in that venv).
+MIN_TESTS   := tests/models/test_save_load.py tests/models/test_remote_code.py tests/models/test_generation.py \
+               tests/eval/test_perplexity.py tests/train/test_generate.py tests/train/test_checkpoint.py \
+               tests/data/test_data_tokenizer.py
 
 .PHONY: demo test test-min setup setup-dev clean
 
@@ -75,7 +77,7 @@ test-min: $(MIN_VENV)/.setup-done $(VENV)/.data-done
 	$(MIN_VENV)/bin/python -c "import torch, transformers, tokenizers, safetensors as s; \
 	    print('lowest versions:', 'torch', torch.__version__, 'transformers', transformers.__version__, \
 	          'tokenizers', tokenizers.__version__, 'safetensors', s.__version__)"
-	MOSSNET_DATA_PACKAGES=$(abspath $(VENV))/mossnet-data $(MIN_VENV)/bin/python -m pytest -p no:cacheprovider $(MIN_TESTS)
+	MOSSNET_DATA_PACKAGES=$(abspath $(VENV))/mossnet-data $(MIN_VENV)/bin/python -m pytest -p no:cacheprovider -m "not slow" $(MIN_TESTS)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) runs

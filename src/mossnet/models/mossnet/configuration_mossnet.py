@@ -61,6 +61,9 @@ class MossNetConfig(PretrainedConfig):
         rescale_residual (scale the residual output projections by 1/sqrt(2 * n_layers)).
     Args (execution):
         scan_impl: "auto" | "reference" | "chunked" | a GPU fast path; chunk_size: for chunked.
+        prefill_block_size: a prompt longer than this is prefilled through the cache in blocks
+            of this many tokens, so its memory does not grow with its length (the same result up
+            to float rounding); 0 prefills in one pass. See ``MossNetForCausalLM.forward``.
 
     Example:
         >>> cfg = MossNetConfig.from_preset("tiny", n_layers=2)
@@ -98,6 +101,7 @@ class MossNetConfig(PretrainedConfig):
         A_init_range: tuple[float, float] = (1.0, 16.0),
         scan_impl: str = "auto",
         chunk_size: int = 64,
+        prefill_block_size: int = 2048,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
         pad_token_id: int | None = None,
@@ -130,6 +134,7 @@ class MossNetConfig(PretrainedConfig):
         self.A_init_range = tuple(A_init_range) if isinstance(A_init_range, (list, tuple)) else A_init_range
         self.scan_impl = scan_impl
         self.chunk_size = chunk_size
+        self.prefill_block_size = prefill_block_size
         self.use_cache = use_cache
         # Every saved config names its classes, so tools that never import mossnet can load it
         # (see remote_code.py); the model's save_pretrained writes the modules it names.
@@ -153,6 +158,9 @@ class MossNetConfig(PretrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 _fail(f"{name} must be a positive integer, got {value!r}")
+        block = self.prefill_block_size
+        if not isinstance(block, int) or isinstance(block, bool) or block < 0:
+            _fail(f"prefill_block_size must be an integer >= 0 (0 = one pass), got {block!r}")
         if self.ssm_top_k > self.ssm_experts:
             _fail(f"ssm_top_k ({self.ssm_top_k}) must be <= ssm_experts ({self.ssm_experts})")
         if self.mlp_top_k > self.mlp_experts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mossnet.data import corpora
 from mossnet.data.prepare import prepare_data
 
 SMALL_VOCAB = 512
@@ -23,3 +24,13 @@ def gpt2():
     from mossnet.data.tokenizer import gpt2_tokenizer
 
     return gpt2_tokenizer()
+
+
+@pytest.fixture
+def no_data_packages(monkeypatch, tmp_path):
+    """As if no data package were installed: an empty data directory, nothing on sys.path."""
+    empty = tmp_path / "no-data-packages"
+    empty.mkdir()
+    monkeypatch.setenv(corpora.DATA_PACKAGES_ENV, str(empty))
+    monkeypatch.setattr(corpora, "find_spec", lambda name: None)
+    return empty

@@ -103,7 +103,7 @@ def checkpoint_config(cfg: TrainConfig, data: TrainingData, path: Path):
     """The model config stored in a checkpoint, checked against this run's data and options."""
     from transformers import AutoConfig
 
-    import mossnet  # noqa: F401  (registers the MossNet config with AutoConfig)
+    import mossnet.models.mossnet  # noqa: F401  (registers the MossNet config with AutoConfig)
 
     try:
         config = AutoConfig.from_pretrained(path)

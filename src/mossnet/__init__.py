@@ -1,18 +1,23 @@
 """MossNet: a mixture-of-state-space-experts language model (arXiv 2510.26182).
 
-The model classes load on first use: ``from mossnet import MossNetForCausalLM`` (or any of
-``MossNetCache``, ``MossNetConfig``, ``MossNetModel``) imports :mod:`mossnet.models.mossnet`,
-which registers MossNet with transformers' ``AutoConfig``, ``AutoModel`` and
-``AutoModelForCausalLM``. ``import mossnet`` alone imports neither torch nor transformers, so
-that the ``mossnet`` command answers ``--help`` and ``--version`` at once; code that only needs
-the registration imports ``mossnet.models.mossnet``.
+Importing ``mossnet`` registers ``MossNetConfig`` / ``MossNetModel`` / ``MossNetForCausalLM``
+with transformers' ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM`` (docs/SPEC.md,
+section 6). The one exception is the ``mossnet`` console script (``src/mossnet_cli.py``): it
+imports the model only for the commands that run one, so that ``--help`` and ``--version``
+answer without loading torch and transformers.
 """
+
+import sys
 
 # The one place the version is written: pyproject.toml reads it (setuptools' dynamic version)
 # and the installed metadata, `mossnet --version` and `mossnet info` report it.
 __version__ = "0.1.0"
 
 _MODEL_EXPORTS = ("MossNetCache", "MossNetConfig", "MossNetForCausalLM", "MossNetModel")
+
+
+if "mossnet_cli" not in sys.modules:
+    from .models import mossnet as _model_package  # noqa: F401  (importing it registers the Auto classes)
 
 
 def __getattr__(name: str):

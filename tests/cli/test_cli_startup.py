@@ -18,6 +18,7 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 # Runs the CLI in a fresh interpreter, then reports which heavy modules the run imported.
 PROBE = """
 import sys
+import mossnet_cli  # what the `mossnet` console script imports first
 from mossnet.cli.main import main
 try:
     main(sys.argv[1:])
@@ -38,6 +39,14 @@ def _probe(*argv: str) -> str:
 def test_help_and_version_import_no_heavy_module(argv):
     out = _probe(*argv)
     assert out.rstrip().endswith("heavy:"), out[-300:]
+
+
+def test_import_mossnet_registers_the_auto_classes():
+    """Outside the console script, a bare `import mossnet` registers MossNet (docs/SPEC.md, section 6)."""
+    code = ("import mossnet\nfrom transformers import AutoConfig\n"
+            "print(type(AutoConfig.for_model('mossnet')).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "MossNetConfig", done.stderr
 
 
 def test_version_is_printed():
@@ -64,8 +73,9 @@ def test_installed_metadata_reports_the_same_version():
     assert installed.version == mossnet.__version__
 
 
-def test_importing_mossnet_alone_stays_light():
-    code = "import sys, mossnet; print(mossnet.__version__, 'torch' in sys.modules, 'transformers' in sys.modules)"
+def test_importing_mossnet_under_the_console_script_stays_light():
+    code = ("import sys, mossnet_cli, mossnet; "
+            "print(mossnet.__version__, 'torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == [mossnet.__version__, "False", "False"]
 

@@ -192,7 +192,7 @@ class MoSSE(nn.Module):
         w_in = self.in_proj.to(flat.dtype) if not torch.is_autocast_enabled() else self.in_proj
         if self.routed:
             # scatter_ with a scalar, not an indexed assignment: ``t[idx] = True`` copies the value
-            # from host memory, a host synchronisation on CUDA (issue 4: none in the training step).
+            # from host memory, a host synchronisation on CUDA (the training step must have none).
             visit = torch.zeros(n, E + 1, dtype=torch.bool, device=u.device).scatter_(1, routing.top_idx, True)
             if valid is not None:
                 visit = visit & valid[:, None]

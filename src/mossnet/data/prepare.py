@@ -132,7 +132,10 @@ def prepare_data(
         _commit(out, staging, manifest)
         return read_manifest(out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not (staging / JOURNAL).exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        # else the commit had begun: its journal stays, so that the next run (with --force)
+        # knows which files in OUT are ours and clears them.
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise

@@ -47,7 +47,8 @@ def encode_chunk(tokenizer: Tokenizer, texts: list[str], labels: np.ndarray, eos
     ``tokenizer`` must have ``encode_special_tokens`` set: a document that contains the text
     "<|endoftext|>" is encoded as that text, not as a document break.
     """
-    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # _fast: tokenizers >= 0.20.2
+    encodings = encode(texts, add_special_tokens=False)
     lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
     total = int(lengths.sum())
     flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=dtype, count=total)

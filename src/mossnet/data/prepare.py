@@ -307,6 +307,7 @@ def _write_corpus(source: _Source, tok, tokenizer_name: str, eos_token, staging:
                     bar.update(chunk.meta)
                     bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9) / 1e3:,.0f}k tok/s",
                                         refresh=False)
+            bar.update(max(0, bar.total - bar.n))  # bytes after the last document (trailing blank lines ...)
         shards = [writer.close() for writer in writers]
     finally:
         for writer in writers:

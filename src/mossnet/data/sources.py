@@ -35,6 +35,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from mossnet.data.errors import InputError, MissingDataPackageError
 
@@ -170,15 +171,25 @@ codecs.register_error("mossnet-count-replace", _count_and_replace)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-@dataclass(frozen=True)
-class RawDocument:
-    """A document as read: ``name`` says where it is (``file:line``, ``file#row``), ``data`` is
-    ``text`` in UTF-8, ``disk_bytes`` how far the input's file advanced since the last one."""
+class RawDocument(NamedTuple):
+    """A document as read: ``name`` says where it is (``file:line``, ``file#row``; ``str(name)``
+    gives the text), ``data`` is ``text`` in UTF-8, ``disk_bytes`` how far the input's file
+    advanced since the last document."""
 
-    name: str
+    name: object
     text: str
     data: bytes
     disk_bytes: int
+
+
+class _Where(NamedTuple):
+    """``file:line``, formatted only when asked (most documents never need their name)."""
+
+    path: Path
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
 
 
 class DocumentReader:
@@ -264,28 +275,50 @@ class DocumentReader:
                 yield from self._emit(f"{path}:{start}", "".join(paragraph).rstrip("\r\n"), 0, pending)
 
     def _jsonl(self, item: InputFile) -> Iterator[RawDocument]:
+        # The hot loop for large corpora: json.loads reads the raw bytes (UTF-8) directly, and a
+        # line's "file:line" name is only formatted for an error or a kept document.
         path, pending, field_name = item.path, [0], self.text_field
         with path.open("rb") as raw_file, _decompressed(raw_file, path) as lines:
-            position = 0
+            plain, position = lines is raw_file, 0
             for lineno, raw in enumerate(lines, 1):
-                where = f"{path}:{lineno}"
-                advanced, position = raw_file.tell() - position, raw_file.tell()
-                if not raw.strip():
+                if plain:
+                    advanced = len(raw)
+                elif lineno % 1024 == 0:  # a compressed file: how far its compressed bytes got
+                    advanced, position = raw_file.tell() - position, raw_file.tell()
+                else:
+                    advanced = 0
+                try:
+                    record = json.loads(raw)
+                except UnicodeDecodeError:
+                    record = self._json(self._decode(raw, f"{path}:{lineno}"), raw, path, lineno)
+                except json.JSONDecodeError as err:
+                    if not raw.strip():  # a blank line
+                        pending[0] += advanced
+                        continue
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+                if record is None:
                     pending[0] += advanced
                     continue
+                if type(record) is not dict:
+                    raise InputError(f"{path}:{lineno}: expected a JSON object per line, got a {type(record).__name__}")
                 try:
-                    record = json.loads(self._decode(raw, where))
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(record, dict):
-                    raise InputError(f"{where}: expected a JSON object per line, got a {type(record).__name__}")
-                if field_name not in record:
-                    raise InputError(f"{where}: no field {field_name!r}; the keys present are "
-                                     f"{sorted(record)[:20]}; choose one with --text-field")
-                text = record[field_name]
-                if text is not None and not isinstance(text, str):
-                    raise InputError(f"{where}: field {field_name!r} is a {type(text).__name__}, not a string")
-                yield from self._emit(where, text or "", advanced, pending)
+                    text = record[field_name]
+                except KeyError:
+                    raise InputError(f"{path}:{lineno}: no field {field_name!r}; the keys present are "
+                                     f"{sorted(record)[:20]}; choose one with --text-field") from None
+                if text is not None and type(text) is not str:
+                    raise InputError(f"{path}:{lineno}: field {field_name!r} is a {type(text).__name__}, not a string")
+                yield from self._emit(_Where(path, lineno), text or "", advanced, pending)
+
+    @staticmethod
+    def _json(text: str, raw: bytes, path: Path, lineno: int):
+        """A line that needed its invalid UTF-8 replaced; None for a blank one."""
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            if not raw.strip():
+                return None
+            raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
 
     def _parquet(self, item: InputFile) -> Iterator[RawDocument]:
         pa, pq = _import_pyarrow()

@@ -219,3 +219,10 @@ def test_force_replaces_a_larger_corpus_and_removes_its_extra_shards(prepared_on
     manifest = read_manifest(out)
     names = {shard["file"] for entry in manifest["splits"].values() for shard in entry["shards"]}
     assert sorted(p.name for p in out.iterdir()) == sorted(names | {"manifest.json", "tokenizer"})
+
+
+def test_a_json_null_line_is_not_taken_for_a_blank_one(tmp_path, capsys, smol_tokenizer_dir):
+    (tmp_path / "n.jsonl").write_text('{"text": "fine"}\n\nnull\n')
+    assert main(["prepare-data", "--input", str(tmp_path / "n.jsonl"), "--out", str(tmp_path / "out"),
+                 "--tokenizer", str(smol_tokenizer_dir), "--no-progress", "--workers", "1"]) == 2
+    assert "n.jsonl:3: expected a JSON object per line, got a NoneType" in capsys.readouterr().err

@@ -58,6 +58,7 @@ from mossnet.data.tokenizer import (
     build_tokenizer,
     fingerprint_of_file,
     DEFAULT_VOCAB_SIZE,
+    MIN_VOCAB_SIZE,
     separator_token,
     train_bpe_tokenizer,
 )
@@ -113,7 +114,8 @@ def prepare_data(
     OutputDirError) with a one-line message on bad input.
     """
     started = time.perf_counter()
-    _check_options(corpus, inputs, max_documents, val_fraction, test_fraction, workers, shard_bytes)
+    _check_options(corpus, inputs, tokenizer, vocab_size, max_documents, val_fraction, test_fraction, workers,
+                   shard_bytes)
     source = _Source(corpus, inputs, text_field, doc_split, strict, val_fraction, test_fraction, dedup, max_documents)
     tok = None if tokenizer == "bpe" else build_tokenizer(tokenizer, [], vocab_size)
     read_dirs = {f"--input {d}": d for d in source.read_dirs}
@@ -141,7 +143,8 @@ def prepare_data(
         raise
 
 
-def _check_options(corpus, inputs, max_documents, val_fraction, test_fraction, workers, shard_bytes) -> None:
+def _check_options(corpus, inputs, tokenizer, vocab_size, max_documents, val_fraction, test_fraction, workers,
+                   shard_bytes) -> None:
     if corpus is not None and inputs:
         raise DataError("give either --corpus or --input, not both")
     if max_documents is not None and max_documents < 1:
@@ -151,6 +154,8 @@ def _check_options(corpus, inputs, max_documents, val_fraction, test_fraction, w
             raise DataError(f"{name} must be in [0, 1), got {value}")
     if val_fraction + test_fraction >= 1.0:
         raise DataError(f"--val-fraction + --test-fraction must be below 1, got {val_fraction + test_fraction}")
+    if tokenizer == "bpe" and vocab_size is not None and vocab_size < MIN_VOCAB_SIZE:
+        raise DataError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} (256 bytes + the separator), got {vocab_size}")
     if workers < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
     if shard_bytes < 4:

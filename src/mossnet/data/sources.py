@@ -169,6 +169,7 @@ def _count_and_replace(err: UnicodeDecodeError) -> tuple[str, int]:
 _REPLACED = [0]  # invalid UTF-8 sequences replaced so far in this process (only the reader decodes)
 codecs.register_error("mossnet-count-replace", _count_and_replace)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_BLANK = object()  # a blank JSON Lines line
 
 
 class RawDocument(NamedTuple):
@@ -296,7 +297,7 @@ class DocumentReader:
                         pending[0] += advanced
                         continue
                     raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-                if record is None:
+                if record is _BLANK:
                     pending[0] += advanced
                     continue
                 if type(record) is not dict:
@@ -312,12 +313,12 @@ class DocumentReader:
 
     @staticmethod
     def _json(text: str, raw: bytes, path: Path, lineno: int):
-        """A line that needed its invalid UTF-8 replaced; None for a blank one."""
+        """A line that needed its invalid UTF-8 replaced; _BLANK for a blank one."""
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
             if not raw.strip():
-                return None
+                return _BLANK
             raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
 
     def _parquet(self, item: InputFile) -> Iterator[RawDocument]:

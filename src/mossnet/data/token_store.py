@@ -27,6 +27,7 @@ directory with a manifest is complete.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -266,10 +267,22 @@ def _int_field(record: dict, key: str, path: Path, *, minimum: int, where: str |
 
 
 def _fingerprint_of_dir(data_dir: Path) -> str | None:
-    from mossnet.data.tokenizer import TOKENIZER_DIRNAME, fingerprint_of_file
+    from mossnet.data.tokenizer import TOKENIZER_DIRNAME
 
     file = data_dir / TOKENIZER_DIRNAME / "tokenizer.json"
-    return fingerprint_of_file(file) if file.is_file() else None
+    if not file.is_file():
+        return None
+    stat = file.stat()
+    return _cached_fingerprint(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_fingerprint(path: str, mtime_ns: int, size: int) -> str:
+    # A v1 manifest is read by every open_split; hashing GPT-2's vocabulary and merges takes
+    # about half a second, so it is done once per file version.
+    from mossnet.data.tokenizer import fingerprint_of_file
+
+    return fingerprint_of_file(path)
 
 
 def split_entry(manifest: dict, split: str, data_dir: str | Path) -> dict:

@@ -92,6 +92,11 @@ def _case_vocab_size_with_a_path(tmp):
             r"--vocab-size applies to --tokenizer bpe only")
 
 
+def _case_unknown_eos_token(tmp):
+    return (["--input", str(_good_jsonl(tmp / "a.jsonl")), "--eos-token", "<|nope|>"],
+            r"--eos-token '<\|nope\|>' is not a token of this tokenizer")
+
+
 def _case_out_is_a_file(tmp):
     (tmp / "out").write_text("mine")
     return ["--input", str(_good_jsonl(tmp / "a.jsonl"))], r"--out .*out is a file, not a directory"

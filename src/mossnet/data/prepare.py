@@ -58,6 +58,7 @@ from mossnet.data.tokenizer import (
     build_tokenizer,
     fingerprint_of_file,
     DEFAULT_VOCAB_SIZE,
+    EOS_TOKEN,
     MIN_VOCAB_SIZE,
     separator_token,
     train_bpe_tokenizer,
@@ -118,6 +119,10 @@ def prepare_data(
                    shard_bytes)
     source = _Source(corpus, inputs, text_field, doc_split, strict, val_fraction, test_fraction, dedup, max_documents)
     tok = None if tokenizer == "bpe" else build_tokenizer(tokenizer, [], vocab_size)
+    if tok is not None:
+        separator_token(tok, eos_token)  # an unknown --eos-token is refused before anything is written
+    elif eos_token not in (None, EOS_TOKEN):
+        raise DataError(f"--eos-token {eos_token!r}: the trained BPE's only special token is {EOS_TOKEN}")
     read_dirs = {f"--input {d}": d for d in source.read_dirs}
     if tok is not None and Path(tokenizer).is_dir():
         read_dirs["--tokenizer"] = tokenizer

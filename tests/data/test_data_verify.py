@@ -60,7 +60,9 @@ def test_sharded_split_indexes_like_one_array(sharded):
     assert np.array_equal(tokens[3:90:7], whole[3:90:7])
     rng = np.random.default_rng(0)
     index = rng.integers(0, len(whole) - 33, size=(8, 1)) + np.arange(33)  # (8, 33) windows across shards
-    assert np.array_equal(tokens[index], whole[index])
+    assert np.array_equal(tokens[index], whole[index])  # windows: read as slices
+    scattered = rng.integers(-len(whole), len(whole), size=(5, 7))  # any other index: a gather
+    assert np.array_equal(tokens[scattered], whole[scattered])
     assert np.array_equal(np.asarray(tokens, dtype=np.int64), whole.astype(np.int64))
     with pytest.raises(IndexError):
         tokens[len(whole)]

@@ -6,11 +6,14 @@ command against ``encode_batch``, peak memory of the process tree, and the train
     python benchmarks/bench_data.py rss --input /tmp/corpus.jsonl --workers 2
     python benchmarks/bench_data.py loader --data DIR
 
-``make-jsonl`` builds a JSON Lines file from the local corpora only (no download): every
-paragraph (text between blank lines) of each built-in corpus that is installed (Shakespeare, the
-King James Bible, the Python manual when its Debian package is there; all three splits), in order, one ``{"text", "source", "copy"}`` object per
-line; the list is repeated until the file reaches ``--size``, and copy k > 0 prefixes each
-paragraph with ``[copy k] `` so that every document is distinct.
+``make-jsonl`` builds a JSON Lines file from the local corpora only (no download): the text of
+each built-in corpus that is installed (Shakespeare, the King James Bible, the Python manual
+when its Debian package is there; all three splits), in order, cut into documents of whole
+paragraphs (text between blank lines) of one play / book / chapter, a document ending at the
+first paragraph that takes it to ``--doc-bytes`` characters (default 4096; ``--doc-bytes 1``
+gives one paragraph per document, the worst case for per-document costs), one
+``{"text", "source", "copy"}`` object per line. The list is repeated until the file reaches
+``--size``; copy k > 0 prefixes each document with ``[copy k] ``, so every document is distinct.
 
 ``throughput`` runs, alternately and ``--repeats`` times each, in fresh processes with the same
 thread budget (``--workers N``):
@@ -166,7 +169,8 @@ def run_prepare(path: Path, tokenizer_dir: Path, workers: int, out: Path, sample
     if process.returncode != 0:
         raise RuntimeError(f"prepare-data failed: {stderr.strip()[-2000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "bytes": sum(e["bytes"] for e in manifest["splits"].values()),
+    splits = manifest["splits"].values()
+    result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "bytes": sum(e["bytes"] for e in splits),
               "tokens": sum(e["tokens"] - e["documents"] for e in manifest["splits"].values()),
               "documents": sum(e["documents"] for e in manifest["splits"].values()), "command": " ".join(cmd[1:])}
     if sample:

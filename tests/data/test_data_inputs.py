@@ -223,7 +223,8 @@ def test_train_split_is_never_empty(tmp_path, smol_tokenizer_dir):
                             progress=False, val_fraction=0.5, test_fraction=0.4, log=notes.append)
     assert list(manifest["splits"]) == ["train"] and manifest["splits"]["train"]["documents"] == 1
     assert any("everything goes to train" in note for note in notes)
-    assert prepared_documents(tmp_path / "out") == {"train": expected_documents([text], smol_tokenizer_dir, val=0, test=0)["train"]}
+    expected = expected_documents([text], smol_tokenizer_dir, val=0, test=0)
+    assert prepared_documents(tmp_path / "out") == expected and list(expected) == ["train"]
 
 
 def test_no_validation_document_is_a_warning_not_an_error(tmp_path, smol_tokenizer_dir):

@@ -42,6 +42,7 @@ from mossnet.data.errors import InputError, MissingDataPackageError
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 PARQUET_SUFFIXES = (".parquet",)
+KNOWN_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 DOC_SPLITS = ("file", "blankline", "line")
 _GLOB_MAGIC = re.compile(r"[*?[]")
@@ -100,7 +101,7 @@ def expand_inputs(inputs: list[str]) -> ExpandedInputs:
     if not result.files:
         where = ", ".join(inputs)
         extra = f" (skipped {_names(result.skipped)})" if result.skipped else ""
-        raise InputError(f"--input {where}: no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)} "
+        raise InputError(f"--input {where}: no {', '.join(KNOWN_SUFFIXES)} "
                          f"file or saved dataset found{extra}")
     return result
 
@@ -133,7 +134,7 @@ def _add(path: Path, result: ExpandedInputs, seen: set[Path], *, explicit: bool)
     if kind is None:
         if explicit:
             raise InputError(
-                f"--input {path}: unknown file type; expected {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)}, "
+                f"--input {path}: unknown file type; expected {', '.join(KNOWN_SUFFIXES)}, "
                 "a folder, or a dataset saved with datasets' save_to_disk"
             )
         result.skipped.append(path)

@@ -176,7 +176,8 @@ def _from_gguf(path: Path):
     try:
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as err:
-        raise DataError(f"--tokenizer {path}: cannot read a tokenizer from this GGUF file: {_first_line(err)}") from None
+        raise DataError(f"--tokenizer {path}: cannot read a tokenizer from this GGUF file: "
+                        f"{_first_line(err)}") from None
 
 
 def _checked_fast(tokenizer, where: Path):

@@ -55,7 +55,7 @@ setup: $(VENV)/.setup-done
 setup-dev: $(VENV)/.dev-done
 
 demo: setup
-	$(BIN)/mossnet prepare-data --out $(DEMO_DIR)/data
+	$(BIN)/mossnet prepare-data --out $(DEMO_DIR)/data --force
 	$(BIN)/mossnet train --preset tiny --data $(DEMO_DIR)/data --out $(DEMO_DIR)/model --max-steps $(DEMO_STEPS)
 	$(BIN)/mossnet eval $(DEMO_DIR)/model --data $(DEMO_DIR)/data --perplexity
 	$(BIN)/mossnet generate $(DEMO_DIR)/model --prompt "ROMEO:" --max-new-tokens 120 --seed 0

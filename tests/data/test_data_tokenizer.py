@@ -51,7 +51,7 @@ def test_vocab_size_bounds_and_gpt2_fixed_size():
         train_bpe_tokenizer(TEXTS, vocab_size=100)
     with pytest.raises(DataError, match="--vocab-size applies to --tokenizer bpe only"):
         build_tokenizer("gpt2", TEXTS, vocab_size=4096)
-    with pytest.raises(DataError, match="unknown tokenizer"):
+    with pytest.raises(DataError, match="no such file or directory; use bpe, gpt2"):
         build_tokenizer("sentencepiece", TEXTS)
 
 

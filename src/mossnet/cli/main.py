@@ -27,7 +27,7 @@ from mossnet.errors import MossNetError
 # command name -> (module under mossnet.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "versions, device, and which execution path each op will use"),
-    "prepare-data": ("prepare_data", "build a tokenized corpus from text shipped in Python packages"),
+    "prepare-data": ("prepare_data", "build a tokenized corpus from your own text or a built-in corpus"),
     "train": ("train", "train MossNet (or a Llama / Mamba-2 baseline) on a prepared corpus"),
     "generate": ("generate", "stream text from a checkpoint"),
     "eval": ("eval", "perplexity / bits-per-byte and lm-eval benchmark tasks"),

@@ -58,8 +58,10 @@ def load_training_data(spec: str, seq_len: int, warn: Say, say: Say) -> Training
         if tokenizer_id(source.path, manifest) != tokenizer_id(first, manifests[0]):
             raise DataError(f"--data mixes corpora prepared with different tokenizers: {first} and "
                             f"{source.path}; prepare both with the same --tokenizer")
-    train_sets = [_open_train(s.path, seq_len) for s in sources]
-    val_sets = [v for v in (_open_val(s.path, m, seq_len, warn) for s, m in zip(sources, manifests)) if v]
+    checks = [_verify(s.path, m, say) for s, m in zip(sources, manifests)]
+    train_sets = [_open_train(s.path, seq_len, c) for s, c in zip(sources, checks)]
+    val_sets = [v for v in (_open_val(s.path, m, seq_len, warn, c) for s, m, c in zip(sources, manifests, checks))
+                if v]
     identities = [ckpt.data_identity(m) for m in manifests]
     identity = identities[0] if len(identities) == 1 else ckpt.mixture_identity(identities, [s.weight for s in sources])
     if len(sources) > 1:
@@ -69,17 +71,29 @@ def load_training_data(spec: str, seq_len: int, warn: Say, say: Say) -> Training
                         train_sets, val_sets, identity)
 
 
-def _open_train(path: str, seq_len: int) -> np.ndarray:
+def _verify(path: str, manifest: dict[str, Any], say: Say) -> bool | str:
+    """Check the corpus' manifest and checksums before training on it, and say what it cost.
+    Returns how its splits are opened: already verified (False), or each shard on first read
+    (a corpus too large to hash at start)."""
+    from mossnet.data import verify_corpus
+
+    splits = [name for name in ("train", "val", "test") if name in manifest.get("splits", {})]
+    summary = verify_corpus(path, splits, progress=False)
+    say(summary["message"])
+    return summary["open_verify"]
+
+
+def _open_train(path: str, seq_len: int, verify: bool | str = False) -> np.ndarray:
     from mossnet.data import open_split
 
-    tokens = open_split(path, "train")
+    tokens = open_split(path, "train", verify=verify)
     if len(tokens) < seq_len + 1:
         raise DataError(f"the train split of {path} has {len(tokens)} tokens, fewer than "
                         f"one sequence (seq_len={seq_len} + 1)")
     return tokens
 
 
-def _open_val(path: str, manifest: dict[str, Any], seq_len: int, warn: Say) -> ValSet | None:
+def _open_val(path: str, manifest: dict[str, Any], seq_len: int, warn: Say, verify: bool | str = False) -> ValSet | None:
     from mossnet.data import open_split
 
     splits = manifest.get("splits", {})
@@ -87,7 +101,7 @@ def _open_val(path: str, manifest: dict[str, Any], seq_len: int, warn: Say) -> V
     if split is None:
         warn(f"{path} has no validation split: no validation loss will be reported for it")
         return None
-    tokens = open_split(path, split)
+    tokens = open_split(path, split, verify=verify)
     if len(tokens) < seq_len + 1:
         warn(f"the {split} split of {path} has {len(tokens)} tokens, fewer than one window "
              f"(seq_len={seq_len} + 1): no validation loss will be reported for it")

@@ -56,9 +56,9 @@ setup-dev: $(VENV)/.dev-done
 
 demo: setup
 	$(BIN)/mossnet prepare-data --out $(DEMO_DIR)/data --force
-	$(BIN)/mossnet train --preset tiny --data $(DEMO_DIR)/data --out $(DEMO_DIR)/model --max-steps $(DEMO_STEPS)
-	$(BIN)/mossnet eval $(DEMO_DIR)/model --data $(DEMO_DIR)/data --perplexity
-	$(BIN)/mossnet generate $(DEMO_DIR)/model --prompt "ROMEO:" --max-new-tokens 120 --seed 0
+	$(BIN)/mossnet train --preset tiny --data $(DEMO_DIR)/data --out $(DEMO_DIR)/run --max-steps $(DEMO_STEPS) --force
+	$(BIN)/mossnet eval $(DEMO_DIR)/run --data $(DEMO_DIR)/data --perplexity
+	$(BIN)/mossnet generate $(DEMO_DIR)/run --prompt "ROMEO:" --max-new-tokens 120 --seed 0
 
 test: setup-dev
 	$(BIN)/python -m pytest

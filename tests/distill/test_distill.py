@@ -85,3 +85,21 @@ def test_tokenizer_mismatch_is_one_line(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "teacher" in err and "tokenizer" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_synth_writes_a_prepared_corpus_with_the_generated_count(setup, tmp_path, capsys):
+    from mossnet.data import read_manifest, verify_corpus
+
+    root, data = setup
+    out = tmp_path / "synthetic"
+    code = main(["synth", "--teacher", str(root / "teacher"), "--prompts", str(data), "--out", str(out),
+                 "--tokens", "200", "--prompt-tokens", "8", "--continuation-tokens", "24", "--batch-size", "4",
+                 "--device", "cpu", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    manifest = read_manifest(out)
+    assert manifest["synthetic"]["generated_tokens"] >= 200
+    assert manifest["synthetic"]["documents"] >= 200 // 24
+    assert verify_corpus(out, progress=False)["files"] >= 1
+    assert "teacher tokens" in capsys.readouterr().out
+    # the corpus is in the teacher's tokenizer, so it distills from that teacher
+    assert _distill(root, out, tmp_path / "d", "logits", root / "student", steps=1) == 0

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("compare", "equal-budget quality studies against Transformer and SSM baselines"),
     "export": ("export", "export prefill and decode step with torch.export / ONNX"),
     "distill": ("distill", "distill a Transformer teacher into a MossNet student (attention, then logits)"),
+    "synth": ("synth", "teacher-sampled continuations of real prompts, as a prepared corpus for distillation"),
 }
 
 

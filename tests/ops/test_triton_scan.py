@@ -24,8 +24,9 @@ triton = pytest.importorskip("triton", reason="Triton is not installed (CPU CI);
 os.environ.setdefault("MOSSNET_TRITON_AUTOTUNE", "0")  # fixed configs: tests must not spend time tuning
 
 from mossnet.ops import mosse_scan  # noqa: E402
-from mossnet.ops.mosse import triton_scan  # noqa: E402
-from mossnet.ops.mosse.triton_scan import mosse_scan_triton, why_unavailable  # noqa: E402
+from mossnet.ops.mosse.triton import function  # noqa: E402
+from mossnet.ops.mosse.triton.function import mosse_scan_triton, why_unavailable  # noqa: E402
+from mossnet.ops.mosse.triton.options import TritonScanOptions  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if torch.cuda.is_available() and not INTERPRET:
@@ -184,7 +185,6 @@ def test_unavailable_reason_on_plain_cpu(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     why = why_unavailable(torch.zeros(1))
     assert why is not None and "CUDA" in why
-    assert "triton" in triton_scan.__name__
 
 
 @needs_backend
@@ -251,9 +251,10 @@ def test_half_T_multiple_of_chunk(T):
 _CONFIG_CHECK = r"""
 import json, sys, torch
 from mossnet.ops import mosse_scan
-from mossnet.ops.mosse import triton_scan as ts
+from mossnet.ops.mosse.triton.function import STAGE_KERNELS
 name, idx = sys.argv[1], int(sys.argv[2])
-ts._CONFIGS[name] = [ts._CONFIGS[name][idx]]
+configs = STAGE_KERNELS[name].configs
+configs[:] = [configs[idx]]  # in place: the kernel's launcher and tuner share the list
 out = {}
 for (b, T, E, k) in [(2, 256, 4, 4), (2, 300, 8, 2), (4, 2048, 8, 2)]:
     g = torch.Generator(device="cuda").manual_seed(T)
@@ -284,7 +285,7 @@ print("RESULT " + json.dumps(out))
 
 
 def _all_configs():
-    return [(name, i) for name, cfgs in triton_scan._CONFIGS.items() for i in range(len(cfgs))]
+    return [(name, i) for name, kernel in function.STAGE_KERNELS.items() for i in range(len(kernel.configs))]
 
 
 @needs_backend
@@ -302,9 +303,10 @@ def test_every_config_matches(name, idx):
     env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", _CONFIG_CHECK, name, str(idx)], env=env,
                        capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, f"{name}[{idx}] {triton_scan._CONFIGS[name][idx]} crashed:\n{r.stderr[-3000:]}"
+    config = function.STAGE_KERNELS[name].configs[idx]
+    assert r.returncode == 0, f"{name}[{idx}] {config} crashed:\n{r.stderr[-3000:]}"
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     errs = json.loads(line[len("RESULT "):])
     bad = {shape: {k: v for k, v in e.items() if not v < 5e-3} for shape, e in errs.items()}
     bad = {k: v for k, v in bad.items() if v}
-    assert not bad, f"{name}[{idx}] {triton_scan._CONFIGS[name][idx]}: {bad}"
+    assert not bad, f"{name}[{idx}] {config}: {bad}"

@@ -120,7 +120,8 @@ class StageKernel:
         log = []
         for tuner in self._tuned.values():
             for config, times in getattr(tuner, "configs_timings", {}).items():
-                log.append(({**config.kwargs, "num_warps": config.num_warps}, times[0]))
+                meta = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+                log.append((meta, times[0]))
         return log
 
     def reset_tuning(self) -> None:

@@ -55,6 +55,7 @@ def kernel_choices(options: TritonScanOptions, dtype: torch.dtype) -> KernelChoi
     """
     half = dtype in (torch.float16, torch.bfloat16) and options.lowp
     return KernelChoices(
+        dtype=dtype,
         prec="ieee" if dtype == torch.float32 else "tf32",
         half_operands=half and (dtype == torch.float16 or not interpreting()),
         autotune=options.autotune and not interpreting(),

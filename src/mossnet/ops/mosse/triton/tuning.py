@@ -6,21 +6,20 @@ Each stage file declares its kernels as::
     def fwd_o_kernel(..., T, NC, E, N, P, ..., CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, ...):
 
 and launches them with :meth:`StageKernel.launch`, passing the :class:`KernelChoices` of the
-call. Tuning is Triton's own ``triton.autotune``, keyed on (N, P, CHUNK) and the dtypes of the
-tensor arguments, so each key is timed once per process; there is no other tuning state.
+call. All tuning state lives in the :class:`StageKernel` objects, one per kernel.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import triton
 
 # Sizes that vary from call to call are not specialised on their divisibility (as fla does with
 # do_not_specialize=['T']): a new T does not compile a new kernel. KernelChoices.specialize
 # selects Triton's default instead; on an H200 both gave the same results.
 PER_CALL_SIZES = ["T", "NC", "E"]
-TUNING_KEY = ["N", "P", "CHUNK"]  # Triton adds the dtype of every tensor argument
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,10 @@ class KernelChoices:
             half-precision inputs stay in the input dtype (fp32 accumulation).
         autotune: time the configs (once per key); False runs the first config.
         specialize: Triton's integer specialisation of T, NC, E.
+        dtype: the dtype of the inputs x, B, C (part of the tuning key).
     """
 
+    dtype: torch.dtype
     prec: str
     half_operands: bool
     autotune: bool
@@ -67,20 +68,19 @@ def fit_configs(configs, N: int, P: int) -> list[triton.Config]:
     return fitted
 
 
-def _bench(kernel_call, quantiles):
-    # Few, short repetitions: at most four configs per kernel, tuned once per key.
-    from triton.testing import do_bench
-
-    return do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
-
-
 class StageKernel:
-    """One Triton kernel, compiled with or without integer specialisation, launched with its
-    first config or through ``triton.autotune`` over all of them.
+    """One Triton kernel with its tuning candidates: compiled with or without integer
+    specialisation, launched with its first config or with the fastest for the call's key.
 
-    ``configs`` is the declared candidate list (the first is the untuned default); the tuners
-    hold the same list object, so a test may narrow it in place (``configs[:] = [...]``) before
-    the first launch.
+    Tuning times each distinct fitted candidate once per key (N, P, CHUNK and the call's
+    :class:`KernelChoices`, which hold the input dtype) with ``triton.testing.do_bench`` and
+    keeps the fastest for the life of this object; a candidate that does not compile or does
+    not fit the GPU is not chosen. ``triton.autotune`` does the same, but its per-launch
+    bookkeeping (argument dictionaries, a key over every argument) cost several times this
+    object's host time per launch, and the scan makes six launches per layer per training step.
+
+    ``configs`` is the declared candidate list (the first is the untuned default); a test may
+    narrow it in place before the first launch.
     """
 
     def __init__(self, fn, configs: list[triton.Config]):
@@ -90,45 +90,52 @@ class StageKernel:
             False: triton.jit(fn, do_not_specialize=PER_CALL_SIZES),
             True: triton.jit(fn),
         }
-        self._tuned = {
-            specialize: triton.autotune(
-                configs=self.configs,
-                key=TUNING_KEY,
-                prune_configs_by={"early_config_prune": self._prune},
-                do_bench=_bench,
-            )(jitted)
-            for specialize, jitted in self._jit.items()
-        }
-
-    def _prune(self, configs, named_args, **kwargs):
-        return fit_configs(configs, named_args["N"], named_args["P"])
+        self._fitted: dict[tuple[int, int], list[triton.Config]] = {}
+        self._best: dict[tuple, triton.Config] = {}
+        self._last_timings: list[tuple[triton.Config, float]] = []
 
     def launch(self, grid, args: tuple, consts: dict, choices: KernelChoices) -> None:
         """Run on ``grid`` (a function of the config's meta-parameters) with positional ``args``
-        (ending in ``..., N, P``) and constexpr ``consts``."""
+        (ending in ``..., N, P``) and constexpr ``consts`` (including ``CHUNK``)."""
         N, P = args[-2], args[-1]
-        if choices.autotune and len(fit_configs(self.configs, N, P)) > 1:
-            self._tuned[choices.specialize][grid](*args, **consts)
-            return
-        config = fit_config(self.configs[0], N, P)
-        self._jit[choices.specialize][grid](
+        candidates = self._fitted.get((N, P))
+        if candidates is None:
+            candidates = self._fitted[(N, P)] = fit_configs(self.configs, N, P)
+        config = candidates[0]
+        if choices.autotune and len(candidates) > 1:
+            key = (N, P, consts["CHUNK"], choices)
+            config = self._best.get(key) or self._tune(key, candidates, grid, args, consts, choices.specialize)
+        self._run(config, grid, args, consts, choices.specialize)
+
+    def _run(self, config, grid, args, consts, specialize: bool) -> None:
+        self._jit[specialize][grid](
             *args, **consts, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages
         )
 
+    def _tune(self, key, candidates, grid, args, consts, specialize: bool) -> triton.Config:
+        from triton.testing import do_bench
+
+        times = []
+        for config in candidates:
+            try:
+                run = lambda c=config: self._run(c, grid, args, consts, specialize)  # noqa: E731
+                times.append(do_bench(run, warmup=5, rep=20, return_mode="median"))
+            except (triton.runtime.errors.OutOfResources, triton.compiler.errors.CompilationError):
+                times.append(float("inf"))  # a config that does not fit this GPU is just not chosen
+        best = candidates[min(range(len(candidates)), key=times.__getitem__)]
+        self._best[key] = best
+        self._last_timings = list(zip(candidates, times))
+        return best
+
     def tuning_log(self) -> list[tuple[dict, float]]:
-        """(meta-parameters, median ms) of the latest tuning of either variant, for benchmarks."""
-        log = []
-        for tuner in self._tuned.values():
-            for config, times in getattr(tuner, "configs_timings", {}).items():
-                meta = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-                log.append((meta, times[0]))
-        return log
+        """(meta-parameters, median ms) of each candidate at the latest tuning, for benchmarks."""
+        return [({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}, ms)
+                for c, ms in self._last_timings]
 
     def reset_tuning(self) -> None:
-        """Forget the tuned choices (the next launch of each key times the configs again)."""
-        for tuner in self._tuned.values():
-            tuner.cache.clear()
-            tuner.configs_timings = {}
+        """Forget the tuned choices: the next launch of each key times the candidates again."""
+        self._best.clear()
+        self._last_timings = []
 
 
 def stage_kernel(configs: list[triton.Config]):

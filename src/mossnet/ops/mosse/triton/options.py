@@ -30,10 +30,11 @@ class TritonScanOptions:
         autotune: time each kernel's (at most four) configurations once per (N, P, chunk, dtypes)
             and keep the fastest for the process. Off: the first configuration, no timing.
             The CPU interpreter never tunes (it has no device timer).
-        lowp: for fp16/bf16 inputs, feed the output and dx kernels' products in the input dtype
-            (fp32 accumulation), as mamba_ssm and fla do. Off: every product in tf32. fp32 inputs
-            ignore it. The CPU interpreter keeps bf16 products in fp32 (it cannot multiply bf16
-            tiles).
+        lowp: for fp16/bf16 inputs, multiply in the input dtype (fp32 accumulation) where the
+            output, dx and gradient kernels take products of two inputs or round their fp32
+            scores and states for the tensor cores, as mamba_ssm and fla do. Off: every product
+            in tf32. fp32 inputs ignore it. The CPU interpreter keeps bf16 products in fp32 (it
+            cannot multiply bf16 tiles).
     """
 
     specialize: bool = False

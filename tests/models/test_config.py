@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoConfig
 
-import mossnet  # noqa: F401  (registers the Auto classes)
+import mossnet.models.mossnet  # noqa: F401  (registers the Auto classes)
 from mossnet import MossNetConfig
 from mossnet.models.mossnet import PRESETS
 

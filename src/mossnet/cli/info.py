@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import platform
+from typing import TYPE_CHECKING
 
 from mossnet.runtime import device_name
+
+if TYPE_CHECKING:  # torch is imported when the command runs, so that `mossnet --help` stays fast
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
 from ..ops.conv import gather_rows, routed_causal_conv, segment_causal_conv
 from ..ops.moe import dispatch_by_expert, grouped_linear
@@ -191,7 +192,7 @@ class MoSSE(nn.Module):
         w_in = self.in_proj.to(flat.dtype) if not torch.is_autocast_enabled() else self.in_proj
         if self.routed:
             # scatter_ with a scalar, not an indexed assignment: ``t[idx] = True`` copies the value
-            # from host memory, a host synchronisation on CUDA (issue 4: none in the training step).
+            # from host memory, a host synchronisation on CUDA (the training step must have none).
             visit = torch.zeros(n, E + 1, dtype=torch.bool, device=u.device).scatter_(1, routing.top_idx, True)
             if valid is not None:
                 visit = visit & valid[:, None]
@@ -345,20 +346,25 @@ class MoSSE(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, config) -> None:
         """Mamba-2-style init: dt bias = softplus^-1 of a log-uniform step in [dt_min, dt_max];
-        A = -uniform(A_init_range) stored as A_log; D = 1; residual output scaled by depth."""
+        A = -uniform(A_init_range) stored as A_log; D = 1; residual output scaled by depth.
+
+        Every write goes through ``transformers.initialization``, whose functions skip a tensor
+        that ``from_pretrained`` already loaded: transformers 5.0-5.12 re-run this after loading
+        and only guard those calls, so a plain ``.fill_()`` / ``.copy_()`` here would silently
+        overwrite loaded weights."""
         std = config.initializer_range
         E = self.n_experts
-        nn.init.normal_(self.in_proj, std=std)
-        nn.init.uniform_(self.conv_weight, -1 / math.sqrt(self.conv_kernel), 1 / math.sqrt(self.conv_kernel))
-        self.conv_bias.zero_()
+        init.normal_(self.in_proj, std=std)
+        init.uniform_(self.conv_weight, -1 / math.sqrt(self.conv_kernel), 1 / math.sqrt(self.conv_kernel))
+        init.zeros_(self.conv_bias)
         dt = torch.exp(torch.rand(E) * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(config.dt_min))
         dt = dt.clamp(min=config.dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         lo, hi = config.A_init_range
-        self.A_log.copy_(torch.log(torch.empty(E).uniform_(lo, hi)))
-        self.D.fill_(1.0)
-        self.norm_weight.fill_(1.0)
+        init.copy_(self.A_log, torch.log(torch.empty(E).uniform_(lo, hi)))
+        init.ones_(self.D)
+        init.ones_(self.norm_weight)
         out_std = std / math.sqrt(2 * config.n_layers) if config.rescale_residual else std
-        nn.init.normal_(self.out_proj, std=out_std)
+        init.normal_(self.out_proj, std=out_std)
         if self.router is not None:
-            nn.init.normal_(self.router.weight, std=std)
+            init.normal_(self.router.weight, std=std)

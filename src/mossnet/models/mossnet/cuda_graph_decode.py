@@ -1,4 +1,4 @@
-"""CUDA-graph capture of the one-token decode step (spec section 5, ``step``; LESSONS: decode is
+"""CUDA-graph capture of the one-token decode step (SPEC §5, ``step``; decode is
 launch-bound).
 
 A MossNet decode step is ~1000 small kernels (router, gathers of the routed experts, conv

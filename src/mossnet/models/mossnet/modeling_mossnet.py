@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ...layers.moe_mlp import MoEMLP
@@ -134,23 +135,26 @@ class MossNetPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        # transformers.initialization, never nn.init or in-place tensor ops: its functions skip
+        # tensors already loaded by from_pretrained (transformers 5.0-5.12 call this after
+        # loading too). tests/models/test_save_load.py checks that every tensor reloads exactly.
         std = self.config.initializer_range
         if isinstance(module, MoSSE):
             module.reset_parameters(self.config)
         elif isinstance(module, MoEMLP):
             if module.n_experts > 1:
-                nn.init.normal_(module.gate_up, std=std)
-                nn.init.normal_(module.down, std=self._residual_std())
-                nn.init.normal_(module.router.weight, std=std)
+                init.normal_(module.gate_up, std=std)
+                init.normal_(module.down, std=self._residual_std())
+                init.normal_(module.router.weight, std=std)
         elif isinstance(module, nn.Linear):
             is_down = module.in_features == self.config.mlp_hidden_dim and module.out_features == self.config.d_model
-            nn.init.normal_(module.weight, std=self._residual_std() if is_down else std)
+            init.normal_(module.weight, std=self._residual_std() if is_down else std)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=std)
         elif isinstance(module, RMSNorm):
-            module.weight.fill_(1.0)
+            init.ones_(module.weight)
 
     def _residual_std(self) -> float:
         std = self.config.initializer_range

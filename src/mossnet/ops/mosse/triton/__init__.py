@@ -1,4 +1,5 @@
-"""Triton fast path of the MoSSE scan: the chunkwise (SSD) form of :mod:`..chunked` in kernels.
+"""Triton fast path of the MoSSE scan (spec section 5): the chunkwise (SSD) form of
+:mod:`..chunked` in kernels.
 
 Per expert e, chunk c of L tokens, a_i = cumsum(dt * A_e) inside the chunk, K_j = dt_j B_j
 (key), Q_i = C_i (query), h_c the (N, P) state at the start of chunk c:

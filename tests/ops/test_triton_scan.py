@@ -307,8 +307,8 @@ import json, sys, torch
 from mossnet.ops import mosse_scan
 from mossnet.ops.mosse.triton.function import STAGE_KERNELS
 name, idx = sys.argv[1], int(sys.argv[2])
-configs = STAGE_KERNELS[name].configs
-configs[:] = [configs[idx]]  # in place: the kernel's launcher and tuner share the list
+kernel = STAGE_KERNELS[name]
+kernel.configs = [kernel.configs[idx]]  # this candidate alone
 out = {}
 for (b, T, E, k) in [(2, 256, 4, 4), (2, 300, 8, 2), (4, 2048, 8, 2)]:
     g = torch.Generator(device="cuda").manual_seed(T)

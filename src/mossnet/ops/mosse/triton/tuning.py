@@ -79,20 +79,29 @@ class StageKernel:
     bookkeeping (argument dictionaries, a key over every argument) cost several times this
     object's host time per launch, and the scan makes six launches per layer per training step.
 
-    ``configs`` is the declared candidate list (the first is the untuned default); a test may
-    narrow it in place before the first launch.
+    ``configs`` is the declared candidate tuple (the first is the untuned default); assigning
+    it (a test running one candidate alone) also forgets what was fitted and tuned.
     """
 
     def __init__(self, fn, configs: list[triton.Config]):
         self.name = fn.__name__.removesuffix("_kernel")
-        self.configs = configs
         self._jit = {
             False: triton.jit(fn, do_not_specialize=PER_CALL_SIZES),
             True: triton.jit(fn),
         }
-        self._fitted: dict[tuple[int, int], list[triton.Config]] = {}
         self._best: dict[tuple, triton.Config] = {}
         self._last_timings: list[tuple[triton.Config, float]] = []
+        self.configs = configs
+
+    @property
+    def configs(self) -> tuple[triton.Config, ...]:
+        return self._configs
+
+    @configs.setter
+    def configs(self, configs) -> None:
+        self._configs = tuple(configs)
+        self._fitted: dict[tuple[int, int], list[triton.Config]] = {}
+        self.reset_tuning()
 
     def launch(self, grid, args: tuple, consts: dict, choices: KernelChoices) -> None:
         """Run on ``grid`` (a function of the config's meta-parameters) with positional ``args``

@@ -18,6 +18,7 @@ from mossnet.layers.mosse import MoSSE
 from mossnet.layers.sequence_layout import SequenceLayout
 from mossnet.ops.mosse import mosse_scan
 from mosse_helpers import randomize_mosse_
+from mosse_reference import mosse_reference
 
 F64_TOL = 1e-10
 
@@ -46,30 +47,39 @@ def random_states(layer, batch, dtype=torch.float64):
 
 
 def run_layer(layer, u, valid=None, conv=None, ssm=None, return_states=False):
-    """Forward, capturing the per-expert y that the layer's scan produced."""
+    """Forward, capturing the per-expert y (scan output + D x) that the layer computed, laid
+    out as (batch, T, E, P) (zeros where the expert does not see the token)."""
     captured = {}
-    layer.compact_routing = False  # the dense layout exposes y per (token, expert); test_mosse_compact covers the compact one
-    scan = layer._scan
+    mix, scan = layer._mix, layer._scan
 
-    def spy(*args, **kwargs):
+    def spy_mix(flat, rows, *args, **kwargs):
+        captured["rows"] = rows
+        return mix(flat, rows, *args, **kwargs)
+
+    def spy_scan(*args, **kwargs):
         y, final = scan(*args, **kwargs)
         captured["y"] = y
         return y, final
 
-    layer._scan = spy
+    layer._mix, layer._scan = spy_mix, spy_scan
     try:
         layout = SequenceLayout.build(u.shape[0], u.shape[1], None if valid is None else valid.long())
         o, report, states = layer(u, layout, conv, ssm, return_states)
     finally:
-        del layer._scan
-    return o, captured["y"], report, states
+        del layer._mix, layer._scan
+    batch, T = u.shape[:2]
+    rows, E = captured["rows"], layer.n_experts
+    real = rows.expert < E
+    y = torch.zeros(batch * T, E, layer.head_dim, dtype=captured["y"].dtype)
+    y[rows.token[real], rows.expert[real]] = captured["y"][real]
+    return o, y.view(batch, T, E, -1), report, states
 
 
 def derive(layer, u, conv0=None, S0=None, valid=None):
     """Spec section 2 from the layer's parameters, in float64, written independently of the
     layer's code. u: (batch, T, D). Returns a dict of the intermediate quantities."""
     batch, T, _ = u.shape
-    E, k, P, N, K = layer.n_experts, layer.top_k, layer.head_dim, layer.state_dim, layer.conv_kernel
+    E, k, P, N, K = layer.n_experts, layer.experts_per_token, layer.head_dim, layer.state_dim, layer.conv_kernel
     Cc = P + 2 * N
     valid = torch.ones(batch, T, dtype=torch.bool) if valid is None else valid
     vf = valid[..., None].double()
@@ -138,6 +148,9 @@ def test_attention_identity(tiny_config, state_update, E, k, with_states):
     seen = ref["visit"].bool()
     assert max_rel(y[seen], ref["y"][seen]) < F64_TOL
     assert max_rel(o, ref["o"]) < F64_TOL
+    # The test-side reference layer (which test_mosse_vs_reference compares with) obeys it too.
+    o_r, y_r, _, _ = mosse_reference(layer, u, SequenceLayout.build(batch, T), conv0, S0)
+    assert max_rel(y_r[seen], ref["y"][seen]) < F64_TOL and max_rel(o_r, ref["o"]) < F64_TOL
     # The attention matrix is causal and is zero on keys the expert did not see.
     M = ref["M"]
     assert (M.triu(1) == 0).all()
@@ -216,7 +229,7 @@ def test_padding_is_routed_nowhere(tiny_config, state_update):
     o2, _, report2, states2 = run_layer(layer, u2, valid, conv0, S0, return_states=True)
     assert torch.equal(o, o2)
     assert torch.equal(states[0], states2[0]) and torch.equal(states[1], states2[1])
-    assert int(report.load.sum()) == int(valid.sum()) * layer.top_k
+    assert int(report.load.sum()) == int(valid.sum()) * layer.experts_per_token
     assert torch.equal(report.load, report2.load)
 
 

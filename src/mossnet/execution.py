@@ -163,9 +163,12 @@ def tracing() -> bool:
     return compiling() or exporting()
 
 
-def capturing(t: torch.Tensor) -> bool:
-    """``t`` is on CUDA and its stream is capturing a CUDA graph (host reads would fail)."""
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+def capturing(t: torch.Tensor | None = None) -> bool:
+    """The current CUDA stream is capturing a CUDA graph (host reads would fail); with ``t``,
+    only if ``t`` is a CUDA tensor."""
+    if t is not None and not t.is_cuda:
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def may_read_back(t: torch.Tensor) -> bool:

@@ -10,6 +10,8 @@ equal those formulas to float64 precision.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -238,9 +240,15 @@ def test_padding_is_routed_nowhere(tiny_config, state_update):
 
 @pytest.mark.parametrize("state_update", ["routed", "all"])
 @pytest.mark.parametrize("E,k", [(4, 2), (1, 1)])
-def test_steps_equal_forward(tiny_config, state_update, E, k):
-    """T one-token steps (the decode path) equal one forward, outputs and final states."""
-    layer = make_layer(tiny_config, E, k, state_update)
+@pytest.mark.parametrize("z_bias_and_zero_decay", [False, True])
+def test_steps_equal_forward(tiny_config, state_update, E, k, z_bias_and_zero_decay):
+    """T one-token steps (the decode path) equal one forward, outputs and final states; also
+    with a z bias and an expert without decay (A_log = -inf)."""
+    layer = make_layer(tiny_config, E, k, state_update, ssm_z_bias=z_bias_and_zero_decay)
+    if z_bias_and_zero_decay:
+        with torch.no_grad():
+            layer.z_bias.normal_()
+            layer.A_log[0] = float("-inf")
     batch, T = 2, 9
     u = torch.randn(batch, T, 12, dtype=torch.float64)
     conv0, S0 = random_states(layer, batch)
@@ -330,3 +338,30 @@ def test_fp32_layer_close_to_fp64(tiny_config):
     o32, _, _ = layer(u, SequenceLayout.build(2, 13))
     o64, _, _ = layer.double()(u.double(), SequenceLayout.build(2, 13))
     assert max_rel(o32, o64) < 1e-4
+
+
+def test_conversion_identity_is_causal_linear_attention(tiny_config):
+    """Spec section 8: with state_update="all", A = 0 (A_log = -inf), Delta = 1, D = 0 and an
+    identity conv, expert h's y is sum_{s<=t} (SiLU(q_t) . SiLU(k_s)) SiLU(v_s) for the
+    projections q = W_q u (C rows), k = W_k u (B rows), v = W_v u (x rows)."""
+    E, T = 3, 21
+    layer = make_layer(tiny_config, E, E, "all")
+    P, N = layer.head_dim, layer.state_dim
+    W_q, W_k, W_v = (torch.randn(E, n, 12, dtype=torch.float64) * 0.4 for n in (N, N, P))
+    with torch.no_grad():
+        layer.in_proj[:, P : 2 * P] = W_v  # rows: z (P), x (P), B (N), C (N), dt_raw (1)
+        layer.in_proj[:, 2 * P : 2 * P + N] = W_k
+        layer.in_proj[:, 2 * P + N : 2 * P + 2 * N] = W_q
+        layer.in_proj[:, -1] = 0.0
+        layer.dt_bias.fill_(math.log(math.expm1(1.0)))  # softplus^-1(1)
+        layer.A_log.fill_(float("-inf"))
+        layer.D.zero_()
+        layer.conv_weight.zero_()
+        layer.conv_weight[:, :, -1] = 1.0
+        layer.conv_bias.zero_()
+    u = torch.randn(2, T, 12, dtype=torch.float64)
+    _, y, _, _ = run_layer(layer, u)
+    q, k, v = (F.silu(torch.einsum("btd,end->bten", u, W)) for W in (W_q, W_k, W_v))
+    scores = torch.einsum("bten,bsen->btse", q, k) * torch.ones(T, T, dtype=torch.bool).tril()[None, :, :, None]
+    want = torch.einsum("btse,bsep->btep", scores, v)
+    assert max_rel(y, want) < F64_TOL

@@ -35,7 +35,7 @@ import weakref
 import torch
 
 from ...cuda_graph import capture
-from ...execution import ExecutionPolicy, tracing
+from ...execution import ExecutionPolicy, capturing, tracing
 from .cache import MossNetCache
 
 
@@ -191,7 +191,7 @@ def graph_decode_applicable(model, input_ids, inputs_embeds, attention_mask, pos
         and not model.training
         and not torch.is_grad_enabled()
         and not tracing()
-        and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+        and not capturing()
         and cache.conv_states[0].is_cuda
     )
 

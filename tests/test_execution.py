@@ -105,7 +105,7 @@ def test_describe_names_what_runs_here():
     rows = dict(ExecutionPolicy(scan_impl="chunked").describe(torch.device("cpu")))
     assert rows["mosse_scan (training / prefill)"].startswith("chunked")
     assert rows["expert matmuls (bf16)"].startswith("loop")
-    assert "autotune=True" in rows["triton"]
+    assert "autotune=True" in rows["triton kernels"]
 
 
 def _files_mentioning(pattern: str, allowed: set[str]) -> list[str]:

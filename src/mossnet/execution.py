@@ -138,7 +138,7 @@ class ExecutionPolicy:
             ("mosse_scan (training / prefill)", f"{scan} (policy: {self.scan_impl}, chunk {self.chunk_size}){note}"),
             ("mosse_step (decode)", "routed step: only the chosen experts' weights and states"),
             ("expert matmuls (bf16)", f"{matmul} (policy: {self.expert_matmul})"),
-            ("triton", f"lowp={self.triton_lowp} autotune={self.triton_autotune} specialize={self.triton_specialize}"),
+            ("triton kernels", f"lowp={self.triton_lowp} autotune={self.triton_autotune} specialize={self.triton_specialize}"),
             ("decode graph (CUDA)", graph),
             ("token id check on CUDA", "on" if self.validate_token_ids else "off"),
         ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mossnet.ops.conv import causal_conv_window, segment_causal_conv, segment_causal_conv_reference
 

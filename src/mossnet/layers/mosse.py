@@ -73,6 +73,11 @@ class ExpertRows:
     norm_weight: torch.Tensor
     z_bias: torch.Tensor | None
 
+    def unflatten(self, *shape: int) -> "ExpertRows":
+        """Rows (M, ...) -> (*shape, ...) with M = prod(shape)."""
+        fields = (self.dt_bias, self.decay_rate, self.skip_D, self.norm_weight, self.z_bias)
+        return ExpertRows(*(None if t is None else t.view(*shape, *t.shape[1:]) for t in fields))
+
 
 class MoSSE(nn.Module):
     """Mixture of state-space experts.
@@ -301,8 +306,7 @@ class MoSSE(nn.Module):
         # Only the chosen experts' projections are read (no copy of their weights on the CPU).
         proj = gathered_linear(u.to(self.in_proj.dtype)[:, None, :].expand(-1, chosen, -1), self.in_proj, idx)
         z, xBC, dt_raw = self._split(proj)
-        params = self._expert_rows(idx.reshape(-1), compute_dtype_for(u))
-        params = ExpertRows(*(None if t is None else t.view(batch, chosen, *t.shape[1:]) for t in vars(params).values()))
+        params = self._expert_rows(idx.reshape(-1), compute_dtype_for(u)).unflatten(batch, chosen)
 
         gather = lambda state, size: state.gather(1, idx[:, :, None, None].expand(-1, -1, *size))  # noqa: E731
         window = torch.cat([gather(conv_state, (K - 1, P + 2 * N)), xBC[:, :, None, :].to(conv_state.dtype)], dim=2)

@@ -12,12 +12,11 @@ import math
 from transformers import PretrainedConfig
 
 from mossnet.errors import ConfigError
+from mossnet.execution import SCAN_IMPLS
 
 from .remote_code import AUTO_MAP
 
 STATE_UPDATES = ("routed", "all")
-# The names ``mosse_scan(impl=...)`` accepts (tests/models/test_config.py checks they agree).
-SCAN_IMPLS = ("auto", "reference", "chunked", "triton")
 
 # name -> overrides of the defaults below. Parameter counts (total / active per token) are in
 # the README and tested.
@@ -53,13 +52,15 @@ class MossNetConfig(PretrainedConfig):
         state_update: "routed" (an expert sees only its tokens) or "all" (every expert sees
             every token, the router only gates the outputs).
         router_renormalize: renormalise the top-k gates to sum to 1 (only when k > 1).
+        ssm_z_bias: a per-expert bias on the gate z (zero at init), so that SiLU(z) can start as
+            a non-zero constant (a model converted from attention: W_z = 0, bias b gives SiLU(b)).
         mlp_experts, mlp_top_k, mlp_hidden_dim, mlp_shared_expert: the SwiGLU MoE-MLP
             (spec section 3); ``mlp_experts=1`` is a dense SwiGLU.
         router_aux_loss_coef, router_z_loss_coef: loss weights (spec section 4).
     Args (numerics / init):
         rms_norm_eps, initializer_range, dt_min, dt_max, dt_init_floor, A_init_range,
         rescale_residual (scale the residual output projections by 1/sqrt(2 * n_layers)).
-    Args (execution):
+    Args (execution; they seed the model's ``ExecutionPolicy``, see ``mossnet.execution``):
         scan_impl: "auto" | "reference" | "chunked" | a GPU fast path; chunk_size: for chunked.
         prefill_block_size: a prompt longer than this is prefilled through the cache in blocks
             of this many tokens, so its memory does not grow with its length (the same result up
@@ -86,6 +87,7 @@ class MossNetConfig(PretrainedConfig):
         conv_kernel: int = 4,
         state_update: str = "routed",
         router_renormalize: bool = True,
+        ssm_z_bias: bool = False,
         mlp_experts: int = 4,
         mlp_top_k: int = 2,
         mlp_hidden_dim: int = 256,
@@ -119,6 +121,7 @@ class MossNetConfig(PretrainedConfig):
         self.conv_kernel = conv_kernel
         self.state_update = state_update
         self.router_renormalize = router_renormalize
+        self.ssm_z_bias = ssm_z_bias
         self.mlp_experts = mlp_experts
         self.mlp_top_k = mlp_top_k
         self.mlp_hidden_dim = mlp_hidden_dim
@@ -169,7 +172,7 @@ class MossNetConfig(PretrainedConfig):
             _fail(f"state_update must be one of {STATE_UPDATES}, got {self.state_update!r}")
         if self.scan_impl not in SCAN_IMPLS:
             _fail(f"scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
-        for name in ("router_renormalize", "mlp_shared_expert", "rescale_residual", "use_cache"):
+        for name in ("router_renormalize", "ssm_z_bias", "mlp_shared_expert", "rescale_residual", "use_cache"):
             if not isinstance(getattr(self, name), bool):
                 _fail(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("router_aux_loss_coef", "router_z_loss_coef", "initializer_range", "dt_init_floor"):

@@ -47,9 +47,7 @@ def options_from_env(environ: Mapping[str, str] | None = None) -> TritonScanOpti
     and ``MOSSNET_TRITON_LOWP`` (``0`` turns them off); ``environ`` defaults to ``os.environ``.
     Read at every call that is given no options, so a change to the environment takes effect at
     the next call."""
-    env = os.environ if environ is None else environ
-    return TritonScanOptions(
-        specialize=env.get("MOSSNET_TRITON_SPECIALIZE", "0") == "1",
-        autotune=env.get("MOSSNET_TRITON_AUTOTUNE", "1") != "0",
-        lowp=env.get("MOSSNET_TRITON_LOWP", "1") != "0",
-    )
+    from mossnet.execution import ExecutionPolicy  # the one reader of the environment
+
+    policy = ExecutionPolicy.build(env=os.environ if environ is None else environ)
+    return TritonScanOptions(**policy.triton_options())

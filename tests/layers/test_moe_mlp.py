@@ -114,3 +114,16 @@ def test_gates_weight_the_experts():
         h = u @ mlp.gate_up[e].T
         want = want + probs[:, e, None] * ((F.silu(h[:, :H]) * h[:, H:]) @ mlp.down[e].T)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 3, 40])  # 40 * k pairs exceed STEP_MAX_PAIRS: the grouped path
+@pytest.mark.parametrize("E,k,shared", [(4, 2, False), (4, 2, True), (1, 1, False)])
+def test_decode_through_forward_equals_forward(n_tokens, E, k, shared):
+    """``forward(u, decode=True)`` (the decode entry) is ``forward(u)`` without router statistics."""
+    mlp = make_mlp(E, k, shared)
+    u = torch.randn(n_tokens, 12)
+    want, _ = mlp(u)
+    got, report = mlp(u, decode=True)
+    assert report is None
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, moe_mlp_reference(mlp, u) if E > 1 else want, rtol=1e-5, atol=1e-6)

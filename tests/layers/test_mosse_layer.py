@@ -233,7 +233,7 @@ def test_steps_equal_forward(tiny_config, state_update, E, k):
     conv0, S0 = random_states(layer, batch)
     o, _, _, (conv1, S1) = run_layer(layer, u, None, conv0, S0, return_states=True)
     conv, S = conv0.clone(), S0.clone()
-    steps = torch.stack([layer.step(u[:, t], conv, S) for t in range(T)], 1)
+    steps = torch.cat([layer(u[:, t : t + 1], None, conv, S, decode=True)[0] for t in range(T)], 1)
     assert max_rel(steps, o) < F64_TOL
     assert max_rel(conv, conv1) < F64_TOL and max_rel(S, S1) < F64_TOL
 
@@ -249,7 +249,7 @@ def test_step_touches_only_routed_experts_states(tiny_config):
     for t in range(T):
         chosen = layer.router(u[:, t]).top_idx  # the router is per token: the step routes the same
         before_conv, before_S = conv.clone(), S.clone()
-        layer.step(u[:, t], conv, S)
+        layer(u[:, t : t + 1], None, conv, S, decode=True)
         for b in range(batch):
             for e in range(4):
                 if e in chosen[b].tolist():

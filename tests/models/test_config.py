@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoConfig
 
-import mossnet  # noqa: F401  (registers the Auto classes)
+import mossnet.models.mossnet  # noqa: F401  (registers the Auto classes)
 from mossnet import MossNetConfig
 from mossnet.models.mossnet import PRESETS
 
@@ -58,3 +58,38 @@ def test_single_head_baseline_is_valid():
     """ssm_experts=1, ssm_top_k=1 (the Mamba-like baseline) and mlp_experts=1 (dense MLP)."""
     cfg = MossNetConfig(ssm_experts=1, ssm_top_k=1, mlp_experts=1, mlp_top_k=1)
     assert cfg.ssm_experts == 1 and cfg.mlp_experts == 1
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("scan_impl", "bogus", "scan_impl"),
+    ("dt_min", float("nan"), "dt_min"),
+    ("rms_norm_eps", float("inf"), "rms_norm_eps"),
+    ("router_renormalize", "yes", "router_renormalize"),
+    ("A_init_range", 3.0, "A_init_range"),
+    ("eos_token_id", 10_000, "eos_token_id"),
+    ("n_layers", True, "n_layers"),
+])
+def test_every_field_is_validated(field, value, needle):
+    from mossnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        MossNetConfig(**{field: value})
+
+
+def test_scan_impl_names_match_the_op():
+    """Every name the config accepts is one mosse_scan accepts, and vice versa."""
+    import torch
+
+    from mossnet.models.mossnet.configuration_mossnet import SCAN_IMPLS
+    from mossnet.ops import mosse_scan
+
+    x = torch.zeros(1, 3, 1, 2)
+    for impl in SCAN_IMPLS:
+        if impl == "triton":
+            continue  # needs CUDA tensors; registered by ops/mosse/triton_scan.py
+        mosse_scan(x, torch.zeros(1, 3, 1), torch.zeros(1), torch.zeros(1, 3, 1, 2), torch.zeros(1, 3, 1, 2), impl=impl)
+    with pytest.raises(Exception):
+        mosse_scan(x, torch.zeros(1, 3, 1), torch.zeros(1), torch.zeros(1, 3, 1, 2), torch.zeros(1, 3, 1, 2), impl="bogus")
+    from mossnet.ops.mosse import interface
+
+    assert set(interface._FAST_PATHS) <= set(SCAN_IMPLS)  # "triton" registers itself only where Triton exists

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from mossnet.rundir import LOGS, MODEL, TRAINER, atomic
+from mossnet.rundir.integrity import sha256
 from mossnet.train import checkpoint as ckpt
 from mossnet.train.loop import train
 
@@ -42,46 +44,105 @@ def test_rng_roundtrip():
 
 
 def _save(path: Path, step: int, fail: bool = False):
-    def write_model(tmp: Path):
-        (tmp / "config.json").write_text(json.dumps({"step": step}))
+    def write_model(model_dir: Path):
+        (model_dir / "config.json").write_text(json.dumps({"step": step}))
+        (model_dir / "model.safetensors").write_bytes(b"weights of step %d" % step)
         if fail:
             raise OSError("disk full (simulated)")
 
     ckpt.save_checkpoint(path, rank=0, barrier=lambda: None, write_model=write_model, state={"step": step},
                          optimizer_state={"optimizer": {"state": {}, "param_groups": []}, "param_names": []},
-                         rank_state={"data": {"step": step}, "rng": ckpt.capture_rng()})
+                         rank_state={"data": {"step": step}, "rng": ckpt.capture_rng()}, announce=lambda _: None)
 
 
-def test_crash_mid_save_keeps_previous(tmp_path):
+def _step_of(out: Path) -> int:
+    state = ckpt.read_trainer_state(out)
+    assert json.loads((out / MODEL / "config.json").read_text()) == {"step": state["step"]}  # a consistent pair
+    return state["step"]
+
+
+def test_failed_save_keeps_previous_and_user_files(tmp_path):
     out = tmp_path / "run"
     _save(out, 1)
-    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / LOGS).mkdir()
+    (out / LOGS / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "notes.txt").write_text("mine")
     with pytest.raises(OSError, match="disk full"):
         _save(out, 2, fail=True)
-    assert ckpt.read_trainer_state(out)["step"] == 1
-    assert json.loads((out / "config.json").read_text()) == {"step": 1}
-    assert not list(tmp_path.glob(".run.tmp*"))  # the partial save was cleaned up
+    assert _step_of(out) == 1
+    assert not (out / atomic.TMP).exists()  # the partial save was cleaned up
     _save(out, 3)
-    assert ckpt.read_trainer_state(out)["step"] == 3
-    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'  # logs carried into the new checkpoint
+    assert _step_of(out) == 3
+    assert (out / LOGS / "metrics.jsonl").read_text() == '{"step": 1}\n'  # logs are never replaced
+    assert (out / "notes.txt").read_text() == "mine"  # nor anything else that is not ours
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "model", "notes.txt", "trainer"]
 
 
-def test_crash_between_renames_recovers(tmp_path):
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", range(1, 8))
+def test_kill_at_every_rename_leaves_one_whole_checkpoint(tmp_path, monkeypatch, crash_at):
+    """Fault injection: the process dies before the n-th rename / removal of a commit (all of
+    them come after the save was complete), so the next reader finishes the save: it sees step
+    2, whole, and no leftovers."""
     out = tmp_path / "run"
     _save(out, 1)
-    out.rename(tmp_path / "run.old")  # as if the process died right after moving the old one aside
-    assert ckpt.read_trainer_state(out)["step"] == 1  # recover() puts it back
-    assert not (tmp_path / "run.old").exists()
+    calls = {"n": 0}
+    real_replace, real_rmtree = atomic.os.replace, atomic.shutil.rmtree
+
+    def counting(fn):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise _Crash
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(atomic.os, "replace", counting(real_replace))
+    monkeypatch.setattr(atomic.shutil, "rmtree", counting(real_rmtree))
+    try:
+        _save(out, 2)
+    except _Crash:
+        pass
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    monkeypatch.setattr(atomic.shutil, "rmtree", real_rmtree)
+    assert _step_of(out) == 2
+    leftovers = [p.name for p in out.iterdir() if "mossnet" in p.name]
+    assert leftovers == [], leftovers
+    _save(out, 3)
+    assert _step_of(out) == 3
 
 
-def test_leftover_tmp_is_ignored_and_replaced(tmp_path):
+def test_kill_before_the_save_is_complete_keeps_previous(tmp_path, monkeypatch):
     out = tmp_path / "run"
     _save(out, 1)
-    stale = tmp_path / ".run.tmp"
+
+    def die(path):
+        raise _Crash
+
+    monkeypatch.setattr(atomic, "fsync_tree", die)  # dies while flushing the new files
+    with pytest.raises(_Crash):
+        _save(out, 2)
+    monkeypatch.undo()
+    assert _step_of(out) == 1 and not (out / atomic.TMP).exists()
+
+
+def test_incomplete_tmp_is_removed_and_foreign_tmp_kept(tmp_path):
+    out = tmp_path / "run"
+    _save(out, 1)
+    stale = out / atomic.TMP
     stale.mkdir()
+    (stale / atomic.SAVE_MARK).write_text("{}")
     (stale / "junk").write_text("x")
-    _save(out, 2)
-    assert ckpt.read_trainer_state(out)["step"] == 2 and not stale.exists()
+    messages = []
+    atomic.recover(out, messages.append)
+    assert not stale.exists() and "removing an unfinished checkpoint save" in messages[0]
+    stale.mkdir()  # no save mark: not ours, never removed
+    (stale / "theirs").write_text("x")
+    atomic.recover(out, messages.append)
+    assert (stale / "theirs").exists() and "not a MossNet save folder" in messages[-1]
 
 
 def test_incomplete_and_corrupt_errors(tmp_path):
@@ -89,18 +150,41 @@ def test_incomplete_and_corrupt_errors(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="does not exist"):
         ckpt.read_trainer_state(out)
     _save(out, 1)
-    f = out / ckpt.STATE_DIR / "rank0.safetensors"
+    f = out / TRAINER / "rank0.safetensors"
     f.write_bytes(f.read_bytes()[:-10])  # truncated
-    with pytest.raises(ckpt.CheckpointError, match=r"corrupt: trainer_state/rank0.safetensors does not match"):
+    with pytest.raises(ckpt.CheckpointError, match=r"corrupt: trainer/rank0.safetensors does not match"):
         ckpt.read_trainer_state(out)
     with pytest.raises(ckpt.CheckpointError, match="corrupt or truncated"):
         ckpt.read_rank_state(out, 0)
-    (out / ckpt.STATE_DIR / "state.json").write_text("{not json")
+    state = json.loads((out / TRAINER / "state.json").read_text())
+    for field, value in (("step", "seven"), ("tokens_seen", -1), ("checksums", [])):
+        (out / TRAINER / "state.json").write_text(json.dumps({**state, field: value}))
+        with pytest.raises(ckpt.CheckpointError, match=f"field '{field}' has the invalid value"):
+            ckpt.read_trainer_state(out)
+    (out / TRAINER / "state.json").write_text("{not json")
     with pytest.raises(ckpt.CheckpointError, match="not valid JSON"):
         ckpt.read_trainer_state(out)
-    (out / ckpt.STATE_DIR / "state.json").unlink()
+    (out / TRAINER / "state.json").unlink()
     with pytest.raises(ckpt.CheckpointError, match="no trainer state"):
         ckpt.read_trainer_state(out)
+
+
+def test_model_checksum_is_checked_on_resume(tmp_path):
+    out = tmp_path / "run"
+    _save(out, 1)
+    w = out / MODEL / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-1] + b"X")  # same size, one byte changed
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors does not match the SHA-256"):
+        ckpt.read_trainer_state(out)
+
+
+def test_legacy_flat_checkpoint_is_refused_in_one_line(tmp_path):
+    old = tmp_path / "old"
+    (old / "trainer_state").mkdir(parents=True)
+    (old / "trainer_state" / "state.json").write_text('{"step": 3}')
+    (old / "config.json").write_text("{}")
+    with pytest.raises(ckpt.CheckpointError, match="older MossNet layout.*--init-from"):
+        ckpt.read_trainer_state(old)
 
 
 # ---------------------------------------------------------------- with the real trainer
@@ -116,26 +200,28 @@ def trained(make_cfg):
 def test_checkpoint_is_a_hf_directory(trained):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import mossnet  # noqa: F401
+    import mossnet.models.mossnet  # noqa: F401  (registers the Auto classes)
 
     out = Path(trained.out)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out / MODEL)
+    tok = AutoTokenizer.from_pretrained(out / MODEL)
     assert model.config.model_type == "mossnet" and len(tok) == model.config.vocab_size
     state = ckpt.read_trainer_state(out)
     assert state["step"] == 2 and state["world_size"] == 1
-    files = {p.name for p in (out / ckpt.STATE_DIR).iterdir()}
-    assert files == {"state.json", "optimizer.json", "optimizer.safetensors", "rank0.json", "rank0.safetensors"}
+    files = {p.name for p in (out / TRAINER).iterdir()}
+    assert files == {"state.json", "optimizer.json", "optimizer.safetensors", "rank0.json", "rank0.safetensors",
+                     "train_config.yaml"}
+    assert (out / MODEL / "SHA256SUMS").is_file() and (out / "mossnet-run.json").is_file()
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl")) and not list(out.rglob("*.bin"))
 
 
 def test_resume_corrupt_weights_fails_clearly(trained, make_cfg):
     out = Path(trained.out)
-    w = out / "model.safetensors"
+    w = out / MODEL / "model.safetensors"
     data = bytearray(w.read_bytes())
     data[-1] ^= 0xFF
     w.write_bytes(bytes(data))
-    with pytest.raises(ckpt.CheckpointError, match="model.safetensors does not match the checksum"):
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors does not match the SHA-256"):
         train(make_cfg("again", resume=str(out), max_steps=3))
 
 
@@ -149,15 +235,15 @@ def test_resume_mismatched_model_fails_clearly(trained, make_cfg):
 def test_resume_weights_of_other_shape_fail_clearly(trained, make_cfg):
     # a config.json that disagrees with the weights (checksums updated, so only shapes can tell)
     out = Path(trained.out)
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = json.loads((out / MODEL / "config.json").read_text())
     cfg["mlp_hidden_dim"] = 96
-    (out / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ckpt.CheckpointError, match="config.json does not match the checksum"):
+    (out / MODEL / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ckpt.CheckpointError, match="config.json does not match the SHA-256"):
         train(make_cfg("again", resume=str(out), max_steps=3))
-    state_file = out / ckpt.STATE_DIR / "state.json"
-    state = json.loads(state_file.read_text())
-    state["checksums"]["config.json"] = ckpt.sha256(out / "config.json")
-    state_file.write_text(json.dumps(state))
+    sums = out / MODEL / "SHA256SUMS"
+    sums.write_text("".join(line if not line.endswith("  config.json\n") else
+                            f"{sha256(out / MODEL / 'config.json')}  config.json\n"
+                            for line in sums.read_text().splitlines(keepends=True)))
     again = make_cfg("again", resume=str(out), max_steps=3)
     again.model = {}  # no model options in this run: the checkpoint's config.json rules
     with pytest.raises(ckpt.CheckpointError, match=r"weight model.layers.0.mlp.\S+ has shape .* in the checkpoint"):

@@ -13,7 +13,9 @@ import torch
 
 from mossnet import MossNetConfig, MossNetForCausalLM
 from mossnet.train.cuda_graph_step import CapturedTrainStep, CaptureError, make_capturable
-from mossnet.train.loop import lm_and_aux_loss, train
+from mossnet.errors import DeviceError
+from mossnet.train.loop import train
+from mossnet.train.step import lm_and_aux_loss
 from mossnet.train.optim import float_learning_rates, restore_implementation, set_lr
 
 CUDA = torch.cuda.is_available()
@@ -45,7 +47,7 @@ def test_cuda_graph_and_compile_are_exclusive(make_cfg):
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU error")
 def test_cuda_graph_on_cpu_is_a_clear_error(make_cfg):
-    with pytest.raises(ValueError, match="--cuda-graph needs a CUDA device.*--no-cuda-graph"):
+    with pytest.raises(DeviceError, match="--cuda-graph needs a CUDA device.*--no-cuda-graph"):
         train(make_cfg(cuda_graph=True, device="cpu"))
 
 

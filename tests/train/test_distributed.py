@@ -46,7 +46,7 @@ def _run(cmd: list[str], timeout: int = 300) -> None:
 
 
 def _train_records(out: Path) -> list[dict]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines = (out / "logs" / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["split"] == "train"]
 
 
@@ -68,10 +68,10 @@ def test_two_processes_equal_gradient_accumulation(data_dir, tmp_path, mode):
         # router load is summed over micro-batches and ranks: the same counts
         for name, load in ra["router_load"].items():
             assert rb["router_load"][name] == pytest.approx(load, abs=1e-6)
-    wa, wb = load_file(str(single / "model.safetensors")), load_file(str(multi / "model.safetensors"))
+    wa, wb = load_file(str(single / "model" / "model.safetensors")), load_file(str(multi / "model" / "model.safetensors"))
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
-    state = json.loads((multi / "trainer_state" / "state.json").read_text())
+    state = json.loads((multi / "trainer" / "state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == STEPS
-    assert {"rank0.json", "rank1.json"} <= {p.name for p in (multi / "trainer_state").iterdir()}
+    assert {"rank0.json", "rank1.json"} <= {p.name for p in (multi / "trainer").iterdir()}

@@ -45,4 +45,6 @@ def test_no_prompt_and_bad_input(checkpoints, tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
     assert "not a model directory" in capsys.readouterr().err
-    assert main(["generate", checkpoints["mossnet"], "--prompt", "x", "--max-new-tokens", "0"]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse refuses the value before anything loads
+        main(["generate", checkpoints["mossnet"], "--prompt", "x", "--max-new-tokens", "0"])
+    assert refused.value.code == 2

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from mossnet.train import checkpoint as ckpt
-from mossnet.train import loop
+from mossnet.train import model_setup
 from mossnet.train.loop import TrainingDiverged, train
 from mossnet.train.metrics import read_jsonl
 
@@ -20,7 +20,7 @@ N = 3
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(path) / "model.safetensors"))
+    return load_file(str(Path(path) / "model" / "model.safetensors"))
 
 
 @pytest.mark.parametrize("arch, accum", [("mossnet", 1), ("mossnet", 2), ("llama", 1)])
@@ -37,7 +37,7 @@ def test_resume_is_exact(make_cfg, arch, accum):
     a, b = _weights(straight.out), _weights(second.out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the resumed run's log continues the first one's
-    steps = [r["step"] for r in read_jsonl(Path(second.out) / "metrics.jsonl") if r["split"] == "train"]
+    steps = [r["step"] for r in read_jsonl(Path(second.out) / "logs" / "metrics.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, 2 * N + 1))
 
 
@@ -72,8 +72,8 @@ class _NaNAfter(torch.nn.Module):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(make_cfg, monkeypatch):
-    build = loop.build_model
-    monkeypatch.setattr(loop, "build_model", lambda cfg, config: _NaNAfter(build(cfg, config), n=4))
+    build = model_setup.build_model
+    monkeypatch.setattr(model_setup, "build_model", lambda cfg, config: _NaNAfter(build(cfg, config), n=4))
     cfg = make_cfg("nan", max_steps=6, ckpt_interval=2)
     with pytest.raises(TrainingDiverged) as err:
         train(cfg)
@@ -83,11 +83,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(make_cfg, monkeypatch):
     assert ckpt.read_trainer_state(cfg.out)["step"] == 2
     weights = _weights(cfg.out)
     assert all(torch.isfinite(w).all() for w in weights.values())
-    assert read_jsonl(Path(cfg.out) / "metrics.jsonl")[-1]["split"] == "diverged"
+    assert read_jsonl(Path(cfg.out) / "logs" / "metrics.jsonl")[-1]["split"] == "diverged"
 
 
 def test_ctrl_c_saves_and_stops(make_cfg, monkeypatch):
-    build = loop.build_model
+    build = model_setup.build_model
 
     class Interrupt(torch.nn.Module):
         def __init__(self, model):
@@ -103,7 +103,7 @@ def test_ctrl_c_saves_and_stops(make_cfg, monkeypatch):
         def save_pretrained(self, *a, **kw):
             return self.inner.save_pretrained(*a, **kw)
 
-    monkeypatch.setattr(loop, "build_model", lambda cfg, config: Interrupt(build(cfg, config)))
+    monkeypatch.setattr(model_setup, "build_model", lambda cfg, config: Interrupt(build(cfg, config)))
     cfg = make_cfg("int", max_steps=10)
     # What was installed before (Python's default, or SIG_IGN when the tests run as a background
     # job of a non-interactive shell) must be back afterwards.
@@ -112,5 +112,5 @@ def test_ctrl_c_saves_and_stops(make_cfg, monkeypatch):
     assert result.status == "interrupted" and result.step == 3  # step 3 completed, then saved
     state = ckpt.read_trainer_state(cfg.out)
     assert state["step"] == 3
-    assert json.loads((Path(cfg.out) / ckpt.STATE_DIR / "rank0.json").read_text())["data"]["step"] == 3
+    assert json.loads((Path(cfg.out) / "trainer" / "rank0.json").read_text())["data"]["step"] == 3
     assert signal.getsignal(signal.SIGINT) is before  # handler restored

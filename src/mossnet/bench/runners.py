@@ -45,6 +45,8 @@ class MossNetRunner(Runner):
     def __init__(self, model, compiled: bool = False, block: int = 0):
         super().__init__(model)
         self.cache, self.block = None, block
+        if not block:  # --mossnet-block 0 means one pass: turn off the model's own block prefill
+            model.config.prefill_block_size = 0
         self.step_fn = self._step
         if compiled:
             import torch
@@ -66,7 +68,7 @@ class MossNetRunner(Runner):
         backbone = self.model.model
         h = backbone.embed_tokens(tok[:, 0]).float()
         for i, block in enumerate(backbone.layers):
-            h = block.step(h, conv_states[i], ssm_states[i])
+            h = block(h[:, None], None, conv_states[i], ssm_states[i], decode=True)[0][:, 0]
         return self.model.lm_head(backbone.norm_f(h)).float()
 
     def decode(self, tok):

@@ -19,25 +19,28 @@ from mossnet.bench.measure import measure
 from mossnet.bench.onnx import measure_onnx, run_onnx_comparison
 from mossnet.bench.runners import MODELS, OPTIONAL_MODELS
 from mossnet.bench.suite import run_suite
+from mossnet.cli.argtypes import int_list, nonnegative_int, positive_int
 
 DEFAULT_CONTEXTS = (128, 512, 2048, 8192)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="only the CPU benchmark exists (default cpu)")
-    parser.add_argument("--models", default=",".join(MODELS),
+    parser.add_argument("--models", type=_model_list, default=",".join(MODELS),
                         help=f"comma-separated, from {', '.join(MODELS + OPTIONAL_MODELS)} (default: %(default)s)")
-    parser.add_argument("--contexts", default=",".join(map(str, DEFAULT_CONTEXTS)),
+    parser.add_argument("--contexts", type=_lengths_text, default=",".join(map(str, DEFAULT_CONTEXTS)),
                         help="comma-separated prompt lengths (default: %(default)s)")
-    parser.add_argument("--extra-contexts", default="",
+    parser.add_argument("--extra-contexts", type=_optional_lengths_text, default="",
                         help="longer prompt lengths run only for the recurrent models (mossnet, mamba2), e.g. 16384")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads in every model process (default 1)")
-    parser.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed per prompt (default 32)")
-    parser.add_argument("--long-decode-tokens", type=int, default=16,
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads in every model process (default 1)")
+    parser.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed per prompt (default 32)")
+    parser.add_argument("--long-decode-tokens", type=positive_int, default=16,
                         help="decode steps timed for prompts of --long-from tokens or more (default 16)")
-    parser.add_argument("--long-from", type=int, default=8192)
-    parser.add_argument("--mamba-block", type=int, default=2048, help="Mamba-2 prefill block length (default 2048)")
-    parser.add_argument("--mossnet-block", type=int, default=0,
+    parser.add_argument("--long-from", type=positive_int, default=8192,
+                        help="prompt length from which --long-decode-tokens applies (default 8192)")
+    parser.add_argument("--mamba-block", type=positive_int, default=2048,
+                        help="Mamba-2 prefill block length (default 2048)")
+    parser.add_argument("--mossnet-block", type=nonnegative_int, default=0,
                         help="MossNet prefill block length (0 = the whole prompt in one pass, default)")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (seconds; for tests)")
     parser.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "mossnet", "bench"),
@@ -48,18 +51,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write all results (and machine info) to this JSON file")
     parser.add_argument("--plot", default=None, help="write a latency / memory vs context plot (PNG; needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print the results as a Markdown table")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per model process (default 900)")
+    parser.add_argument("--timeout", type=positive_int, default=900, help="seconds allowed per model process (default 900)")
     parser.add_argument("--onnx-dir", default=None,
                         help="instead: time a `mossnet export --quantize` directory's decode step in onnxruntime, "
                              "fp32 against int8 (latency, peak RSS, file size, and perplexity with --eval-tokens)")
     parser.add_argument("--eval-tokens", default=None,
                         help="with --onnx-dir: a uint16 token file (e.g. a prepared corpus' test.bin) for perplexity")
-    parser.add_argument("--eval-n", type=int, default=2048, help="with --eval-tokens: tokens scored (default 2048)")
+    parser.add_argument("--eval-n", type=positive_int, default=2048, help="with --eval-tokens: tokens scored (default 2048)")
     parser.add_argument("--process-per", default="context", choices=["context", "model"],
                         help="a fresh process per (model, prompt length) (default; clean peaks) or per model "
                              "(faster start; the allocator may keep memory from shorter prompts)")
     parser.add_argument("--in-process", action="store_true",
                         help="run every model in this process (fast start, but peak RSS mixes; for tests)")
+
+
+def _model_list(text: str) -> str:
+    """argparse type: comma-separated names from MODELS + OPTIONAL_MODELS (kept as text: the
+    worker processes are passed the same string)."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS + OPTIONAL_MODELS]
+    if not names or unknown:
+        problem = f"unknown model {unknown[0]!r}" if unknown else "no model named"
+        raise argparse.ArgumentTypeError(f"{problem}; choose from {', '.join(MODELS + OPTIONAL_MODELS)}")
+    return ",".join(names)
+
+
+def _lengths_text(text: str) -> str:
+    """argparse type: comma-separated prompt lengths (integers >= 1), kept as text ("128,512"):
+    the worker processes are passed the same string."""
+    return ",".join(map(str, int_list(text)))
+
+
+def _optional_lengths_text(text: str) -> str:
+    return _lengths_text(text) if text.strip() else ""
 
 
 def _lengths(text: str) -> list[int]:
@@ -70,17 +94,80 @@ def run(args: argparse.Namespace) -> int:
     if args.device != "cpu":
         print("mossnet bench: only --device cpu is implemented", file=sys.stderr)
         return 2
+    _check_outputs(args)
     if args.onnx_dir:
+        _check_onnx_inputs(args)
         rows = run_onnx_comparison(args)
     else:
         models = [m for m in args.models.split(",") if m]
-        unknown = [m for m in models if m not in MODELS + OPTIONAL_MODELS]
-        if unknown:
-            print(f"mossnet bench: unknown model {unknown[0]!r}; choose from {', '.join(MODELS + OPTIONAL_MODELS)}",
-                  file=sys.stderr)
-            return 2
         rows = run_suite(models, _lengths(args.contexts), _lengths(args.extra_contexts), args)
     return 0 if all("error" not in r for r in rows) else 1
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--json and --plot are written after minutes of measuring: check them first."""
+    import importlib.util
+
+    from mossnet.errors import MissingExtraError, OptionError
+
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if not path:
+            continue
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise OptionError(f"{option} {path} is a directory; give a file name")
+        existing = next(p for p in _ancestors(parent) if os.path.exists(p))
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+            raise OptionError(f"{option} {path} cannot be written ({existing} is not a writable directory)")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise MissingExtraError("mossnet bench --plot", "plot", "matplotlib")
+
+
+def _ancestors(path: str):
+    while True:
+        yield path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
+def _check_onnx_inputs(args: argparse.Namespace) -> None:
+    """--onnx-dir must be a `mossnet export --quantize` folder, and --eval-tokens a token file
+    in its vocabulary, before any worker process starts."""
+    import importlib.util
+    import json
+
+    from mossnet.errors import CheckpointError, DataError, MissingExtraError
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise MissingExtraError("mossnet bench --onnx-dir", "export", "onnxruntime")
+    manifest_path = os.path.join(args.onnx_dir, "manifest.json")
+    if not os.path.isdir(args.onnx_dir):
+        raise CheckpointError(f"--onnx-dir {args.onnx_dir} does not exist")
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        files, vocab = manifest["files"], int(manifest["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"--onnx-dir {args.onnx_dir} has no readable manifest.json: it is not a "
+                              "`mossnet export` folder (or the export did not finish)") from None
+    missing = [k for k in ("decode_step", "decode_step_int8")
+               if k not in files or not os.path.isfile(os.path.join(args.onnx_dir, str(files[k])))]
+    if missing:
+        raise CheckpointError(f"--onnx-dir {args.onnx_dir} lacks the {' and '.join(missing)} graph; the fp32 / "
+                              "int8 comparison needs both: `mossnet export ... --quantize`")
+    if args.eval_tokens:
+        import numpy as np
+
+        if not os.path.isfile(args.eval_tokens):
+            raise DataError(f"--eval-tokens {args.eval_tokens} does not exist")
+        tokens = np.fromfile(args.eval_tokens, dtype=np.uint16)[: args.eval_n + 1]
+        if len(tokens) < 2:
+            raise DataError(f"--eval-tokens {args.eval_tokens} holds fewer than 2 uint16 tokens")
+        if int(tokens.max()) >= vocab:
+            raise DataError(f"--eval-tokens {args.eval_tokens} holds token id {int(tokens.max())}, outside the "
+                            f"exported model's vocabulary ({vocab}): it was tokenized for another model")
 
 
 def _parser(**kwargs) -> argparse.ArgumentParser:

@@ -15,24 +15,29 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mossnet.cli.argtypes import fraction, nonnegative_int, positive_float, positive_int
+from mossnet.runtime import device_name
+
 STUDIES = ("lm", "mqar", "ablations")
 
 
 def _csv(kind):
+    """argparse type: a comma-separated list of ``kind`` values (each range-checked by ``kind``)."""
     def parse(text: str):
-        try:
-            return [kind(float(x)) if kind is int else kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return [kind(x) for x in items]
     return parse
 
 
 def _count(text: str) -> int:
+    """A positive integer, also written as a float (``2e6``)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != int(value) or value < 1:
+    if value != value or value in (float("inf"), float("-inf")) or value != int(value) or value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(value)
 
@@ -45,13 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", type=_csv(str), default=None,
                         help="comma-separated subset: architectures (lm, mqar: mossnet,single_head,moe_mamba,llama,"
                              "mamba2) or ablation names (ablations)")
-    parser.add_argument("--jobs", type=int, default=0,
+    parser.add_argument("--jobs", type=nonnegative_int, default=0,
                         help="runs in parallel (default: 1 on a GPU, one per CPU core otherwise)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / jobs)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads per run (default: cores / jobs)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from existing results")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it holds other files, or overlaps --data (nothing there "
+                             "is deleted; the study writes only its own files)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="replay each run's training step from a CUDA graph (CUDA only; not for mamba2, whose "
                              "kernel-less path is not capturable): several times faster for these small, "
@@ -63,42 +71,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--preset", default="tiny", help="the reference MossNet preset (default tiny)")
     lm.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides of the reference MossNet config (e.g. d_model=96 n_layers=3)")
-    lm.add_argument("--batch-size", type=int, default=8)
-    lm.add_argument("--seq-len", type=int, default=128)
-    lm.add_argument("--lr", type=float, default=3e-3,
+    lm.add_argument("--batch-size", type=positive_int, default=8, help="sequences per training step (default 8)")
+    lm.add_argument("--seq-len", type=positive_int, default=128, help="tokens per training sequence (default 128)")
+    lm.add_argument("--lr", type=positive_float, default=3e-3,
                     help="the learning rate every model shares (the main, equal-settings table)")
-    lm.add_argument("--lr-sweep", type=_csv(float), default=[],
+    lm.add_argument("--lr-sweep", type=_csv(positive_float), default=[],
                     help="other learning rates to try per model, on the first --sweep-seeds seeds: the report "
                          "adds a sweep table and each model's best learning rate")
     lm.add_argument("--sweep-seeds", type=_count, default=1, help="seeds of the --lr-sweep runs (default 1)")
-    lm.add_argument("--warmup-frac", type=float, default=0.05, help="warmup steps as a fraction of the run")
-    lm.add_argument("--eval-points", type=int, default=5, help="validation points on the curve")
-    lm.add_argument("--eval-tokens", type=int, default=8192,
+    lm.add_argument("--warmup-frac", type=fraction, default=0.05, help="warmup steps as a fraction of the run")
+    lm.add_argument("--eval-points", type=positive_int, default=5, help="validation points on the curve")
+    lm.add_argument("--eval-tokens", type=positive_int, default=8192,
                     help="validation tokens per intermediate point (the final point uses the whole split)")
     mq = parser.add_argument_group("mqar")
-    mq.add_argument("--widths", type=_csv(int), default=[32, 64], help="d_model values")
-    mq.add_argument("--pairs", type=_csv(int), default=[4, 8, 16], help="numbers of key-value pairs")
-    mq.add_argument("--lrs", type=_csv(float), default=[1e-3, 3e-3, 1e-2],
+    mq.add_argument("--widths", type=_csv(_count), default=[32, 64], help="d_model values")
+    mq.add_argument("--pairs", type=_csv(_count), default=[4, 8, 16], help="numbers of key-value pairs")
+    mq.add_argument("--lrs", type=_csv(positive_float), default=[1e-3, 3e-3, 1e-2],
                     help="learning rates (best one per cell; attention needs the low end, the SSMs the high one)")
-    mq.add_argument("--mqar-seq-len", type=int, default=64)
-    mq.add_argument("--mqar-vocab", type=int, default=64)
-    mq.add_argument("--mqar-steps", type=int, default=1500,
+    mq.add_argument("--mqar-seq-len", type=positive_int, default=64, help="tokens per MQAR example (default 64)")
+    mq.add_argument("--mqar-vocab", type=positive_int, default=64, help="MQAR vocabulary size (default 64)")
+    mq.add_argument("--mqar-steps", type=positive_int, default=1500,
                     help="training steps per run (at CPU scale, 1,500 are too few to learn the bindings; see RESULTS.md)")
-    mq.add_argument("--mqar-batch-size", type=int, default=16)
-    mq.add_argument("--mqar-layers", type=int, default=2)
-    mq.add_argument("--mqar-eval-examples", type=int, default=512)
-    mq.add_argument("--mqar-warmup", type=int, default=20,
+    mq.add_argument("--mqar-batch-size", type=positive_int, default=16, help="examples per training step (default 16)")
+    mq.add_argument("--mqar-layers", type=positive_int, default=2, help="layers of every MQAR model (default 2)")
+    mq.add_argument("--mqar-eval-examples", type=positive_int, default=512,
+                    help="held-out examples scored at the end of each run (default 512)")
+    mq.add_argument("--mqar-warmup", type=nonnegative_int, default=20,
                     help="linear warmup steps before the cosine decay (default 20)")
-    mq.add_argument("--mqar-eval-points", type=int, default=0,
+    mq.add_argument("--mqar-eval-points", type=nonnegative_int, default=0,
                     help="also score 256 held-out examples at this many evenly spaced points of each run: "
                          "an accuracy curve and the examples needed to reach 0.9 (default 0: final score only)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from mossnet.errors import OptionError
     from mossnet.studies.study import run_study
 
+    _check(args)
     try:
         return run_study(args, argv=sys.argv[1:])
-    except ValueError as err:
-        print(f"mossnet compare: error: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:  # a study setting the specs refuse (e.g. warmup longer than the run)
+        raise OptionError(str(err)) from None
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Everything that can be refused before a run starts or --out is written."""
+    from pathlib import Path
+
+    from mossnet.errors import ConfigError, DataError, OptionError
+    from mossnet.rundir.ownership import claim_output_dir
+
+    if args.archs:
+        known = _known_archs(args.study)
+        unknown = [a for a in args.archs if a not in known]
+        if unknown:
+            raise OptionError(f"--archs: unknown {'ablation' if args.study == 'ablations' else 'architecture'} "
+                              f"{', '.join(map(repr, unknown))} for --study {args.study}; choose from {', '.join(known)}")
+    if args.study != "mqar" and not args.report_only:
+        if not args.data:
+            raise OptionError(f"--study {args.study} needs --data DIR, a prepared corpus "
+                              "(make one with `mossnet prepare-data --out DIR`)")
+        from mossnet.data import read_manifest
+
+        if not Path(args.data).is_dir():
+            raise DataError(f"--data {args.data} does not exist or is not a directory")
+        read_manifest(args.data)
+        from mossnet.models.mossnet.configuration_mossnet import PRESETS
+
+        if args.preset not in PRESETS:
+            raise ConfigError(f"--preset {args.preset!r} is not a preset; choose one of {', '.join(sorted(PRESETS))}")
+    if not args.report_only:
+        from mossnet import runtime
+
+        runtime.resolve_device(args.device)
+    claim_output_dir(args.out, option="--out", force=args.force, owned=_is_study_dir, reuse_owned=True,
+                     reserved=("study.json", "results.md", "summary.json", "runs"),
+                     read_dirs={"data": args.data})
+
+
+def _known_archs(study: str) -> tuple[str, ...]:
+    if study == "ablations":
+        from mossnet.studies.lm_study import ABLATIONS
+
+        return tuple(ABLATIONS)
+    from mossnet.studies.arch_configs import ARCHS
+
+    return ARCHS
+
+
+def _is_study_dir(path) -> bool:
+    return (path / "study.json").is_file()

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import platform
+from typing import TYPE_CHECKING
 
-import torch
+from mossnet.runtime import device_name
 
-from mossnet.ops.mosse.interface import resolve_impl
+if TYPE_CHECKING:  # torch is imported when the command runs, so that `mossnet --help` stays fast
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="device to report on (default: cuda if available, else cpu)")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="device to report on: auto | cpu | cuda | cuda:N (default auto: cuda if available)")
 
 
 def _version(package: str) -> str:
@@ -22,9 +25,13 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def describe(device: torch.device) -> list[tuple[str, str]]:
-    """(label, value) rows of the report."""
+def describe(device) -> list[tuple[str, str]]:
+    """(label, value) rows of the report for ``device`` (a torch.device)."""
     import warnings
+
+    import torch
+
+    from mossnet.ops.mosse.interface import resolve_impl
 
     rows = [("python", platform.python_version()), ("platform", platform.platform())]
     for package in ("mossnet", "torch", "transformers", "safetensors", "tokenizers", "triton", "lm-eval", "onnxruntime"):
@@ -47,8 +54,9 @@ def describe(device: torch.device) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rows = describe(device)
+    from mossnet import runtime
+
+    rows = describe(runtime.resolve_device(args.device))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")

@@ -1,8 +1,11 @@
 """``mossnet`` command line: one subcommand per file in this package.
 
-Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are
-imported only when their command runs, so ``mossnet --help`` stays fast and a missing optional
-dependency of one command does not break the others.
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. Building the
+parser imports every subcommand module, so those modules import torch, transformers and their
+own heavy dependencies inside ``run`` (never at module level): ``mossnet --help`` and
+``mossnet --version`` then answer in a fraction of a second (tests/cli/test_main_cli.py checks
+that neither imports torch), and a missing optional dependency of one command does not break
+the others.
 
 Errors: this file is the one boundary where they are caught. A :class:`mossnet.errors.MossNetError`
 (bad data, checkpoint, config, device, option or output directory) prints one line and exits
@@ -18,6 +21,7 @@ import importlib
 import os
 import sys
 
+from mossnet import __version__
 from mossnet.errors import MossNetError
 
 # command name -> (module under mossnet.cli, one-line help)
@@ -30,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "inference benchmarks (CPU decode/prefill against SmolLM2 and Mamba-2)"),
     "compare": ("compare", "equal-budget quality studies against Transformer and SSM baselines"),
     "export": ("export", "export prefill and decode step with torch.export / ONNX"),
+    "distill": ("distill", "distill a Transformer teacher into a MossNet student (attention, then logits)"),
 }
 
 
@@ -38,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mossnet",
         description="MossNet: a mixture-of-state-space-experts language model (arXiv 2510.26182).",
     )
+    parser.add_argument("--version", action="version", version=f"mossnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -59,7 +65,15 @@ def _load(module_name: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Commands that take KEY=VALUE overrides accept them anywhere on the line; any other
+        # unknown word is an error, as parse_args would report it.
+        module = _load(args._module) if args.command else None
+        words_ok = getattr(module, "ACCEPTS_OVERRIDES", False) and all("=" in w and not w.startswith("-") for w in extra)
+        if not words_ok:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides or []) + extra
     if args.command is None:
         parser.print_help()
         return 0

@@ -3,6 +3,7 @@
     mossnet train --preset tiny --data runs/demo/data --out runs/demo/model --max-steps 600
     mossnet train --config run.yaml lr=1e-3 model.n_layers=6        # YAML + key=value overrides
     mossnet train --resume runs/demo/model --max-steps 1200         # continue exactly
+    mossnet train ... --print-config                                # show the resolved options, exit
     mossnet train --arch llama --preset tiny --data ... --out ...   # the same pipeline, a baseline
     torchrun --nproc_per_node 4 -m mossnet.cli.main train ... [--fsdp]
 """
@@ -13,65 +14,56 @@ import argparse
 import sys
 
 
+ACCEPTS_OVERRIDES = True  # KEY=VALUE words anywhere on the command line (cli/main.py collects them)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags come from TrainConfig's fields (``train/config.py``: ``option(...)``), so a new
+    training option is declared once; their spellings are a contract and never change."""
+    from mossnet.cli import argtypes
+    from mossnet.train.config import FLAG_FIELDS
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "Any option of the training config can be set as KEY=VALUE (e.g. lr=3e-4 warmup_steps=200),\n"
-        "and any model-config field as model.FIELD=VALUE (e.g. model.ssm_experts=8).\n"
+        "and any model-config field as model.FIELD=VALUE (e.g. model.ssm_experts=8), anywhere on the line.\n"
         "Priority: preset < checkpoint (with --resume) < --config YAML < flags < KEY=VALUE.\n"
+        "Output: OUT/model (loadable with from_pretrained), OUT/trainer (resume state), OUT/logs.\n"
         "Multi-GPU: torchrun --nproc_per_node N -m mossnet.cli.main train ... (DDP; --fsdp for FSDP2).")
-    g = parser.add_argument_group("what and where")
-    g.add_argument("--preset", default=None, help="model size: tiny | small | base (default tiny)")
-    g.add_argument("--arch", default=None, choices=["mossnet", "llama", "mamba2"],
-                   help="mossnet (default), or a size-matched transformers baseline")
-    g.add_argument("--data", default=None, help="a directory written by `mossnet prepare-data`")
-    g.add_argument("--out", default=None, help="checkpoint directory (a Hugging Face model directory)")
-    g.add_argument("--config", default=None, metavar="FILE.yaml", help="training options from a YAML file")
-    g.add_argument("--resume", default=None, metavar="DIR", help="continue from this checkpoint (default --out: DIR)")
-    g = parser.add_argument_group("schedule and batch")
-    g.add_argument("--max-steps", type=int, default=None, help="total optimizer steps")
-    g.add_argument("--batch-size", type=int, default=None, help="micro-batch size per process")
-    g.add_argument("--seq-len", type=int, default=None)
-    g.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    g.add_argument("--warmup-steps", type=int, default=None)
-    g.add_argument("--weight-decay", type=float, default=None)
-    g.add_argument("--grad-clip", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None)
-    g = parser.add_argument_group("logging and checkpoints")
-    g.add_argument("--log-interval", type=int, default=None)
-    g.add_argument("--eval-interval", type=int, default=None)
-    g.add_argument("--eval-tokens", type=int, default=None)
-    g.add_argument("--ckpt-interval", type=int, default=None, help="steps between checkpoints")
-    g.add_argument("--no-progress", action="store_const", const=False, dest="progress", default=None,
-                   help="no tqdm progress bar")
-    g.add_argument("--no-tensorboard", action="store_const", const=False, dest="tensorboard", default=None)
-    g = parser.add_argument_group("execution")
-    g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    g.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
-    g.add_argument("--cuda-graph", action="store_const", const=True, default=None, dest="cuda_graph",
-                   help="capture the whole training step in a CUDA graph and replay it (one CUDA process; "
-                        "removes the per-kernel launch cost)")
-    g.add_argument("--no-cuda-graph", action="store_const", const=False, dest="cuda_graph",
-                   help="train eagerly (overrides a YAML or checkpoint setting)")
-    g.add_argument("--fsdp", action="store_const", const=True, default=None,
-                   help="FSDP2 (fully_shard) instead of DDP under torchrun")
-    g.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training or model.* overrides")
+    groups = {}
+    for f in FLAG_FIELDS:
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool") and f.default is True:
+            group.add_argument("--no-" + flag[2:], action="store_const", const=False, dest=f.name, default=None,
+                               help=meta["help"])
+        elif f.type in (bool, "bool"):
+            group.add_argument(flag, action="store_const", const=True, dest=f.name, default=None, help=meta["help"])
+            if meta["both"]:
+                group.add_argument("--no-" + flag[2:], action="store_const", const=False, dest=f.name,
+                                   help=f"the opposite of {flag} (overrides a YAML or checkpoint setting)")
+        else:
+            kind = getattr(argtypes, meta["kind"]) if meta["kind"] else None
+            group.add_argument(flag, dest=f.name, default=None, type=kind, choices=meta["choices"],
+                               metavar=meta["metavar"], help=meta["help"])
+        if f.name == "out":
+            group.add_argument("--config", default=None, metavar="FILE.yaml", help="training options from a YAML file")
+    groups["what and where"].add_argument("--print-config", action="store_true",
+                                          help="print the resolved training configuration and exit")
+    parser.set_defaults(overrides=[])
 
 
-FLAG_KEYS = ("preset", "arch", "data", "out", "resume", "max_steps", "batch_size", "seq_len", "grad_accum", "lr",
-             "warmup_steps", "weight_decay", "grad_clip", "seed", "log_interval", "eval_interval", "eval_tokens",
-             "ckpt_interval", "progress", "tensorboard", "device", "dtype", "compile", "cuda_graph", "fsdp",
-             "num_threads")
+def flag_keys() -> tuple[str, ...]:
+    from mossnet.train.config import FLAG_FIELDS
+
+    return tuple(f.name for f in FLAG_FIELDS)
 
 
 def resolve_config(args: argparse.Namespace):
     from mossnet.train.config import build_config, load_yaml, parse_overrides
 
-    flags = {k: getattr(args, k, None) for k in FLAG_KEYS}
+    flags = {k: getattr(args, k, None) for k in flag_keys()}
     # --resume may also come from the YAML file or an override
     resume = flags["resume"] or parse_overrides(args.overrides or []).get("resume")
     if not resume and args.config:
@@ -80,6 +72,7 @@ def resolve_config(args: argparse.Namespace):
     if resume:
         saved = _saved_config(resume)
         saved.pop("resume", None)
+        saved.pop("init_from", None)  # provenance of the original run; the weights now come from the checkpoint
         if flags["out"] is None:
             flags["out"] = resume  # continue in place
         flags["resume"] = resume
@@ -91,14 +84,14 @@ def _saved_config(path: str) -> dict:
 
     import yaml
 
-    from mossnet.train.checkpoint import CheckpointError, recover
+    from mossnet.train.checkpoint import CONFIG_FILE, read_trainer_state
+    from mossnet.errors import CheckpointError
+    from mossnet.rundir import TRAINER
 
-    recover(path)
-    f = Path(path) / "train_config.yaml"
-    if not Path(path).is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    read_trainer_state(path, verify=False)  # a clear line for a missing, old-layout or unfinished checkpoint
+    f = Path(path) / TRAINER / CONFIG_FILE
     if not f.is_file():
-        raise CheckpointError(f"{path} is not a training checkpoint (train_config.yaml is missing)")
+        raise CheckpointError(f"{path} is not a training checkpoint ({TRAINER}/{CONFIG_FILE} is missing)")
     try:
         data = yaml.safe_load(f.read_text())
     except yaml.YAMLError as err:
@@ -109,24 +102,12 @@ def _saved_config(path: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mossnet.data.errors import DataError
-    from mossnet.train.checkpoint import CheckpointError
-    from mossnet.train.loop import TrainingDiverged, train
+    from mossnet.train.config import config_yaml
+    from mossnet.train.loop import train
 
-    try:
-        cfg = resolve_config(args)
-    except (ValueError, CheckpointError) as err:
-        print(f"mossnet train: {err}", file=sys.stderr)
-        return 2
-    try:
-        result = train(cfg)
-    except TrainingDiverged as err:
-        print(f"mossnet train: {err}", file=sys.stderr)
-        return 1
-    except CheckpointError as err:
-        print(f"mossnet train: bad checkpoint: {err}", file=sys.stderr)
-        return 2
-    except DataError as err:
-        print(f"mossnet train: bad data: {err}", file=sys.stderr)
-        return 2
-    return 130 if result.status == "interrupted" else 0
+    cfg = resolve_config(args)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+        return 0
+    result = train(cfg)
+    return {"interrupted": 130, "terminated": 143}.get(result.status, 0)

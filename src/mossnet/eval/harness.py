@@ -47,6 +47,47 @@ def is_offline(name: str) -> bool:
     return name in TASK_SOURCES or name == "mossnet_offline"
 
 
+def known_offline_names() -> list[str]:
+    """Every name that runs offline: the standard names and our task names."""
+    return sorted({*OFFLINE_NAMES, *TASK_SOURCES, "mossnet_offline"})
+
+
+def unknown_tasks(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` (after :func:`offline_task_names`) that neither run offline
+    nor are known to lm-eval. Indexes lm-eval's own task folders (~10 s) only when a
+    non-offline name is asked for, as :func:`run_tasks` would."""
+    resolved = offline_task_names(names)
+    others = [name for name in resolved if not is_offline(name)]
+    if not others:
+        return []
+    mentioned = _mentioned_in_lm_eval_tasks(others)
+    absent = [name for name in others if name not in mentioned]
+    if absent:  # a quick, certain answer: lm-eval's index is built from these files
+        return absent
+    known = set(task_manager(others).all_tasks)
+    return [name for name in others if name not in known]
+
+
+def _mentioned_in_lm_eval_tasks(names: list[str]) -> set[str]:
+    """The names that occur anywhere in lm-eval's task YAML files (a second or so, against the
+    ~10-30 s of building its task index). Every task, group and tag name lm-eval knows is written
+    in one of these files, so a name found nowhere is certainly unknown; a name found somewhere
+    is then checked against the real index."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return set()
+    root = Path(next(iter(spec.submodule_search_locations))) / "tasks"
+    found: set[str] = set()
+    for path in root.rglob("*.yaml"):
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        found.update(name for name in names if name in text)
+        if len(found) == len(names):
+            break
+    return found
+
+
 class _QuietCustomDataset(logging.Filter):
     """Drop lm-eval's per-task hint about `--metadata`, printed for every `custom_dataset` task."""
 

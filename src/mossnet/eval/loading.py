@@ -1,47 +1,36 @@
-"""Load a checkpoint folder (MossNet or any Hugging Face causal LM) for evaluation, offline."""
+"""Load a checkpoint folder (MossNet or any Hugging Face causal LM) for evaluation, offline.
+
+The model goes through :func:`mossnet.rundir.load.load_model` (a run directory or its
+``model/``, SHA-256 and finite-weight checks, one CheckpointError line for every failure), and
+the device and dtype through :mod:`mossnet.runtime`, as in every other command.
+"""
 
 from __future__ import annotations
 
 import os
-import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from mossnet import runtime
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" picks CUDA when present; a CUDA request on a machine without one falls
-    back to the CPU with a warning (lm-eval's CLI passes "cuda" by habit)."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn("CUDA requested but not available; evaluating on the CPU", stacklevel=2)
-        return torch.device("cpu")
-    return device
+    """``None``/"auto" picks CUDA when present; an unavailable device is a DeviceError (one line)."""
+    return runtime.resolve_device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """"float32" (default), "bfloat16" or "float16", or a torch dtype."""
+    """"float32" (default, also for "auto"), "bfloat16" or "float16" (or fp32 / bf16 / fp16),
+    or a torch dtype. Evaluation defaults to fp32 on every device, unlike generation."""
     if dtype is None or dtype == "auto":
         return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).removeprefix("torch.")]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}") from None
+    return runtime.resolve_dtype(dtype)
 
 
 def _register_mossnet() -> None:
-    """Importing the top-level package registers MossNet with the Auto classes (once it exists)."""
-    try:
-        import mossnet  # noqa: F401
-    except ImportError:  # a checkout where the model package is not built yet
-        pass
+    """Importing the model package registers MossNet with the Auto classes."""
+    import mossnet.models.mossnet  # noqa: F401
 
 
 def load_causal_lm(
@@ -52,26 +41,36 @@ def load_causal_lm(
     gguf_file: str | None = None,
     tokenizer_path: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
+    verify: bool = True,
+    need_tokenizer: bool = True,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local folder, in eval mode, on ``device``.
 
-    Works for MossNet checkpoints (``import mossnet`` registers the Auto classes) and any
-    Hugging Face causal LM folder, including a GGUF file inside one (``gguf_file=``; needs the
-    ``gguf`` and ``accelerate`` packages; weights are dequantized to ``dtype``). Never downloads.
+    Works for MossNet checkpoints (run directories, their ``model/``, older flat checkpoints)
+    and any Hugging Face causal LM folder, including a GGUF file inside one (``gguf_file=``;
+    needs the ``gguf`` and ``accelerate`` packages; weights are dequantized to ``dtype``). Never
+    downloads. ``verify`` checks recorded SHA-256s and refuses non-finite weights. The tokenizer
+    is checked against the model's vocabulary; with ``need_tokenizer=False`` a missing one gives
+    ``None`` instead of an error (perplexity on prepared ids needs none).
+    Raises CheckpointError or DeviceError with one line.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from mossnet.rundir.load import load_model, load_tokenizer
 
-    _register_mossnet()
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder not found: {path}")
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, **extra
-    )
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_path or path, trust_remote_code=trust_remote_code, **({} if tokenizer_path else extra)
-    )
-    model.to(resolve_device(device)).eval()
+    target = resolve_device(device)  # before loading: an unavailable device fails in a second
+    model = load_model(path, dtype=resolve_dtype(dtype), device=target, verify=verify,
+                       trust_remote_code=trust_remote_code, gguf_file=gguf_file)
+    if not (need_tokenizer or tokenizer_path or gguf_file or has_tokenizer(path)):
+        return model, None
+    tokenizer = load_tokenizer(tokenizer_path or path, model=model, gguf_file=None if tokenizer_path else gguf_file)
     return model, tokenizer
+
+
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    """Whether the model folder ``path`` (a run directory, or a model directory) holds tokenizer files."""
+    from pathlib import Path
+
+    from mossnet.rundir.layout import MODEL
+    from mossnet.rundir.load import _has_tokenizer
+
+    path = Path(path)
+    return path.is_dir() and (_has_tokenizer(path) or _has_tokenizer(path / MODEL))

@@ -7,9 +7,9 @@ instead, so these wrappers take the per-layer states as tensors and return new o
     DecodeStep(model)(input_ids, *conv_states, *ssm_states) -> (logits, *conv_states', *ssm_states')
     Prefill(model)(input_ids) -> (logits_last, *conv_states, *ssm_states)
 
-Both run the model's own code (:meth:`MossNetBlock.step` and the chunked-scan forward), so the
-exported graph computes exactly what eager generation computes. Shapes, per layer l:
-conv_states[l] (batch, E, K-1, P+2N) and ssm_states[l] (batch, E, N, P), fp32.
+Both run the model's own code (the one-token decode step, ``MossNetModel._decode_step``, and the
+chunked-scan forward), so the exported graph computes exactly what eager generation computes.
+Shapes, per layer l: conv_states[l] (batch, E, K-1, P+2N) and ssm_states[l] (batch, E, N, P), fp32.
 """
 
 from __future__ import annotations
@@ -62,14 +62,11 @@ class DecodeStep(_StateFunction):
     """
 
     def forward(self, input_ids: torch.Tensor, *states: torch.Tensor):
-        conv, ssm = self._copied_states(states)
+        cache = MossNetCache.from_states(*self._copied_states(states))
         backbone = self.model.model
-        h = backbone.embed_tokens(input_ids[:, 0]).float()
-        for i, block in enumerate(backbone.layers):
-            h = block.step(h, conv[i], ssm[i])
-        h = backbone.norm_f(h)
+        h = backbone._decode_step(backbone.embed_tokens(input_ids[:, 0]), cache, False).last_hidden_state[:, 0]
         logits = self.model.lm_head(h.to(self.model.lm_head.weight.dtype)).float()
-        return (logits, *conv, *ssm)
+        return (logits, *cache.conv_states, *cache.ssm_states)
 
 
 def _grouped_linear_traceable(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ import shutil
 
 import torch
 
+from mossnet.errors import MossNetError, OptionError
+
 from .decode_step import export_decode_step, export_prefill, initial_states, state_names
 
 MANIFEST = "manifest.json"
@@ -50,11 +52,19 @@ def _to_onnx(program: torch.export.ExportedProgram, path: str, n_layers: int, op
         program, (), input_names=inputs, output_names=outputs, dynamo=True, opset_version=opset,
         optimize=True, verbose=False, custom_translation_table={torch.ops.aten.sort.stable: _sort_as_topk},
     )
+    written = onnx_program.model.opset_imports.get("")
+    if written != opset:  # the exporter's version converter gives up silently and keeps its own opset
+        raise OpsetError(f"the ONNX exporter could not convert the graph to opset {opset} (it wrote opset "
+                         f"{written}); choose another opset (18 always works)")
     onnx_program.save(path, external_data=False)
 
 
-class Int8ExportError(RuntimeError):
-    """The int8 graph onnxruntime's quantizer wrote does not load in onnxruntime."""
+class OpsetError(OptionError):
+    """The exporter cannot write the requested ONNX opset."""
+
+
+class Int8ExportError(MossNetError, RuntimeError):
+    """The int8 graph onnxruntime's quantizer wrote does not load in onnxruntime (one line at the CLI)."""
 
 
 def quantize_int8(src: str, dst: str) -> None:

@@ -43,9 +43,18 @@ class MoEMLP(nn.Module):
             self.down = nn.Parameter(torch.empty(n_experts, d_model, hidden))
         self.shared = SwiGLU(d_model, hidden) if shared_expert else None
 
-    def forward(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, RouterReport | None]:
+    def forward(
+        self, u: torch.Tensor, valid: torch.Tensor | None = None, decode: bool = False
+    ) -> tuple[torch.Tensor, RouterReport | None]:
         """u: (n, D) tokens; valid: (n,) bool (padding gets output 0). Returns (n, D) and the
-        router report (None for a dense MLP)."""
+        router report (None for a dense MLP).
+
+        ``decode=True`` (a few generated tokens, no padding): the same function without
+        router statistics (the report is None), through :meth:`_decode_tokens` when the
+        tokens are few. Decode enters here too, so wrappers that hook ``forward`` see it.
+        """
+        if decode:
+            return self._decode_tokens(u), None
         keep = None if valid is None else valid[:, None].to(u.dtype)
         report = None
         if self.n_experts == 1:
@@ -65,11 +74,10 @@ class MoEMLP(nn.Module):
             out = out * keep.to(out.dtype)
         return out, report
 
-    # Above this many (token, expert) pairs the decode step uses the sorted grouped path.
+    # Above this many (token, expert) pairs the decode path uses the sorted grouped path.
     STEP_MAX_PAIRS = 64
 
-    @torch.no_grad()
-    def step(self, u: torch.Tensor) -> torch.Tensor:
+    def _decode_tokens(self, u: torch.Tensor) -> torch.Tensor:
         """The decode path: ``forward(u)[0]`` for a few tokens (no padding), without sorting,
         group offsets or router statistics. Each token's k experts are applied directly
         (:func:`~mossnet.ops.moe.gathered_linear.gathered_linear`), touching only their weights.

@@ -33,6 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
 from ..ops.conv import gather_rows, routed_causal_conv, segment_causal_conv
 from ..ops.moe import dispatch_by_expert, grouped_linear
@@ -42,6 +43,15 @@ from ..ops.mosse.naive import compute_dtype_for, ssm_step
 from .norm import gated_rms_norm
 from .router import Router, RouterOutput, RouterReport
 from .sequence_layout import SequenceLayout
+
+
+def step_size(dt_raw: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:
+    """The dt rule of every layout and of decode: dt = softplus(dt_raw + dt_bias), in dt_bias's
+    dtype (fp32, or fp64 for fp64 layers).
+
+    dt_raw: (..., 1) projected feature; dt_bias: broadcastable to (...). Returns (...).
+    """
+    return F.softplus(dt_raw.squeeze(-1).to(dt_bias.dtype) + dt_bias)
 
 
 class MoSSE(nn.Module):
@@ -94,24 +104,40 @@ class MoSSE(nn.Module):
     def forward(
         self,
         u: torch.Tensor,
-        layout: SequenceLayout,
+        layout: SequenceLayout | None = None,
         conv_state: torch.Tensor | None = None,
         ssm_state: torch.Tensor | None = None,
         return_states: bool = False,
+        decode: bool = False,
     ):
-        """Run the layer over a whole (chunk of a) sequence.
+        """Run the layer over a whole (chunk of a) sequence, or one decode token.
+
+        The one entry point: wrappers that hook ``forward`` (PEFT's ``ParamWrapper``, FSDP,
+        ``torch.export``) see every call, decode included.
 
         Args:
             u: (batch, T, D) normalised input.
-            layout: padding / packed-document layout of the batch.
+            layout: padding / packed-document layout of the batch (None: every token valid,
+                one sequence per row).
             conv_state: (batch, E, K-1, C) and ssm_state: (batch, E, N, P) fp32 carried from a
                 previous chunk (generation), or None.
             return_states: also return the new (conv_state, ssm_state).
+            decode: one generated token per row (T = 1, no padding): the step math of
+                :meth:`_decode_token`, touching only the routed experts. Both states are
+                required and are advanced in place (a static cache, so the step can be
+                captured in a CUDA graph); nothing else is returned.
         Returns:
-            o (batch, T, D), a :class:`RouterReport` (None with one expert), and the new states
-            (or None).
+            o (batch, T, D), a :class:`RouterReport` (None with one expert or in decode), and
+            the new states (None unless ``return_states``).
         """
+        if decode:
+            if conv_state is None or ssm_state is None or u.shape[1] != 1:
+                raise ValueError(
+                    f"MoSSE decode takes one token per row (batch, 1, D) and both states; got u {tuple(u.shape)}"
+                )
+            return self._decode_token(u[:, 0], conv_state, ssm_state)[:, None], None, None
         batch, T, Dm = u.shape
+        layout = layout if layout is not None else SequenceLayout.build(batch, T)
         n = batch * T
         flat = u.reshape(n, Dm)
         valid = None if layout.valid is None else layout.valid.reshape(n)
@@ -189,7 +215,7 @@ class MoSSE(nn.Module):
         x, B, C = xBC.split([P, N, N], dim=-1)
         # Step sizes and decays in fp32 (fp64 when the layer runs in fp64, as the identity tests do).
         sdt = compute_dtype_for(u)
-        dt = F.softplus(d.squeeze(-1).to(sdt) + self.dt_bias.to(sdt)) * visit
+        dt = step_size(d, self.dt_bias.to(sdt)) * visit
         A = -torch.exp(self.A_log.to(sdt))
 
         y, final = self._scan(x, dt, A, B, C, layout, ssm_state, return_states)
@@ -249,7 +275,7 @@ class MoSSE(nn.Module):
         ).to(sdt)  # (E, 2 + 2P)
         dt_bias, neg_A, D, norm_weight = gather_rows(table, expert).split([1, 1, P, P], dim=1)
         neg_A = neg_A.squeeze(1)  # |A_e| per row, (n*k,)
-        dt = F.softplus(d.squeeze(-1).to(sdt) + dt_bias.squeeze(1))
+        dt = step_size(d, dt_bias.squeeze(1))
         unit = lambda t: t[None, :, None]  # noqa: E731  (n*k, ...) -> (1, n*k, 1, ...): one head
         y, _ = mosse_scan(
             unit(x), unit(dt * neg_A), -torch.ones(1, dtype=sdt, device=u.device), unit(B), unit(C),
@@ -276,9 +302,9 @@ class MoSSE(nn.Module):
         return y.view(batch, T, *y.shape[2:]), layout.gather_final_state(final)
 
     # ----------------------------------------------------------------- one token
-    @torch.no_grad()
-    def step(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
-        """One generated token, touching only the routed experts' weights and states.
+    def _decode_token(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """One generated token (``forward(..., decode=True)``), touching only the routed
+        experts' weights and states.
 
         Args:
             u: (batch, D). conv_state: (batch, E, K-1, C), ssm_state: (batch, E, N, P); both
@@ -308,7 +334,7 @@ class MoSSE(nn.Module):
         x, B, C = F.silu(conv_out).split([P, N, N], dim=-1)
 
         sdt = compute_dtype_for(u)
-        dt = F.softplus(d.squeeze(-1).to(sdt) + self.dt_bias[idx].to(sdt))
+        dt = step_size(d, self.dt_bias[idx].to(sdt))
         A = -torch.exp(self.A_log[idx].to(sdt))
         y, new_state = ssm_step(gather4(ssm_state, (N, P)), x, dt, A, B, C, self.D[idx])
         ssm_state.scatter_(1, idx[:, :, None, None].expand(-1, -1, N, P), new_state.to(ssm_state.dtype))
@@ -320,20 +346,25 @@ class MoSSE(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, config) -> None:
         """Mamba-2-style init: dt bias = softplus^-1 of a log-uniform step in [dt_min, dt_max];
-        A = -uniform(A_init_range) stored as A_log; D = 1; residual output scaled by depth."""
+        A = -uniform(A_init_range) stored as A_log; D = 1; residual output scaled by depth.
+
+        Every write goes through ``transformers.initialization``, whose functions skip a tensor
+        that ``from_pretrained`` already loaded: transformers 5.0-5.12 re-run this after loading
+        and only guard those calls, so a plain ``.fill_()`` / ``.copy_()`` here would silently
+        overwrite loaded weights."""
         std = config.initializer_range
         E = self.n_experts
-        nn.init.normal_(self.in_proj, std=std)
-        nn.init.uniform_(self.conv_weight, -1 / math.sqrt(self.conv_kernel), 1 / math.sqrt(self.conv_kernel))
-        self.conv_bias.zero_()
+        init.normal_(self.in_proj, std=std)
+        init.uniform_(self.conv_weight, -1 / math.sqrt(self.conv_kernel), 1 / math.sqrt(self.conv_kernel))
+        init.zeros_(self.conv_bias)
         dt = torch.exp(torch.rand(E) * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(config.dt_min))
         dt = dt.clamp(min=config.dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         lo, hi = config.A_init_range
-        self.A_log.copy_(torch.log(torch.empty(E).uniform_(lo, hi)))
-        self.D.fill_(1.0)
-        self.norm_weight.fill_(1.0)
+        init.copy_(self.A_log, torch.log(torch.empty(E).uniform_(lo, hi)))
+        init.ones_(self.D)
+        init.ones_(self.norm_weight)
         out_std = std / math.sqrt(2 * config.n_layers) if config.rescale_residual else std
-        nn.init.normal_(self.out_proj, std=out_std)
+        init.normal_(self.out_proj, std=out_std)
         if self.router is not None:
-            nn.init.normal_(self.router.weight, std=std)
+            init.normal_(self.router.weight, std=std)

@@ -64,8 +64,9 @@ def commit_save(root: str | Path, tmp: Path, parts: Iterable[str] = PARTS) -> No
 
 
 def abort_save(tmp: Path) -> None:
-    """Remove a temporary folder whose save failed before ``commit_save``."""
-    if (tmp / SAVE_MARK).is_file():
+    """Remove a temporary folder whose save failed before it was complete. A complete one is
+    left for ``recover`` to roll forward: some of its parts may already be in place."""
+    if (tmp / SAVE_MARK).is_file() and not (tmp / COMPLETE).is_file():
         shutil.rmtree(tmp, ignore_errors=True)
 
 

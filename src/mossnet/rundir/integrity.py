@@ -16,7 +16,7 @@ from mossnet.errors import CheckpointError
 from .layout import LEGACY_STATE
 
 CHECKSUMS = "SHA256SUMS"
-_RECORDED_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model")
+_RECORDED_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".py")
 
 
 def sha256(path: Path) -> str:
@@ -28,7 +28,8 @@ def sha256(path: Path) -> str:
 
 
 def recorded_files(model_dir: Path) -> list[Path]:
-    """The files a record covers: weights (``*.safetensors``) and every config or tokenizer file."""
+    """The files a record covers: weights (``*.safetensors``), every config or tokenizer file, and
+    the remote-code shims (``*.py``)."""
     return sorted(p for p in model_dir.iterdir()
                   if p.is_file() and p.name != CHECKSUMS and p.suffix in _RECORDED_SUFFIXES)
 

@@ -3,7 +3,7 @@ schedule and optimizer for every model; only the architecture changes.
 
 Every run is one ``mossnet.train`` run (:func:`mossnet.train.loop.train`) of the same
 :class:`~mossnet.train.config.TrainConfig` except ``arch``/``model``, written under
-``OUT/runs/<variant>-s<seed>/train`` (a normal checkpoint directory with ``metrics.jsonl``),
+``OUT/runs/<variant>-s<seed>/train`` (a normal run directory with ``logs/metrics.jsonl``),
 and summarised in ``OUT/runs/<variant>-s<seed>/result.json``. The seed sets both the
 initialisation and the order of the training windows, so that, for one seed, every architecture
 sees exactly the same batches. A run whose result JSON exists is skipped; one interrupted after
@@ -26,6 +26,8 @@ import platform
 import time
 from pathlib import Path
 from typing import Any
+
+from mossnet.rundir import LOGS, MODEL, TRAINER
 
 from .arch_configs import (ARCHS, LABELS, MOSSNET_VARIANTS, _solve_mlp_width, captures, describe_arch,
                            mossnet_active, reference_config, trainer_arch, variant_overrides)
@@ -119,12 +121,12 @@ def _run_config(spec: dict[str, Any], train_dir: Path):
     checkpoint) the one the trainer built."""
     from transformers import AutoConfig
 
-    import mossnet  # noqa: F401  (registers MossNetConfig with AutoConfig)
+    import mossnet.models.mossnet  # noqa: F401  (registers MossNetConfig with AutoConfig)
     from mossnet.data import read_manifest
     from mossnet.train.baselines import build_model_config
 
-    if (train_dir / "config.json").is_file():
-        return AutoConfig.from_pretrained(train_dir)
+    if (train_dir / MODEL / "config.json").is_file():
+        return AutoConfig.from_pretrained(train_dir / MODEL)
     vocab = int(read_manifest(spec["data"])["vocab_size"])
     return build_model_config(spec["trainer_arch"], spec["preset"], vocab, dict(spec["model"]), spec["seq_len"])
 
@@ -148,7 +150,7 @@ def execute_lm(spec: dict[str, Any]) -> dict[str, Any]:
         tensorboard=False, progress=False, plot=False, seed=spec["seed"], device=spec["device"],
         dtype=spec["dtype"], num_threads=spec.get("threads", 0) or 0, cuda_graph=bool(spec.get("cuda_graph")),
     )
-    if (train_dir / ckpt.STATE_DIR).is_dir():
+    if (train_dir / TRAINER / ckpt.STATE_FILE).is_file():
         cfg.resume = str(train_dir)  # an interrupted run: continue from its last checkpoint
     cfg.validate()
     t0 = time.perf_counter()
@@ -161,7 +163,7 @@ def execute_lm(spec: dict[str, Any]) -> dict[str, Any]:
     if result is not None and result.status != "done":
         raise RuntimeError(f"{spec['name']}: training stopped ({result.status}) at step {result.step}")
 
-    records = _read_jsonl(train_dir / "metrics.jsonl")
+    records = _read_jsonl(train_dir / LOGS / "metrics.jsonl")
     tps = spec["batch_size"] * spec["seq_len"]
     curve = {}
     for r in records:

@@ -72,6 +72,7 @@ def mossnet_config(preset: str, vocab_size: int, overrides: dict[str, Any], eos_
                    bos_id: int | None = None):
     from mossnet import MossNetConfig
 
+    check_model_keys(overrides, mossnet_fields(), "mossnet")
     kwargs = dict(overrides)
     kwargs.setdefault("vocab_size", vocab_size)
     for key, value in (("eos_token_id", eos_id), ("bos_token_id", bos_id)):
@@ -178,9 +179,44 @@ def build_model_config(arch: str, preset: str, vocab_size: int, overrides: dict[
     own_over = {k: v for k, v in overrides.items() if k not in ref_fields}
     ref = mossnet_config(preset, vocab_size, ref_over, eos_id, bos_id)
     cfg = baseline_config(arch, ref, seq_len=seq_len)
+    check_model_keys(own_over, set(cfg.to_dict()), arch)
     for key, value in own_over.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def validate_model_overrides(arch: str, overrides: dict[str, Any]) -> None:
+    """Refuse unknown ``model.KEY`` overrides for ``arch`` before any work starts."""
+    known = mossnet_fields()
+    if arch != "mossnet":
+        from transformers import LlamaConfig, Mamba2Config
+
+        known |= set((LlamaConfig if arch == "llama" else Mamba2Config)().to_dict())
+    check_model_keys(overrides, known, arch)
+
+
+def mossnet_fields() -> set[str]:
+    """The keys a ``model.KEY=VALUE`` override may set on a MossNet config."""
+    import inspect
+
+    from mossnet import MossNetConfig
+
+    own = set(inspect.signature(MossNetConfig.__init__).parameters) - {"self", "kwargs"}
+    return own | set(MossNetConfig().to_dict())
+
+
+def check_model_keys(overrides: dict[str, Any], known: set[str], arch: str) -> None:
+    """Refuse a model override the config does not have (a typo would otherwise be stored in
+    config.json and silently ignored), suggesting the nearest known key."""
+    import difflib
+
+    from mossnet.errors import ConfigError
+
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean model.{close[0]}?)" if close else ""
+            raise ConfigError(f"model.{key} is not a field of the {arch} model config{hint}")
 
 
 def describe(model: nn.Module) -> dict[str, int]:

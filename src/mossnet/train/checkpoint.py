@@ -1,21 +1,16 @@
-"""Checkpoints: a Hugging Face model directory plus the trainer state, written atomically and
-read back without unpickling anything.
+"""Checkpoints of a training run, saved into its run directory (``mossnet.rundir``) and read back
+without unpickling anything::
 
-Layout of a checkpoint directory (it is also the ``--out`` directory of a run)::
+    RUN/model/      model.save_pretrained + the data's tokenizer + SHA256SUMS
+    RUN/trainer/    train_config.yaml                       the resolved TrainConfig
+                    optimizer.safetensors + optimizer.json  AdamW state (tensors | structure)
+                    rank{R}.safetensors + rank{R}.json      RNG states + data position, per rank
+                    state.json                              step, counters, data identity, checksums; last
+    RUN/logs/       metrics.jsonl, metrics.csv, loss_curve.png, tensorboard/ (appended, never replaced)
 
-    config.json, model.safetensors, generation_config.json   # model.save_pretrained
-    tokenizer.json, tokenizer_config.json, ...               # copied from DATA/tokenizer
-    train_config.yaml                                        # the resolved TrainConfig
-    trainer_state/
-        optimizer.safetensors + optimizer.json               # AdamW state (tensors | structure)
-        rank{R}.safetensors + rank{R}.json                   # RNG states + data position, per rank
-        state.json                                           # step, counters, checksums; written last
-    metrics.jsonl, metrics.csv, loss_curve.png, ...          # run logs, carried from save to save
-
-Atomicity: everything is written into a sibling temporary directory; then the old directory is
-renamed aside, the new one renamed into place, and the old one removed. A crash while writing
-leaves the previous checkpoint untouched; a crash between the two renames leaves the previous
-checkpoint at ``DIR.old``, which ``recover()`` (called by every save and load) moves back.
+``model/`` and ``trainer/`` are replaced together by ``rundir.atomic``: a crash, a signal or a
+full disk leaves the previous checkpoint or the new one, never a mix, and nothing else in RUN is
+touched.
 
 No pickle: tensors go to safetensors files, everything else (the structure of the optimizer
 state, scalars, RNG bookkeeping) to JSON. ``dump_tree``/``load_tree`` convert any nesting of
@@ -24,235 +19,29 @@ dicts, lists, tuples, scalars, tensors and numpy arrays into that pair of files 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
-import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from mossnet.errors import CheckpointError  # re-exported: the trainer's domain error
+from mossnet.errors import CheckpointError, ConfigError  # CheckpointError re-exported: the trainer's domain error
+from mossnet.rundir import atomic
+from mossnet.rundir.integrity import sha256, verify_model_dir, write_checksums
+from mossnet.rundir.layout import MODEL, TRAINER, is_legacy_checkpoint
 
-FORMAT_VERSION = 1
-STATE_DIR = "trainer_state"
+from .tree_codec import _load_safetensors, capture_rng, dump_tree, load_tree, restore_rng  # noqa: F401
+
+FORMAT_VERSION = 2
 STATE_FILE = "state.json"
-LOG_FILES = ("metrics.jsonl", "metrics.csv", "loss_curve.png", "train.log")
+CONFIG_FILE = "train_config.yaml"
 
 
-
-
-# --------------------------------------------------------------------------------------------
-# Tree codec: nested python structures <-> (JSON-able skeleton, {key: tensor})
-
-
-def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
-    if isinstance(obj, torch.Tensor):
-        key = path or "value"
-        tensors[key] = obj.detach().to("cpu").contiguous()
-        return {"__tensor__": key}
-    if isinstance(obj, np.ndarray):
-        key = path or "value"
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj))
-        return {"__ndarray__": key}
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return {"__float__": repr(obj)}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj) and "__tensor__" not in obj:
-            return {k: _encode(v, tensors, f"{path}.{k}" if path else k) for k, v in obj.items()}
-        return {"__items__": [[_encode(k, tensors, f"{path}.k{i}"), _encode(v, tensors, f"{path}.{k}")]
-                              for i, (k, v) in enumerate(obj.items())]}
-    if isinstance(obj, torch.dtype):
-        return {"__dtype__": str(obj).removeprefix("torch.")}
-    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (at {path or 'root'})")
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if "__tensor__" in obj:
-        return tensors[obj["__tensor__"]]
-    if "__ndarray__" in obj:
-        return tensors[obj["__ndarray__"]].numpy()
-    if "__float__" in obj:
-        return float(obj["__float__"])
-    if "__tuple__" in obj:
-        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
-    if "__items__" in obj:
-        return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
-    if "__dtype__" in obj:
-        return getattr(torch, obj["__dtype__"])
-    return {k: _decode(v, tensors) for k, v in obj.items()}
-
-
-def dump_tree(obj: Any, stem: Path) -> None:
-    """Write ``obj`` as ``stem.json`` (structure) + ``stem.safetensors`` (tensors)."""
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _encode(obj, tensors, "")
-    save_file(tensors, str(stem.with_suffix(".safetensors")))
-    stem.with_suffix(".json").write_text(json.dumps(skeleton))
-
-
-def load_tree(stem: Path) -> Any:
-    json_path, st_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    for p in (json_path, st_path):
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint file {p} is missing")
-    try:
-        skeleton = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint file {json_path} is corrupt (not valid JSON: {err})") from None
-    tensors = _load_safetensors(st_path)
-    try:
-        return _decode(skeleton, tensors)
-    except KeyError as err:
-        raise CheckpointError(f"checkpoint files {stem}.* disagree: tensor {err} is missing") from None
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({err})") from None
-
-
-# --------------------------------------------------------------------------------------------
-# RNG state (python, numpy, torch CPU, CUDA) as plain values + uint8 tensors
-
-
-def capture_rng() -> dict[str, Any]:
-    version, mt, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": np_name, "keys": np.asarray(np_keys, dtype=np.uint32), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()  # this process's current device
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["mt"].tolist()), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"], n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"].to(torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8))
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic directory replacement
-
-
-def _old(path: Path) -> Path:
-    return path.with_name(path.name + ".old")
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
-def recover(path: str | Path) -> None:
-    """Undo a save that crashed between its two renames: restore ``DIR.old`` when ``DIR`` is
-    gone (a leftover ``.DIR.tmp`` is removed by the next save)."""
-    path = Path(path)
-    old = _old(path)
-    if not path.exists() and old.is_dir():
-        os.replace(old, path)
-    elif path.exists() and old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def begin_save(path: str | Path) -> Path:
-    """Create and return an empty temporary directory next to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover(path)
-    tmp = _tmp(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def commit_save(tmp: Path, path: str | Path, carry: tuple[str, ...] = LOG_FILES) -> None:
-    """Move the finished ``tmp`` into place as ``path`` (carrying the run's log files and any
-    other file the user left in ``path`` that the new checkpoint does not replace)."""
-    path = Path(path)
-    if path.is_dir():
-        for entry in path.iterdir():
-            target = tmp / entry.name
-            if target.exists() or entry.name == STATE_DIR:
-                continue
-            if entry.name in carry or not _is_checkpoint_artifact(entry.name):
-                if entry.is_dir():
-                    shutil.copytree(entry, target)
-                else:
-                    shutil.copy2(entry, target)
-        old = _old(path)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def abort_save(tmp: Path) -> None:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _is_checkpoint_artifact(name: str) -> bool:
-    """Files that each save rewrites: never carried over from the previous checkpoint (a stale
-    shard or tokenizer file from an earlier, different save must not survive)."""
-    return (
-        name in ("config.json", "generation_config.json", "train_config.yaml", "chat_template.jinja")
-        or name.startswith(("model", "tokenizer", "special_tokens_map", "vocab", "merges"))
-        or name.endswith((".safetensors", ".bin"))
-    )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,42 +57,47 @@ def copy_tokenizer(data_dir: str | Path, dest: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
-def write_trainer_state(tmp: Path, state: dict[str, Any], optimizer_state: dict[str, Any] | None) -> None:
-    """Write ``trainer_state/`` into the temporary checkpoint ``tmp`` (rank 0). ``state.json``
-    goes last, with checksums of every file of the checkpoint: its presence marks a complete
-    checkpoint."""
-    sdir = tmp / STATE_DIR
-    sdir.mkdir(exist_ok=True)
+def write_trainer_state(trainer_dir: Path, state: dict[str, Any], optimizer_state: dict[str, Any] | None) -> None:
+    """Write the optimizer and ``state.json`` into ``trainer_dir`` (rank 0, after every rank wrote
+    its own files). ``state.json`` goes last, with checksums of every trainer file and of the
+    model's SHA256SUMS: its presence marks a complete checkpoint."""
+    trainer_dir.mkdir(exist_ok=True)
     if optimizer_state is not None:
-        dump_tree(optimizer_state, sdir / "optimizer")
-    checksums = {}
-    for f in sorted(tmp.rglob("*")):
-        if f.is_file() and f.name != STATE_FILE and f.suffix in (".safetensors", ".json"):
-            checksums[str(f.relative_to(tmp))] = sha256(f)
-    record = {"format_version": FORMAT_VERSION, "saved_at": time.time(), **state,
-              "checksums": checksums}
-    (sdir / STATE_FILE).write_text(json.dumps(record, indent=2))
+        dump_tree(optimizer_state, trainer_dir / "optimizer")
+    checksums = {f.name: sha256(f) for f in sorted(trainer_dir.iterdir())
+                 if f.is_file() and f.name != STATE_FILE}
+    record = {"format_version": FORMAT_VERSION, "saved_at": time.time(), **state, "checksums": checksums}
+    (trainer_dir / STATE_FILE).write_text(json.dumps(record, indent=2))
 
 
-def write_rank_state(tmp: Path, rank: int, state: dict[str, Any]) -> None:
-    sdir = tmp / STATE_DIR
-    sdir.mkdir(exist_ok=True)
-    dump_tree(state, sdir / f"rank{rank}")
+def write_rank_state(trainer_dir: Path, rank: int, state: dict[str, Any]) -> None:
+    trainer_dir.mkdir(exist_ok=True)
+    dump_tree(state, trainer_dir / f"rank{rank}")
 
 
-def read_trainer_state(path: str | Path, verify: bool = True) -> dict[str, Any]:
-    """Read and check ``trainer_state/state.json``; with ``verify``, compare every checksum."""
-    path = Path(path)
-    recover(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
-    state_file = path / STATE_DIR / STATE_FILE
+# Fields of state.json and the type each must have (a hand edit gets one line, not a traceback).
+_STATE_FIELDS = {"step": int, "tokens_seen": int, "elapsed_s": (int, float), "world_size": int,
+                 "grad_accum": int, "batch_size": int, "seq_len": int, "checksums": dict}
+
+
+def read_trainer_state(run: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Read and check ``RUN/trainer/state.json``; with ``verify``, compare every checksum of the
+    trainer files and of the model directory."""
+    run = Path(run)
+    if not run.is_dir():
+        raise CheckpointError(f"checkpoint directory {run} does not exist")
+    atomic.recover(run)
+    if is_legacy_checkpoint(run):
+        raise CheckpointError(f"{run} is a checkpoint of an older MossNet layout (model files beside "
+                              "trainer_state/); it cannot be resumed by this version: start a new run from its "
+                              f"weights with --init-from {run}, or use it with generate / eval / export")
+    state_file = run / TRAINER / STATE_FILE
     if not state_file.is_file():
-        if (path / "config.json").is_file():
+        if (run / MODEL / "config.json").is_file() or (run / "config.json").is_file():
             raise CheckpointError(
-                f"{path} holds a model but no trainer state ({STATE_DIR}/{STATE_FILE} is missing): "
-                "it cannot be resumed (was it written by save_pretrained only, or was a save cut short?)")
-        raise CheckpointError(f"{path} is not a checkpoint directory ({STATE_DIR}/{STATE_FILE} is missing)")
+                f"{run} holds a model but no trainer state ({TRAINER}/{STATE_FILE} is missing): it cannot be "
+                "resumed (start from its weights with --init-from instead)")
+        raise CheckpointError(f"{run} is not a checkpoint directory ({TRAINER}/{STATE_FILE} is missing)")
     try:
         state = json.loads(state_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -313,24 +107,30 @@ def read_trainer_state(path: str | Path, verify: bool = True) -> dict[str, Any]:
     version = state.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{state_file} has format version {version}; this trainer reads {FORMAT_VERSION}")
+    for name, kind in _STATE_FIELDS.items():
+        value = state.get(name)
+        if name in state and (not isinstance(value, kind) or isinstance(value, bool)
+                              or (kind is int and value < 0)):
+            raise CheckpointError(f"{state_file}: field {name!r} has the invalid value {value!r}")
     if verify:
-        for rel, digest in state.get("checksums", {}).items():
-            f = path / rel
+        for name, digest in state.get("checksums", {}).items():
+            f = run / TRAINER / name
             if not f.is_file():
-                raise CheckpointError(f"checkpoint {path} is incomplete: {rel} is missing")
+                raise CheckpointError(f"checkpoint {run} is incomplete: {TRAINER}/{name} is missing")
             if sha256(f) != digest:
                 raise CheckpointError(
-                    f"checkpoint {path} is corrupt: {rel} does not match the checksum recorded when "
+                    f"checkpoint {run} is corrupt: {TRAINER}/{name} does not match the checksum recorded when "
                     f"it was saved at step {state['step']} (the file was truncated or changed)")
+        verify_model_dir(run / MODEL)
     return state
 
 
-def read_optimizer_state(path: str | Path) -> dict[str, Any]:
-    return load_tree(Path(path) / STATE_DIR / "optimizer")
+def read_optimizer_state(run: str | Path) -> dict[str, Any]:
+    return load_tree(Path(run) / TRAINER / "optimizer")
 
 
-def read_rank_state(path: str | Path, rank: int) -> dict[str, Any] | None:
-    stem = Path(path) / STATE_DIR / f"rank{rank}"
+def read_rank_state(run: str | Path, rank: int) -> dict[str, Any] | None:
+    stem = Path(run) / TRAINER / f"rank{rank}"
     if not stem.with_suffix(".json").is_file():
         return None
     return load_tree(stem)
@@ -369,7 +169,7 @@ def check_optimizer_state(opt_state: dict[str, Any], expected_names: list[list[s
 
 
 def save_checkpoint(
-    path: str | Path,
+    run: str | Path,
     *,
     rank: int,
     barrier: Callable[[], None],
@@ -377,27 +177,247 @@ def save_checkpoint(
     state: dict[str, Any],
     optimizer_state: dict[str, Any] | None,
     rank_state: dict[str, Any],
+    announce: Callable[[str], None] = print,
 ) -> None:
     """The whole save protocol, for one process or many (each calls it with its own rank).
 
-    Rank 0 creates the temporary directory and writes the model (``write_model(tmp)``) and the
-    optimizer; every rank writes its own RNG/data state; rank 0 writes ``state.json`` last and
-    renames the directory into place. ``barrier`` synchronises the ranks (a no-op for one)."""
-    path = Path(path)
-    tmp = _tmp(path)
+    Rank 0 opens the save (``rundir.atomic.begin_save``) and writes the model
+    (``write_model(tmp/model)``, then its SHA256SUMS) and the optimizer; every rank writes its own
+    RNG/data state; rank 0 writes ``state.json`` last and commits. ``barrier`` synchronises the
+    ranks (a no-op for one). On any failure the temporary folder is removed and the previous
+    checkpoint stays as it was."""
+    run = Path(run)
+    tmp = run / atomic.TMP
     if rank == 0:
-        begin_save(path)
+        atomic.begin_save(run, announce)
     barrier()
     try:
         if rank == 0:
-            write_model(tmp)
-        write_rank_state(tmp, rank, rank_state)
+            (tmp / MODEL).mkdir()
+            write_model(tmp / MODEL)
+            write_checksums(tmp / MODEL)
+        write_rank_state(tmp / TRAINER, rank, rank_state)
         barrier()
         if rank == 0:
-            write_trainer_state(tmp, state, optimizer_state)
-            commit_save(tmp, path)
+            write_trainer_state(tmp / TRAINER, state, optimizer_state)
+            atomic.commit_save(run, tmp)
     except BaseException:
         if rank == 0:
-            abort_save(tmp)
+            atomic.abort_save(tmp)
         raise
     barrier()
+
+
+def data_identity(manifest: dict[str, Any]) -> str:
+    """A short hash that names a prepared corpus by content (its train split's records and its
+    tokenizer), not by path: moving the directory keeps it, re-preparing other text changes it."""
+    splits = manifest.get("splits", {}) if isinstance(manifest.get("splits"), dict) else {}
+    key = {"train": splits.get("train"), "vocab_size": manifest.get("vocab_size"),
+           "tokenizer": manifest.get("tokenizer_fingerprint") or manifest.get("tokenizer")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def mixture_identity(identities: list[str], weights: list[float]) -> str:
+    """The identity of a weighted mixture of corpora (order and weights matter)."""
+    key = [[i, round(w, 9)] for i, w in zip(identities, weights)]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def resume_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's recorded run identity and this run's
+    (``data``, ``seq_len``, ``preset``), one phrase each."""
+    changes = []
+    for key in ("data", "seq_len", "preset"):
+        if key in saved and saved[key] != now.get(key):
+            changes.append(f"{key} {saved[key]!r} -> {now.get(key)!r}")
+    return changes
+
+
+def claim_run_dir(cfg, resume_state: dict[str, Any] | None) -> Path:
+    """Check that this run may write ``cfg.out`` (see ``rundir.ownership``) and create it.
+
+    A fresh run needs a new or empty directory (or one this trainer left without a checkpoint);
+    continuing in place needs ``--resume`` of that directory; another run's checkpoint, someone
+    else's files, or a directory overlapping ``--data`` are refused without ``--force``."""
+    from mossnet.rundir import claim_output_dir, is_legacy_checkpoint, is_run_dir
+
+    out = Path(cfg.out)
+    in_place = bool(cfg.resume) and Path(cfg.resume).resolve() == out.resolve()
+    if is_legacy_checkpoint(out) and not cfg.force:
+        raise CheckpointError(f"--out {out} holds a checkpoint of an older MossNet layout; choose a new --out "
+                              f"(start from its weights with --init-from {out}), or pass --force to write beside it")
+    has_checkpoint = (out / TRAINER / STATE_FILE).is_file()
+    if has_checkpoint:
+        try:
+            step = json.loads((out / TRAINER / STATE_FILE).read_text()).get("step", "?")
+        except (OSError, ValueError):
+            step = "?"
+        refusal = (f"already holds a training run (step {step}); pass --resume {out} to continue it, "
+                   "or --force to start a new run over it")
+    else:
+        refusal = "already holds a MossNet run"
+    from mossnet.data.mixture import parse_data_sources
+
+    reads = {f"--data source {s.path}" if "," in cfg.data else "--data": s.path
+             for s in parse_data_sources(cfg.data)}
+    reads["--init-from"] = getattr(cfg, "init_from", "")
+    if cfg.resume and not in_place:
+        reads["--resume"] = cfg.resume
+    return claim_output_dir(out, force=cfg.force, owned=is_run_dir, reuse_owned=in_place or not has_checkpoint,
+                            owned_refusal=refusal, read_dirs=reads)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer's side: what a run saves, and how a resumed run takes it back
+
+
+class SaveFailed(CheckpointError):
+    """Writing a checkpoint failed (a full disk, say); the previous checkpoint is intact."""
+
+    exit_code = 1
+
+
+@dataclass
+class RunState:
+    """The counters a run carries from step to step and from checkpoint to checkpoint."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # seconds of training (validation and saves excluded)
+    saved_step: int = -1  # the step of the newest checkpoint of this run's --out (-1: none yet)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.elapsed = float(state.get("elapsed_s", 0.0))
+
+
+class Checkpointer:
+    """Saves a run's checkpoints into ``cfg.out`` and restores a resumed run from ``cfg.resume``:
+    model + tokenizer + card, optimizer, per-rank RNG and data position, counters, and the run's
+    identity (data, seq_len, preset), which a resume must match unless ``--allow-change``."""
+
+    def __init__(self, cfg, info, data, say: Callable[[str], None]):
+        self.cfg, self.info, self.data, self.say = cfg, info, data, say
+        self.out = Path(cfg.out)
+
+    def save(self, run: RunState, model, optimizer, group_names, batches, lr: float,
+             write_card: Callable[[Path], None]) -> None:
+        """Write a checkpoint of ``run.step``; a failure (a full disk) leaves the previous one intact
+        and raises SaveFailed."""
+        from safetensors import SafetensorError
+
+        try:
+            self._save(run, model, optimizer, group_names, batches, lr, write_card)
+        except (OSError, SafetensorError) as err:  # safetensors reports a failed write as its own error
+            kept = (f"the checkpoint of step {run.saved_step} is intact" if run.saved_step >= 0
+                    else "no checkpoint had been written yet")
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+            raise SaveFailed(f"saving the checkpoint of step {run.step} to {self.out} failed "
+                             f"({reason}); {kept}") from None
+        run.saved_step = run.step
+
+    def _save(self, run, model, optimizer, group_names, batches, lr, write_card) -> None:
+        from . import distributed
+        from .config import save_yaml
+        from .optim import float_learning_rates
+
+        cfg, info = self.cfg, self.info
+        model_state = distributed.full_model_state(model, info) if info.fsdp else None
+        opt_state = distributed.full_optimizer_state(model, optimizer, info)
+        if opt_state is not None:
+            opt_state = float_learning_rates(opt_state)
+
+        def write_model(model_dir: Path) -> None:
+            model.save_pretrained(model_dir, **({"state_dict": model_state} if model_state is not None else {}))
+            copy_tokenizer(self.data.data_dir, model_dir)
+            write_card(model_dir)
+            (model_dir.parent / TRAINER).mkdir(exist_ok=True)
+            save_yaml(cfg, model_dir.parent / TRAINER / CONFIG_FILE)
+
+        state = {**run.state_dict(), "world_size": info.world_size, "grad_accum": cfg.grad_accum,
+                 "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "arch": cfg.arch, "preset": cfg.preset,
+                 "lr": lr, "data": {"dir": str(cfg.data), "identity": self.data.identity,
+                                    "train_tokens": int(sum(len(t) for t in self.data.train_sets))}}
+        optimizer_state = {"optimizer": opt_state, "param_names": group_names} if opt_state is not None else None
+        rank_state = {"data": batches.state_dict(), "rng": capture_rng()}
+        with _quiet_transformers():
+            save_checkpoint(self.out, rank=info.rank, barrier=info.barrier, write_model=write_model, state=state,
+                            optimizer_state=optimizer_state, rank_state=rank_state, announce=self.say)
+
+    def restore(self, resume_dir: Path, state: dict[str, Any], run: RunState, model, optimizer, group_names,
+                batches) -> None:
+        """Take a checkpoint's optimizer, data position, RNG and counters into this run."""
+        from . import distributed
+        from .optim import restore_implementation
+
+        cfg, info = self.cfg, self.info
+        opt = read_optimizer_state(resume_dir)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        check_optimizer_state(opt, group_names, shapes, str(resume_dir))
+        try:
+            distributed.load_full_optimizer_state(model, optimizer, opt["optimizer"], info)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{resume_dir}: the optimizer state cannot be loaded: {err}") from None
+        restore_implementation(optimizer)
+        for group in optimizer.param_groups:  # this run's hyper-parameters win
+            group["betas"] = (cfg.beta1, cfg.beta2)
+            group["eps"] = cfg.eps
+            group["weight_decay"] = cfg.weight_decay if group.get("name") == "decay" else 0.0
+        self.check_changes(resume_dir, state)
+        saved_world = self._check_batch_layout(state)
+        rank_state = read_rank_state(resume_dir, info.rank if info.rank < saved_world else 0)
+        if rank_state is None:
+            raise CheckpointError(f"{resume_dir}: the trainer state of rank {info.rank} is missing")
+        try:
+            batches.load_state_dict(rank_state["data"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{resume_dir}: the data position does not fit this run: {err}") from None
+        restore_rng(rank_state["rng"])
+        run.load_state_dict(state)
+        if resume_dir.resolve() == self.out.resolve():
+            run.saved_step = run.step  # that checkpoint is this run's newest
+        self.say(f"resumed from {resume_dir} at step {run.step} ({run.tokens_seen:,} tokens seen)")
+        if run.step >= cfg.max_steps:
+            self.say(f"warning: the checkpoint is at step {run.step} and max_steps is {cfg.max_steps}: nothing to train")
+
+    def check_changes(self, resume_dir: Path, state: dict[str, Any]) -> None:
+        """A resumed run continues the recorded one: other data, seq_len or preset is refused
+        unless --allow-change, and an allowed change is printed."""
+        cfg = self.cfg
+        recorded = {"data": state.get("data", {}).get("identity"), "seq_len": state.get("seq_len"),
+                    "preset": state.get("preset")}
+        recorded = {k: v for k, v in recorded.items() if v is not None}
+        changes = resume_changes(recorded, {"data": self.data.identity, "seq_len": cfg.seq_len, "preset": cfg.preset})
+        if changes and not cfg.allow_change:
+            raise ConfigError(f"resuming {resume_dir} with changes: {'; '.join(changes)}; pass --allow-change "
+                              "to accept them (the run then no longer continues the recorded one exactly)")
+        for change in changes:
+            self.say(f"warning: allowed change on resume: {change}")
+
+    def _check_batch_layout(self, state: dict[str, Any]) -> int:
+        cfg, info = self.cfg, self.info
+        saved_world = int(state.get("world_size", 1))
+        saved_micro = saved_world * int(state.get("grad_accum", cfg.grad_accum))
+        if saved_micro != info.world_size * cfg.grad_accum or state.get("batch_size", cfg.batch_size) != cfg.batch_size:
+            self.say(f"warning: the checkpoint was trained with {saved_micro} micro-batches of "
+                     f"{state.get('batch_size')} per step, this run uses {info.world_size * cfg.grad_accum} of "
+                     f"{cfg.batch_size}: training continues, but on other batches than the original run would have seen")
+        return saved_world
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No "Writing model shards" progress bar inside the trainer's own progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

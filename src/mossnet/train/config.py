@@ -18,91 +18,144 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mossnet.errors import ConfigError
+
 ARCHS = ("mossnet", "llama", "mamba2")
 DTYPES = ("auto", "fp32", "bf16")
+
+
+def option(default, help: str, group: str, *, kind: str | None = None, choices: tuple | None = None,
+           both: bool = False, metavar: str | None = None):
+    """A TrainConfig field that is also a ``mossnet train`` flag (``--field-name``; a boolean that
+    defaults to true becomes ``--no-field-name``; ``both`` gives a boolean both spellings).
+    ``kind`` names a range-checked type of ``mossnet.cli.argtypes``. Fields made with plain
+    ``field``/defaults are set with KEY=VALUE or YAML only."""
+    return field(default=default, metadata={"help": help, "group": group, "kind": kind, "choices": choices,
+                                            "both": both, "metavar": metavar})
+
+
+WHERE, BATCH, LOGS, RUN = "what and where", "schedule and batch", "logging and checkpoints", "execution"
 
 
 @dataclass
 class TrainConfig:
     # ---- what to train, on what, where to write it
-    arch: str = "mossnet"  # mossnet | llama | mamba2 (baselines get a size-matched config)
-    preset: str = "tiny"  # MossNetConfig.from_preset name; baselines are matched to it
+    arch: str = option("mossnet", "mossnet (default), or a size-matched transformers baseline", WHERE,
+                       choices=("mossnet", "llama", "mamba2"))
+    preset: str = option("tiny", "model size: tiny | small | base (default tiny)", WHERE)
     model: dict = field(default_factory=dict)  # overrides of the model config (model.KEY=VALUE)
-    data: str = ""  # a directory written by `mossnet prepare-data`
-    out: str = ""  # the checkpoint directory (a Hugging Face model directory)
-    resume: str = ""  # a checkpoint directory to continue from ("" = start fresh)
+    distill: dict = field(default_factory=dict)  # `mossnet distill`: teacher, stage, train, ce_weight, temperature
+    data: str = option("", "a directory written by `mossnet prepare-data`, or a mixture DIR_A:0.7,DIR_B:0.3", WHERE)
+    out: str = option("", "run directory: new or empty, or this run's own when resuming (OUT/model is the model)",
+                      WHERE)
+    resume: str = option("", "continue exactly from this run directory (default --out: DIR)", WHERE, metavar="DIR")
+    init_from: str = option("", "start from this model's weights (a run directory, its model/, or a `mossnet "
+                            "convert` output) with a fresh optimizer and schedule; only shape-keeping model.* "
+                            "overrides apply", WHERE, metavar="DIR")
+    force: bool = option(False, "write into a non-empty --out that is not this run's, or over another run "
+                         "(MossNet still writes only OUT/model, OUT/trainer, OUT/logs)", WHERE)
+    allow_change: bool = option(False, "resume although the data, --seq-len or --preset differ from the "
+                                "checkpoint's (each change is printed)", WHERE)
 
     # ---- batch: one optimizer step sees batch_size * seq_len * grad_accum * world_size tokens
-    seq_len: int = 256
-    batch_size: int = 16  # micro-batch per process
-    grad_accum: int = 1
-    max_steps: int = 1000
+    seq_len: int = option(256, "tokens per training sequence", BATCH, kind="positive_int")
+    batch_size: int = option(16, "micro-batch size per process", BATCH, kind="positive_int")
+    grad_accum: int = option(1, "micro-batches per optimizer step", BATCH, kind="positive_int")
+    max_steps: int = option(1000, "total optimizer steps", BATCH, kind="positive_int")
 
     # ---- optimizer (AdamW) and schedule (linear warmup, cosine decay to lr * min_lr_ratio)
-    lr: float = 1e-3
+    lr: float = option(1e-3, "peak learning rate", BATCH, kind="positive_float")
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
+    warmup_steps: int = option(100, "steps of linear learning-rate warm-up before the cosine decay", BATCH,
+                               kind="nonnegative_int")
+    weight_decay: float = option(0.1, "AdamW weight decay (not applied to norms, biases, A_log, D, dt bias)", BATCH,
+                                 kind="nonnegative_float")
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    grad_clip: float = 1.0  # max global gradient norm (0 = no clipping)
+    grad_clip: float = option(1.0, "clip the global gradient norm to this value (0 = no clipping)", BATCH,
+                              kind="nonnegative_float")
 
     # ---- validation, logging, checkpoints
-    log_interval: int = 10  # steps between log records
-    eval_interval: int = 200  # steps between validation runs (0 = only at the end)
-    eval_tokens: int = 65536  # validation tokens per periodic run (0 = the whole split)
-    ckpt_interval: int = 500  # steps between checkpoints (0 = only at the end)
+    log_interval: int = option(10, "steps between log records", LOGS, kind="nonnegative_int")
+    eval_interval: int = option(200, "steps between validation runs (0 = only at the end)", LOGS,
+                                kind="nonnegative_int")
+    eval_tokens: int = option(65536, "validation tokens per periodic run (0 = the whole split; otherwise more "
+                              "than --seq-len)", LOGS, kind="nonnegative_int")
+    ckpt_interval: int = option(500, "steps between checkpoints (0 = only at the end)", LOGS, kind="nonnegative_int")
     sample_tokens: int = 120  # tokens generated at the end of training (0 = no sample)
     sample_prompt: str = ""  # "" = the first tokens of the validation split
     router_collapse_ratio: float = 0.5  # warn when a router's effective expert count < ratio * E
-    tensorboard: bool = True  # also log to TensorBoard when it is installed
-    progress: bool = True  # tqdm progress bar
+    tensorboard: bool = option(True, "do not write TensorBoard logs (OUT/logs/tensorboard)", LOGS)
+    progress: bool = option(True, "no tqdm progress bar", LOGS)
     plot: bool = True  # loss-curve PNG at the end (needs matplotlib)
 
     # ---- execution
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False  # torch.compile the model
-    cuda_graph: bool = False  # capture the whole training step in a CUDA graph (one CUDA process)
-    fsdp: bool = False  # FSDP2 (fully_shard) instead of DDP under torchrun
-    num_threads: int = 0  # torch CPU threads (0 = torch's default)
+    seed: int = option(1337, "random seed (model init, data order, sampling)", BATCH, kind="seed")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", RUN)
+    dtype: str = option("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", RUN, choices=("auto", "fp32", "bf16"))
+    compile: bool = option(False, "torch.compile the model", RUN)
+    cuda_graph: bool = option(False, "capture the whole training step in a CUDA graph and replay it (one CUDA "
+                              "process; removes the per-kernel launch cost)", RUN, both=True)
+    fsdp: bool = option(False, "FSDP2 (fully_shard) instead of DDP under torchrun", RUN)
+    num_threads: int = option(0, "torch CPU threads (0 = torch's default)", RUN, kind="nonnegative_int")
 
     def validate(self) -> None:
+        """Raise ConfigError naming the first impossible value."""
         if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "log_interval", "eval_interval", "ckpt_interval",
                      "eval_tokens", "sample_tokens", "num_threads"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if 0 < self.eval_tokens <= self.seq_len:
+            raise ConfigError(f"eval_tokens must be 0 (the whole split) or more than seq_len ({self.seq_len}), "
+                              f"got {self.eval_tokens}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.eps <= 0:
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if not 0.0 <= self.router_collapse_ratio <= 1.0:
+            raise ConfigError(f"router_collapse_ratio must be in [0, 1], got {self.router_collapse_ratio}")
         if self.cuda_graph and self.compile:
-            raise ValueError("cuda_graph and compile are exclusive: torch.compile captures its own graphs; "
-                             "pick one (--cuda-graph or --compile)")
+            raise ConfigError("cuda_graph and compile are exclusive: torch.compile captures its own graphs; "
+                              "pick one (--cuda-graph or --compile)")
         if not self.data:
-            raise ValueError("no data directory: pass --data DIR (a `mossnet prepare-data` output)")
+            raise ConfigError("no data directory: pass --data DIR (a `mossnet prepare-data` output)")
         if not self.out:
-            raise ValueError("no output directory: pass --out DIR")
+            raise ConfigError("no output directory: pass --out DIR")
+        if self.init_from and self.resume:
+            raise ConfigError("--init-from and --resume exclude each other: --resume continues a run exactly, "
+                              "--init-from starts a new one from a model's weights")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_saved_dict(self) -> dict[str, Any]:
+        """What a checkpoint records: everything but the waivers of this one invocation."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY}
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.batch_size * self.seq_len * self.grad_accum * world_size
@@ -121,6 +174,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FLAG_FIELDS = tuple(f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata)  # also `mossnet train` flags
+RUN_ONLY = ("force", "allow_change")  # apply to one invocation; never written to a checkpoint
 
 
 def _suggest(key: str, known) -> str:
@@ -131,9 +186,9 @@ def _suggest(key: str, known) -> str:
 def _coerce(name: str, value: Any) -> Any:
     """Convert ``value`` (often a string from the command line) to the type of field ``name``."""
     default = _FIELDS[name].default
-    if name == "model":
+    if name in ("model", "distill"):
         if not isinstance(value, dict):
-            raise ValueError(f"'model' must be a mapping of model-config overrides, got {value!r}")
+            raise ValueError(f"{name!r} must be a mapping, got {value!r}")
         return dict(value)
     kind = type(default)
     if isinstance(value, str) and kind is not str:
@@ -152,16 +207,23 @@ def _coerce(name: str, value: Any) -> Any:
                     raise ValueError
                 return int(number)
             if kind is float:
-                return float(text)
+                number = float(text)
+                if not math.isfinite(number):
+                    raise ValueError
+                return number
         except ValueError:
             raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from None
     if kind is bool and not isinstance(value, bool):
         raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    if kind in (int, float) and isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
     if kind is int and isinstance(value, float):
         if value != int(value):
             raise ValueError(f"{name}: expected an integer, got {value!r}")
         return int(value)
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is float and isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
         return float(value)
     if kind is str and value is None:
         return ""
@@ -187,11 +249,11 @@ def apply_updates(cfg: TrainConfig, updates: dict[str, Any], source: str) -> Tra
     """Set fields from a mapping; ``model`` is merged key by key; unknown keys are errors."""
     for key, value in updates.items():
         if key not in _FIELDS:
-            raise ValueError(f"{source}: unknown training option {key!r}{_suggest(key, _FIELDS)}")
+            raise ConfigError(f"{source}: unknown training option {key!r}{_suggest(key, _FIELDS)}")
         try:
             value = _coerce(key, value)
         except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
+            raise ConfigError(f"{source}: {err}") from None
         if key == "model":
             cfg.model = {**cfg.model, **value}
         else:
@@ -204,7 +266,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     updates: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
         if key.startswith("model."):
@@ -219,18 +281,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
+        raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
+        raise ConfigError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(cfg.to_saved_dict(), sort_keys=False))
 
 
 def build_config(
@@ -251,7 +313,7 @@ def build_config(
         chosen = layer.get("preset", chosen)
     chosen = chosen or cfg.preset
     if chosen not in TRAIN_PRESETS:
-        raise ValueError(f"unknown preset {chosen!r}; choose from {sorted(TRAIN_PRESETS)}")
+        raise ConfigError(f"unknown preset {chosen!r}; choose from {sorted(TRAIN_PRESETS)}")
     cfg.preset = chosen
     apply_updates(cfg, TRAIN_PRESETS[chosen], f"preset {chosen!r}")
     if saved:
@@ -261,7 +323,15 @@ def build_config(
     apply_updates(cfg, flag_updates, "command line")
     apply_updates(cfg, override_updates, "override")
     cfg.validate()
+    from .baselines import validate_model_overrides
+
+    validate_model_overrides(cfg.arch, cfg.model)
     return cfg
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved configuration as YAML (what ``--print-config`` shows)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def config_json(cfg: TrainConfig) -> str:

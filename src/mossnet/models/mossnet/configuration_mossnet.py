@@ -7,9 +7,17 @@ Every field of spec sections 2-4 is here and validated on construction. Presets 
 
 from __future__ import annotations
 
+import math
+
 from transformers import PretrainedConfig
 
+from mossnet.errors import ConfigError
+
+from .remote_code import AUTO_MAP
+
 STATE_UPDATES = ("routed", "all")
+# The names ``mosse_scan(impl=...)`` accepts (tests/models/test_config.py checks they agree).
+SCAN_IMPLS = ("auto", "reference", "chunked", "triton")
 
 # name -> overrides of the defaults below. Parameter counts (total / active per token) are in
 # the README and tested.
@@ -53,6 +61,9 @@ class MossNetConfig(PretrainedConfig):
         rescale_residual (scale the residual output projections by 1/sqrt(2 * n_layers)).
     Args (execution):
         scan_impl: "auto" | "reference" | "chunked" | a GPU fast path; chunk_size: for chunked.
+        prefill_block_size: a prompt longer than this is prefilled through the cache in blocks
+            of this many tokens, so its memory does not grow with its length (the same result up
+            to float rounding); 0 prefills in one pass. See ``MossNetForCausalLM.forward``.
 
     Example:
         >>> cfg = MossNetConfig.from_preset("tiny", n_layers=2)
@@ -90,6 +101,7 @@ class MossNetConfig(PretrainedConfig):
         A_init_range: tuple[float, float] = (1.0, 16.0),
         scan_impl: str = "auto",
         chunk_size: int = 64,
+        prefill_block_size: int = 2048,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
         pad_token_id: int | None = None,
@@ -119,10 +131,14 @@ class MossNetConfig(PretrainedConfig):
         self.dt_min = dt_min
         self.dt_max = dt_max
         self.dt_init_floor = dt_init_floor
-        self.A_init_range = tuple(A_init_range)
+        self.A_init_range = tuple(A_init_range) if isinstance(A_init_range, (list, tuple)) else A_init_range
         self.scan_impl = scan_impl
         self.chunk_size = chunk_size
+        self.prefill_block_size = prefill_block_size
         self.use_cache = use_cache
+        # Every saved config names its classes, so tools that never import mossnet can load it
+        # (see remote_code.py); the model's save_pretrained writes the modules it names.
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -133,7 +149,7 @@ class MossNetConfig(PretrainedConfig):
         self.validate_fields()
 
     def validate_fields(self) -> None:
-        """Raise ValueError naming the first impossible field."""
+        """Raise ConfigError (a ValueError) naming the first impossible field."""
         positive = [
             "vocab_size", "d_model", "n_layers", "ssm_experts", "ssm_top_k", "ssm_head_dim",
             "ssm_state_dim", "conv_kernel", "mlp_experts", "mlp_top_k", "mlp_hidden_dim", "chunk_size",
@@ -141,31 +157,52 @@ class MossNetConfig(PretrainedConfig):
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"MossNetConfig: {name} must be a positive integer, got {value!r}")
+                _fail(f"{name} must be a positive integer, got {value!r}")
+        block = self.prefill_block_size
+        if not isinstance(block, int) or isinstance(block, bool) or block < 0:
+            _fail(f"prefill_block_size must be an integer >= 0 (0 = one pass), got {block!r}")
         if self.ssm_top_k > self.ssm_experts:
-            raise ValueError(
-                f"MossNetConfig: ssm_top_k ({self.ssm_top_k}) must be <= ssm_experts ({self.ssm_experts})"
-            )
+            _fail(f"ssm_top_k ({self.ssm_top_k}) must be <= ssm_experts ({self.ssm_experts})")
         if self.mlp_top_k > self.mlp_experts:
-            raise ValueError(
-                f"MossNetConfig: mlp_top_k ({self.mlp_top_k}) must be <= mlp_experts ({self.mlp_experts})"
-            )
+            _fail(f"mlp_top_k ({self.mlp_top_k}) must be <= mlp_experts ({self.mlp_experts})")
         if self.state_update not in STATE_UPDATES:
-            raise ValueError(f"MossNetConfig: state_update must be one of {STATE_UPDATES}, got {self.state_update!r}")
-        for name in ("router_aux_loss_coef", "router_z_loss_coef", "initializer_range"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"MossNetConfig: {name} must be >= 0, got {getattr(self, name)!r}")
-        if self.rms_norm_eps <= 0:
-            raise ValueError(f"MossNetConfig: rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
-        if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"MossNetConfig: need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
+            _fail(f"state_update must be one of {STATE_UPDATES}, got {self.state_update!r}")
+        if self.scan_impl not in SCAN_IMPLS:
+            _fail(f"scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
+        for name in ("router_renormalize", "mlp_shared_expert", "rescale_residual", "use_cache"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef", "initializer_range", "dt_init_floor"):
+            if not _finite(getattr(self, name)) or getattr(self, name) < 0:
+                _fail(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not _finite(self.rms_norm_eps) or self.rms_norm_eps <= 0:
+            _fail(f"rms_norm_eps must be a finite number > 0, got {self.rms_norm_eps!r}")
+        if not (_finite(self.dt_min) and _finite(self.dt_max) and 0 < self.dt_min <= self.dt_max):
+            _fail(f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min!r}, dt_max={self.dt_max!r}")
+        if (not isinstance(self.A_init_range, tuple) or len(self.A_init_range) != 2
+                or not all(_finite(v) for v in self.A_init_range)):
+            _fail(f"A_init_range must be two finite numbers, got {self.A_init_range!r}")
         lo, hi = self.A_init_range
         if not 0 < lo <= hi:
-            raise ValueError(f"MossNetConfig: A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
+            _fail(f"A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name, None)
+            ids = value if isinstance(value, list) else [value]
+            if value is not None and not all(isinstance(i, int) and not isinstance(i, bool)
+                                             and 0 <= i < self.vocab_size for i in ids):
+                _fail(f"{name} must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "MossNetConfig":
         """A named size ("tiny", "small", "base") with optional field overrides."""
         if name not in PRESETS:
-            raise ValueError(f"MossNetConfig: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            _fail(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+
+def _fail(message: str):
+    raise ConfigError(f"MossNetConfig: {message}")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -3,8 +3,9 @@
     embedding -> n_layers x [ h += MoSSE(RMSNorm(h)); h += MoEMLP(RMSNorm(h)) ] -> RMSNorm -> LM head
 
 The residual stream is kept in fp32. Generation uses :class:`MossNetCache` (conv windows and
-per-expert SSM states, constant size); a prompt is prefilled with the chunked scan and every
-new token goes through :meth:`MoSSE.step`, which touches only the routed experts.
+per-expert SSM states, constant size); a prompt is prefilled with the chunked scan (in blocks of
+``config.prefill_block_size`` tokens) and every new token enters each block's ``forward`` with
+``decode=True``, which runs the one-token step touching only the routed experts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ...layers.moe_mlp import MoEMLP
@@ -24,7 +26,9 @@ from ...layers.router import RouterReport
 from ...layers.sequence_layout import SequenceLayout
 from .cache import MossNetCache
 from .cuda_graph_decode import graph_decode, graph_decode_applicable
+from .remote_code import write_shims
 from .configuration_mossnet import MossNetConfig
+from .generation import MossNetGenerationMixin
 
 try:  # transformers >= 4.52: re-entrant checkpointing handled for us
     from transformers.modeling_layers import GradientCheckpointingLayer as _BlockBase
@@ -74,22 +78,25 @@ class MossNetBlock(_BlockBase):
             config.router_renormalize, config.mlp_shared_expert,
         )
 
-    def forward(self, h, layout: SequenceLayout, conv_state=None, ssm_state=None, return_states=False):
-        """h: (batch, T, D) fp32 residual. Returns (h, mixer report, mlp report, new states)."""
+    def forward(self, h, layout: SequenceLayout | None = None, conv_state=None, ssm_state=None, return_states=False,
+                decode=False):
+        """h: (batch, T, D) fp32 residual. Returns (h, mixer report, mlp report, new states).
+
+        ``decode=True``: one generated token per row (batch, 1, D); the states are advanced in
+        place and the reports and states come back as None. Every submodule is entered through
+        its ``forward`` as well, so wrappers that only hook ``forward`` (PEFT, FSDP) see decode.
+        """
+        if decode:
+            h = h + self.mixer(self.mixer_norm(h), None, conv_state, ssm_state, decode=True)[0].float()
+            channel, _ = self.mlp(self.mlp_norm(h)[:, 0], decode=True)
+            return h + channel[:, None].float(), None, None, None
         mixed, mixer_report, states = self.mixer(self.mixer_norm(h), layout, conv_state, ssm_state, return_states)
         h = h + mixed.float()
         batch, T, Dm = h.shape
-        valid = None if layout.valid is None else layout.valid.reshape(-1)
+        valid = None if layout is None or layout.valid is None else layout.valid.reshape(-1)
         channel, mlp_report = self.mlp(self.mlp_norm(h).reshape(batch * T, Dm), valid)
         h = h + channel.view(batch, T, Dm).float()
         return h, mixer_report, mlp_report, states
-
-    @torch.no_grad()
-    def step(self, h, conv_state, ssm_state):
-        """One token: h (batch, D); the states are updated in place."""
-        h = h + self.mixer.step(self.mixer_norm(h), conv_state, ssm_state).float()
-        channel = self.mlp.step(self.mlp_norm(h))
-        return h + channel.float()
 
 
 class MossNetPreTrainedModel(PreTrainedModel):
@@ -103,6 +110,13 @@ class MossNetPreTrainedModel(PreTrainedModel):
     # Numerically sensitive parameters stay fp32 when the model is loaded in bf16/fp16.
     _keep_in_fp32_modules_strict = ["A_log", "dt_bias", "mixer.D", "norm", "router"]
     _keep_in_fp32_modules = _keep_in_fp32_modules_strict
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, plus the shim modules that config.json's
+        ``auto_map`` names (``remote_code.py``)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_shims(save_directory)
 
     @staticmethod
     def _finalize_model_loading(model, load_config, loading_info):
@@ -121,23 +135,26 @@ class MossNetPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        # transformers.initialization, never nn.init or in-place tensor ops: its functions skip
+        # tensors already loaded by from_pretrained (transformers 5.0-5.12 call this after
+        # loading too). tests/models/test_save_load.py checks that every tensor reloads exactly.
         std = self.config.initializer_range
         if isinstance(module, MoSSE):
             module.reset_parameters(self.config)
         elif isinstance(module, MoEMLP):
             if module.n_experts > 1:
-                nn.init.normal_(module.gate_up, std=std)
-                nn.init.normal_(module.down, std=self._residual_std())
-                nn.init.normal_(module.router.weight, std=std)
+                init.normal_(module.gate_up, std=std)
+                init.normal_(module.down, std=self._residual_std())
+                init.normal_(module.router.weight, std=std)
         elif isinstance(module, nn.Linear):
             is_down = module.in_features == self.config.mlp_hidden_dim and module.out_features == self.config.d_model
-            nn.init.normal_(module.weight, std=self._residual_std() if is_down else std)
+            init.normal_(module.weight, std=self._residual_std() if is_down else std)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=std)
         elif isinstance(module, RMSNorm):
-            module.weight.fill_(1.0)
+            init.ones_(module.weight)
 
     def _residual_std(self) -> float:
         std = self.config.initializer_range
@@ -254,13 +271,15 @@ class MossNetModel(MossNetPreTrainedModel):
         )
 
     def _decode_step(self, embeds: torch.Tensor, cache: MossNetCache, output_hidden_states) -> MossNetModelOutput:
-        h = embeds.float()
+        """One token per row: embeds (batch, D) -> last_hidden_state (batch, 1, D); the cache is
+        advanced in place. Each block runs its ``forward`` with ``decode=True``."""
+        h = embeds.float()[:, None]
         all_hidden = [] if output_hidden_states else None
         for i, block in enumerate(self.layers):
             if all_hidden is not None:
-                all_hidden.append(h[:, None])
-            h = block.step(h, cache.conv_states[i], cache.ssm_states[i])
-        h = self.norm_f(h)[:, None]
+                all_hidden.append(h)
+            h = block(h, None, cache.conv_states[i], cache.ssm_states[i], decode=True)[0]
+        h = self.norm_f(h)
         if all_hidden is not None:
             all_hidden.append(h)
         cache.seen_tokens += 1
@@ -270,7 +289,7 @@ class MossNetModel(MossNetPreTrainedModel):
         )
 
 
-class MossNetForCausalLM(MossNetPreTrainedModel, GenerationMixin):
+class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
     """MossNet with a language-modelling head (tied to the embedding by default)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -314,11 +333,26 @@ class MossNetForCausalLM(MossNetPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> MossNetCausalLMOutput:
         """labels: (batch, T), shifted inside (predict token t+1 at t); -100 and padding are
-        ignored. Returns loss = cross-entropy + aux_loss when labels are given."""
+        ignored. Returns loss = cross-entropy + aux_loss when labels are given.
+
+        logits_to_keep: logits of the last this many positions only (0 = all); ``generate``
+        passes 1, so a prompt never builds (T, vocab) logits.
+
+        A prompt longer than ``config.prefill_block_size`` that fills a cache without gradients
+        (no labels, no packed ``position_ids``, no hidden states or router statistics asked)
+        runs in blocks of that many tokens through the cache (:meth:`_prefill_in_blocks`): the
+        same result up to float rounding, with memory independent of the prompt's length.
+        Router statistics are per block then, so ``aux_loss`` is None.
+        """
         if graph_decode_applicable(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, labels,
                                    output_hidden_states, output_router_stats, logits_to_keep):
             logits = graph_decode(self, input_ids, cache)
             return MossNetCausalLMOutput(logits=logits, aux_loss=self.router_loss({}), cache=cache)
+        if self._prefills_in_blocks(input_ids, inputs_embeds, position_ids, cache, use_cache, labels,
+                                    output_hidden_states, output_router_stats):
+            h, cache = self._prefill_in_blocks(input_ids, inputs_embeds, attention_mask, cache, logits_to_keep)
+            logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
+            return MossNetCausalLMOutput(logits=logits, cache=cache)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
@@ -343,6 +377,47 @@ class MossNetForCausalLM(MossNetPreTrainedModel, GenerationMixin):
             hidden_states=out.hidden_states, router_load=router_load, router_logits=router_logits,
         )
 
+    def _prefills_in_blocks(self, input_ids, inputs_embeds, position_ids, cache, use_cache, labels,
+                            output_hidden_states, output_router_stats) -> bool:
+        """A long prompt filling a cache for generation, with nothing asked that needs one pass.
+        With gradients on, blocks would save nothing (autograd keeps every block's activations)."""
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        block = self.config.prefill_block_size
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        fills_cache = cache is not None or use_cache
+        return bool(
+            tokens is not None and tokens.dim() >= 2 and 0 < block < tokens.shape[1]
+            and fills_cache and labels is None and position_ids is None
+            and not output_hidden_states and not output_router_stats and not torch.is_grad_enabled()
+        )
+
+    def _prefill_in_blocks(self, input_ids, inputs_embeds, attention_mask, cache, logits_to_keep):
+        """The prompt in blocks of ``config.prefill_block_size`` tokens, each continuing from the
+        cache the previous one left (the chunked prefill that export and the benchmarks use).
+
+        Only one block's activations exist at a time, and only the hidden states of the last
+        ``logits_to_keep`` positions are kept (all when 0), so memory does not grow with T.
+        Returns (h (batch, min(T, logits_to_keep) or T, D), the filled cache).
+        """
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        T, block = tokens.shape[1], self.config.prefill_block_size
+        first_kept = max(T - logits_to_keep, 0) if logits_to_keep else 0
+        kept = []
+        for start in range(0, T, block):
+            part = slice(start, min(start + block, T))
+            out = self.model(
+                input_ids=None if input_ids is None else input_ids[:, part],
+                inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, part],
+                attention_mask=None if attention_mask is None else attention_mask[:, part],
+                cache=cache, use_cache=True,
+            )
+            cache = out.cache
+            if part.stop > first_kept:
+                kept.append(out.last_hidden_state[:, max(first_kept - start, 0):].clone())
+            del out
+        return torch.cat(kept, dim=1), cache
+
     def lm_loss(self, logits, labels, attention_mask=None) -> torch.Tensor:
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels must be (batch, T) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
@@ -359,33 +434,3 @@ class MossNetForCausalLM(MossNetPreTrainedModel, GenerationMixin):
         aux = torch.stack([r.aux for r in reports.values()]).mean()
         z = torch.stack([r.z for r in reports.values()]).mean()
         return self.config.router_aux_loss_coef * aux + self.config.router_z_loss_coef * z
-
-    # ------------------------------------------------------------------ generation
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # we bring our own recurrent cache
-
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cache=None, inputs_embeds=None, **kwargs):
-        """First call: the whole (possibly left-padded) prompt with its mask. Later calls: the
-        last token alone, through the recurrent step (a new token is never padding)."""
-        if cache is not None and cache.seen_tokens > 0:
-            return {"input_ids": input_ids[:, -1:], "cache": cache, "use_cache": True}
-        inputs = {"attention_mask": attention_mask, "use_cache": True, "cache": None}
-        if inputs_embeds is not None:
-            inputs["inputs_embeds"] = inputs_embeds
-        else:
-            inputs["input_ids"] = input_ids
-        if attention_mask is not None and bool(attention_mask.all()):
-            inputs["attention_mask"] = None  # nothing is padded
-        return inputs
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
-        model_kwargs["cache"] = outputs.cache
-        if model_kwargs.get("attention_mask") is not None:
-            mask = model_kwargs["attention_mask"]
-            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], num_new_tokens)], dim=-1)
-        return model_kwargs
-
-    def _reorder_cache(self, cache: MossNetCache, beam_idx: torch.LongTensor) -> MossNetCache:
-        cache.reorder(beam_idx)
-        return cache

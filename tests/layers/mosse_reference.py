@@ -155,10 +155,10 @@ def mosse_reference(layer, u, layout, conv_state=None, ssm_state=None, return_st
     batch, T, d_model = u.shape
     E, P, N = layer.n_experts, layer.head_dim, layer.state_dim
     n = batch * T
-    valid = torch.ones(n, dtype=torch.bool) if layout.valid is None else layout.valid.reshape(n)
+    valid = torch.ones(n, dtype=torch.bool, device=u.device) if layout.valid is None else layout.valid.reshape(n)
     routing = layer.route(u.reshape(n, d_model), None if layout.valid is None else valid)
-    chosen = torch.zeros(n, E, dtype=torch.bool).scatter(1, routing.top_idx, True)
-    visit = (chosen if layer.routed else torch.ones(n, E, dtype=torch.bool)) & valid[:, None]
+    chosen = torch.zeros(n, E, dtype=torch.bool, device=u.device).scatter(1, routing.top_idx, True)
+    visit = (chosen if layer.routed else torch.ones_like(chosen)) & valid[:, None]
     visit = visit.view(batch, T, E)
 
     proj = torch.einsum("btd,efd->btef", u, layer.in_proj.to(u.dtype))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mossnet.ops.conv import causal_conv_window, segment_causal_conv, segment_causal_conv_reference
+from mossnet.ops.conv import conv_at_rows, segment_causal_conv, segment_causal_conv_reference
 
 
 def random_segments(M, S, generator=None):
@@ -73,13 +73,15 @@ def test_taps_stop_at_segment_starts():
 
 
 def test_decode_window_rule_equals_the_conv():
-    """``causal_conv_window`` on (window, new input) is the conv's output at that input."""
+    """``conv_at_rows`` on a window (K-1 earlier inputs + the new one) is the conv's output at
+    that input: what the decode step computes from its cache."""
     C, K = 4, 4
     w, b = torch.randn(1, C, K), torch.randn(1, C)
     x = torch.randn(9, C)
     out, _ = segment_causal_conv(x, w, b, torch.zeros(9, dtype=torch.long), torch.tensor([0, 9]))
     for t in range(K - 1, 9):
-        torch.testing.assert_close(causal_conv_window(x[t - K + 1 : t + 1].T, w[0], b[0]), out[t])
+        got = conv_at_rows(x[t - K + 1 : t + 1], w, b, torch.zeros(1, dtype=torch.long), torch.tensor([K - 1]))
+        torch.testing.assert_close(got[0], out[t])
 
 
 def test_mixed_dtypes_promote():

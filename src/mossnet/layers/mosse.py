@@ -31,7 +31,7 @@ from torch import nn
 from transformers import initialization as init
 
 from ..execution import DEFAULT_POLICY, ExecutionPolicy, tracing
-from ..ops.conv import causal_conv_window, gather_rows, segment_causal_conv
+from ..ops.conv import conv_at_rows, gather_rows, segment_causal_conv
 from ..ops.moe import ExpertDispatch, dispatch_by_expert, grouped_linear
 from ..ops.moe.gathered_linear import gathered_linear
 from ..ops.mosse import mosse_scan
@@ -231,9 +231,7 @@ class MoSSE(nn.Module):
         """
         P, N = self.head_dim, self.state_dim
         expert = rows.expert.clamp(max=self.n_experts - 1)  # padding rows borrow expert E-1's parameters
-        w_in = self.in_proj if torch.is_autocast_enabled() else self.in_proj.to(flat.dtype)
-        proj = grouped_linear(flat.index_select(0, rows.token), w_in, rows.offsets, impl=policy.expert_matmul)
-        z, xBC, dt_raw = self._split(proj)
+        z, xBC, dt_raw = self._split(self._project(flat, rows, expert, policy))
         xBC, conv_final = segment_causal_conv(
             xBC, self.conv_weight, self.conv_bias, expert, segments.cu_seqlens, segments.segment,
             segments.scatter_states(conv_state), return_states,
@@ -247,6 +245,18 @@ class MoSSE(nn.Module):
         if not return_states:
             return normed, None
         return normed, (segments.gather_states(conv_final), segments.gather_states(ssm_final))
+
+    def _project(self, flat: torch.Tensor, rows: ExpertDispatch, expert: torch.Tensor, policy: ExecutionPolicy):
+        """(M, F) projections of the rows. When the rows hold every (token, expert) pair
+        (``"all"``, or k = E) one dense matmul over all experts does the same FLOPs as the
+        grouped one and its rows are picked afterwards: the (M, F) outputs are gathered
+        instead of the wider (M, d_model) inputs, and the backward needs no scatter-add."""
+        E = self.n_experts
+        w_in = self.in_proj if torch.is_autocast_enabled() else self.in_proj.to(flat.dtype)
+        if self.routed and self.experts_per_token < E:
+            return grouped_linear(flat.index_select(0, rows.token), w_in, rows.offsets, impl=policy.expert_matmul)
+        every = torch.matmul(flat, w_in.reshape(-1, w_in.shape[-1]).T)  # (n, E*F)
+        return every.view(-1, w_in.shape[1]).index_select(0, rows.token * E + expert)
 
     def _scan(self, x, B, C, dt, params: ExpertRows, segments: ExpertSegments, ssm_state, return_states,
               policy: ExecutionPolicy):
@@ -312,8 +322,11 @@ class MoSSE(nn.Module):
         gather = lambda state, size: state.gather(1, idx[:, :, None, None].expand(-1, -1, *size))  # noqa: E731
         window = torch.cat([gather(conv_state, (K - 1, P + 2 * N)), xBC[:, :, None, :].to(conv_state.dtype)], dim=2)
         conv_state.scatter_(1, idx[:, :, None, None].expand(-1, -1, K - 1, P + 2 * N), window[:, :, 1:])
-        conv_out = causal_conv_window(window.transpose(-1, -2), self.conv_weight[idx], self.conv_bias[idx])
-        x, B, C = F.silu(conv_out).split([P, N, N], dim=-1)
+        # The conv of the forward, at the newest row of each (token, expert) window.
+        newest = torch.arange(1, batch * chosen + 1, device=u.device) * K - 1
+        conv_out = conv_at_rows(window.reshape(batch * chosen * K, -1), self.conv_weight, self.conv_bias,
+                                idx.reshape(-1), newest)
+        x, B, C = F.silu(conv_out.view(batch, chosen, -1)).split([P, N, N], dim=-1)
 
         dt = step_size(dt_raw, params.dt_bias)
         y, new_state = ssm_step(gather(ssm_state, (N, P)), x, dt, -params.decay_rate, B, C, params.skip_D)

@@ -9,8 +9,8 @@ window it ends with.
 
 How, with fixed shapes and no host read: the rows are copied into a longer buffer in which
 every segment is preceded by its own K-1 window rows, so no tap ever reaches into another
-segment, and each row reads its K-row window from there (:func:`causal_conv_window`, the same
-rule the one-token decode step applies to its cached window).
+segment, and each row reads its K-row window from there (:func:`conv_at_rows`, the same rule
+the one-token decode step applies to its cached window).
 """
 
 from __future__ import annotations
@@ -26,6 +26,21 @@ from ..segments import segment_ids
 _SPREAD = 64
 
 
+def group_sum(rows: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """(M, ...) rows -> (n_groups, ...) sums of the rows of each group, accumulated in fp32
+    (at least), returned in ``rows``' dtype.
+
+    A plain ``index_add`` would pile the M/G rows of a group onto one address (atomic adds
+    contend when G << M, as with the E experts of the MoSSE's rows): each group's rows are
+    first summed into ``_SPREAD`` separate lanes, then the lanes are summed. Deterministic up to
+    float summation order; no host read."""
+    acc_dtype = torch.promote_types(rows.dtype, torch.float32)
+    lane = torch.arange(group.numel(), device=group.device) % _SPREAD
+    acc = torch.zeros(n_groups * _SPREAD, *rows.shape[1:], dtype=acc_dtype, device=rows.device)
+    acc.index_add_(0, group * _SPREAD + lane, rows.to(acc_dtype))
+    return acc.view(n_groups, _SPREAD, *rows.shape[1:]).sum(1).to(rows.dtype)
+
+
 class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -37,20 +52,13 @@ class _GatherRows(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (index,) = ctx.saved_tensors
-        acc_dtype = torch.promote_types(grad.dtype, torch.float32)
-        lane = torch.arange(index.numel(), device=index.device) % _SPREAD
-        acc = torch.zeros(ctx.n_groups * _SPREAD, *grad.shape[1:], dtype=acc_dtype, device=grad.device)
-        acc.index_add_(0, index * _SPREAD + lane, grad.to(acc_dtype))
-        return acc.view(ctx.n_groups, _SPREAD, *grad.shape[1:]).sum(1).to(grad.dtype), None
+        return group_sum(grad, index, ctx.n_groups), None
 
 
 def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table.index_select(0, index)``, with a backward made for few groups and many rows.
-
-    The gradient of a gather is a scatter-add; when M rows fall on G << M table rows (the
-    per-expert parameters of the MoSSE's rows: G = E), one ``index_add`` makes M/G atomic adds
-    contend for every address. Here each group's rows are first summed into ``_SPREAD``
-    separate lanes, then the lanes are summed. Same result up to float summation order.
+    """``table.index_select(0, index)``, with a backward made for few groups and many rows
+    (:func:`group_sum`: the gradient of a gather is a scatter-add, and M rows falling on G << M
+    table rows would make every address's atomic adds contend).
 
     Args:
         table: (G, ...) per-group values. index: (M,) int64 in [0, G).
@@ -66,16 +74,6 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _GatherRows.apply(table, index)
 
 
-def causal_conv_window(windows: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """One output of a depthwise causal conv from its window: ``sum_k taps[..., k] * windows[..., k]
-    + bias``; tap K-1 multiplies the newest input.
-
-    windows, taps: (..., C, K). bias: (..., C) or None. Returns (..., C) in the promoted dtype.
-    """
-    out = (windows * taps).sum(-1)
-    return out if bias is None else out + bias
-
-
 def _window_positions(cu: torch.Tensor, K: int, at_end: bool) -> torch.Tensor:
     """(S, K-1) buffer rows of every segment's starting window (or, ``at_end``, its last K-1
     rows), in the buffer where segment s begins at ``cu[s] + s*(K-1)``."""
@@ -83,6 +81,67 @@ def _window_positions(cu: torch.Tensor, K: int, at_end: bool) -> torch.Tensor:
     seg = torch.arange(S, device=cu.device)
     first = cu[1:] + seg * (K - 1) if at_end else cu[:-1] + seg * (K - 1)
     return first[:, None] + torch.arange(K - 1, device=cu.device)[None, :]
+
+
+class _WindowConv(torch.autograd.Function):
+    """out[i] = bias[g_i] + sum_k weight[g_i, :, k] * buffer[at_i - (K-1) + k], g = group.
+
+    Written as a Function so that the backward keeps only the buffer: autograd would keep each
+    row's copy of its taps, (M, C, K), for every layer -- K times the activations. The backward
+    gathers them again."""
+
+    @staticmethod
+    def forward(ctx, buffer, weight, bias, group, row_at):
+        K = weight.shape[-1]
+        out = None
+        for k in range(K):
+            term = buffer.index_select(0, row_at - (K - 1 - k)) * weight[:, :, k].index_select(0, group)
+            out = term if out is None else out + term
+        if bias is not None:
+            out = out + bias.index_select(0, group)
+        ctx.save_for_backward(buffer, weight, group, row_at)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        buffer, weight, group, row_at = ctx.saved_tensors
+        G, C, K = weight.shape
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        grad_buffer = torch.zeros(buffer.shape, dtype=acc, device=buffer.device)
+        grad_weight = torch.empty(G, C, K, dtype=acc, device=weight.device)
+        for k in range(K):
+            at = row_at - (K - 1 - k)  # distinct rows for one k: no contending adds
+            grad_buffer.index_add_(0, at, (grad * weight[:, :, k].index_select(0, group)).to(acc))
+            grad_weight[:, :, k] = group_sum(grad * buffer.index_select(0, at), group, G)
+        grad_bias = group_sum(grad, group, G).to(weight.dtype) if ctx.has_bias else None
+        return grad_buffer.to(buffer.dtype), grad_weight.to(weight.dtype), grad_bias, None, None
+
+
+def conv_at_rows(buffer: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: torch.Tensor,
+                 row_at: torch.Tensor) -> torch.Tensor:
+    """The depthwise causal conv's output at chosen rows of a buffer: the one rule of the
+    forward (:func:`segment_causal_conv`) and of the decode step (its cached window + the new
+    input).
+
+    ``out[i] = bias[g] + sum_k weight[g, :, k] * buffer[row_at[i] - (K-1) + k]`` with
+    ``g = group[i]``: tap K-1 multiplies the row itself, tap 0 the oldest of its window.
+
+    Args:
+        buffer: (L, C); weight: (G, C, K); bias: (G, C) or None; group: (M,) int64 in [0, G);
+            row_at: (M,) int64 >= K-1.
+    Returns:
+        (M, C) in the promoted dtype of buffer and weight.
+
+    Example:
+        >>> window = torch.randn(4, 3)  # K = 4 inputs, oldest first, of C = 3 channels
+        >>> w, b = torch.randn(1, 3, 4), torch.randn(1, 3)
+        >>> out = conv_at_rows(window, w, b, torch.zeros(1, dtype=torch.long), torch.tensor([3]))
+        >>> torch.allclose(out[0], (window.T * w[0]).sum(-1) + b[0])
+        True
+    """
+    return _WindowConv.apply(buffer, weight, bias, group, row_at)
 
 
 def segment_causal_conv(
@@ -126,7 +185,7 @@ def segment_causal_conv(
         True
     """
     M, C = x.shape
-    G, _, K = weight.shape
+    K = weight.shape[-1]
     cu = cu_seqlens.to(device=x.device, dtype=torch.long)
     S = cu.numel() - 1
     if M == 0:
@@ -141,14 +200,8 @@ def segment_causal_conv(
         buffer = buffer.index_copy(0, _window_positions(cu, K, False).reshape(-1),
                                    initial_window.reshape(-1, C).to(x.dtype))
     buffer = buffer.index_copy(0, row_at, x)
-    windows = buffer.unfold(0, K, 1).index_select(0, row_at - (K - 1))  # (M, C, K): rows i-K+1 .. i
-    # Every row's taps (and bias) in one gather: (M, C*K [+ C]).
-    table = weight.reshape(G, C * K) if bias is None else torch.cat([weight.reshape(G, C * K), bias], dim=1)
-    per_row = gather_rows(table, group)
-    out = causal_conv_window(windows, per_row[:, : C * K].view(M, C, K), None if bias is None else per_row[:, C * K :])
-    final = None
-    if output_final_window:
-        final = buffer[_window_positions(cu, K, True)]  # (S, K-1, C)
+    out = conv_at_rows(buffer, weight, bias, group, row_at)
+    final = buffer[_window_positions(cu, K, True)] if output_final_window else None  # (S, K-1, C)
     return out, final
 
 

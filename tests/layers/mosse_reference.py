@@ -105,7 +105,7 @@ def routed_causal_conv_reference(x, weight, bias, visit, doc_id=None, conv_state
         for e in range(E):
             idx = visit[b, :, e].nonzero().flatten()
             carried = x.new_zeros(K - 1, C) if conv_state is None else conv_state[b, e].to(x.dtype)
-            docs = torch.zeros(len(idx), dtype=torch.long) if doc_id is None else doc_id[b, idx]
+            docs = torch.zeros(len(idx), dtype=torch.long, device=x.device) if doc_id is None else doc_id[b, idx]
             last_doc = 0 if doc_id is None else int(doc_id[b, -1])
             # Only document 0 continues from the carried inputs; later documents start from zeros.
             seq_of_doc = {0: carried}

@@ -44,6 +44,11 @@ from .router import Router, RouterOutput, RouterReport
 from .sequence_layout import SequenceLayout
 
 
+# The smallest |A| the compact layout folds into dt (see ``_forward_compact``): a power of two
+# far below any decay that rounds to something other than 1 over a realistic sequence.
+ZERO_DECAY_FLOOR = 2.0**-60
+
+
 def step_size(dt_raw: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:
     """The dt rule of every layout and of decode: dt = softplus(dt_raw + dt_bias), in dt_bias's
     dtype (fp32, or fp64 for fp64 layers).
@@ -58,7 +63,8 @@ class MoSSE(nn.Module):
 
     Parameters (stacked per expert): ``in_proj`` (E, F, D), ``conv_weight`` (E, C, K),
     ``conv_bias`` (E, C), ``dt_bias`` (E,), ``A_log`` (E,), ``D`` (E, P), ``norm_weight`` (E, P),
-    ``out_proj`` (E, D, P) and the router (E, D). With one expert there is no router and the
+    ``out_proj`` (E, D, P) and the router (E, D); with ``config.ssm_z_bias`` also ``z_bias``
+    (E, P), added to z before SiLU (zero at init). With one expert there is no router and the
     gate is 1 (a single-head selective SSM, the Mamba-like baseline).
     """
 
@@ -83,6 +89,8 @@ class MoSSE(nn.Module):
         self.D = nn.Parameter(torch.ones(E, P))
         self.norm_weight = nn.Parameter(torch.ones(E, P))
         self.out_proj = nn.Parameter(torch.empty(E, D, P))
+        # Spec section 8: lets a converted model start with SiLU(z) a non-zero constant.
+        self.z_bias = nn.Parameter(torch.zeros(E, P)) if getattr(config, "ssm_z_bias", False) else None
 
     # ----------------------------------------------------------------- routing
     def route(self, u: torch.Tensor, valid: torch.Tensor | None) -> RouterOutput:
@@ -207,6 +215,8 @@ class MoSSE(nn.Module):
         visit = visit.view(batch, T, E)
 
         z, xBC, d = self._split(proj)
+        if self.z_bias is not None:
+            z = z + self.z_bias.to(z.dtype)  # (batch, T, E, P) + (E, P)
         xBC, new_conv = routed_causal_conv(
             xBC, self.conv_weight, self.conv_bias, visit, layout.doc_id, conv_state, return_states
         )
@@ -254,6 +264,8 @@ class MoSSE(nn.Module):
         w_in = self.in_proj.to(flat.dtype) if not torch.is_autocast_enabled() else self.in_proj
         proj = grouped_linear(flat[assign.token], w_in, assign.offsets)  # (n*k, F)
         z, xBC, d = self._split(proj)
+        if self.z_bias is not None:
+            z = z + gather_rows(self.z_bias, expert).to(z.dtype)  # each row's expert's bias
         xBC = F.silu(segment_causal_conv(xBC, self.conv_weight, self.conv_bias, expert, cu))
         x, B, C = xBC.split([P, N, N], dim=-1)
 
@@ -263,14 +275,19 @@ class MoSSE(nn.Module):
         # since exp(-dt'_t) = exp(dt_t A_e) and the input term is |A_e| times the true one; so
         # C_t h'_t = |A_e| C_t h_t and y_t = C_t h'_t / |A_e| + D_e x_t. Dividing the output (in
         # fp32) rather than x or B keeps the scan's inputs unrounded; D is applied here, per row.
-        # dt and A stay in fp32 (fp64 for fp64 layers), as in the dense layout. The Triton scan
+        # dt and A stay in fp32 (fp64 for fp64 layers), as in the dense layout.
+        # Zero decay (A_log = -inf, A_e = 0) must stay finite and exact: |A_e| is floored at
+        # ZERO_DECAY_FLOOR = 2^-60. A power of two, so dt |A_e| and the division below are exact
+        # rescalings; the decay exp(-dt 2^-60) is 1 in fp32 (and within 2^-54 dt of 1 in fp64),
+        # which is what A_e = 0 gives, or any |A_e| below the floor. The Triton scan
         # takes cu_seqlens without a host sync; the plain PyTorch scans ("chunked", "reference")
         # read it back to the host, as they do for any packed batch.
         sdt = compute_dtype_for(u)
         # Each row's expert's dt bias, |A_e|, D_e and norm weight in one gather (they are fp32
         # parameters even in bf16 models; the norm upcasts its weight anyway).
         table = torch.cat(
-            [self.dt_bias[:, None], torch.exp(self.A_log)[:, None], self.D, self.norm_weight], dim=1
+            [self.dt_bias[:, None], torch.exp(self.A_log).clamp(min=ZERO_DECAY_FLOOR)[:, None], self.D,
+             self.norm_weight], dim=1
         ).to(sdt)  # (E, 2 + 2P)
         dt_bias, neg_A, D, norm_weight = gather_rows(table, expert).split([1, 1, P, P], dim=1)
         neg_A = neg_A.squeeze(1)  # |A_e| per row, (n*k,)
@@ -323,6 +340,8 @@ class MoSSE(nn.Module):
         # Only the routed experts' projections are read (no copy of their weights on the CPU).
         proj = gathered_linear(u.to(self.in_proj.dtype)[:, None, :].expand(-1, kv, -1), self.in_proj, idx)
         z, xBC, d = self._split(proj)
+        if self.z_bias is not None:
+            z = z + self.z_bias[idx].to(z.dtype)  # (batch, kv, P)
 
         C_ch = P + 2 * N
         K = self.conv_kernel
@@ -358,6 +377,8 @@ class MoSSE(nn.Module):
         self.A_log.copy_(torch.log(torch.empty(E).uniform_(lo, hi)))
         self.D.fill_(1.0)
         self.norm_weight.fill_(1.0)
+        if self.z_bias is not None:
+            self.z_bias.zero_()
         out_std = std / math.sqrt(2 * config.n_layers) if config.rescale_residual else std
         nn.init.normal_(self.out_proj, std=out_std)
         if self.router is not None:

@@ -53,6 +53,8 @@ class MossNetConfig(PretrainedConfig):
         state_update: "routed" (an expert sees only its tokens) or "all" (every expert sees
             every token, the router only gates the outputs).
         router_renormalize: renormalise the top-k gates to sum to 1 (only when k > 1).
+        ssm_z_bias: a per-expert bias on the gate z (spec section 8), zero at init; lets a
+            converted model start with SiLU(z) a non-zero constant (z's weight rows zero).
         mlp_experts, mlp_top_k, mlp_hidden_dim, mlp_shared_expert: the SwiGLU MoE-MLP
             (spec section 3); ``mlp_experts=1`` is a dense SwiGLU.
         router_aux_loss_coef, router_z_loss_coef: loss weights (spec section 4).
@@ -86,6 +88,7 @@ class MossNetConfig(PretrainedConfig):
         conv_kernel: int = 4,
         state_update: str = "routed",
         router_renormalize: bool = True,
+        ssm_z_bias: bool = False,
         mlp_experts: int = 4,
         mlp_top_k: int = 2,
         mlp_hidden_dim: int = 256,
@@ -119,6 +122,7 @@ class MossNetConfig(PretrainedConfig):
         self.conv_kernel = conv_kernel
         self.state_update = state_update
         self.router_renormalize = router_renormalize
+        self.ssm_z_bias = ssm_z_bias
         self.mlp_experts = mlp_experts
         self.mlp_top_k = mlp_top_k
         self.mlp_hidden_dim = mlp_hidden_dim
@@ -169,7 +173,7 @@ class MossNetConfig(PretrainedConfig):
             _fail(f"state_update must be one of {STATE_UPDATES}, got {self.state_update!r}")
         if self.scan_impl not in SCAN_IMPLS:
             _fail(f"scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
-        for name in ("router_renormalize", "mlp_shared_expert", "rescale_residual", "use_cache"):
+        for name in ("router_renormalize", "ssm_z_bias", "mlp_shared_expert", "rescale_residual", "use_cache"):
             if not isinstance(getattr(self, name), bool):
                 _fail(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("router_aux_loss_coef", "router_z_loss_coef", "initializer_range", "dt_init_floor"):

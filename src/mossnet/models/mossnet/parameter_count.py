@@ -10,7 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 # Per-expert tensors of the MoSSE layer (leading dim E).
-_MIXER_EXPERT_PARAMS = ("in_proj", "conv_weight", "conv_bias", "dt_bias", "A_log", "mixer.D", "norm_weight", "out_proj")
+_MIXER_EXPERT_PARAMS = ("in_proj", "conv_weight", "conv_bias", "dt_bias", "A_log", "mixer.D", "norm_weight", "out_proj",
+                        "z_bias")
 
 
 def _active_fraction(name: str, config) -> float:

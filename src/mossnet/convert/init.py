@@ -128,14 +128,15 @@ def head_readouts(mixer, u: torch.Tensor, layout: SequenceLayout | None = None) 
 
     The layer only returns sum_h W_o^h (...), so W_o is swapped for a selector that places
     expert h's P outputs at their own columns (floor(D / P) experts per forward), and the norm
-    weight for ones; both are restored."""
+    weight for ones; both are restored. Returns fp32 (fp64 for an fp64 layer)."""
     E, P = mixer.n_experts, mixer.head_dim
     batch, T, D = u.shape
     per_pass = D // P
     if per_pass == 0:
         raise ValueError(f"head_readouts needs d_model ({D}) >= head dim ({P})")
     saved_out, saved_norm = mixer.out_proj.detach().clone(), mixer.norm_weight.detach().clone()
-    result = u.new_zeros(batch, T, E, P, dtype=torch.float32)
+    dtype = torch.promote_types(u.dtype, torch.float32)  # fp32, or fp64 for fp64 layers
+    result = u.new_zeros(batch, T, E, P, dtype=dtype)
     eye = torch.eye(P, dtype=mixer.out_proj.dtype, device=mixer.out_proj.device)
     try:
         mixer.norm_weight.fill_(1.0)
@@ -144,7 +145,7 @@ def head_readouts(mixer, u: torch.Tensor, layout: SequenceLayout | None = None) 
             mixer.out_proj.zero_()
             for j, h in enumerate(group):
                 mixer.out_proj[h, j * P:(j + 1) * P] = eye
-            o = mixer(u, layout)[0].float()
+            o = mixer(u, layout)[0].to(dtype)
             for j, h in enumerate(group):
                 result[:, :, h] = o[..., j * P:(j + 1) * P]
     finally:

@@ -87,10 +87,9 @@ def test_refused_teacher_fields(make_teacher, calibration_file, tmp_path, capsys
     assert not out.exists()
 
 
-def test_refused_architecture(make_teacher, calibration_file, tmp_path, capsys):
+def test_refused_architecture(calibration_file, tmp_path, capsys):
     from transformers import MistralConfig, MistralForCausalLM
 
-    _, tok_dir = make_teacher("tokenizer-source")
     directory = tmp_path / "mistral"
     MistralForCausalLM(MistralConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                      num_attention_heads=2, num_key_value_heads=1, sliding_window=None)
@@ -122,8 +121,20 @@ def test_refused_teacher_paths(tmp_path, calibration_file, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_gguf_teacher_without_the_gguf_package(tmp_path, calibration_file, capsys, monkeypatch):
+    import importlib.util
+
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    assert run(capsys, convert_argv(fake, tmp_path / "out", calibration_file)) != 0
+    line = one_line_error(capsys)
+    assert "gguf" in line and "pip install 'mossnet[eval]'" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_teacher_without_tokenizer(make_teacher, calibration_file, tmp_path, capsys):
-    _, teacher_dir = make_teacher(save=False)
     teacher, _ = make_teacher(save=False)
     teacher.save_pretrained(tmp_path / "bare")
     assert run(capsys, convert_argv(tmp_path / "bare", tmp_path / "out", calibration_file)) != 0
@@ -179,3 +190,22 @@ def test_conversion_is_deterministic(make_teacher, calibration_file, tmp_path, c
     a = load_file(tmp_path / "a" / "model" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_flag_has_help():
+    from mossnet.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["convert"]
+    bare = [a.option_strings or [a.dest] for a in sub._actions if not a.help and a.dest != "help"]
+    assert not bare, f"mossnet convert: no help text for {bare}"
+
+
+@pytest.mark.parametrize("argv_extra", [["--experts-per-token", "0"], ["--state-update", "some"],
+                                        ["--seq-len", "-3"], ["--device", "tpu"]])
+def test_argparse_refuses_bad_values(tmp_path, capsys, argv_extra):
+    with pytest.raises(SystemExit) as stop:
+        main(["convert", str(tmp_path), "--out", str(tmp_path / "out"), *argv_extra])
+    assert stop.value.code == 2
+    assert argv_extra[0] in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

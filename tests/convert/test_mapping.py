@@ -46,7 +46,8 @@ def test_mlp_computes_the_teachers_mlp(make_teacher):
     student = student_of(teacher)
     u = torch.randn(3, 7, teacher.config.hidden_size)
     for block, layer in zip(student.model.layers, teacher.model.layers):
-        torch.testing.assert_close(block.mlp(u.reshape(-1, u.shape[-1]))[0].view_as(u), layer.mlp(u), rtol=1e-6, atol=1e-6)
+        ours = block.mlp(u.reshape(-1, u.shape[-1]))[0].view_as(u)
+        torch.testing.assert_close(ours, layer.mlp(u), rtol=1e-6, atol=1e-6)
         assert torch.equal(block.mlp_norm(u), layer.post_attention_layernorm(u))
         assert torch.equal(block.mixer_norm(u), layer.input_layernorm(u))
 

@@ -17,13 +17,14 @@ alone, so that a refused teacher writes nothing anywhere.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mossnet.errors import CheckpointError, ConfigError, OptionError
+from mossnet.errors import CheckpointError, ConfigError, MissingExtraError, OptionError
 
 STATE_UPDATES = ("all", "routed")
 
@@ -61,6 +62,8 @@ class TeacherSource:
 def load_teacher_config(source: TeacherSource):
     """The teacher's transformers config (reads only metadata, even for a GGUF file)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if source.gguf_file and importlib.util.find_spec("gguf") is None:
+        raise MissingExtraError("a GGUF teacher", "eval", "the gguf package")
     from transformers import AutoConfig
 
     try:

@@ -60,6 +60,7 @@ import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from mossnet import MossNetConfig, MossNetForCausalLM  # noqa: E402
+from mossnet.execution import ExecutionPolicy  # noqa: E402
 from mossnet.models.mossnet.cuda_graph_decode import reset_graph_decoders  # noqa: E402
 from mossnet.models.mossnet.parameter_count import count_parameters, recurrent_state_bytes_per_layer  # noqa: E402
 from mossnet.ops.mosse import resolve_impl  # noqa: E402
@@ -108,13 +109,23 @@ def llama_config(tiny: bool, vocab: int, max_len: int) -> LlamaConfig:
                        attn_implementation="sdpa", bos_token_id=None, eos_token_id=None, pad_token_id=0)
 
 
+def converted_config(tiny: bool) -> MossNetConfig:
+    """The shape of a model converted from SmolLM2-135M (spec section 8): every token to all 9
+    experts (``state_update="all"``, k = E = 9), head and state width 64, a dense SwiGLU MLP."""
+    if tiny:
+        return mossnet_config("base", True, ssm_experts=3, ssm_top_k=3, state_update="all", mlp_experts=1,
+                              mlp_top_k=1)
+    return MossNetConfig.from_preset("base", n_layers=30, ssm_experts=9, ssm_top_k=9, state_update="all",
+                                     mlp_experts=1, mlp_top_k=1, mlp_hidden_dim=1536)
+
+
 def build(name: str, tiny: bool, device, max_len: int = 32768):
-    """A fresh fp32 model by benchmark name. ``mossnet-base-dense``: the base model with the
-    routed layer forced onto its masked-dense reference layout (``compact_routing=False``), to
-    time what the compact layout buys in the same run."""
+    """A fresh fp32 model by benchmark name (``mossnet-converted``: see :func:`converted_config`)."""
     torch.manual_seed(0)
-    if name in ("mossnet-base", "mossnet-base-dense"):
+    if name == "mossnet-base":
         model = MossNetForCausalLM(mossnet_config("base", tiny))
+    elif name == "mossnet-converted":
+        model = MossNetForCausalLM(converted_config(tiny))
     elif name == "mossnet-small":
         model = MossNetForCausalLM(mossnet_config("small", tiny))
     elif name == "ssm-1head":
@@ -124,25 +135,13 @@ def build(name: str, tiny: bool, device, max_len: int = 32768):
         model = LlamaForCausalLM(llama_config(tiny, vocab, max_len))
     else:
         raise ValueError(name)
-    if isinstance(model, MossNetForCausalLM):
-        model.model.validate_token_ids = False  # ids below are generated in range; no host sync
-    if name.endswith("-dense"):
-        for module in model.modules():
-            if hasattr(module, "compact_routing"):
-                module.compact_routing = False
+    if isinstance(model, MossNetForCausalLM):  # ids below are generated in range: no host sync
+        model.execution_policy = model.execution_policy.replace(validate_token_ids=False)
     return model.to(device)
 
 
 def is_mossnet(model) -> bool:
     return isinstance(model, MossNetForCausalLM)
-
-
-def routing_layout(model) -> str | None:
-    """"compact" or "dense" for a routed MossNet (see layers/mosse.py), else None."""
-    flags = {m.compact_routing and m.routed for m in model.modules() if hasattr(m, "compact_routing")}
-    if not flags or not is_mossnet(model) or model.config.ssm_experts == 1:
-        return None
-    return "compact" if flags == {True} else "dense"
 
 
 # ---------------------------------------------------------------------------- accounting
@@ -294,10 +293,8 @@ def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
     what ``mossnet train --cuda-graph`` runs)."""
     graphed = name.endswith("-graph")
     model = build(name.removesuffix("-graph"), tiny, device).train()
-    if scan_impl is not None:
-        for module in model.modules():
-            if hasattr(module, "scan_impl"):
-                module.scan_impl = scan_impl
+    if scan_impl is not None and is_mossnet(model):
+        model.execution_policy = model.execution_policy.replace(scan_impl=scan_impl)
     counts = param_counts(model)
     B, T = sz["train_batch"], sz["train_len"]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
@@ -338,7 +335,7 @@ def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
         "peak_mem_gb": peak(device) / 2**30,
         "state_bytes_per_layer": (recurrent_state_bytes_per_layer(model.config) if is_mossnet(model) else None),
         "scan_impl": (scan_impl or resolve_impl("auto", ids.float())) if is_mossnet(model) else None,
-        "routing_layout": routing_layout(model),
+        "execution_policy": model.execution_policy.as_dict() if is_mossnet(model) else None,
         "cuda_graph": graphed,
     }
     del model, opt
@@ -410,8 +407,8 @@ def bench_prefill(name, tiny, device, sz, clock, graph: bool = False) -> dict:
 
 def mossnet_decode(model, B, sz, device, clock, mode: str) -> dict:
     """Raw step: prefill a prompt, then time ``decode_steps`` one-token forwards (greedy)."""
-    model.cuda_graph_decode = mode != "eager"
-    model.cuda_graph_compile = mode == "graph+compile"
+    default = model.execution_policy
+    model.execution_policy = default.replace(decode_graph=mode != "eager", decode_graph_compile=mode == "graph+compile")
     reset_graph_decoders(model)
     prompt = randint(model.config.vocab_size, (B, sz["prompt_len"]), device, seed=B)
     with torch.no_grad(), autocast(device):
@@ -427,7 +424,7 @@ def mossnet_decode(model, B, sz, device, clock, mode: str) -> dict:
         for _ in range(sz["warmup"]):
             step()
         seconds = clock.span(step, sz["decode_steps"])
-    model.cuda_graph_decode, model.cuda_graph_compile = True, False
+    model.execution_policy = default
     return {"ms_per_step": seconds / sz["decode_steps"] * 1e3, "tokens_per_s": B * sz["decode_steps"] / seconds,
             "first_step_s": t_capture}
 
@@ -693,7 +690,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None, help="JSON results path")
     ap.add_argument("--sections", default="train,prefill,decode,memory,profile,extras")
-    ap.add_argument("--train-models", default="mossnet-base,mossnet-base-graph,mossnet-base-dense,mossnet-small,"
+    ap.add_argument("--train-models", default="mossnet-base,mossnet-base-graph,mossnet-converted,mossnet-small,"
                     "llama-135m,llama-135m-graph,ssm-1head,ssm-1head-graph",
                     help="training jobs; NAME-graph replays the whole step from a CUDA graph (CUDA only)")
     ap.add_argument("--time-budget", type=float, default=420.0,
@@ -764,6 +761,7 @@ def run(args, argv) -> dict:
     except ImportError:
         pass
     results["env"]["scan_impl"] = resolve_impl("auto", torch.zeros(1, device=device))
+    results["env"]["execution_policy"] = ExecutionPolicy.build().as_dict()
     out_path = Path(args.out) if args.out else None
 
     def save():

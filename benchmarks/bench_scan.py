@@ -201,6 +201,10 @@ def main():
 
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from triton_interpreter_fix import fix_interpreter_for_numpy2
+
+        fix_interpreter_for_numpy2()
     import triton
 
     if args.smoke:
@@ -218,7 +222,10 @@ def main():
         from triton.testing import do_bench
 
     from mossnet.ops import mosse_scan
-    from mossnet.ops.mosse import triton_scan
+    from mossnet.ops.mosse.triton.function import DEFAULT_CHUNK, STAGE_KERNELS, kernel_choices
+    from mossnet.ops.mosse.triton.geometry import Geometry
+    from mossnet.ops.mosse.triton.options import options_from_env
+    from mossnet.ops.mosse.triton.state import fwd_h
 
     device = "cpu" if args.smoke else "cuda"
     out_path = args.out or os.path.join(os.environ.get("OUT", "."), "bench_scan.json")
@@ -264,7 +271,8 @@ def main():
     results = []
     for name in args.shapes.split(","):
         batch, T, E, N, P, k = SHAPES[name]
-        triton_scan._TUNED.clear()  # re-tune per shape so TUNE_LOG shows each shape's per-kernel times
+        for kernel in STAGE_KERNELS.values():  # re-tune per shape so the log shows each shape's times
+            kernel.reset_tuning()
         inp = make_inputs(batch, T, E, N, P, k, device)
         leaves = {kk: v.detach().clone().requires_grad_(True) for kk, v in inp.items()}
         dy = torch.randn_like(inp["x"])
@@ -306,9 +314,10 @@ def main():
             torch.cuda.empty_cache()
         # Breakdown of our forward: the state pass alone (tuned config).
         xs, dts, Bs = inp["x"].contiguous(), inp["dt"].contiguous(), inp["B"].contiguous()
-        geo = triton_scan._Geometry(batch, T, None, triton_scan.DEFAULT_CHUNK, device)
+        geo = Geometry(batch, T, None, DEFAULT_CHUNK, device)
+        choices = kernel_choices(options_from_env(), xs.dtype)
         row["triton_fwd_h_ms"] = do_bench(
-            lambda: triton_scan._run_fwd_h(xs, dts, inp["A"], Bs, None, geo, E, N, P, False),
+            lambda: fwd_h(xs, dts, inp["A"], Bs, None, geo, choices, False),
             warmup=25, rep=args.rep, return_mode="median")
         # Agreement with the chunked path on this input (forward and dx).
         y_t, _ = mosse_scan(**inp, impl="triton")
@@ -360,10 +369,9 @@ def main():
             except Exception as e:  # noqa: BLE001
                 row["fla_fwdbwd_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         row["tune_log"] = {
-            f"{kname}": [(cfg, round(ms, 4)) for cfg, ms in log]
-            for (kname, *_), log in triton_scan.TUNE_LOG.items()
+            kname: [(cfg, round(ms, 4)) for cfg, ms in kernel.tuning_log()]
+            for kname, kernel in STAGE_KERNELS.items() if kernel.tuning_log()
         }
-        triton_scan.TUNE_LOG.clear()
         results.append(row)
         del inp, leaves, dy
         torch.cuda.empty_cache()

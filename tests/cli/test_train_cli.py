@@ -91,3 +91,21 @@ def test_baselines_train_through_the_same_pipeline(data_dir, tmp_path, capsys, a
     cls = {"llama": "LlamaForCausalLM", "mamba2": "Mamba2ForCausalLM"}[arch]
     assert f"model: {arch} ({cls})" in text and "parameters" in text
     assert json.loads((out / "model" / "config.json").read_text())["model_type"] == arch
+
+
+def test_flag_spellings_are_a_contract():
+    """Every flag `mossnet train` has ever documented still parses (they come from TrainConfig's fields)."""
+    import argparse
+
+    from mossnet.cli import train as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    spellings = {s for action in parser._actions for s in action.option_strings}
+    contract = {"--preset", "--arch", "--data", "--out", "--config", "--resume", "--init-from", "--force",
+                "--allow-change", "--print-config", "--max-steps", "--batch-size", "--seq-len", "--grad-accum", "--lr",
+                "--warmup-steps", "--weight-decay", "--grad-clip", "--seed", "--log-interval", "--eval-interval",
+                "--eval-tokens", "--ckpt-interval", "--no-progress", "--no-tensorboard", "--device", "--dtype",
+                "--compile", "--cuda-graph", "--no-cuda-graph", "--fsdp", "--num-threads"}
+    assert contract <= spellings, contract - spellings
+    assert all(a.help for a in parser._actions)

@@ -7,7 +7,7 @@ the identity conv (current-token tap 1, bias 0), expert h of a converted layer c
 
 with q, k, v taken from the teacher's own projection modules (k and v through transformers'
 ``repeat_kv``, so head h reads key/value head kv(h)): a causal linear attention of the teacher's
-projections, without softmax or RoPE. y is captured where the layer hands it to the scan's caller.
+projections, without softmax or RoPE. y is captured where the layer computes it (scan output + D x).
 """
 
 from __future__ import annotations
@@ -19,28 +19,38 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import repeat_kv
 
-import mossnet.layers.mosse as mosse_module
 from mossnet.convert.llama import mossnet_config_for
 from mossnet.convert.pipeline import build_student
+from mossnet.execution import ExecutionPolicy
 from mossnet.layers.sequence_layout import SequenceLayout
 
 
-def capture_y(mixer, u):
-    """Run the mixer on u (batch, T, D) and return the y (batch, T, E, P) its scan produced."""
+def capture_y(mixer, u, policy):
+    """Run the mixer on u (batch, T, D) and return each expert's y (batch, T, E, P): the scan's
+    output plus D x, captured where the layer computes it, placed by the rows' token and expert."""
     captured = {}
-    real = mosse_module.mosse_scan
+    mix, scan = mixer._mix, mixer._scan
 
-    def spy(*args, **kwargs):
-        y, final = real(*args, **kwargs)
+    def spy_mix(flat, rows, *args, **kwargs):
+        captured["rows"] = rows
+        return mix(flat, rows, *args, **kwargs)
+
+    def spy_scan(*args, **kwargs):
+        y, final = scan(*args, **kwargs)
         captured["y"] = y
         return y, final
 
-    mosse_module.mosse_scan = spy
+    mixer._mix, mixer._scan = spy_mix, spy_scan
     try:
-        mixer(u, SequenceLayout.build(u.shape[0], u.shape[1]))
+        mixer(u, SequenceLayout.build(u.shape[0], u.shape[1]), policy=policy)
     finally:
-        mosse_module.mosse_scan = real
-    return captured["y"]
+        del mixer._mix, mixer._scan
+    batch, T = u.shape[:2]
+    rows, E = captured["rows"], mixer.n_experts
+    real = rows.expert < E
+    y = torch.full((batch * T, E, mixer.head_dim), float("nan"), dtype=captured["y"].dtype)
+    y[rows.token[real], rows.expert[real]] = captured["y"][real]
+    return y.view(batch, T, E, -1)
 
 
 @pytest.fixture(autouse=True)
@@ -55,14 +65,13 @@ def test_converted_layer_is_a_linear_attention_of_the_teachers_projections(make_
     teacher, _ = make_teacher(save=False)
     teacher = teacher.double()
     cfg = mossnet_config_for(teacher.config, teacher.config.num_attention_heads, "all")
-    cfg.scan_impl = scan_impl
+    policy = ExecutionPolicy(scan_impl=scan_impl, chunk_size=8)
     student = build_student(teacher, cfg, seed=0).double()
     batch, T, d = 2, 19, teacher.config.head_dim
     u = torch.randn(batch, T, teacher.config.hidden_size, dtype=torch.float64)
     torch.set_grad_enabled(False)  # restored by the autouse fixture below
     for block, layer in zip(student.model.layers, teacher.model.layers):
         mixer, attn = block.mixer, layer.self_attn
-        mixer.scan_impl = scan_impl
         with torch.no_grad():
             mixer.A_log.fill_(-math.inf)  # A = 0 exactly
             mixer.in_proj[:, -1] = 0.0  # d row
@@ -71,7 +80,7 @@ def test_converted_layer_is_a_linear_attention_of_the_teachers_projections(make_
             mixer.conv_weight.zero_()
             mixer.conv_weight[..., -1] = 1.0  # tap K-1 multiplies the current token
             mixer.conv_bias.zero_()
-        y = capture_y(mixer, u)
+        y = capture_y(mixer, u, policy)
 
         heads = lambda t: t.view(batch, T, -1, d).transpose(1, 2)  # noqa: E731  (batch, heads, T, d)
         q = F.silu(heads(attn.q_proj(u)))

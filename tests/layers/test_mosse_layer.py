@@ -10,6 +10,8 @@ equal those formulas to float64 precision.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from mossnet.layers.mosse import MoSSE
 from mossnet.layers.sequence_layout import SequenceLayout
 from mossnet.ops.mosse import mosse_scan
 from mosse_helpers import randomize_mosse_
+from mosse_reference import mosse_reference
 
 F64_TOL = 1e-10
 
@@ -46,30 +49,39 @@ def random_states(layer, batch, dtype=torch.float64):
 
 
 def run_layer(layer, u, valid=None, conv=None, ssm=None, return_states=False):
-    """Forward, capturing the per-expert y that the layer's scan produced."""
+    """Forward, capturing the per-expert y (scan output + D x) that the layer computed, laid
+    out as (batch, T, E, P) (zeros where the expert does not see the token)."""
     captured = {}
-    layer.compact_routing = False  # the dense layout exposes y per (token, expert); test_mosse_compact covers the compact one
-    scan = layer._scan
+    mix, scan = layer._mix, layer._scan
 
-    def spy(*args, **kwargs):
+    def spy_mix(flat, rows, *args, **kwargs):
+        captured["rows"] = rows
+        return mix(flat, rows, *args, **kwargs)
+
+    def spy_scan(*args, **kwargs):
         y, final = scan(*args, **kwargs)
         captured["y"] = y
         return y, final
 
-    layer._scan = spy
+    layer._mix, layer._scan = spy_mix, spy_scan
     try:
         layout = SequenceLayout.build(u.shape[0], u.shape[1], None if valid is None else valid.long())
         o, report, states = layer(u, layout, conv, ssm, return_states)
     finally:
-        del layer._scan
-    return o, captured["y"], report, states
+        del layer._mix, layer._scan
+    batch, T = u.shape[:2]
+    rows, E = captured["rows"], layer.n_experts
+    real = rows.expert < E
+    y = torch.zeros(batch * T, E, layer.head_dim, dtype=captured["y"].dtype)
+    y[rows.token[real], rows.expert[real]] = captured["y"][real]
+    return o, y.view(batch, T, E, -1), report, states
 
 
 def derive(layer, u, conv0=None, S0=None, valid=None):
     """Spec section 2 from the layer's parameters, in float64, written independently of the
     layer's code. u: (batch, T, D). Returns a dict of the intermediate quantities."""
     batch, T, _ = u.shape
-    E, k, P, N, K = layer.n_experts, layer.top_k, layer.head_dim, layer.state_dim, layer.conv_kernel
+    E, k, P, N, K = layer.n_experts, layer.experts_per_token, layer.head_dim, layer.state_dim, layer.conv_kernel
     Cc = P + 2 * N
     valid = torch.ones(batch, T, dtype=torch.bool) if valid is None else valid
     vf = valid[..., None].double()
@@ -138,6 +150,9 @@ def test_attention_identity(tiny_config, state_update, E, k, with_states):
     seen = ref["visit"].bool()
     assert max_rel(y[seen], ref["y"][seen]) < F64_TOL
     assert max_rel(o, ref["o"]) < F64_TOL
+    # The test-side reference layer (which test_mosse_vs_reference compares with) obeys it too.
+    o_r, y_r, _, _ = mosse_reference(layer, u, SequenceLayout.build(batch, T), conv0, S0)
+    assert max_rel(y_r[seen], ref["y"][seen]) < F64_TOL and max_rel(o_r, ref["o"]) < F64_TOL
     # The attention matrix is causal and is zero on keys the expert did not see.
     M = ref["M"]
     assert (M.triu(1) == 0).all()
@@ -216,7 +231,7 @@ def test_padding_is_routed_nowhere(tiny_config, state_update):
     o2, _, report2, states2 = run_layer(layer, u2, valid, conv0, S0, return_states=True)
     assert torch.equal(o, o2)
     assert torch.equal(states[0], states2[0]) and torch.equal(states[1], states2[1])
-    assert int(report.load.sum()) == int(valid.sum()) * layer.top_k
+    assert int(report.load.sum()) == int(valid.sum()) * layer.experts_per_token
     assert torch.equal(report.load, report2.load)
 
 
@@ -225,9 +240,15 @@ def test_padding_is_routed_nowhere(tiny_config, state_update):
 
 @pytest.mark.parametrize("state_update", ["routed", "all"])
 @pytest.mark.parametrize("E,k", [(4, 2), (1, 1)])
-def test_steps_equal_forward(tiny_config, state_update, E, k):
-    """T one-token steps (the decode path) equal one forward, outputs and final states."""
-    layer = make_layer(tiny_config, E, k, state_update)
+@pytest.mark.parametrize("z_bias_and_zero_decay", [False, True])
+def test_steps_equal_forward(tiny_config, state_update, E, k, z_bias_and_zero_decay):
+    """T one-token steps (the decode path) equal one forward, outputs and final states; also
+    with a z bias and an expert without decay (A_log = -inf)."""
+    layer = make_layer(tiny_config, E, k, state_update, ssm_z_bias=z_bias_and_zero_decay)
+    if z_bias_and_zero_decay:
+        with torch.no_grad():
+            layer.z_bias.normal_()
+            layer.A_log[0] = float("-inf")
     batch, T = 2, 9
     u = torch.randn(batch, T, 12, dtype=torch.float64)
     conv0, S0 = random_states(layer, batch)
@@ -317,3 +338,30 @@ def test_fp32_layer_close_to_fp64(tiny_config):
     o32, _, _ = layer(u, SequenceLayout.build(2, 13))
     o64, _, _ = layer.double()(u.double(), SequenceLayout.build(2, 13))
     assert max_rel(o32, o64) < 1e-4
+
+
+def test_conversion_identity_is_causal_linear_attention(tiny_config):
+    """Spec section 8: with state_update="all", A = 0 (A_log = -inf), Delta = 1, D = 0 and an
+    identity conv, expert h's y is sum_{s<=t} (SiLU(q_t) . SiLU(k_s)) SiLU(v_s) for the
+    projections q = W_q u (C rows), k = W_k u (B rows), v = W_v u (x rows)."""
+    E, T = 3, 21
+    layer = make_layer(tiny_config, E, E, "all")
+    P, N = layer.head_dim, layer.state_dim
+    W_q, W_k, W_v = (torch.randn(E, n, 12, dtype=torch.float64) * 0.4 for n in (N, N, P))
+    with torch.no_grad():
+        layer.in_proj[:, P : 2 * P] = W_v  # rows: z (P), x (P), B (N), C (N), dt_raw (1)
+        layer.in_proj[:, 2 * P : 2 * P + N] = W_k
+        layer.in_proj[:, 2 * P + N : 2 * P + 2 * N] = W_q
+        layer.in_proj[:, -1] = 0.0
+        layer.dt_bias.fill_(math.log(math.expm1(1.0)))  # softplus^-1(1)
+        layer.A_log.fill_(float("-inf"))
+        layer.D.zero_()
+        layer.conv_weight.zero_()
+        layer.conv_weight[:, :, -1] = 1.0
+        layer.conv_bias.zero_()
+    u = torch.randn(2, T, 12, dtype=torch.float64)
+    _, y, _, _ = run_layer(layer, u)
+    q, k, v = (F.silu(torch.einsum("btd,end->bten", u, W)) for W in (W_q, W_k, W_v))
+    scores = torch.einsum("bten,bsen->btse", q, k) * torch.ones(T, T, dtype=torch.bool).tril()[None, :, :, None]
+    want = torch.einsum("btse,bsep->btep", scores, v)
+    assert max_rel(y, want) < F64_TOL

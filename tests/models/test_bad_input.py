@@ -11,7 +11,7 @@ import torch
 
 from mossnet import MossNetCache, MossNetConfig
 from mossnet.ops import mosse_scan, mosse_step
-from mossnet.ops.conv import routed_causal_conv
+from mossnet.ops.conv import segment_causal_conv
 
 # --------------------------------------------------------------------- token ids
 
@@ -205,11 +205,14 @@ def test_non_contiguous_scan_inputs_work(impl):
 
 
 def test_non_contiguous_conv_and_model_inputs_work(make_model):
-    x = torch.randn(2, 3, 7, 5).transpose(1, 2)
+    x = torch.randn(5, 9).T  # (9 rows, 5 channels)
     w = torch.randn(5, 3, 4).transpose(0, 1)
-    visit = torch.rand(2, 7, 3) > 0.5
-    a, _ = routed_causal_conv(x, w, None, visit)
-    b, _ = routed_causal_conv(x.contiguous(), w.contiguous(), None, visit)
+    group = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    cu = torch.tensor([0, 3, 5, 9], dtype=torch.int32)
+    window = torch.randn(3, 5, 3).transpose(1, 2)
+    a = segment_causal_conv(x, w, None, group, cu, initial_window=window, output_final_window=True)
+    b = segment_causal_conv(x.contiguous(), w.contiguous(), None, group, cu, initial_window=window.contiguous(),
+                            output_final_window=True)
     torch.testing.assert_close(a, b)
 
     model = make_model()

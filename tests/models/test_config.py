@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoConfig
 
-import mossnet  # noqa: F401  (registers the Auto classes)
+import mossnet.models.mossnet  # noqa: F401  (registers the Auto classes)
 from mossnet import MossNetConfig
 from mossnet.models.mossnet import PRESETS
 
@@ -86,7 +86,7 @@ def test_scan_impl_names_match_the_op():
     x = torch.zeros(1, 3, 1, 2)
     for impl in SCAN_IMPLS:
         if impl == "triton":
-            continue  # needs CUDA tensors; registered by ops/mosse/triton_scan.py
+            continue  # needs CUDA tensors; registered by ops/mosse/__init__.py from ops/mosse/triton/
         mosse_scan(x, torch.zeros(1, 3, 1), torch.zeros(1), torch.zeros(1, 3, 1, 2), torch.zeros(1, 3, 1, 2), impl=impl)
     with pytest.raises(Exception):
         mosse_scan(x, torch.zeros(1, 3, 1), torch.zeros(1), torch.zeros(1, 3, 1, 2), torch.zeros(1, 3, 1, 2), impl="bogus")

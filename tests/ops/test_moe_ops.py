@@ -40,7 +40,8 @@ def test_dispatch_sorts_stably_and_drops_padding(n, k, E, with_padding):
 
 @pytest.mark.parametrize("counts", [[3, 0, 4], [0, 0, 5], [2, 2, 2], [0, 0, 0]])
 @pytest.mark.parametrize("extra_rows", [0, 2])
-def test_grouped_linear_matches_reference(counts, extra_rows):
+@pytest.mark.parametrize("impl", ["auto", "loop", "all_experts"])
+def test_grouped_linear_matches_reference(counts, extra_rows, impl):
     """Empty groups, all rows in one group, and rows past offsets[-1] (dropped: zero)."""
     E, d_in, d_out = len(counts), 6, 4
     M = sum(counts) + extra_rows
@@ -48,7 +49,7 @@ def test_grouped_linear_matches_reference(counts, extra_rows):
     w = torch.randn(E, d_out, d_in, requires_grad=True)
     offsets = torch.tensor(counts).cumsum(0).to(torch.int32)
     expert_of_row = torch.cat([torch.full((c,), e) for e, c in enumerate(counts)] + [torch.full((extra_rows,), E)])
-    out = grouped_linear(x, w, offsets)
+    out = grouped_linear(x, w, offsets, impl=impl)
     ref = grouped_linear_reference(x, w, expert_of_row)
     torch.testing.assert_close(out, ref)
     assert (out[sum(counts):] == 0).all()
@@ -59,6 +60,19 @@ def test_grouped_linear_matches_reference(counts, extra_rows):
     want = torch.autograd.grad((ref * g).sum(), (x, w), **kw)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+def test_grouped_linear_impl_choice():
+    from mossnet.errors import ConfigError
+    from mossnet.ops.moe.grouped_linear import resolve_expert_matmul
+
+    x, w = torch.randn(4, 3), torch.randn(2, 5, 3)
+    assert resolve_expert_matmul("auto", x, w) == "loop"  # CPU eager
+    assert resolve_expert_matmul("all_experts", x, w) == "all_experts"
+    with pytest.raises(ConfigError, match="grouped_mm"):
+        resolve_expert_matmul("grouped_mm", x, w)  # needs bf16 on a Hopper GPU
+    with pytest.raises(ConfigError, match="unknown impl"):
+        grouped_linear(x, w, torch.tensor([2, 4], dtype=torch.int32), impl="cutlass")
 
 
 def test_grouped_linear_casts_weight_to_input_dtype():

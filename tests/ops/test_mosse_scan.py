@@ -169,18 +169,20 @@ def test_step_leaves_zero_dt_experts_untouched():
     assert not torch.equal(s1[0, 0], s0[0, 0])
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunked"])
+@pytest.mark.parametrize("impl,bound", [("reference", None), ("chunked", None), ("chunked", 3)])
 @pytest.mark.parametrize("lengths", [[5, 1, 12], [5, 0, 12], [1], [0, 7, 0], [130, 63]])
 @pytest.mark.parametrize("with_init", [True, False])
-def test_cu_seqlens_equals_sequences_one_by_one(impl, lengths, with_init):
+def test_cu_seqlens_equals_sequences_one_by_one(impl, bound, lengths, with_init):
     """A packed batch (batch 1 + cu_seqlens, one initial state per sequence) equals running
     each sequence alone, forward and gradients. Zero-length sequences are valid: their final
-    state is their initial state."""
+    state is their initial state. With ``max_seqlen`` (here the longest length + ``bound``)
+    the chunked scan reads nothing back and pads every sequence to it: the same result."""
     E, P, N = 4, 5, 3
     total = sum(lengths)
     inputs = make_inputs(1, total, E, P, N, with_init=with_init, n_states=len(lengths))
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
-    y, s, g, (gy, gs) = run(inputs, impl, cu_seqlens=cu, chunk_size=16)
+    max_seqlen = None if bound is None else max(lengths) + bound
+    y, s, g, (gy, gs) = run(inputs, impl, cu_seqlens=cu, chunk_size=16, max_seqlen=max_seqlen)
     assert y.shape == (1, total, E, P) and s.shape == (len(lengths), E, N, P)
 
     # One by one, with the reference loop, and the same upstream gradients.
@@ -278,3 +280,18 @@ def test_strong_decay_chunked_as_accurate_as_the_loop(chunk_size):
         assert_close(s, s64, 1e-5, f"{impl} final_state")
         for k in g64:
             assert_close(g[k], g64[k], 1e-5, f"{impl} grad {k}")
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_zero_decay_is_finite_and_exact(impl):
+    """A = 0 (no decay) on some experts: the state is the plain sum of the inputs, and every
+    gradient is finite."""
+    inputs = make_inputs(2, 37, 4)
+    inputs["A"] = torch.tensor([0.0, -0.5, -0.0, -1.5])
+    y, s, g, _ = run(inputs, impl, chunk_size=16)
+    t = inputs
+    plain = t["initial_state"][:, 0] + torch.einsum("bt,btn,btp->bnp", t["dt"][..., 0], t["B"][..., 0, :], t["x"][..., 0, :])
+    torch.testing.assert_close(s[:, 0], plain, rtol=1e-5, atol=1e-5)
+    assert all(torch.isfinite(v).all() for v in g.values())
+    y_ref, s_ref, _, _ = run(inputs, "reference")
+    assert_close(y, y_ref, FP32_TOL, "y")

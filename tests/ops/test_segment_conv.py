@@ -1,12 +1,12 @@
-"""The short conv on compact segments (``segment_causal_conv``): against a per-segment
-``F.conv1d`` loop and against the dense routed conv it replaces in the MoSSE training path."""
+"""The short conv on compact segments (``segment_causal_conv``), with carried windows in and
+out, against a per-segment ``F.conv1d`` loop; and the decode step's window rule."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mossnet.ops.conv import routed_causal_conv, segment_causal_conv, segment_causal_conv_reference
+from mossnet.ops.conv import causal_conv_window, segment_causal_conv, segment_causal_conv_reference
 
 
 def random_segments(M, S, generator=None):
@@ -18,67 +18,74 @@ def random_segments(M, S, generator=None):
 @pytest.mark.parametrize("M", [1, 5, 40])
 @pytest.mark.parametrize("K", [1, 2, 4])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_per_segment_conv1d(M, K, with_bias):
+@pytest.mark.parametrize("with_window", [False, True])
+def test_matches_per_segment_conv1d(M, K, with_bias, with_window):
     G, C, S = 3, 5, 6
     x = torch.randn(M, C, dtype=torch.float64, requires_grad=True)
     w = torch.randn(G, C, K, dtype=torch.float64, requires_grad=True)
     b = torch.randn(G, C, dtype=torch.float64, requires_grad=True) if with_bias else None
+    window = torch.randn(S, K - 1, C, dtype=torch.float64, requires_grad=True) if with_window else None
     cu = random_segments(M, S)
     seg = torch.searchsorted(cu[1:].long(), torch.arange(M), right=True)
     group = torch.randint(0, G, (S,))[seg]  # one group per segment, as in the MoSSE
-    out = segment_causal_conv(x, w, b, group, cu)
-    ref = segment_causal_conv_reference(x, w, b, group, cu)
+    out, final = segment_causal_conv(x, w, b, group, cu, initial_window=window, output_final_window=True)
+    ref, ref_final = segment_causal_conv_reference(x, w, b, group, cu, window)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    g = torch.randn_like(out)
-    leaves = [t for t in (x, w, b) if t is not None]
-    got = torch.autograd.grad((out * g).sum(), leaves)
-    want = torch.autograd.grad((ref * g).sum(), leaves)
+    torch.testing.assert_close(final, ref_final, rtol=0, atol=0)  # copies of inputs
+    g, g_final = torch.randn_like(out), torch.randn_like(final)
+    leaves = [t for t in (x, w, b, window) if t is not None]
+    got = torch.autograd.grad((out * g).sum() + (final * g_final).sum(), leaves)
+    want = torch.autograd.grad((ref * g).sum() + (ref_final * g_final).sum(), leaves)
     for a, r in zip(got, want):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
+def test_given_segment_ids_equal_counted_ones():
+    M, C, K = 12, 3, 4
+    x, w = torch.randn(M, C), torch.randn(2, C, K)
+    group = torch.tensor([0] * 5 + [1] * 7)
+    cu = torch.tensor([0, 3, 3, 5, 12], dtype=torch.int32)
+    seg = torch.tensor([0, 0, 0, 2, 2] + [3] * 7)
+    assert torch.equal(segment_causal_conv(x, w, None, group, cu)[0], segment_causal_conv(x, w, None, group, cu, seg)[0])
+
+
 def test_taps_stop_at_segment_starts():
     """Changing one segment's rows changes no other segment's outputs, and every segment's
-    first row sees only itself (plus bias)."""
+    first row sees only itself (plus bias) without a window, and its window with one."""
     M, C, K = 12, 3, 4
     x = torch.randn(M, C)
     w, b = torch.randn(2, C, K), torch.randn(2, C)
     group = torch.tensor([0] * 5 + [1] * 7)
     cu = torch.tensor([0, 3, 3, 5, 12], dtype=torch.int32)
-    out = segment_causal_conv(x, w, b, group, cu)
+    out, _ = segment_causal_conv(x, w, b, group, cu)
     x2 = x.clone()
     x2[3:5] = torch.randn(2, C) * 100  # segment 2 only
-    out2 = segment_causal_conv(x2, w, b, group, cu)
+    out2, _ = segment_causal_conv(x2, w, b, group, cu)
     assert torch.equal(out[:3], out2[:3]) and torch.equal(out[5:], out2[5:])
     for start in (0, 3, 5):
         g = int(group[start])
         torch.testing.assert_close(out[start], w[g, :, -1] * x[start] + b[g])
+    window = torch.randn(4, K - 1, C)
+    out3, final = segment_causal_conv(x, w, b, group, cu, initial_window=window, output_final_window=True)
+    torch.testing.assert_close(out3[5], (w[1] * torch.cat([window[3], x[5:6]]).T).sum(-1) + b[1])
+    assert torch.equal(final[1], window[1])  # an empty segment passes its window on
+    assert torch.equal(final[2], torch.cat([window[2][2:], x[3:5]]))  # a short one keeps part of it
 
 
-@pytest.mark.parametrize("T", [1, 9, 30])
-def test_equals_routed_conv_on_dispatched_rows(T):
-    """The MoSSE use: rows sorted by (expert, batch row, time), one segment per (expert, row),
-    give the dense routed conv's outputs at the visited (b, t, e)."""
-    batch, E, C, K = 2, 3, 4, 4
-    x = torch.randn(batch, T, E, C, dtype=torch.float64)
-    w, b = torch.randn(E, C, K, dtype=torch.float64), torch.randn(E, C, dtype=torch.float64)
-    visit = torch.rand(batch, T, E) > 0.5
-    visit[1, :, 0] = False  # an expert with nothing in one row: an empty segment
-    dense, _ = routed_causal_conv(x, w, b, visit)
-    # The compact rows in (expert, row, time) order, as dispatch_by_expert sorts them.
-    e_idx, b_idx, t_idx = visit.permute(2, 0, 1).nonzero(as_tuple=True)
-    rows = x[b_idx, t_idx, e_idx]
-    sizes = torch.bincount(e_idx * batch + b_idx, minlength=E * batch)
-    cu = torch.nn.functional.pad(sizes.cumsum(0), (1, 0)).to(torch.int32)
-    out = segment_causal_conv(rows, w, b, e_idx, cu)
-    torch.testing.assert_close(out, dense[b_idx, t_idx, e_idx], rtol=1e-12, atol=1e-12)
+def test_decode_window_rule_equals_the_conv():
+    """``causal_conv_window`` on (window, new input) is the conv's output at that input."""
+    C, K = 4, 4
+    w, b = torch.randn(1, C, K), torch.randn(1, C)
+    x = torch.randn(9, C)
+    out, _ = segment_causal_conv(x, w, b, torch.zeros(9, dtype=torch.long), torch.tensor([0, 9]))
+    for t in range(K - 1, 9):
+        torch.testing.assert_close(causal_conv_window(x[t - K + 1 : t + 1].T, w[0], b[0]), out[t])
 
 
-def test_mixed_dtypes_promote_like_the_dense_conv():
-    """bf16 rows with fp32 taps (autocast keeps the conv weights fp32) give fp32, as
-    ``routed_causal_conv`` does."""
+def test_mixed_dtypes_promote():
+    """bf16 rows with fp32 taps (autocast keeps the conv weights fp32) give fp32."""
     x = torch.randn(6, 3).to(torch.bfloat16)
-    out = segment_causal_conv(x, torch.randn(2, 3, 4), torch.randn(2, 3), torch.zeros(6, dtype=torch.long),
+    out, _ = segment_causal_conv(x, torch.randn(2, 3, 4), torch.randn(2, 3), torch.zeros(6, dtype=torch.long),
                               torch.tensor([0, 6], dtype=torch.int32))
     assert out.dtype == torch.float32
 

@@ -53,11 +53,13 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     model = MossNetForCausalLM(cfg)
     ids = torch.randint(0, 128, (2, 40))
-    eager = model(input_ids=ids, labels=ids).loss
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0  # padding: its rows form the trailing padding segments
+    eager = model(input_ids=ids, attention_mask=mask, labels=ids).loss
     eager.backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    loss = torch.compile(model)(input_ids=ids, labels=ids).loss
+    loss = torch.compile(model)(input_ids=ids, attention_mask=mask, labels=ids).loss
     loss.backward()
     assert abs(loss.item() - eager.item()) < 1e-4, (loss.item(), eager.item())
     worst = max((p.grad - ref[n]).abs().max().item() for n, p in model.named_parameters() if n in ref)
@@ -68,12 +70,14 @@ _COMPILE_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_compiled_training_step_with_two_threads():
-    """torch.compile of the training step on two CPU threads gives the eager loss and gradients.
+    """torch.compile of the training step (the compact MoSSE layout, padding included) on two
+    CPU threads gives the eager loss and gradients.
 
-    With torch 2.13 the compact routed layout compiled this way first aborted with heap
-    corruption (the segment conv's integer bookkeeping, now kept out of the graph), then gave
-    gradients off by ~0.1; a compiled model therefore runs the dense layout (``MoSSE.
-    _compact_applies``). A child process, so that an abort fails this test instead of the run."""
+    With torch 2.13 an earlier form of the compact layout compiled this way aborted with heap
+    corruption (Inductor's CPU code for the segment conv's tap mask, recomputed in the backward
+    graph), then gave gradients off by ~0.1. The conv now reads fixed windows from a padded
+    buffer (no tap mask) and the scan pads segments to a static bound under a trace. A child
+    process, so that an abort fails this test instead of the run."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True,
                           timeout=600, env=env)

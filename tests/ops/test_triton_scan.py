@@ -24,8 +24,9 @@ triton = pytest.importorskip("triton", reason="Triton is not installed (CPU CI);
 os.environ.setdefault("MOSSNET_TRITON_AUTOTUNE", "0")  # fixed configs: tests must not spend time tuning
 
 from mossnet.ops import mosse_scan  # noqa: E402
-from mossnet.ops.mosse import triton_scan  # noqa: E402
-from mossnet.ops.mosse.triton_scan import mosse_scan_triton, why_unavailable  # noqa: E402
+from mossnet.ops.mosse.triton import function  # noqa: E402
+from mossnet.ops.mosse.triton.function import mosse_scan_triton, why_unavailable  # noqa: E402
+from mossnet.ops.mosse.triton.options import TritonScanOptions  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if torch.cuda.is_available() and not INTERPRET:
@@ -100,8 +101,10 @@ def rel_rms(a, b):
     return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30)).item()
 
 
-def check(inputs, cu_seqlens=None, chunk_size=None, metric=rel_max, tol=1e-4):
+def check(inputs, cu_seqlens=None, chunk_size=None, metric=rel_max, tol=1e-4, options=None):
     kw = {} if chunk_size is None else {"chunk_size": chunk_size}
+    if options is not None:
+        kw["options"] = options
     fast = lambda **a: mosse_scan_triton(**a, **kw)  # noqa: E731
     y, s, g = run(inputs, fast, cu_seqlens)
     y_ref, s_ref, g_ref = run(inputs, reference, cu_seqlens, upcast=True, gy_dtype=y.dtype)
@@ -184,7 +187,58 @@ def test_unavailable_reason_on_plain_cpu(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     why = why_unavailable(torch.zeros(1))
     assert why is not None and "CUDA" in why
-    assert "triton" in triton_scan.__name__
+
+
+@needs_backend
+def test_explicit_options_are_used():
+    # Options given explicitly run the same kernels as the same choices read from the environment
+    # (the tests run with MOSSNET_TRITON_AUTOTUNE=0); specialisation computes the same function.
+    inp = make_inputs(1, 40, 2, 16, 16, with_d=True, with_init=True, seed=4)
+    y_env, s_env = mosse_scan_triton(**inp, output_final_state=True, chunk_size=16)
+    fixed = TritonScanOptions(autotune=False)
+    y, s = mosse_scan_triton(**inp, output_final_state=True, chunk_size=16, options=fixed)
+    assert torch.equal(y, y_env) and torch.equal(s, s_env)
+    specialized = TritonScanOptions(autotune=False, specialize=True)
+    check(inp, chunk_size=16, options=specialized)
+
+
+@pytest.mark.parametrize("interpret", [False, True])
+def test_kernel_choices(monkeypatch, interpret):
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if interpret else "0")
+    choose = function.kernel_choices
+    assert choose(TritonScanOptions(), torch.float32).prec == "ieee"
+    assert choose(TritonScanOptions(), torch.bfloat16).prec == "tf32"
+    assert not choose(TritonScanOptions(), torch.float32).half_operands
+    assert choose(TritonScanOptions(), torch.float16).half_operands
+    assert not choose(TritonScanOptions(lowp=False), torch.float16).half_operands
+    # The interpreter multiplies bf16 tiles wrongly and has no device timer.
+    assert choose(TritonScanOptions(), torch.bfloat16).half_operands is not interpret
+    assert choose(TritonScanOptions(autotune=True), torch.float32).autotune is not interpret
+    assert choose(TritonScanOptions(specialize=True), torch.float32).specialize
+
+
+def test_unavailable_when_the_interpreter_cannot_run_loops(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(function, "_interpreter_fault", lambda: "TypeError: boom")
+    why = why_unavailable(torch.zeros(1))
+    assert why is not None and "interpreter" in why and "boom" in why
+
+
+def test_configs_fit_the_problem():
+    from mossnet.ops.mosse.triton.tuning import fit_configs
+
+    def meta(configs):
+        return [(c.kwargs, c.num_warps) for c in configs]
+
+    wide = [triton.Config(dict(BLOCK_P=64), num_warps=8), triton.Config(dict(BLOCK_P=32), num_warps=8)]
+    # P = 20: both tiles shrink to 32 and become one config; N not tiled: one tile over all of N.
+    assert meta(fit_configs(wide, 12, 20)) == [(dict(BLOCK_P=32, BLOCK_N=16), 8)]
+    assert meta(fit_configs(wide, 100, 64)) == [(dict(BLOCK_P=64, BLOCK_N=128), 8), (dict(BLOCK_P=32, BLOCK_N=128), 8)]
+    tiled = [triton.Config(dict(BLOCK_N=32, BLOCK_P=32), num_warps=4)]
+    assert meta(fit_configs(tiled, 8, 8)) == [(dict(BLOCK_N=16, BLOCK_P=16), 4)]
+    # The declared lists: every kernel has at most four candidates, the first being the default.
+    assert all(1 <= len(k.configs) <= 4 for k in function.STAGE_KERNELS.values())
+    assert sorted(function.STAGE_KERNELS) == ["bwd_dh", "bwd_dqk", "bwd_dx", "fwd_h", "fwd_o"]
 
 
 @needs_backend
@@ -251,9 +305,10 @@ def test_half_T_multiple_of_chunk(T):
 _CONFIG_CHECK = r"""
 import json, sys, torch
 from mossnet.ops import mosse_scan
-from mossnet.ops.mosse import triton_scan as ts
+from mossnet.ops.mosse.triton.function import STAGE_KERNELS
 name, idx = sys.argv[1], int(sys.argv[2])
-ts._CONFIGS[name] = [ts._CONFIGS[name][idx]]
+kernel = STAGE_KERNELS[name]
+kernel.configs = [kernel.configs[idx]]  # this candidate alone
 out = {}
 for (b, T, E, k) in [(2, 256, 4, 4), (2, 300, 8, 2), (4, 2048, 8, 2)]:
     g = torch.Generator(device="cuda").manual_seed(T)
@@ -284,7 +339,7 @@ print("RESULT " + json.dumps(out))
 
 
 def _all_configs():
-    return [(name, i) for name, cfgs in triton_scan._CONFIGS.items() for i in range(len(cfgs))]
+    return [(name, i) for name, kernel in function.STAGE_KERNELS.items() for i in range(len(kernel.configs))]
 
 
 @needs_backend
@@ -302,9 +357,10 @@ def test_every_config_matches(name, idx):
     env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", _CONFIG_CHECK, name, str(idx)], env=env,
                        capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, f"{name}[{idx}] {triton_scan._CONFIGS[name][idx]} crashed:\n{r.stderr[-3000:]}"
+    config = function.STAGE_KERNELS[name].configs[idx]
+    assert r.returncode == 0, f"{name}[{idx}] {config} crashed:\n{r.stderr[-3000:]}"
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     errs = json.loads(line[len("RESULT "):])
     bad = {shape: {k: v for k, v in e.items() if not v < 5e-3} for shape, e in errs.items()}
     bad = {k: v for k, v in bad.items() if v}
-    assert not bad, f"{name}[{idx}] {triton_scan._CONFIGS[name][idx]}: {bad}"
+    assert not bad, f"{name}[{idx}] {config}: {bad}"

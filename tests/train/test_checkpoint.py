@@ -200,7 +200,7 @@ def trained(make_cfg):
 def test_checkpoint_is_a_hf_directory(trained):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import mossnet  # noqa: F401
+    import mossnet.models.mossnet  # noqa: F401  (registers the Auto classes)
 
     out = Path(trained.out)
     model = AutoModelForCausalLM.from_pretrained(out / MODEL)

@@ -14,7 +14,8 @@ import torch
 from mossnet import MossNetConfig, MossNetForCausalLM
 from mossnet.train.cuda_graph_step import CapturedTrainStep, CaptureError, make_capturable
 from mossnet.errors import DeviceError
-from mossnet.train.loop import lm_and_aux_loss, train
+from mossnet.train.loop import train
+from mossnet.train.step import lm_and_aux_loss
 from mossnet.train.optim import float_learning_rates, restore_implementation, set_lr
 
 CUDA = torch.cuda.is_available()

@@ -26,14 +26,15 @@ def test_init_from_copies_weights_and_starts_fresh(source, make_cfg, monkeypatch
     from mossnet.train import loop
 
     seen = {}
-    real = loop.Trainer.build_optimizer
+    real = loop.build_optimizer
 
-    def spy(self):
-        real(self)
-        seen["weights"] = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
-        seen["optimizer_state"] = len(self.optimizer.state)
+    def spy(model, *args, **kwargs):
+        optimizer = real(model, *args, **kwargs)
+        seen["weights"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        seen["optimizer_state"] = len(optimizer.state)
+        return optimizer
 
-    monkeypatch.setattr(loop.Trainer, "build_optimizer", spy)
+    monkeypatch.setattr(loop, "build_optimizer", spy)
     result = train(make_cfg("tuned", max_steps=1, init_from=source.out))
     src = _weights(source.out)
     assert all(torch.equal(seen["weights"][k], v) for k, v in src.items())  # start == source, bit for bit

@@ -8,30 +8,23 @@ from types import SimpleNamespace
 
 import pytest
 
-from mossnet.train.loop import Trainer, train
+from mossnet.train.loop import train
+from mossnet.train.router_monitor import RouterMonitor
 from mossnet.train.metrics import read_jsonl
 from mossnet.train.plots import plot_loss_curve
 
 
-def _trainer_stub(ratio=0.5):
-    t = object.__new__(Trainer)
-    t.cfg = SimpleNamespace(router_collapse_ratio=ratio)
-    t.collapsed, t.step, t.messages = set(), 7, []
-    t.say = t.messages.append
-    t.warn = lambda text: t.messages.append("warning: " + text)
-    return t
-
-
 def test_router_collapse_warns_once_and_notes_recovery():
-    t = _trainer_stub()
-    t.check_router_collapse({"layers.0.mixer": [0.25, 0.25, 0.25, 0.25], "layers.0.mlp": [0.97, 0.01, 0.01, 0.01]})
-    assert len(t.messages) == 1 and "router layers.0.mlp has collapsed onto 1.2 of 4 experts at step 7" in t.messages[0]
-    t.check_router_collapse({"layers.0.mlp": [0.97, 0.01, 0.01, 0.01]})
-    assert len(t.messages) == 1  # no repeat while it stays collapsed
-    t.check_router_collapse({"layers.0.mlp": [0.3, 0.3, 0.2, 0.2]})
-    assert "recovered" in t.messages[-1]
-    t.check_router_collapse({"single": [1.0]})  # one expert: nothing to balance
-    assert len(t.messages) == 2
+    messages = []
+    t = RouterMonitor(0.5, SimpleNamespace(), messages.append)
+    t.check({"layers.0.mixer": [0.25, 0.25, 0.25, 0.25], "layers.0.mlp": [0.97, 0.01, 0.01, 0.01]}, 7)
+    assert len(messages) == 1 and "router layers.0.mlp has collapsed onto 1.2 of 4 experts at step 7" in messages[0]
+    t.check({"layers.0.mlp": [0.97, 0.01, 0.01, 0.01]}, 8)
+    assert len(messages) == 1  # no repeat while it stays collapsed
+    t.check({"layers.0.mlp": [0.3, 0.3, 0.2, 0.2]}, 9)
+    assert "recovered" in messages[-1]
+    t.check({"single": [1.0]}, 10)  # one expert: nothing to balance
+    assert len(messages) == 2
 
 
 def test_metrics_have_router_load_and_val(make_cfg):

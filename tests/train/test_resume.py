@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from mossnet.train import checkpoint as ckpt
-from mossnet.train import loop
+from mossnet.train import model_setup
 from mossnet.train.loop import TrainingDiverged, train
 from mossnet.train.metrics import read_jsonl
 
@@ -72,8 +72,8 @@ class _NaNAfter(torch.nn.Module):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(make_cfg, monkeypatch):
-    build = loop.build_model
-    monkeypatch.setattr(loop, "build_model", lambda cfg, config: _NaNAfter(build(cfg, config), n=4))
+    build = model_setup.build_model
+    monkeypatch.setattr(model_setup, "build_model", lambda cfg, config: _NaNAfter(build(cfg, config), n=4))
     cfg = make_cfg("nan", max_steps=6, ckpt_interval=2)
     with pytest.raises(TrainingDiverged) as err:
         train(cfg)
@@ -87,7 +87,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(make_cfg, monkeypatch):
 
 
 def test_ctrl_c_saves_and_stops(make_cfg, monkeypatch):
-    build = loop.build_model
+    build = model_setup.build_model
 
     class Interrupt(torch.nn.Module):
         def __init__(self, model):
@@ -103,7 +103,7 @@ def test_ctrl_c_saves_and_stops(make_cfg, monkeypatch):
         def save_pretrained(self, *a, **kw):
             return self.inner.save_pretrained(*a, **kw)
 
-    monkeypatch.setattr(loop, "build_model", lambda cfg, config: Interrupt(build(cfg, config)))
+    monkeypatch.setattr(model_setup, "build_model", lambda cfg, config: Interrupt(build(cfg, config)))
     cfg = make_cfg("int", max_steps=10)
     # What was installed before (Python's default, or SIG_IGN when the tests run as a background
     # job of a non-interactive shell) must be back afterwards.

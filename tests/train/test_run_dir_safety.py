@@ -13,7 +13,7 @@ import torch
 from mossnet.cli.main import main
 from mossnet.errors import ConfigError, OutputDirError
 from mossnet.train import checkpoint as ckpt
-from mossnet.train import loop
+from mossnet.train import model_setup
 from mossnet.train.loop import train
 
 
@@ -103,8 +103,8 @@ class _Signal(torch.nn.Module):
 
 
 def test_sigterm_saves_says_so_and_exits_143(make_cfg, monkeypatch, capsys, data_dir, tmp_path):
-    build = loop.build_model
-    monkeypatch.setattr(loop, "build_model", lambda cfg, config: _Signal(build(cfg, config), 2, signal.SIGTERM))
+    build = model_setup.build_model
+    monkeypatch.setattr(model_setup, "build_model", lambda cfg, config: _Signal(build(cfg, config), 2, signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "term"
     code = main(["train", "--data", str(data_dir), "--out", str(out), "--seq-len", "32", "--batch-size", "4",
@@ -122,10 +122,10 @@ def test_sigterm_saves_says_so_and_exits_143(make_cfg, monkeypatch, capsys, data
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_final_validation_keeps_the_final_checkpoint(make_cfg, monkeypatch, signum):
     """The final checkpoint is written before the final validation, so a signal there loses nothing."""
-    build = loop.build_model
+    build = model_setup.build_model
     cfg = make_cfg("final", max_steps=3, ckpt_interval=0, eval_interval=0)
     # forward calls: 3 training steps, then evaluation; the signal comes in the first evaluation call
-    monkeypatch.setattr(loop, "build_model",
+    monkeypatch.setattr(model_setup, "build_model",
                         lambda c, config: _Signal(build(c, config), 4, signum, train_only=False))
     result = train(cfg)
     assert result.status == ("interrupted" if signum == signal.SIGINT else "terminated")

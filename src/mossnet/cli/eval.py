@@ -215,12 +215,13 @@ def _check_data(args: argparse.Namespace) -> dict[str, Any]:
         raise DataError(f"--data {args.data} does not exist or is not a directory")
     manifest = read_manifest(args.data)
     open_split(args.data, args.split)  # the split exists and its size matches the manifest
+    args.open_verify = False
     if not args.no_verify:
-        print(_verify_corpus(Path(args.data), args.split, manifest, progress=not args.no_progress))
+        print(_verify_corpus(Path(args.data), args.split, manifest, progress=not args.no_progress, args=args))
     return manifest
 
 
-def _verify_corpus(data_dir: Path, split: str, manifest: dict[str, Any], *, progress: bool) -> str:
+def _verify_corpus(data_dir: Path, split: str, manifest: dict[str, Any], *, progress: bool, args=None) -> str:
     """Check the scored split against the manifest's SHA-256s; returns the line to print (what
     was checked, and what it cost).
 
@@ -230,7 +231,10 @@ def _verify_corpus(data_dir: Path, split: str, manifest: dict[str, Any], *, prog
 
     verify_corpus = getattr(mossnet.data, "verify_corpus", None)
     if verify_corpus is not None:
-        return str(verify_corpus(data_dir, [split], progress=progress)["message"])
+        summary = verify_corpus(data_dir, [split], progress=progress)
+        if args is not None:  # a corpus too large to hash at start is hashed shard by shard on first read
+            args.open_verify = summary["open_verify"]
+        return str(summary["message"])
     started = time.perf_counter()
     mossnet.data.verify_checksum(data_dir, split)
     return (f"verified {data_dir / manifest['splits'][split]['file']} (SHA-256, "
@@ -287,7 +291,7 @@ def _run_perplexity(model: Any, tokenizer: Any, manifest: dict[str, Any], model_
     from mossnet.eval.perplexity import evaluate_split
 
     check_data_fits_model(args.data, manifest, model, tokenizer)
-    tokens = open_split(args.data, args.split)
+    tokens = open_split(args.data, args.split, verify=getattr(args, "open_verify", False))
     if args.max_tokens is not None:
         tokens = tokens[: args.max_tokens]
     _check_token_ids(tokens, int(model.config.vocab_size), args.data, args.split)

@@ -1,12 +1,16 @@
-"""``mossnet info``: versions, the device, and which execution path each op will take."""
+"""``mossnet info``: versions, the device, and the execution policy (which path each op takes)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import platform
+from typing import TYPE_CHECKING
 
 from mossnet.runtime import device_name
+
+if TYPE_CHECKING:  # torch is imported when the command runs, so that `mossnet --help` stays fast
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +26,12 @@ def _version(package: str) -> str:
 
 
 def describe(device) -> list[tuple[str, str]]:
-    """(label, value) rows of the report for ``device`` (a torch.device)."""
-    import warnings
-
+    """(label, value) rows of the report for ``device`` (a torch.device): versions, the device,
+    and what the default execution policy (config defaults + MOSSNET_TRITON_* environment)
+    resolves to there."""
     import torch
 
-    from mossnet.ops.mosse.interface import resolve_impl
+    from mossnet.execution import ExecutionPolicy
 
     rows = [("python", platform.python_version()), ("platform", platform.platform())]
     for package in ("mossnet", "torch", "transformers", "safetensors", "tokenizers", "triton", "lm-eval", "onnxruntime"):
@@ -37,16 +41,7 @@ def describe(device) -> list[tuple[str, str]]:
         rows.append(("gpu", torch.cuda.get_device_name(device)))
     else:
         rows.append(("cpu threads", str(torch.get_num_threads())))
-    probe = torch.empty(0, device=device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        scan = resolve_impl("auto", probe)
-    note = f" ({caught[0].message})" if caught else ""
-    rows.append(("mosse_scan (training / prefill)", scan + note))
-    rows.append(("mosse_step (decode)", "fused routed step (MoSSE.step): only the chosen experts' weights and states"))
-    grouped = device.type == "cuda" and hasattr(torch, "_grouped_mm")
-    rows.append(("expert matmuls", "torch._grouped_mm (bf16)" if grouped else "one matmul per expert group"))
-    return rows
+    return rows + ExecutionPolicy.build().describe(device)
 
 
 def run(args: argparse.Namespace) -> int:

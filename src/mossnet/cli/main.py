@@ -1,8 +1,11 @@
 """``mossnet`` command line: one subcommand per file in this package.
 
-Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are
-imported only when their command runs, so ``mossnet --help`` stays fast and a missing optional
-dependency of one command does not break the others.
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. Building the
+parser imports every subcommand module, so those modules import torch, transformers and their
+own heavy dependencies inside ``run`` (never at module level): ``mossnet --help`` and
+``mossnet --version`` then answer in a fraction of a second (tests/cli/test_main_cli.py checks
+that neither imports torch), and a missing optional dependency of one command does not break
+the others.
 
 Errors: this file is the one boundary where they are caught. A :class:`mossnet.errors.MossNetError`
 (bad data, checkpoint, config, device, option or output directory) prints one line and exits
@@ -18,12 +21,13 @@ import importlib
 import os
 import sys
 
+from mossnet import __version__
 from mossnet.errors import MossNetError
 
 # command name -> (module under mossnet.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "versions, device, and which execution path each op will use"),
-    "prepare-data": ("prepare_data", "build a tokenized corpus from text shipped in Python packages"),
+    "prepare-data": ("prepare_data", "build a tokenized corpus from your own text or a built-in corpus"),
     "train": ("train", "train MossNet (or a Llama / Mamba-2 baseline) on a prepared corpus"),
     "generate": ("generate", "stream text from a checkpoint"),
     "eval": ("eval", "perplexity / bits-per-byte and lm-eval benchmark tasks"),
@@ -31,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("compare", "equal-budget quality studies against Transformer and SSM baselines"),
     "export": ("export", "export prefill and decode step with torch.export / ONNX"),
     "convert": ("convert", "turn a pretrained Llama model into a MossNet, one SSM expert per attention head"),
+    "distill": ("distill", "distill a Transformer teacher into a MossNet student (attention, then logits)"),
+    "synth": ("synth", "teacher-sampled continuations of real prompts, as a prepared corpus for distillation"),
 }
 
 
@@ -39,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mossnet",
         description="MossNet: a mixture-of-state-space-experts language model (arXiv 2510.26182).",
     )
+    parser.add_argument("--version", action="version", version=f"mossnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

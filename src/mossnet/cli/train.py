@@ -18,7 +18,10 @@ ACCEPTS_OVERRIDES = True  # KEY=VALUE words anywhere on the command line (cli/ma
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mossnet.cli import argtypes as t
+    """The flags come from TrainConfig's fields (``train/config.py``: ``option(...)``), so a new
+    training option is declared once; their spellings are a contract and never change."""
+    from mossnet.cli import argtypes
+    from mossnet.train.config import FLAG_FIELDS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
@@ -27,76 +30,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Priority: preset < checkpoint (with --resume) < --config YAML < flags < KEY=VALUE.\n"
         "Output: OUT/model (loadable with from_pretrained), OUT/trainer (resume state), OUT/logs.\n"
         "Multi-GPU: torchrun --nproc_per_node N -m mossnet.cli.main train ... (DDP; --fsdp for FSDP2).")
-    g = parser.add_argument_group("what and where")
-    g.add_argument("--preset", default=None, help="model size: tiny | small | base (default tiny)")
-    g.add_argument("--arch", default=None, choices=["mossnet", "llama", "mamba2"],
-                   help="mossnet (default), or a size-matched transformers baseline")
-    g.add_argument("--data", default=None, help="a directory written by `mossnet prepare-data`")
-    g.add_argument("--out", default=None,
-                   help="run directory: new or empty, or this run's own when resuming (OUT/model is the model)")
-    g.add_argument("--config", default=None, metavar="FILE.yaml", help="training options from a YAML file")
-    g.add_argument("--resume", default=None, metavar="DIR", help="continue exactly from this run directory "
-                   "(default --out: DIR)")
-    g.add_argument("--init-from", default=None, metavar="DIR", dest="init_from",
-                   help="start from this model's weights (a run directory, its model/, or a `mossnet convert` "
-                        "output) with a fresh optimizer and schedule; only shape-keeping model.* overrides apply")
-    g.add_argument("--force", action="store_const", const=True, default=None,
-                   help="write into a non-empty --out that is not this run's, or over another run "
-                        "(MossNet still writes only OUT/model, OUT/trainer, OUT/logs)")
-    g.add_argument("--allow-change", action="store_const", const=True, default=None, dest="allow_change",
-                   help="resume although the data, --seq-len or --preset differ from the checkpoint's (printed)")
-    g.add_argument("--print-config", action="store_true", help="print the resolved training configuration and exit")
-    g = parser.add_argument_group("schedule and batch")
-    g.add_argument("--max-steps", type=t.positive_int, default=None, help="total optimizer steps")
-    g.add_argument("--batch-size", type=t.positive_int, default=None, help="micro-batch size per process")
-    g.add_argument("--seq-len", type=t.positive_int, default=None, help="tokens per training sequence")
-    g.add_argument("--grad-accum", type=t.positive_int, default=None, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=t.positive_float, default=None, help="peak learning rate")
-    g.add_argument("--warmup-steps", type=t.nonnegative_int, default=None,
-                   help="steps of linear learning-rate warm-up before the cosine decay")
-    g.add_argument("--weight-decay", type=t.nonnegative_float, default=None,
-                   help="AdamW weight decay (not applied to norms, biases, A_log, D, dt bias)")
-    g.add_argument("--grad-clip", type=t.nonnegative_float, default=None,
-                   help="clip the global gradient norm to this value (0 = no clipping)")
-    g.add_argument("--seed", type=t.seed, default=None, help="random seed (model init, data order, sampling)")
-    g = parser.add_argument_group("logging and checkpoints")
-    g.add_argument("--log-interval", type=t.nonnegative_int, default=None, help="steps between log records")
-    g.add_argument("--eval-interval", type=t.nonnegative_int, default=None,
-                   help="steps between validation runs (0 = only at the end)")
-    g.add_argument("--eval-tokens", type=t.nonnegative_int, default=None,
-                   help="validation tokens per periodic run (0 = the whole split; otherwise more than --seq-len)")
-    g.add_argument("--ckpt-interval", type=t.nonnegative_int, default=None,
-                   help="steps between checkpoints (0 = only at the end)")
-    g.add_argument("--no-progress", action="store_const", const=False, dest="progress", default=None,
-                   help="no tqdm progress bar")
-    g.add_argument("--no-tensorboard", action="store_const", const=False, dest="tensorboard", default=None,
-                   help="do not write TensorBoard logs (OUT/logs/tensorboard)")
-    g = parser.add_argument_group("execution")
-    g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    g.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
-    g.add_argument("--cuda-graph", action="store_const", const=True, default=None, dest="cuda_graph",
-                   help="capture the whole training step in a CUDA graph and replay it (one CUDA process; "
-                        "removes the per-kernel launch cost)")
-    g.add_argument("--no-cuda-graph", action="store_const", const=False, dest="cuda_graph",
-                   help="train eagerly (overrides a YAML or checkpoint setting)")
-    g.add_argument("--fsdp", action="store_const", const=True, default=None,
-                   help="FSDP2 (fully_shard) instead of DDP under torchrun")
-    g.add_argument("--num-threads", type=t.nonnegative_int, default=None, help="torch CPU threads (0 = torch's default)")
+    groups = {}
+    for f in FLAG_FIELDS:
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool") and f.default is True:
+            group.add_argument("--no-" + flag[2:], action="store_const", const=False, dest=f.name, default=None,
+                               help=meta["help"])
+        elif f.type in (bool, "bool"):
+            group.add_argument(flag, action="store_const", const=True, dest=f.name, default=None, help=meta["help"])
+            if meta["both"]:
+                group.add_argument("--no-" + flag[2:], action="store_const", const=False, dest=f.name,
+                                   help=f"the opposite of {flag} (overrides a YAML or checkpoint setting)")
+        else:
+            kind = getattr(argtypes, meta["kind"]) if meta["kind"] else None
+            group.add_argument(flag, dest=f.name, default=None, type=kind, choices=meta["choices"],
+                               metavar=meta["metavar"], help=meta["help"])
+        if f.name == "out":
+            group.add_argument("--config", default=None, metavar="FILE.yaml", help="training options from a YAML file")
+    groups["what and where"].add_argument("--print-config", action="store_true",
+                                          help="print the resolved training configuration and exit")
     parser.set_defaults(overrides=[])
 
 
-FLAG_KEYS = ("preset", "arch", "data", "out", "resume", "init_from", "force", "allow_change", "max_steps", "batch_size",
-             "seq_len", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip", "seed", "log_interval",
-             "eval_interval", "eval_tokens", "ckpt_interval", "progress", "tensorboard", "device", "dtype",
-             "compile", "cuda_graph", "fsdp", "num_threads")
+def flag_keys() -> tuple[str, ...]:
+    from mossnet.train.config import FLAG_FIELDS
+
+    return tuple(f.name for f in FLAG_FIELDS)
 
 
 def resolve_config(args: argparse.Namespace):
     from mossnet.train.config import build_config, load_yaml, parse_overrides
 
-    flags = {k: getattr(args, k, None) for k in FLAG_KEYS}
+    flags = {k: getattr(args, k, None) for k in flag_keys()}
     # --resume may also come from the YAML file or an override
     resume = flags["resume"] or parse_overrides(args.overrides or []).get("resume")
     if not resume and args.config:

@@ -112,9 +112,9 @@ def init_new_parts(mixer, initializer_range: float, generator: torch.Generator |
     mixer.conv_weight.zero_()
     mixer.conv_weight[..., -1] = 1.0  # tap K-1 multiplies the current token
     mixer.conv_bias.zero_()
-    mixer.norm_weight.fill_(float(mixer.top_k))
+    mixer.norm_weight.fill_(float(mixer.experts_per_token))
     if mixer.router is not None:
-        if mixer.top_k == mixer.n_experts:
+        if mixer.experts_per_token == mixer.n_experts:
             mixer.router.weight.zero_()
         else:
             mixer.router.weight.copy_(torch.randn(mixer.router.weight.shape, generator=generator)
@@ -212,7 +212,7 @@ def fit_norm_weights(mixer, readouts: torch.Tensor, target: torch.Tensor, ridge:
     gram = (W.T @ W) * (R.T @ R)
     rhs = (R * (target.reshape(-1, W.shape[0]).double() @ W)).sum(0)
     lam = ridge * gram.diagonal().mean().clamp_min(1e-300)
-    prior = torch.full_like(rhs, float(mixer.top_k))
+    prior = torch.full_like(rhs, float(mixer.experts_per_token))
     eye = torch.eye(E * P, dtype=gram.dtype, device=gram.device)
     w = torch.linalg.solve(gram + lam * eye, rhs + lam * prior)
     mixer.norm_weight.copy_(w.view(E, P).to(mixer.norm_weight.dtype))

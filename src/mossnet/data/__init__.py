@@ -5,8 +5,12 @@ module                 what it holds
 =====================  =========================================================================
 ``corpora``            finding the text of a corpus in installed packages; train/val/test split
 ``info_text``          plain text from a GNU Info manual (the Python docs corpus)
-``tokenizer``          training / loading the byte-level BPE tokenizers
-``token_store``        ``{split}.bin`` token files, ``manifest.json``, checksums
+``sources``            the user's own text (``--input``): files, folders, globs, saved datasets
+``tokenizer``          the trained BPE, GPT-2's, a tokenizer from a path; fingerprints
+``encode``             tokenizing chunks of documents in worker processes
+``token_store``        the format: shard files, ``manifest.json``, checksums, ``open_split``
+``shards``             a split of several shard files, read as one array; the shard writer
+``verify``             checking a corpus before use (``verify_corpus``)
 ``prepare``            the whole preparation (``mossnet prepare-data``)
 ``batches``            random resumable training batches; sequential evaluation windows
 ``bigram``             a smoothed bigram model, the baseline a trained model must beat
@@ -32,6 +36,16 @@ _PUBLIC = {
     "load_tokenizer": "tokenizer",
     "save_tokenizer": "tokenizer",
     "encode_documents": "tokenizer",
+    "tokenizer_fingerprint": "tokenizer",
+    "tokenizer_from_path": "tokenizer",
+    "separator_token": "tokenizer",
+    "expand_inputs": "sources",
+    "DocumentReader": "sources",
+    "verify_corpus": "verify",
+    "VERIFY_AT_START_BYTES": "verify",
+    "ShardedTokens": "shards",
+    "is_prepared_dir": "token_store",
+    "FORMAT": "token_store",
     "read_manifest": "token_store",
     "write_manifest": "token_store",
     "open_split": "token_store",
@@ -51,6 +65,9 @@ _PUBLIC = {
     "MissingDataPackageError": "errors",
     "ManifestError": "errors",
     "ChecksumError": "errors",
+    "InputError": "errors",
+    "TokenIdError": "errors",
+    "SplitTooShortError": "errors",
 }
 
 __all__ = sorted(_PUBLIC)

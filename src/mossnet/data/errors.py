@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from mossnet.errors import DataError
 
-__all__ = ["ChecksumError", "DataError", "ManifestError", "MissingDataPackageError"]
+__all__ = ["ChecksumError", "DataError", "InputError", "ManifestError", "MissingDataPackageError",
+           "SplitTooShortError", "TokenIdError"]
 
 
 class MissingDataPackageError(DataError):
@@ -34,3 +35,15 @@ class ManifestError(DataError):
 
 class ChecksumError(DataError):
     """A token file's SHA-256 differs from the one recorded in the manifest."""
+
+
+class TokenIdError(DataError, ValueError):
+    """A token id is outside the vocabulary: data and model (or tokenizer) do not match."""
+
+
+class SplitTooShortError(DataError, ValueError):
+    """A split holds fewer tokens than one training or evaluation window needs."""
+
+
+class InputError(DataError):
+    """A user's input text (a file, a JSON line, a Parquet column, a saved dataset) cannot be read."""

@@ -1,6 +1,11 @@
-"""Tokenizers for prepared corpora: a byte-level BPE trained here, or GPT-2's.
+"""Tokenizers for prepared corpora: a byte-level BPE trained here, GPT-2's, or the user's own.
 
-Both are byte-level BPEs (every string is encodable, decoding gives the text back exactly) with
+``--tokenizer PATH`` loads any fast tokenizer: a transformers tokenizer directory, a
+``tokenizer.json``, a model directory (a MossNet run, its ``model/``, any Hugging Face model
+folder), a prepared corpus (its ``tokenizer/``), or a GGUF file (SmolLM2 ships only as GGUF;
+reading it needs the ``gguf`` package). Its vocabulary is used as it is.
+
+The two built-in ones are byte-level BPEs (every string is encodable, decoding gives the text back exactly) with
 one special token, ``<|endoftext|>``, which separates documents in the token files and serves
 as the tokenizer's eos, bos and pad token (the model has no use for distinct ones: documents are
 packed, and padded positions are masked out by the attention mask, not by the pad id).
@@ -11,6 +16,8 @@ them, and the same directory can be copied next to a model checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -88,16 +95,159 @@ def gpt2_tokenizer() -> PreTrainedTokenizerFast:
 def build_tokenizer(
     name: str, train_texts: Iterable[str], vocab_size: int | None = None
 ) -> PreTrainedTokenizerFast:
-    """``"bpe"``: train on ``train_texts`` (``vocab_size`` default 4096); ``"gpt2"``: GPT-2's."""
+    """``"bpe"``: train on ``train_texts`` (``vocab_size`` default 4096); ``"gpt2"``: GPT-2's;
+    anything else is a path for :func:`tokenizer_from_path` (``train_texts`` is not read)."""
     if name == "bpe":
         return train_bpe_tokenizer(train_texts, vocab_size or DEFAULT_VOCAB_SIZE)
+    if vocab_size is not None and name != "gpt2":
+        raise DataError(f"--vocab-size applies to --tokenizer bpe only; {name} brings its own vocabulary")
     if name == "gpt2":
         if vocab_size not in (None, GPT2_VOCAB_SIZE):
             raise DataError(
                 f"--vocab-size applies to --tokenizer bpe only; gpt2 has {GPT2_VOCAB_SIZE} tokens"
             )
         return gpt2_tokenizer()
-    raise DataError(f"unknown tokenizer {name!r}; choose one of {list(TOKENIZERS)}")
+    return tokenizer_from_path(name)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def tokenizer_from_path(path: str | Path) -> PreTrainedTokenizerFast:
+    """A fast tokenizer from a directory, a ``tokenizer.json``, a model directory, a prepared
+    corpus or a GGUF file (see the module docstring). Raises DataError (one line) when ``path``
+    holds none."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local path only: never a hub look-up
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"--tokenizer {path}: no such file or directory; use bpe, gpt2 or the path of a tokenizer")
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return _checked_fast(_from_gguf(path), path)
+        if path.suffix == ".json":
+            try:
+                backend = Tokenizer.from_file(str(path))
+            except Exception as err:  # the Rust parser's own message says what is wrong
+                raise DataError(f"--tokenizer {path} is not a tokenizers JSON file: {_first_line(err)}") from None
+            return PreTrainedTokenizerFast(tokenizer_object=backend)
+        raise DataError(f"--tokenizer {path} is not a tokenizer file (expected a tokenizer.json or a .gguf file)")
+    folder = _tokenizer_folder(path)
+    if folder is None:
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return _checked_fast(_from_gguf(ggufs[0]), path)
+        raise DataError(
+            f"--tokenizer {path} holds no tokenizer: expected tokenizer.json or tokenizer_config.json, a "
+            "model directory with one, a prepared corpus (tokenizer/), or one .gguf file"
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as err:
+        raise DataError(f"--tokenizer {folder}: cannot load the tokenizer: {_first_line(err)}") from None
+    return _checked_fast(tokenizer, folder)
+
+
+def _tokenizer_folder(path: Path) -> Path | None:
+    """The folder under ``path`` that holds tokenizer files, or None."""
+    candidates = [path / TOKENIZER_DIRNAME, path]
+    try:
+        from mossnet.rundir.layout import resolve_model_dir
+
+        candidates.append(resolve_model_dir(path))
+    except Exception:  # not a model directory: only the other candidates apply
+        pass
+    for folder in candidates:
+        if any((folder / name).is_file() for name in _TOKENIZER_FILES):
+            return folder
+    return None
+
+
+def _from_gguf(path: Path):
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files with it)
+    except ImportError:
+        from mossnet.errors import MissingExtraError
+
+        raise MissingExtraError(f"--tokenizer {path.name}", "eval", "the gguf package") from None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as err:
+        raise DataError(f"--tokenizer {path}: cannot read a tokenizer from this GGUF file: "
+                        f"{_first_line(err)}") from None
+
+
+def _checked_fast(tokenizer, where: Path):
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise DataError(f"--tokenizer {where}: only fast (Rust `tokenizers`) tokenizers are supported, and "
+                        f"{type(tokenizer).__name__} is not one; save it with a tokenizer.json")
+    return tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def separator_token(tokenizer, eos_token: str | None = None) -> tuple[str, int]:
+    """The document separator: ``eos_token`` if given, else ``<|endoftext|>`` when the
+    vocabulary has it, else the tokenizer's eos. Returns (token, id); DataError if none.
+
+    An instruct tokenizer's eos (SmolLM2's ``<|im_end|>``) ends a chat turn, which is the wrong
+    separator for pretraining-style text; ``<|endoftext|>`` is what such models were pretrained
+    with, so it wins when present.
+    """
+    backend = tokenizer.backend_tokenizer
+    if eos_token is not None:
+        token_id = backend.token_to_id(eos_token)
+        if token_id is None:
+            raise DataError(f"--eos-token {eos_token!r} is not a token of this tokenizer")
+        return eos_token, token_id
+    for candidate in (EOS_TOKEN, getattr(tokenizer, "eos_token", None)):
+        if candidate and backend.token_to_id(candidate) is not None:
+            return candidate, backend.token_to_id(candidate)
+    raise DataError(f"the tokenizer has no {EOS_TOKEN} and no eos token: name the document separator "
+                    "with --eos-token TOKEN")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 (hex) of what gives token ids their meaning: the model type, the vocabulary (token
+    and id; Unigram scores too), the BPE merges in order, and the added tokens (id, content,
+    special). Independent of how ``tokenizer.json`` is serialised (key order, whitespace, merges
+    as "a b" strings or as pairs). ``tokenizer`` is a transformers fast tokenizer or a
+    ``tokenizers.Tokenizer``; a transformers tokenizer and its backend give the same value.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    return _fingerprint(json.loads(backend.to_str()))
+
+
+def fingerprint_of_file(path: str | Path) -> str:
+    """:func:`tokenizer_fingerprint` of a ``tokenizer.json`` file, without building the tokenizer."""
+    try:
+        return _fingerprint(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{path} is not a readable tokenizer.json ({err}); prepare the data again") from None
+
+
+def _fingerprint(spec: dict) -> str:
+    model = spec["model"]
+    vocab = model.get("vocab") or {}
+    if isinstance(vocab, dict):
+        vocab = sorted((int(i), token) for token, i in vocab.items())
+    else:  # Unigram: a list of [piece, score], the id is the position
+        vocab = [(i, piece, float(score)) for i, (piece, score) in enumerate(vocab)]
+    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
+    added = sorted((int(t["id"]), t["content"], bool(t.get("special", False))) for t in spec.get("added_tokens") or [])
+    canonical = {"fingerprint": 1, "type": model.get("type"), "vocab": vocab, "merges": merges, "added": added}
+    text = json.dumps(canonical, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def load_tokenizer(data_dir: str | Path) -> PreTrainedTokenizerFast:

@@ -29,8 +29,8 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def _register_mossnet() -> None:
-    """Importing the top-level package registers MossNet with the Auto classes."""
-    import mossnet  # noqa: F401
+    """Importing the model package registers MossNet with the Auto classes."""
+    import mossnet.models.mossnet  # noqa: F401
 
 
 def load_causal_lm(

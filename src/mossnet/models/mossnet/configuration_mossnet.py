@@ -12,12 +12,11 @@ import math
 from transformers import PretrainedConfig
 
 from mossnet.errors import ConfigError
+from mossnet.execution import SCAN_IMPLS
 
 from .remote_code import AUTO_MAP
 
 STATE_UPDATES = ("routed", "all")
-# The names ``mosse_scan(impl=...)`` accepts (tests/models/test_config.py checks they agree).
-SCAN_IMPLS = ("auto", "reference", "chunked", "triton")
 
 # name -> overrides of the defaults below. Parameter counts (total / active per token) are in
 # the README and tested.
@@ -53,15 +52,15 @@ class MossNetConfig(PretrainedConfig):
         state_update: "routed" (an expert sees only its tokens) or "all" (every expert sees
             every token, the router only gates the outputs).
         router_renormalize: renormalise the top-k gates to sum to 1 (only when k > 1).
-        ssm_z_bias: a per-expert bias on the gate z (spec section 8), zero at init; lets a
-            converted model start with SiLU(z) a non-zero constant (z's weight rows zero).
+        ssm_z_bias: a per-expert bias on the gate z (zero at init), so that SiLU(z) can start as
+            a non-zero constant (a model converted from attention: W_z = 0, bias b gives SiLU(b)).
         mlp_experts, mlp_top_k, mlp_hidden_dim, mlp_shared_expert: the SwiGLU MoE-MLP
             (spec section 3); ``mlp_experts=1`` is a dense SwiGLU.
         router_aux_loss_coef, router_z_loss_coef: loss weights (spec section 4).
     Args (numerics / init):
         rms_norm_eps, initializer_range, dt_min, dt_max, dt_init_floor, A_init_range,
         rescale_residual (scale the residual output projections by 1/sqrt(2 * n_layers)).
-    Args (execution):
+    Args (execution; they seed the model's ``ExecutionPolicy``, see ``mossnet.execution``):
         scan_impl: "auto" | "reference" | "chunked" | a GPU fast path; chunk_size: for chunked.
         prefill_block_size: a prompt longer than this is prefilled through the cache in blocks
             of this many tokens, so its memory does not grow with its length (the same result up

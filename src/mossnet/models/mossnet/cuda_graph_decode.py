@@ -1,4 +1,4 @@
-"""CUDA-graph capture of the one-token decode step (spec section 5, ``step``; LESSONS: decode is
+"""CUDA-graph capture of the one-token decode step (SPEC §5, ``step``; decode is
 launch-bound).
 
 A MossNet decode step is ~1000 small kernels (router, gathers of the routed experts, conv
@@ -18,9 +18,11 @@ two caches never share state.
 
 ``MossNetForCausalLM.forward`` uses this automatically for a one-token step on CUDA when the
 model is in eval mode, gradients are off and nothing but logits is asked for (that is what
-``generate`` does); set ``model.cuda_graph_decode = False`` to opt out. Decoders are kept per
-(batch size, autocast state) and rebuilt when the model's weights are replaced (``.to()``);
-``reset_graph_decoders(model)`` frees them.
+``generate`` does), and its execution policy's ``decode_graph`` is on: turn it off with
+``model.execution_policy = model.execution_policy.replace(decode_graph=False)`` (or the
+shorthand ``model.cuda_graph_decode = False``); ``decode_graph_compile`` (``cuda_graph_compile``)
+compiles the step first. Decoders are kept per (batch size, autocast state, policy) and rebuilt
+when the model's weights are replaced (``.to()``); ``reset_graph_decoders(model)`` frees them.
 
 Token ids of graph-replayed steps are not range-checked (that would need a host sync per
 token); prompts are checked at prefill, and ids sampled by ``generate`` are in range.
@@ -33,6 +35,7 @@ import weakref
 import torch
 
 from ...cuda_graph import capture
+from ...execution import ExecutionPolicy, capturing, tracing
 from .cache import MossNetCache
 
 
@@ -98,6 +101,7 @@ class CUDAGraphDecoder:
     Args:
         model: a ``MossNetForCausalLM`` on a CUDA device (eval mode).
         batch_size: rows per step.
+        policy: the execution policy the captured step runs with (None: the model's).
         pool: a ``torch.cuda.graph_pool_handle()`` (only for graphs replayed in capture order), or None.
         compile: run the step through ``torch.compile`` (default mode: fused kernels, no
             compiler-managed graphs) before capturing it; fewer, larger kernels.
@@ -109,7 +113,8 @@ class CUDAGraphDecoder:
         logits = dec.decode(next_ids, cache)   # (1, 1, vocab) fp32; cache updated in place
     """
 
-    def __init__(self, model, batch_size: int, pool=None, compile: bool = False, warmup: int = 2):
+    def __init__(self, model, batch_size: int, pool=None, compile: bool = False, warmup: int = 2,
+                 policy: ExecutionPolicy | None = None):
         device = model.lm_head.weight.device
         if device.type != "cuda":
             raise ValueError(f"CUDAGraphDecoder needs a CUDA model, got one on {device}")
@@ -117,6 +122,7 @@ class CUDAGraphDecoder:
         self.batch_size = batch_size
         self.device = device
         self.compiled = compile
+        self.policy = model.execution_policy if policy is None else policy
         self._watched = _watched_parameters(model)
         self.signature = _signature(self._watched)
         self.autocast = _autocast_key()
@@ -142,7 +148,7 @@ class CUDAGraphDecoder:
     def _step(self) -> torch.Tensor:
         model = self.model
         embeds = model.model.embed_tokens(self.ids)[:, 0]
-        h = model.model._decode_step(embeds, self.static_cache, False).last_hidden_state
+        h = model.model._decode_step(embeds, self.static_cache, False, self.policy).last_hidden_state
         return model.lm_head(h.to(model.lm_head.weight.dtype)).float()
 
     # ------------------------------------------------------------------ one token
@@ -162,10 +168,13 @@ class CUDAGraphDecoder:
 
 
 def graph_decode_applicable(model, input_ids, inputs_embeds, attention_mask, position_ids, cache, labels,
-                            output_hidden_states, output_router_stats, logits_to_keep) -> bool:
-    """Whether ``MossNetForCausalLM.forward`` may take the captured path for this call."""
+                            output_hidden_states, output_router_stats, logits_to_keep,
+                            policy: ExecutionPolicy | None = None) -> bool:
+    """Whether ``MossNetForCausalLM.forward`` may take the captured path for this call
+    (``policy``: the call's execution policy, None = the model's)."""
+    policy = model.execution_policy if policy is None else policy
     return bool(
-        getattr(model, "cuda_graph_decode", False)
+        policy.decode_graph
         and cache is not None
         and cache.seen_tokens > 0
         and input_ids is not None
@@ -181,35 +190,37 @@ def graph_decode_applicable(model, input_ids, inputs_embeds, attention_mask, pos
         and logits_to_keep in (0, 1)
         and not model.training
         and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+        and not tracing()
+        and not capturing()
         and cache.conv_states[0].is_cuda
     )
 
 
-# Per model: {(batch size, autocast state): CUDAGraphDecoder}. Kept outside the model so that
+# Per model: {(batch size, autocast state, policy): CUDAGraphDecoder}. Kept outside the model so that
 # ``copy.deepcopy`` / pickling of the model never meets a graph. Each decoder has its own memory
 # pool: graphs of different batch sizes are replayed in any order, so they must not share one.
 _REGISTRIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def graph_decoders(model) -> dict:
-    """{(batch, autocast): CUDAGraphDecoder} currently captured for ``model``."""
+    """{(batch, autocast, policy): CUDAGraphDecoder} currently captured for ``model``."""
     return dict(_REGISTRIES.get(model, {}))
 
 
-def graph_decode(model, input_ids: torch.Tensor, cache: MossNetCache) -> torch.Tensor:
-    """Logits of one token through the model's decoder for this batch size (captured on first use)."""
+def graph_decode(model, input_ids: torch.Tensor, cache: MossNetCache, policy: ExecutionPolicy | None = None):
+    """Logits of one token through the model's decoder for this batch size and policy (captured
+    on first use)."""
+    policy = model.execution_policy if policy is None else policy
     decoders = _REGISTRIES.get(model)
     if decoders is None:
         decoders = _REGISTRIES[model] = {}
-    key = (input_ids.shape[0], _autocast_key())
+    key = (input_ids.shape[0], _autocast_key(), policy)
     decoder = decoders.get(key)
     if decoder is None or not decoder.matches():
         if decoder is not None:  # weights moved: every graph of this model is stale
             decoders.clear()
         decoder = decoders[key] = CUDAGraphDecoder(
-            model, input_ids.shape[0], compile=bool(getattr(model, "cuda_graph_compile", False))
+            model, input_ids.shape[0], compile=policy.decode_graph_compile, policy=policy
         )
     return decoder.decode(input_ids, cache)
 

@@ -16,24 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from ...execution import ExecutionPolicy, may_read_back
 from ...layers.moe_mlp import MoEMLP
 from ...layers.mosse import MoSSE
 from ...layers.norm import RMSNorm
 from ...layers.router import RouterReport
 from ...layers.sequence_layout import SequenceLayout
+from .block import MossNetBlock
 from .cache import MossNetCache
 from .cuda_graph_decode import graph_decode, graph_decode_applicable
 from .remote_code import write_shims
 from .configuration_mossnet import MossNetConfig
 from .generation import MossNetGenerationMixin
-
-try:  # transformers >= 4.52: re-entrant checkpointing handled for us
-    from transformers.modeling_layers import GradientCheckpointingLayer as _BlockBase
-except ImportError:  # pragma: no cover
-    _BlockBase = nn.Module
-
 
 @dataclass
 class MossNetModelOutput(ModelOutput):
@@ -61,41 +58,6 @@ class MossNetCausalLMOutput(ModelOutput):
     hidden_states: tuple | None = None
     router_load: dict | None = None
     router_logits: dict | None = None
-
-
-class MossNetBlock(_BlockBase):
-    """Pre-norm residual block: time mixing (MoSSE) then channel mixing (MoE-MLP)."""
-
-    def __init__(self, config: MossNetConfig, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.mixer_norm = RMSNorm(config.d_model, config.rms_norm_eps)
-        self.mixer = MoSSE(config, layer_idx)
-        self.mlp_norm = RMSNorm(config.d_model, config.rms_norm_eps)
-        self.mlp = MoEMLP(
-            config.d_model, config.mlp_hidden_dim, config.mlp_experts, config.mlp_top_k,
-            config.router_renormalize, config.mlp_shared_expert,
-        )
-
-    def forward(self, h, layout: SequenceLayout | None = None, conv_state=None, ssm_state=None, return_states=False,
-                decode=False):
-        """h: (batch, T, D) fp32 residual. Returns (h, mixer report, mlp report, new states).
-
-        ``decode=True``: one generated token per row (batch, 1, D); the states are advanced in
-        place and the reports and states come back as None. Every submodule is entered through
-        its ``forward`` as well, so wrappers that only hook ``forward`` (PEFT, FSDP) see decode.
-        """
-        if decode:
-            h = h + self.mixer(self.mixer_norm(h), None, conv_state, ssm_state, decode=True)[0].float()
-            channel, _ = self.mlp(self.mlp_norm(h)[:, 0], decode=True)
-            return h + channel[:, None].float(), None, None, None
-        mixed, mixer_report, states = self.mixer(self.mixer_norm(h), layout, conv_state, ssm_state, return_states)
-        h = h + mixed.float()
-        batch, T, Dm = h.shape
-        valid = None if layout is None or layout.valid is None else layout.valid.reshape(-1)
-        channel, mlp_report = self.mlp(self.mlp_norm(h).reshape(batch * T, Dm), valid)
-        h = h + channel.view(batch, T, Dm).float()
-        return h, mixer_report, mlp_report, states
 
 
 class MossNetPreTrainedModel(PreTrainedModel):
@@ -134,23 +96,26 @@ class MossNetPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        # transformers.initialization, never nn.init or in-place tensor ops: its functions skip
+        # tensors already loaded by from_pretrained (transformers 5.0-5.12 call this after
+        # loading too). tests/models/test_save_load.py checks that every tensor reloads exactly.
         std = self.config.initializer_range
         if isinstance(module, MoSSE):
             module.reset_parameters(self.config)
         elif isinstance(module, MoEMLP):
             if module.n_experts > 1:
-                nn.init.normal_(module.gate_up, std=std)
-                nn.init.normal_(module.down, std=self._residual_std())
-                nn.init.normal_(module.router.weight, std=std)
+                init.normal_(module.gate_up, std=std)
+                init.normal_(module.down, std=self._residual_std())
+                init.normal_(module.router.weight, std=std)
         elif isinstance(module, nn.Linear):
             is_down = module.in_features == self.config.mlp_hidden_dim and module.out_features == self.config.d_model
-            nn.init.normal_(module.weight, std=self._residual_std() if is_down else std)
+            init.normal_(module.weight, std=self._residual_std() if is_down else std)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=std)
         elif isinstance(module, RMSNorm):
-            module.weight.fill_(1.0)
+            init.ones_(module.weight)
 
     def _residual_std(self) -> float:
         std = self.config.initializer_range
@@ -172,8 +137,19 @@ class MossNetModel(MossNetPreTrainedModel):
         self.layers = nn.ModuleList(MossNetBlock(config, i) for i in range(config.n_layers))
         self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps)
         self.gradient_checkpointing = False
-        self.validate_token_ids = True  # CUDA id range check (a host sync); see check_token_ids
+        # How this model executes (scan, expert matmuls, Triton, decode graph, id checks): built
+        # once from the config and the environment, passed down to every layer.
+        self.execution_policy = ExecutionPolicy.build(config)
         self.post_init()
+
+    @property
+    def validate_token_ids(self) -> bool:
+        """The CUDA token-id range check (a host read): ``execution_policy.validate_token_ids``."""
+        return self.execution_policy.validate_token_ids
+
+    @validate_token_ids.setter
+    def validate_token_ids(self, value: bool) -> None:
+        self.execution_policy = self.execution_policy.replace(validate_token_ids=value)
 
     def get_input_embeddings(self):
         return self.embed_tokens
@@ -181,14 +157,13 @@ class MossNetModel(MossNetPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def check_token_ids(self, input_ids: torch.Tensor) -> None:
+    def check_token_ids(self, input_ids: torch.Tensor, policy: ExecutionPolicy | None = None) -> None:
         """Raise a ValueError naming an out-of-range id. On CUDA the check reads min/max back
         (a host sync): it is skipped inside a compiled region or a CUDA graph capture, and when
-        ``self.validate_token_ids`` is False (the trainer sets that: its data pipeline checks
+        the policy's ``validate_token_ids`` is False (for callers whose data pipeline checks
         ids). CPU inputs are always checked."""
-        if input_ids.is_cuda and (
-            not self.validate_token_ids or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()
-        ):
+        policy = self.execution_policy if policy is None else policy
+        if input_ids.is_cuda and (not policy.validate_token_ids or not may_read_back(input_ids)):
             return
         if input_ids.numel() == 0:
             return
@@ -209,11 +184,14 @@ class MossNetModel(MossNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_router_stats: bool = False,
         return_dict: bool | None = None,
+        execution_policy: ExecutionPolicy | None = None,
         **kwargs,
     ) -> MossNetModelOutput:
         """input_ids: (batch, T) or inputs_embeds: (batch, T, D). attention_mask: (batch, T),
         0 = padding. position_ids: (batch, T) restarting at 0 at packed document starts.
-        cache: continue from (and update) a :class:`MossNetCache`."""
+        cache: continue from (and update) a :class:`MossNetCache`. execution_policy: how to
+        execute this call (None: ``self.execution_policy``)."""
+        policy = self.execution_policy if execution_policy is None else execution_policy
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("MossNetModel: pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
@@ -221,7 +199,7 @@ class MossNetModel(MossNetPreTrainedModel):
                 raise ValueError(f"MossNetModel: input_ids must be (batch, T), got shape {tuple(input_ids.shape)}")
             if input_ids.dtype not in (torch.int32, torch.int64):
                 raise TypeError(f"MossNetModel: input_ids must be an integer tensor, got {input_ids.dtype}")
-            self.check_token_ids(input_ids)
+            self.check_token_ids(input_ids, policy)
             inputs_embeds = self.embed_tokens(input_ids)
         elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.d_model:
             raise ValueError(
@@ -238,7 +216,7 @@ class MossNetModel(MossNetPreTrainedModel):
         layout = SequenceLayout.build(batch, T, attention_mask, position_ids)
 
         if cache is not None and T == 1 and attention_mask is None and position_ids is None:
-            return self._decode_step(inputs_embeds[:, 0], cache, output_hidden_states)
+            return self._decode_step(inputs_embeds[:, 0], cache, output_hidden_states, policy)
 
         h = inputs_embeds.float()
         all_hidden = [] if output_hidden_states else None
@@ -247,7 +225,7 @@ class MossNetModel(MossNetPreTrainedModel):
             if all_hidden is not None:
                 all_hidden.append(h)
             conv, ssm = (cache.conv_states[i], cache.ssm_states[i]) if cache is not None else (None, None)
-            h, mixer_report, mlp_report, states = block(h, layout, conv, ssm, cache is not None)
+            h, mixer_report, mlp_report, states = block(h, layout, conv, ssm, cache is not None, policy=policy)
             if states is not None:
                 cache.conv_states[i].copy_(states[0])
                 cache.ssm_states[i].copy_(states[1])
@@ -266,15 +244,17 @@ class MossNetModel(MossNetPreTrainedModel):
             router_reports=reports,
         )
 
-    def _decode_step(self, embeds: torch.Tensor, cache: MossNetCache, output_hidden_states) -> MossNetModelOutput:
+    def _decode_step(self, embeds: torch.Tensor, cache: MossNetCache, output_hidden_states,
+                     policy: ExecutionPolicy | None = None) -> MossNetModelOutput:
         """One token per row: embeds (batch, D) -> last_hidden_state (batch, 1, D); the cache is
         advanced in place. Each block runs its ``forward`` with ``decode=True``."""
+        policy = self.execution_policy if policy is None else policy
         h = embeds.float()[:, None]
         all_hidden = [] if output_hidden_states else None
         for i, block in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(h)
-            h = block(h, None, cache.conv_states[i], cache.ssm_states[i], decode=True)[0]
+            h = block(h, None, cache.conv_states[i], cache.ssm_states[i], decode=True, policy=policy)[0]
         h = self.norm_f(h)
         if all_hidden is not None:
             all_hidden.append(h)
@@ -294,12 +274,35 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
         super().__init__(config)
         self.model = MossNetModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        # One-token steps on CUDA (eval, no grad) replay a captured CUDA graph: see
-        # cuda_graph_decode.py. Set False to run them eagerly; cuda_graph_compile=True also runs
-        # the step through torch.compile before capturing it.
-        self.cuda_graph_decode = True
-        self.cuda_graph_compile = False
         self.post_init()
+
+    @property
+    def execution_policy(self) -> ExecutionPolicy:
+        """How this model executes (:class:`~mossnet.execution.ExecutionPolicy`); the backbone's."""
+        return self.model.execution_policy
+
+    @execution_policy.setter
+    def execution_policy(self, policy: ExecutionPolicy) -> None:
+        self.model.execution_policy = policy
+
+    @property
+    def cuda_graph_decode(self) -> bool:
+        """One-token steps on CUDA (eval, no grad) replay a captured CUDA graph
+        (``cuda_graph_decode.py``); set False to run them eagerly. ``execution_policy.decode_graph``."""
+        return self.execution_policy.decode_graph
+
+    @cuda_graph_decode.setter
+    def cuda_graph_decode(self, value: bool) -> None:
+        self.execution_policy = self.execution_policy.replace(decode_graph=value)
+
+    @property
+    def cuda_graph_compile(self) -> bool:
+        """Run the captured decode step through torch.compile first. ``execution_policy.decode_graph_compile``."""
+        return self.execution_policy.decode_graph_compile
+
+    @cuda_graph_compile.setter
+    def cuda_graph_compile(self, value: bool) -> None:
+        self.execution_policy = self.execution_policy.replace(decode_graph_compile=value)
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
@@ -326,6 +329,7 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
         output_router_stats: bool = False,
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
+        execution_policy: ExecutionPolicy | None = None,
         **kwargs,
     ) -> MossNetCausalLMOutput:
         """labels: (batch, T), shifted inside (predict token t+1 at t); -100 and padding are
@@ -339,20 +343,24 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
         runs in blocks of that many tokens through the cache (:meth:`_prefill_in_blocks`): the
         same result up to float rounding, with memory independent of the prompt's length.
         Router statistics are per block then, so ``aux_loss`` is None.
+
+        execution_policy: how to execute this call (None: ``self.execution_policy``); a one-token
+        step on CUDA replays a captured graph when its ``decode_graph`` allows (``generate`` does).
         """
+        policy = self.execution_policy if execution_policy is None else execution_policy
         if graph_decode_applicable(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, labels,
-                                   output_hidden_states, output_router_stats, logits_to_keep):
-            logits = graph_decode(self, input_ids, cache)
+                                   output_hidden_states, output_router_stats, logits_to_keep, policy):
+            logits = graph_decode(self, input_ids, cache, policy)
             return MossNetCausalLMOutput(logits=logits, aux_loss=self.router_loss({}), cache=cache)
         if self._prefills_in_blocks(input_ids, inputs_embeds, position_ids, cache, use_cache, labels,
                                     output_hidden_states, output_router_stats):
-            h, cache = self._prefill_in_blocks(input_ids, inputs_embeds, attention_mask, cache, logits_to_keep)
+            h, cache = self._prefill_in_blocks(input_ids, inputs_embeds, attention_mask, cache, logits_to_keep, policy)
             logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
             return MossNetCausalLMOutput(logits=logits, cache=cache)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=output_hidden_states, execution_policy=policy,
         )
         h = out.last_hidden_state
         if logits_to_keep:
@@ -388,7 +396,7 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
             and not output_hidden_states and not output_router_stats and not torch.is_grad_enabled()
         )
 
-    def _prefill_in_blocks(self, input_ids, inputs_embeds, attention_mask, cache, logits_to_keep):
+    def _prefill_in_blocks(self, input_ids, inputs_embeds, attention_mask, cache, logits_to_keep, policy):
         """The prompt in blocks of ``config.prefill_block_size`` tokens, each continuing from the
         cache the previous one left (the chunked prefill that export and the benchmarks use).
 
@@ -406,7 +414,7 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
                 input_ids=None if input_ids is None else input_ids[:, part],
                 inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, part],
                 attention_mask=None if attention_mask is None else attention_mask[:, part],
-                cache=cache, use_cache=True,
+                cache=cache, use_cache=True, execution_policy=policy,
             )
             cache = out.cache
             if part.stop > first_kept:

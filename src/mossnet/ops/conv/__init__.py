@@ -1,13 +1,6 @@
-"""Depthwise causal conv1d run along each expert's own (routed) subsequence: on the dense
-(batch, T, E, C) layout (``routed_causal_conv``) or on compact segments (``segment_causal_conv``)."""
+"""The depthwise causal conv of spec section 2.4, along compact segments (each expert's own
+routed subsequence of one document), with carried windows."""
 
-from .routed_conv import routed_causal_conv, routed_causal_conv_reference
-from .segment_conv import gather_rows, segment_causal_conv, segment_causal_conv_reference
+from .segment_conv import causal_conv_window, gather_rows, segment_causal_conv, segment_causal_conv_reference
 
-__all__ = [
-    "gather_rows",
-    "routed_causal_conv",
-    "routed_causal_conv_reference",
-    "segment_causal_conv",
-    "segment_causal_conv_reference",
-]
+__all__ = ["causal_conv_window", "gather_rows", "segment_causal_conv", "segment_causal_conv_reference"]

@@ -1,15 +1,16 @@
-"""The short conv of spec section 2.4 on a *compact* (packed) layout: one flat axis of rows cut
-into contiguous segments, each with its own weight group.
+"""The short conv of spec section 2.4 on a compact (packed) layout: one flat axis of rows cut
+into contiguous segments, each row with its own weight group.
 
-This is what the routed MoSSE uses in training: its dispatched rows are sorted by expert and,
-inside an expert, by (batch row, time), so every (expert, batch row) pair is one contiguous
-segment holding exactly that expert's subsequence of that row. A causal depthwise conv per
-segment, with the segment's expert's taps, is then the routed conv of
-:func:`~mossnet.ops.conv.routed_causal_conv` without the dense (batch, T, E, C) buffer.
+The MoSSE sorts its rows by expert and, inside an expert, by (batch row, document, time), so
+every segment holds exactly one expert's subsequence of one document: a causal depthwise conv
+per segment, with that expert's taps, is the routed conv. A segment may start from a carried
+window (the K-1 inputs its expert saw before, from the generation cache) and hands back the
+window it ends with.
 
-No host synchronisation, fixed shapes: the segment of each row is counted on the device
-(:func:`~mossnet.ops.segments.segment_ids`), and a tap that would reach across a segment start
-is masked to zero.
+How, with fixed shapes and no host read: the rows are copied into a longer buffer in which
+every segment is preceded by its own K-1 window rows, so no tap ever reaches into another
+segment, and each row reads its K-row window from there (:func:`causal_conv_window`, the same
+rule the one-token decode step applies to its cached window).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..segments import segment_positions
+from ..segments import segment_ids
 
 
 # Backward of gather_rows: lanes per group that the gradient rows are spread over before the
@@ -65,84 +66,107 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _GatherRows.apply(table, index)
 
 
+def causal_conv_window(windows: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One output of a depthwise causal conv from its window: ``sum_k taps[..., k] * windows[..., k]
+    + bias``; tap K-1 multiplies the newest input.
+
+    windows, taps: (..., C, K). bias: (..., C) or None. Returns (..., C) in the promoted dtype.
+    """
+    out = (windows * taps).sum(-1)
+    return out if bias is None else out + bias
+
+
+def _window_positions(cu: torch.Tensor, K: int, at_end: bool) -> torch.Tensor:
+    """(S, K-1) buffer rows of every segment's starting window (or, ``at_end``, its last K-1
+    rows), in the buffer where segment s begins at ``cu[s] + s*(K-1)``."""
+    S = cu.numel() - 1
+    seg = torch.arange(S, device=cu.device)
+    first = cu[1:] + seg * (K - 1) if at_end else cu[:-1] + seg * (K - 1)
+    return first[:, None] + torch.arange(K - 1, device=cu.device)[None, :]
+
+
 def segment_causal_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     group: torch.Tensor,
     cu_seqlens: torch.Tensor,
-) -> torch.Tensor:
+    segment: torch.Tensor | None = None,
+    initial_window: torch.Tensor | None = None,
+    output_final_window: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal depthwise conv along the rows of each segment, each row with its group's taps.
 
     ``out[i] = bias[g] + sum_{j=0}^{K-1} weight[g, :, K-1-j] * x[i-j]`` with ``g = group[i]``,
-    where a term is dropped when row ``i-j`` lies before the start of row i's segment (every
-    segment starts from a zero window, like ``F.conv1d`` with K-1 zeros of left padding).
+    where ``x[i-j]`` before the start of row i's segment s is row ``K-1-(j-pos)`` of
+    ``initial_window[s]`` (zeros without one), pos being row i's position in s: exactly
+    ``F.conv1d`` over the window followed by the segment.
 
     Args:
         x: (M, C) rows, segments laid out one after the other.
-        weight: (G, C, K) taps per group; tap K-1 multiplies the current row.
-        bias: (G, C) or None.
-        group: (M,) int64 in [0, G): which weight each row uses (constant inside a segment in
-            the MoSSE, but this op does not need that).
-        cu_seqlens: (S+1,) int32/int64 segment boundaries: 0 = cu[0] <= ... <= cu[S] = M
+        weight: (G, C, K) taps per group; tap K-1 multiplies the current row. bias: (G, C) or None.
+        group: (M,) int64 in [0, G): which weight each row uses.
+        cu_seqlens: (S+1,) int32/int64 segment boundaries, 0 = cu[0] <= ... <= cu[S] = M
             (empty segments allowed).
+        segment: (M,) the segment of every row, if the caller has it (else counted from cu).
+        initial_window: (S, K-1, C) inputs before each segment (oldest first), or None.
+        output_final_window: also return each segment's last K-1 inputs (its window included,
+            so a short or empty segment passes its window on).
     Returns:
-        (M, C) in the promoted dtype of x and weight.
+        out (M, C) in the promoted dtype of x and weight, and the final windows (S, K-1, C) in
+        x's dtype, or None.
 
     Example:
         >>> x = torch.randn(7, 3); w = torch.randn(2, 3, 4); b = torch.randn(2, 3)
         >>> group = torch.tensor([0, 0, 0, 1, 1, 1, 1])
         >>> cu = torch.tensor([0, 3, 3, 7], dtype=torch.int32)  # the middle segment is empty
-        >>> out = segment_causal_conv(x, w, b, group, cu)
-        >>> out.shape
-        torch.Size([7, 3])
+        >>> out, _ = segment_causal_conv(x, w, b, group, cu)
         >>> ref = F.conv1d(F.pad(x[3:].T, (3, 0))[None], w[1][:, None, :], b[1], groups=3)[0].T
         >>> torch.allclose(out[3:], ref, atol=1e-6)
         True
     """
     M, C = x.shape
     G, _, K = weight.shape
+    cu = cu_seqlens.to(device=x.device, dtype=torch.long)
+    S = cu.numel() - 1
     if M == 0:
-        return x.new_zeros(0, C, dtype=torch.promote_types(x.dtype, weight.dtype))
+        final = initial_window if initial_window is not None else x.new_zeros(S, K - 1, C)
+        return x.new_zeros(0, C, dtype=torch.promote_types(x.dtype, weight.dtype)), (
+            final.to(x.dtype) if output_final_window else None)
+    seg = segment_ids(cu, M) if segment is None else segment
+    # The buffer: segment s at rows [cu[s] + s*(K-1), cu[s+1] + (s+1)*(K-1)), its window first.
+    row_at = torch.arange(M, device=x.device) + (seg + 1) * (K - 1)
+    buffer = x.new_zeros(M + S * (K - 1), C)
+    if initial_window is not None:
+        buffer = buffer.index_copy(0, _window_positions(cu, K, False).reshape(-1),
+                                   initial_window.reshape(-1, C).to(x.dtype))
+    buffer = buffer.index_copy(0, row_at, x)
+    windows = buffer.unfold(0, K, 1).index_select(0, row_at - (K - 1))  # (M, C, K): rows i-K+1 .. i
     # Every row's taps (and bias) in one gather: (M, C*K [+ C]).
     table = weight.reshape(G, C * K) if bias is None else torch.cat([weight.reshape(G, C * K), bias], dim=1)
     per_row = gather_rows(table, group)
-    taps = per_row[:, : C * K].view(M, C, K)
-    # Window of row i: rows i-K+1 .. i (zeros before row 0); tap t reaches back K-1-t rows and
-    # is dropped where that crosses the start of row i's segment.
-    windows = F.pad(x, (0, 0, K - 1, 0)).unfold(0, K, 1)  # (M, C, K), a view
-    keep = taps_inside_segment(cu_seqlens.to(x.device), M, K).to(taps.dtype)  # (M, K)
-    out = (windows * (taps * keep[:, None, :])).sum(-1)
-    if bias is not None:
-        out = out + per_row[:, C * K :]
-    return out
+    out = causal_conv_window(windows, per_row[:, : C * K].view(M, C, K), None if bias is None else per_row[:, C * K :])
+    final = None
+    if output_final_window:
+        final = buffer[_window_positions(cu, K, True)]  # (S, K-1, C)
+    return out, final
 
 
-@torch.compiler.disable
-def taps_inside_segment(cu_seqlens: torch.Tensor, M: int, K: int) -> torch.Tensor:
-    """(M, K) bool: tap t of row i (which reads row i-K+1+t) stays inside row i's segment.
-
-    A row's position inside its segment says how many taps reach back without leaving it.
-    Kept out of ``torch.compile`` graphs (a graph break, then the mask enters the graph as an
-    input): with torch 2.13, Inductor's CPU code for this integer bookkeeping, recomputed in the
-    backward graph, corrupted the heap on more than one thread (``tests/ops/test_segments.py``).
-    """
-    _, pos = segment_positions(cu_seqlens, M)  # (M,)
-    reach = torch.arange(K - 1, -1, -1, device=pos.device)  # (K,)
-    return pos[:, None] >= reach[None, :]
-
-
-def segment_causal_conv_reference(x, weight, bias, group, cu_seqlens):
-    """The obvious version: ``F.conv1d`` on each segment alone (the segment's first row's
-    group). Slow, host-synchronising; for tests."""
+def segment_causal_conv_reference(x, weight, bias, group, cu_seqlens, initial_window=None):
+    """The obvious version: ``F.conv1d`` on each segment alone (its first row's group), after
+    its initial window (zeros without one). Slow, host-synchronising; for tests. Returns out
+    (M, C) and the final windows (S, K-1, C)."""
     out = torch.zeros(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
-    K = weight.shape[-1]
+    K, C = weight.shape[-1], x.shape[1]
     bounds = cu_seqlens.tolist()
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    finals = []
+    for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        window = x.new_zeros(K - 1, C) if initial_window is None else initial_window[s].to(x.dtype)
+        seq = torch.cat([window, x[lo:hi]])  # (K-1 + len, C)
+        finals.append(seq[seq.shape[0] - (K - 1):])
         if hi == lo:
             continue
         g = int(group[lo])
-        seq = F.pad(x[lo:hi].T.to(out.dtype), (K - 1, 0))[None]  # (1, C, K-1 + len)
         b = None if bias is None else bias[g].to(out.dtype)
-        out[lo:hi] = F.conv1d(seq, weight[g].to(out.dtype)[:, None, :], b, groups=x.shape[1])[0].T
-    return out
+        out[lo:hi] = F.conv1d(seq.T.to(out.dtype)[None], weight[g].to(out.dtype)[:, None, :], b, groups=C)[0].T
+    return out, torch.stack(finals)

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from mossnet.execution import tracing
+
 
 def _views_usable(x: torch.Tensor, idx: torch.Tensor) -> bool:
     """Eager CPU with few rows: read the chosen experts' weights in place (no gather copy).
     Under torch.compile / torch.export, or on an accelerator (where ``tolist`` would stall the
     device), the batched gather below is used instead."""
-    return (
-        x.device.type == "cpu"
-        and idx.numel() <= 64
-        and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-    )
+    return x.device.type == "cpu" and idx.numel() <= 64 and not tracing()
 
 
 def gathered_linear(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -1,24 +1,28 @@
 """One linear layer per expert, applied to rows already grouped by expert.
 
-Executions, all free of host synchronisation except the last:
+Implementations (``grouped_linear(..., impl=)``; the execution policy's ``expert_matmul``):
 
-* CUDA, bf16, Hopper or newer: ``torch._grouped_mm`` (one CUTLASS kernel for all experts).
-  Widths that are not multiples of 8 (the MoSSE projection has 2P + 2N + 1 outputs) are padded
-  with zero rows/columns, because the kernel needs 16-byte aligned strides.
-* CUDA otherwise (fp32, fp16, older GPUs) when the problem is small (decode steps), or inside a
-  CUDA-graph capture or ``torch.compile``: every expert on every row in one batched matmul, then
-  each row picks its own expert's result (E times the FLOPs, no host sync, fixed shapes).
-* Elsewhere (CPU; large non-bf16 problems on CUDA): one ``matmul`` per expert over its
-  contiguous slice, which reads the group sizes back to the host -- fine on the CPU, where
-  there is no device to stall.
+* ``"grouped_mm"``: ``torch._grouped_mm``, one CUTLASS kernel for all experts (CUDA, bf16,
+  Hopper or newer). Widths that are not multiples of 8 (the MoSSE projection has 2P + 2N + 1
+  outputs) are padded with zero rows/columns: the kernel needs 16-byte aligned strides.
+* ``"all_experts"``: every expert on every row in one batched matmul, then each row keeps its
+  own expert's result. E times the FLOPs, but no host read and shapes independent of the
+  routing: what CUDA-graph capture, ``torch.compile`` on CUDA and ``torch.export`` need.
+* ``"loop"``: one ``matmul`` per expert over its contiguous slice. Reads the group sizes back
+  to the host: fine on the CPU, where there is no device to stall.
+* ``"auto"``: ``grouped_mm`` where it exists; else ``all_experts`` when exporting, when a CUDA
+  graph is being captured or compiled, or for small CUDA problems (decode steps); else ``loop``.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Above this many elements of the (E, M, D_out) all-experts product, non-bf16 CUDA work takes
-# the per-expert loop (one host sync) instead of E times the FLOPs.
+from mossnet.errors import ConfigError
+from mossnet.execution import EXPERT_MATMULS, compiling, exporting, may_read_back
+
+# Above this many elements of the (E, M, D_out) all-experts product, "auto" sends non-bf16
+# CUDA work to the per-expert loop (one host read) instead of E times the FLOPs.
 _DENSE_LIMIT = 1 << 24
 
 
@@ -43,10 +47,21 @@ def _grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _must_not_sync(x: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling():
-        return True
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+def resolve_expert_matmul(impl: str, x: torch.Tensor, weight: torch.Tensor) -> str:
+    """Which implementation ``impl`` means for rows like ``x`` and weights like ``weight``."""
+    if impl not in EXPERT_MATMULS:
+        raise ConfigError(f"grouped_linear: unknown impl {impl!r}; expected one of {EXPERT_MATMULS}")
+    if impl == "grouped_mm" and not _grouped_mm_usable(x, weight):
+        raise ConfigError("grouped_linear: impl='grouped_mm' needs bf16 CUDA tensors on a Hopper (sm90) or newer GPU")
+    if impl != "auto":
+        return impl
+    if _grouped_mm_usable(x, weight):
+        return "grouped_mm"
+    if exporting():
+        return "all_experts"
+    if x.is_cuda and (not may_read_back(x) or x.shape[0] * weight.shape[0] * weight.shape[1] <= _DENSE_LIMIT):
+        return "all_experts"
+    return "loop"
 
 
 def _pad8(n: int) -> int:
@@ -61,7 +76,7 @@ def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) ->
         x = torch.nn.functional.pad(x, (0, pad_in))
     if pad_in or pad_out:
         weight = torch.nn.functional.pad(weight, (0, pad_in, 0, pad_out))
-    if not torch.compiler.is_compiling() and x.data_ptr() % 16:
+    if not compiling() and x.data_ptr() % 16:
         x = x.clone()
     out = torch._grouped_mm(x, weight.transpose(1, 2), offs=offsets)
     # Rows past the last offset are left unwritten by the kernel (whatever the memory held, NaN
@@ -74,19 +89,34 @@ def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) ->
 def _all_experts_then_pick(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     M, E = x.shape[0], weight.shape[0]
     rows = torch.arange(M, device=x.device)
-    expert_of_row = torch.searchsorted(offsets, rows.to(offsets.dtype), right=True)  # E past the end
+    # searchsorted(offsets, rows, right=True) as a comparison count (ONNX has no searchsorted).
+    expert_of_row = (rows[:, None] >= offsets.to(torch.int64)[None, :]).sum(1)  # E past the end
     every = torch.matmul(x, weight.transpose(1, 2))  # (E, M, D_out)
     out = every[expert_of_row.clamp(max=E - 1), rows]
     return out * (expert_of_row < E)[:, None].to(out.dtype)
 
 
-def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _loop(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    out = x.new_zeros(x.shape[0], weight.shape[1])
+    start = 0
+    for e, end in enumerate(offsets.tolist()):
+        if end > start:
+            out[start:end] = x[start:end] @ weight[e].T
+        start = end
+    return out
+
+
+_IMPLS = {"grouped_mm": _grouped_mm, "all_experts": _all_experts_then_pick, "loop": _loop}
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """Rows of group g are multiplied by ``weight[g].T``.
 
     Args:
         x: (M, D_in) rows sorted by expert.
         weight: (E, D_out, D_in), one ``nn.Linear``-style matrix per expert.
         offsets: (E,) int32 cumulative ends of each expert's rows.
+        impl: "auto" | "grouped_mm" | "all_experts" | "loop" (see the module docstring).
     Returns:
         (M, D_out); rows past ``offsets[-1]`` are zero.
 
@@ -101,18 +131,7 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
         x, weight = x.to(dtype), weight.to(dtype)
     elif weight.dtype != x.dtype:
         weight = weight.to(x.dtype)
-    if _grouped_mm_usable(x, weight):
-        return _grouped_mm(x, weight, offsets)
-    if x.is_cuda and (_must_not_sync(x) or x.shape[0] * weight.shape[0] * weight.shape[1] <= _DENSE_LIMIT):
-        return _all_experts_then_pick(x, weight, offsets)
-    out = x.new_zeros(x.shape[0], weight.shape[1])
-    ends = offsets.tolist()
-    start = 0
-    for e, end in enumerate(ends):
-        if end > start:
-            out[start:end] = x[start:end] @ weight[e].T
-        start = end
-    return out
+    return _IMPLS[resolve_expert_matmul(impl, x, weight)](x, weight, offsets)
 
 
 def grouped_linear_reference(x: torch.Tensor, weight: torch.Tensor, expert_of_row: torch.Tensor) -> torch.Tensor:

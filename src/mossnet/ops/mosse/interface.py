@@ -11,6 +11,8 @@ The executions themselves live beside it:
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -25,10 +27,12 @@ from .naive import compute_dtype_for, mosse_scan_reference, mosse_scan_reference
 @dataclass
 class FastPath:
     """A GPU execution of the scan. ``fn`` has the signature of :func:`mosse_scan` minus ``impl``
-    and must handle ``cu_seqlens`` itself; ``why_unavailable`` returns None when usable."""
+    and must handle ``cu_seqlens`` itself; ``why_unavailable`` returns None when usable;
+    ``accepts``: the keyword options (``fast_path_options``) that ``fn`` takes."""
 
     fn: Callable
     why_unavailable: Callable[[torch.Tensor], str | None]
+    accepts: frozenset = frozenset()
 
 
 _FAST_PATHS: dict[str, FastPath] = {}
@@ -38,7 +42,8 @@ DEFAULT_CHUNK_SIZE = 64
 
 def register_fast_path(name: str, fn: Callable, why_unavailable: Callable[[torch.Tensor], str | None]):
     """Make ``impl=name`` available and let ``impl="auto"`` pick it on CUDA tensors."""
-    _FAST_PATHS[name] = FastPath(fn, why_unavailable)
+    params = inspect.signature(fn).parameters
+    _FAST_PATHS[name] = FastPath(fn, why_unavailable, frozenset(params))
 
 
 def _warn_once(message: str) -> None:
@@ -118,19 +123,22 @@ def _check_shapes(x, dt, A, B, C, D, initial_state, cu_seqlens):
         )
 
 
-def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, T: int) -> None:
-    # Reads values back to the host: only done on the plain PyTorch paths, which sync anyway.
+def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, T: int) -> list[int]:
+    """The boundaries as a host list, after checking them. Reads values back to the host: only
+    the plain PyTorch paths outside a trace do this, and they need the lengths anyway."""
     bounds = cu_seqlens.tolist()
     if bounds[0] != 0 or bounds[-1] != T or any(b > a for a, b in zip(bounds[1:], bounds[:-1])):
         raise ValueError(f"mosse_scan: cu_seqlens must start at 0, be non-decreasing and end at T={T}, got {bounds}")
+    return bounds
 
 
 def unpack_varlen(t: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
-    """(1, total, ...) packed -> (n_seqs, max_len, ...) padded with zeros."""
+    """(1, total, ...) packed -> (n_seqs, max_len, ...) padded with zeros. Sequences longer
+    than ``max_len`` are cut (callers pass a true bound)."""
     starts, lens = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     pos = torch.arange(max_len, device=t.device)
     valid = pos[None, :] < lens[:, None]  # (n_seqs, max_len)
-    index = (starts[:, None] + pos[None, :]).clamp(max=t.shape[1] - 1)
+    index = (starts[:, None] + pos[None, :]).clamp(max=max(t.shape[1] - 1, 0))
     out = t[0][index]  # (n_seqs, max_len, ...)
     return out * valid.view(*valid.shape, *([1] * (out.dim() - 2))).to(out.dtype)
 
@@ -141,13 +149,36 @@ def pack_varlen(t: torch.Tensor, cu_seqlens: torch.Tensor, total: int) -> torch.
     return t[seq_of_token, pos_in_seq][None]
 
 
-def _chunked_varlen(x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens, chunk_size):
+def _chunked_varlen(x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens, chunk_size, max_seqlen=None):
+    """The chunked scan of a packed batch: each sequence padded to a common length.
+
+    With ``max_seqlen`` (a bound on every sequence's length, e.g. under ``torch.export``) no
+    value is read back and every sequence is padded to it. Without it the boundaries are read
+    to the host and only the non-empty sequences are scanned, padded to the longest one; an
+    empty sequence's final state is its initial state.
+    """
     total = x.shape[1]
-    max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    padded = [unpack_varlen(t, cu_seqlens, max_len) for t in (x, dt, B, C)]
-    # Padding positions carry dt = 0, so each final state is the state at its sequence's end.
-    y, final = mosse_scan_chunked(*padded[:2], A, *padded[2:], D, initial_state, output_final_state, chunk_size)
-    return pack_varlen(y, cu_seqlens, total), final
+    if max_seqlen is not None:
+        padded = [unpack_varlen(t, cu_seqlens, max_seqlen) for t in (x, dt, B, C)]
+        # Padding positions carry dt = 0, so each final state is the state at its sequence's end.
+        y, final = mosse_scan_chunked(*padded[:2], A, *padded[2:], D, initial_state, output_final_state, chunk_size)
+        return pack_varlen(y, cu_seqlens, total), final
+    bounds = _check_cu_seqlens_values(cu_seqlens, total)
+    lengths = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    kept = [i for i, n in enumerate(lengths) if n > 0]
+    if len(kept) == len(lengths) or not kept:
+        return _chunked_varlen(x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens, chunk_size,
+                               max(lengths, default=0))
+    keep = torch.tensor(kept, device=x.device)
+    sub_cu = torch.tensor([0, *itertools.accumulate(lengths[i] for i in kept)], device=x.device, dtype=torch.int64)
+    sub_init = None if initial_state is None else initial_state.index_select(0, keep)
+    y, sub_final = _chunked_varlen(x, dt, A, B, C, D, sub_init, output_final_state, sub_cu, chunk_size,
+                                   max(lengths))
+    if not output_final_state:
+        return y, None
+    E, N, P = sub_final.shape[1:]
+    final = sub_final.new_zeros(len(lengths), E, N, P) if initial_state is None else initial_state.to(sub_final.dtype)
+    return y, final.index_copy(0, keep, sub_final)
 
 
 def mosse_scan(
@@ -162,6 +193,8 @@ def mosse_scan(
     cu_seqlens: torch.Tensor | None = None,
     impl: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_seqlen: int | None = None,
+    fast_path_options: dict | None = None,
 ):
     """The MoSSE scan: E independent selective SSMs ("heads"), one per expert.
 
@@ -173,6 +206,13 @@ def mosse_scan(
         output_final_state: also return the final state(s).
         cu_seqlens: int32 (n_seqs + 1,) boundaries of a packed batch (batch must be 1).
         impl: "auto" | "reference" | "chunked" | a registered fast path (e.g. "triton").
+        chunk_size: chunk length of the "chunked" execution.
+        max_seqlen: with cu_seqlens, a bound on every sequence's length (FlashAttention's
+            convention). The plain PyTorch executions then read no value back to the host,
+            which ``torch.export`` and ``torch.compile`` need; the cost is padding every
+            sequence to this length.
+        fast_path_options: keyword settings for the fast path (e.g. an execution policy's
+            Triton options); each is passed only if the fast path's function takes it.
     Returns:
         ``(y, final_state)``: y (batch, T, E, P) in x's dtype; final_state (batch or n_seqs,
         E, N, P) in fp32 if asked, else None.
@@ -188,15 +228,18 @@ def mosse_scan(
     _check_shapes(x, dt, A, B, C, D, initial_state, cu_seqlens)
     which = resolve_impl(impl, x)
     if which in _FAST_PATHS:
-        return _FAST_PATHS[which].fn(
+        path = _FAST_PATHS[which]
+        options = {k: v for k, v in (fast_path_options or {}).items() if k in path.accepts}
+        return path.fn(
             x, dt, A, B, C, D=D, initial_state=initial_state,
-            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens, **options,
         )
     if cu_seqlens is not None:
-        _check_cu_seqlens_values(cu_seqlens, x.shape[1])
         if which == "reference":
+            _check_cu_seqlens_values(cu_seqlens, x.shape[1])
             return mosse_scan_reference_varlen(x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens)
-        return _chunked_varlen(x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens, chunk_size)
+        return _chunked_varlen(x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens, chunk_size,
+                               max_seqlen)
     if which == "reference":
         return mosse_scan_reference(x, dt, A, B, C, D, initial_state, output_final_state)
     return mosse_scan_chunked(x, dt, A, B, C, D, initial_state, output_final_state, chunk_size)

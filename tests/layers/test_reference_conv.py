@@ -1,5 +1,6 @@
-"""The routed short conv (spec section 2.4): along each expert's own subsequence of routed
-tokens, documents of a packed row kept apart, carried conv state for generation."""
+"""The dense routed short conv of the test-side reference layer (spec section 2.4): along each
+expert's own subsequence of routed tokens, documents of a packed row kept apart, carried conv
+state for generation; checked against a per-(row, expert) ``F.conv1d`` loop."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mossnet.ops.conv import routed_causal_conv, routed_causal_conv_reference
+from mosse_reference import routed_causal_conv, routed_causal_conv_reference
 
 
 def random_docs(batch, T, n_docs):

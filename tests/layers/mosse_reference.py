@@ -1,19 +1,24 @@
-"""The short conv of spec section 2.4, along the sequence *of each expert*.
+"""The MoSSE layer written the obvious, masked-dense way: the test-side reference that the
+production layer (``mossnet.layers.mosse.MoSSE``, compact varlen layout) is compared with, as
+flash-linear-attention keeps ``naive.py`` beside its kernels.
 
-With ``state_update="routed"`` expert e's conv sees only the tokens routed to e, in order, so
-its window at token t is "the last K tokens routed to e", not "the last K tokens". We compact
-each (row, expert) subsequence into the front of a buffer with a cumulative-sum rank (no sort,
-no host sync, fixed shapes), run an ordinary causal conv there, and gather the results back.
+Every expert runs over the whole (batch, T) grid. Its sequence (spec section 2.2) is a mask:
+``visit[b, t, e]`` = the token is valid and (routed mode) routed to e. The conv compacts each
+(row, expert) subsequence (:func:`routed_causal_conv`); the scan gets dt masked to 0 where
+the expert does not see the token, which leaves its state untouched (spec: masked-dense form).
+Packed documents reset both at document starts. Carried states enter at each row's first
+document and leave from its last.
 
-Documents packed into one row (``doc_id``) must not see each other: a conv tap is dropped
-when it reaches into another document. The carried ``conv_state`` (the last K-1 inputs each
-expert saw, for generation) belongs to the first document of the chunk.
+Shapes: E experts, P head dim, N state dim, K conv width, C = P + 2N.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from mossnet.layers.router import RouterReport
+from mossnet.ops.mosse import mosse_scan
 
 
 def routed_causal_conv(
@@ -114,3 +119,65 @@ def routed_causal_conv_reference(x, weight, bias, visit, doc_id=None, conv_state
             if last_doc in seq_of_doc:
                 new_state[b, e] = seq_of_doc[last_doc][seq_of_doc[last_doc].shape[0] - (K - 1):]
     return out, (new_state if output_final_state else None)
+
+
+def _rows_to_documents(layout, state):
+    """(batch, ...) -> (n_documents, ...): each row's state on its first document, zeros elsewhere."""
+    if state is None or layout.cu_seqlens is None:
+        return state
+    out = state.new_zeros(layout.cu_seqlens.numel() - 1, *state.shape[1:])
+    return out.index_copy(0, layout.first_segment, state)
+
+
+def _scan(layer, x, dt, A, B, C, layout, ssm_state, return_states, impl):
+    """The scan over (batch, T), or over the flattened batch cut at documents when packed."""
+    if layout.cu_seqlens is None:
+        return mosse_scan(x, dt, A, B, C, layer.D, ssm_state, return_states, impl=impl)
+    batch, T = x.shape[:2]
+    flat = lambda t: t.reshape(1, batch * T, *t.shape[2:])  # noqa: E731
+    y, final = mosse_scan(flat(x), flat(dt), A, flat(B), flat(C), layer.D, _rows_to_documents(layout, ssm_state),
+                          return_states, cu_seqlens=layout.cu_seqlens, impl=impl)
+    return y.view(batch, T, *y.shape[2:]), (None if final is None else final[layout.last_segment])
+
+
+def mosse_reference(layer, u, layout, conv_state=None, ssm_state=None, return_states=False, impl="reference"):
+    """The MoSSE forward of ``layer``'s parameters, masked-dense.
+
+    Args:
+        layer: a ``MoSSE``; u: (batch, T, d_model); layout: a ``SequenceLayout``.
+        conv_state (batch, E, K-1, C), ssm_state (batch, E, N, P): carried states or None.
+        impl: the scan execution ("reference": the loop over time).
+    Returns:
+        o (batch, T, d_model), y (batch, T, E, P) the scan output (+ D x; meaningful where the
+        expert sees the token), the router report (None with one expert), and the new
+        (conv, ssm) states or None.
+    """
+    batch, T, d_model = u.shape
+    E, P, N = layer.n_experts, layer.head_dim, layer.state_dim
+    n = batch * T
+    valid = torch.ones(n, dtype=torch.bool) if layout.valid is None else layout.valid.reshape(n)
+    routing = layer.route(u.reshape(n, d_model), None if layout.valid is None else valid)
+    chosen = torch.zeros(n, E, dtype=torch.bool).scatter(1, routing.top_idx, True)
+    visit = (chosen if layer.routed else torch.ones(n, E, dtype=torch.bool)) & valid[:, None]
+    visit = visit.view(batch, T, E)
+
+    proj = torch.einsum("btd,efd->btef", u, layer.in_proj.to(u.dtype))
+    z, xBC, dt_raw = proj.split([P, P + 2 * N, 1], dim=-1)
+    if layer.z_bias is not None:
+        z = z + layer.z_bias
+    xBC, new_conv = routed_causal_conv(xBC, layer.conv_weight, layer.conv_bias, visit, layout.doc_id,
+                                       conv_state, return_states)
+    x, B, C = F.silu(xBC).split([P, N, N], dim=-1)
+    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dt = F.softplus(dt_raw[..., 0].to(cdt) + layer.dt_bias.to(cdt)) * visit
+    A = -torch.exp(layer.A_log.to(cdt))
+    y, final = _scan(layer, x, dt, A, B, C, layout, ssm_state, return_states, impl)
+
+    gated = y.to(cdt) * F.silu(z.to(cdt))
+    normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + layer.eps) * layer.norm_weight.to(cdt)
+    gates = routing.dense_gates(E).view(batch, T, E, 1).to(cdt)
+    o = torch.einsum("btep,edp->btd", (normed * gates).to(u.dtype), layer.out_proj.to(u.dtype))
+    report = None
+    if layer.router is not None:
+        report = RouterReport.of(routing, (chosen & valid[:, None]).sum(0))
+    return o, y, report, ((new_conv, final) if return_states else None)

@@ -1,0 +1,93 @@
+"""The compact rows of a MoSSE forward, cut into segments: one per (expert, document).
+
+The MoSSE works on dispatched rows (:func:`~mossnet.ops.moe.dispatch_by_expert`): one row per
+(token, expert) pair that the expert processes, sorted by expert and, inside an expert, by
+flat token index. Documents are numbered in token order over the whole batch (one per batch
+row, or one per packed document), so the rows of expert e and document d are contiguous: a
+segment. Its rows are exactly the sequence of expert e in document d, in time order -- what
+expert e's conv and scan must see. Carried conv windows and SSM states enter per segment (the
+first document of each row continues from the cache; later documents start from zeros) and
+leave per segment (each row keeps its last document's).
+
+Padding rows (expert id E, dropped by the dispatch) sort last. They are cut into trailing
+segments of at most T rows, so that every segment is at most T rows long: a static bound that
+a scan may pad to when it cannot read the boundaries back (``torch.compile``, ``torch.export``).
+Their outputs are computed (fixed shapes) and never used.
+
+Everything is computed on the device with fixed shapes: no host synchronisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.moe import ExpertDispatch
+from .sequence_layout import SequenceLayout
+
+
+@dataclass
+class ExpertSegments:
+    """Segments of M dispatched rows.
+
+    Attributes:
+        segment: (M,) int64 segment of every row: ``e * n_documents + d`` for expert e and
+            document d, ``E * n_documents + j`` for the j-th block of T padding rows.
+        cu_seqlens: (S+1,) int32 boundaries of the S segments (many may be empty).
+        expert_of_segment: (S,) the expert of each segment (E-1 for padding segments, whose
+            outputs are discarded).
+        max_length: a bound on every segment's length (T).
+        n_experts, n_documents: E and the documents of the batch.
+        first_document, last_document: (batch,) each row's first and last document.
+    """
+
+    segment: torch.Tensor
+    cu_seqlens: torch.Tensor
+    expert_of_segment: torch.Tensor
+    max_length: int
+    n_experts: int
+    n_documents: int
+    first_document: torch.Tensor
+    last_document: torch.Tensor
+
+    @classmethod
+    def build(cls, rows: ExpertDispatch, layout: SequenceLayout, n_experts: int) -> "ExpertSegments":
+        """Segments of ``rows`` (dispatched tokens of ``layout``'s batch, sorted by expert)."""
+        E, T = n_experts, max(layout.length, 1)
+        device = rows.token.device
+        M = rows.token.numel()
+        n_docs = layout.n_documents
+        doc = layout.document_of_token(device).index_select(0, rows.token)
+        # Rows from offsets[-1] on are padding: the j-th block of T of them is one segment.
+        pad_block = (torch.arange(M, device=device) - rows.offsets[-1].long()).clamp(min=0) // T
+        segment = torch.where(rows.expert < E, rows.expert * n_docs + doc, E * n_docs + pad_block)
+        S = E * n_docs + M // T
+        # scatter_add_, not bincount (which reads its maximum back to the host).
+        sizes = torch.zeros(S, dtype=torch.long, device=device).scatter_add_(0, segment, torch.ones_like(segment))
+        cu = F.pad(torch.cumsum(sizes, 0), (1, 0)).to(torch.int32)
+        expert_of_segment = (torch.arange(S, device=device) // n_docs).clamp(max=E - 1)
+        return cls(segment, cu, expert_of_segment, T, E, n_docs,
+                   layout.first_document(device), layout.last_document(device))
+
+    def _row_slots(self, document: torch.Tensor) -> torch.Tensor:
+        """(batch, E) segment of (each row's ``document``, expert)."""
+        experts = torch.arange(self.n_experts, device=document.device)
+        return experts[None, :] * self.n_documents + document[:, None]
+
+    def scatter_states(self, state: torch.Tensor | None) -> torch.Tensor | None:
+        """(batch, E, ...) carried states -> (S, ...): each row's state on its first document's
+        segments, zeros elsewhere."""
+        if state is None:
+            return None
+        batch, E = state.shape[:2]
+        S = self.cu_seqlens.numel() - 1
+        slots = self._row_slots(self.first_document).reshape(batch * E)
+        return state.new_zeros(S, *state.shape[2:]).index_copy(0, slots, state.reshape(batch * E, *state.shape[2:]))
+
+    def gather_states(self, per_segment: torch.Tensor | None) -> torch.Tensor | None:
+        """(S, ...) final states -> (batch, E, ...): each row's last document's."""
+        if per_segment is None:
+            return None
+        return per_segment[self._row_slots(self.last_document)]

@@ -1,0 +1,105 @@
+"""``mossnet distill`` on the trainer: both stages run, only the right parameters train, resume is
+exact, and a data/teacher tokenizer mismatch is one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mossnet.cli.main import main
+
+_spec = importlib.util.spec_from_file_location("train_helpers", Path(__file__).parents[1] / "train" / "trainer_helpers.py")
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+COMMON = ["--seq-len", "32", "--batch-size", "4", "--no-progress", "--no-tensorboard", "--device", "cpu",
+          "sample_tokens=0", "plot=false", "num_threads=1", "eval_tokens=0", "eval_interval=0", "log_interval=1"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A prepared corpus, a tiny Llama teacher with the corpus' tokenizer, and a MossNet student
+    of the same width and depth with one expert per teacher head (random, not converted)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mossnet import MossNetConfig, MossNetForCausalLM
+
+    root = tmp_path_factory.mktemp("distill")
+    data = helpers.make_data_dir(root / "data")
+    tok = AutoTokenizer.from_pretrained(data / "tokenizer")
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    teacher.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    student = MossNetForCausalLM(MossNetConfig(vocab_size=len(tok), d_model=32, n_layers=2, ssm_experts=4,
+                                               ssm_top_k=4, state_update="all", ssm_head_dim=8, ssm_state_dim=8,
+                                               mlp_experts=1, mlp_top_k=1, mlp_hidden_dim=64))
+    student.save_pretrained(root / "student")
+    tok.save_pretrained(root / "student")
+    return root, data
+
+
+def _distill(root, data, out, stage, student, *extra, steps=3):
+    return main(["distill", "--teacher", str(root / "teacher"), "--student", str(student), "--data", str(data),
+                 "--out", str(out), "--stage", stage, "--max-steps", str(steps), *COMMON, *extra])
+
+
+def test_attention_stage_trains_only_the_mixers_and_logs_per_layer(setup, tmp_path):
+    root, data = setup
+    out = tmp_path / "att"
+    assert _distill(root, data, out, "attention", root / "student") == 0
+    before, after = load_file(str(root / "student" / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".mixer." in k for k in changed)
+    records = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    per_layer = [r["layer_rel_mse"] for r in records if r.get("split") == "train"]
+    assert per_layer and len(per_layer[0]) == 2
+    assert json.loads((out / "mossnet-run.json").read_text())["command"] == "distill"
+
+
+def test_logits_stage_lowers_kl_and_resumes_exactly(setup, tmp_path):
+    root, data = setup
+    # the first 2 steps are warm-up in both runs, so the schedule does not depend on --max-steps
+    straight = tmp_path / "straight"
+    assert _distill(root, data, straight, "logits", root / "student", "--warmup-steps", "2", steps=4) == 0
+    part = tmp_path / "part"
+    assert _distill(root, data, part, "logits", root / "student", "--warmup-steps", "2", steps=2) == 0
+    assert main(["distill", "--resume", str(part), "--max-steps", "4", "--no-progress"]) == 0
+    a = load_file(str(straight / "model" / "model.safetensors"))
+    b = load_file(str(part / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the teacher and stage came back from the checkpoint
+    saved = (part / "trainer" / "train_config.yaml").read_text()
+    assert "stage: logits" in saved and "teacher:" in saved
+
+
+def test_tokenizer_mismatch_is_one_line(setup, tmp_path, capsys):
+    root, _ = setup
+    other = helpers.make_data_dir(tmp_path / "other", vocab_size=300, n_docs=40)
+    code = _distill(root, other, tmp_path / "x", "logits", root / "student")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "teacher" in err and "tokenizer" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_synth_writes_a_prepared_corpus_with_the_generated_count(setup, tmp_path, capsys):
+    from mossnet.data import read_manifest, verify_corpus
+
+    root, data = setup
+    out = tmp_path / "synthetic"
+    code = main(["synth", "--teacher", str(root / "teacher"), "--prompts", str(data), "--out", str(out),
+                 "--tokens", "200", "--prompt-tokens", "8", "--continuation-tokens", "24", "--batch-size", "4",
+                 "--device", "cpu", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    manifest = read_manifest(out)
+    assert manifest["synthetic"]["generated_tokens"] >= 200
+    assert manifest["synthetic"]["documents"] >= 200 // 24
+    assert verify_corpus(out, progress=False)["files"] >= 1
+    assert "teacher tokens" in capsys.readouterr().out
+    # the corpus is in the teacher's tokenizer, so it distills from that teacher
+    assert _distill(root, out, tmp_path / "d", "logits", root / "student", steps=1) == 0

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "inference benchmarks (CPU decode/prefill against SmolLM2 and Mamba-2)"),
     "compare": ("compare", "equal-budget quality studies against Transformer and SSM baselines"),
     "export": ("export", "export prefill and decode step with torch.export / ONNX"),
+    "convert": ("convert", "turn a pretrained Llama model into a MossNet, one SSM expert per attention head"),
     "distill": ("distill", "distill a Transformer teacher into a MossNet student (attention, then logits)"),
     "synth": ("synth", "teacher-sampled continuations of real prompts, as a prepared corpus for distillation"),
 }

@@ -180,7 +180,7 @@ class MoSSE(nn.Module):
         if decode:
             if conv_state is None or ssm_state is None or u.shape[1] != 1:
                 raise ValueError(
-                    f"MoSSE decode takes one token per row (batch, 1, D) and both states; got u {tuple(u.shape)}"
+                    f"MoSSE decode takes one token per row (batch, 1, d_model) and both states; got u {tuple(u.shape)}"
                 )
             return self._decode_token(u[:, 0], conv_state, ssm_state, policy)[:, None], None, None
         batch, T, d_model = u.shape
@@ -250,7 +250,8 @@ class MoSSE(nn.Module):
         """(M, F) projections of the rows. When the rows hold every (token, expert) pair
         (``"all"``, or k = E) one dense matmul over all experts does the same FLOPs as the
         grouped one and its rows are picked afterwards: the (M, F) outputs are gathered
-        instead of the wider (M, d_model) inputs, and the backward needs no scatter-add."""
+        instead of the wider (M, d_model) inputs, and the backward adds no two rows into one
+        address."""
         E = self.n_experts
         w_in = self.in_proj if torch.is_autocast_enabled() else self.in_proj.to(flat.dtype)
         if self.routed and self.experts_per_token < E:

@@ -6,8 +6,8 @@ conv, scan, norm and their backward). On the VM hosts we measure on, each launch
 microseconds of CPU time, so the host, not the GPU, sets the pace: about 110 ms of GPU work in a
 160 ms step (BENCHMARKS.md). Replaying a graph issues all of them in one call.
 
-Why by hand: ``torch.compile(mode="reduce-overhead")`` would capture graphs for us, but the compact
-routed layout runs in eager mode only (``layers/mosse.py``), and
+Why by hand: ``torch.compile(mode="reduce-overhead")`` would capture graphs for us, but compiling
+the routed layer is checked on the CPU only (``tests/ops/test_segments.py``; not yet on a GPU), and
 ``torch.cuda.make_graphed_callables`` graphs forward and backward but not the optimizer step. What
 is left is PyTorch's documented "whole-network capture" recipe (``mossnet/cuda_graph.py``): a few
 eager steps on a side stream (lazy initialisation, Triton autotuning, optimizer state), one

@@ -9,7 +9,6 @@ its (normalised) weight, then a random window of that source.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 from mossnet.errors import DataError
 
+from .batches import TokenBatches
 from .token_store import check_token_ids
 
 
@@ -59,12 +59,13 @@ def parse_data_sources(spec: str) -> list[DataSource]:
     return [DataSource(p, w / total) for p, w in sources]
 
 
-class MixtureBatches:
+class MixtureBatches(TokenBatches):
     """Endless, deterministic, resumable batches drawn from several token arrays by weight.
 
-    Same interface and guarantees as ``TokenBatches`` (``batch``, ``__next__``, ``state_dict``,
-    ``load_state_dict``); ``sources`` are 1-D token arrays, ``weights`` their probabilities.
-    ``last_sources`` holds, after each batch, the source index of each of this rank's rows.
+    ``TokenBatches`` with another ``batch``: the iteration and the resumable position
+    (``__next__``, ``state_dict``, ``load_state_dict``) are inherited. ``sources`` are 1-D token
+    arrays, ``weights`` their probabilities. ``last_sources`` holds, after each batch, the source
+    index of each of this rank's rows.
     """
 
     def __init__(self, sources: list[np.ndarray], weights: list[float], batch_size: int, seq_len: int,
@@ -98,18 +99,3 @@ class MixtureBatches:
         self.last_sources = which[lo:hi]
         windows = torch.from_numpy(np.stack(rows))
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.batch(self.step)
-        self.step += 1
-        return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.step = int(state["step"])
-        self.seed = int(state["seed"])

@@ -233,7 +233,7 @@ def _verify_corpus(data_dir: Path, split: str, manifest: dict[str, Any], *, prog
     if verify_corpus is not None:
         summary = verify_corpus(data_dir, [split], progress=progress)
         if args is not None:  # a corpus too large to hash at start is hashed shard by shard on first read
-            args.open_verify = summary["open_verify"]
+            args.open_verify = summary.get("open_verify", False)
         return str(summary["message"])
     started = time.perf_counter()
     mossnet.data.verify_checksum(data_dir, split)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 ACCEPTS_OVERRIDES = True  # KEY=VALUE words anywhere on the command line (cli/main.py collects them)

@@ -80,13 +80,15 @@ _STATE_FIELDS = {"step": int, "tokens_seen": int, "elapsed_s": (int, float), "wo
                  "grad_accum": int, "batch_size": int, "seq_len": int, "checksums": dict}
 
 
-def read_trainer_state(run: str | Path, verify: bool = True) -> dict[str, Any]:
+def read_trainer_state(run: str | Path, verify: bool = True, recover: bool = True) -> dict[str, Any]:
     """Read and check ``RUN/trainer/state.json``; with ``verify``, compare every checksum of the
-    trainer files and of the model directory."""
+    trainer files and of the model directory. ``recover`` first finishes or removes an
+    interrupted save (one process of a run does it: see ``Trainer``)."""
     run = Path(run)
     if not run.is_dir():
         raise CheckpointError(f"checkpoint directory {run} does not exist")
-    atomic.recover(run)
+    if recover:
+        atomic.recover(run)
     if is_legacy_checkpoint(run):
         raise CheckpointError(f"{run} is a checkpoint of an older MossNet layout (model files beside "
                               "trainer_state/); it cannot be resumed by this version: start a new run from its "

@@ -93,7 +93,13 @@ class Trainer:
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls outside autocast
         self.resume_dir = Path(cfg.resume) if cfg.resume else None
-        resume_state = ckpt.read_trainer_state(self.resume_dir) if self.resume_dir else None
+        resume_state = None
+        if self.resume_dir:  # rank 0 repairs an interrupted save before the others read
+            if info.is_main:
+                resume_state = ckpt.read_trainer_state(self.resume_dir)
+            info.barrier()
+            if not info.is_main:
+                resume_state = ckpt.read_trainer_state(self.resume_dir, recover=False)
         if info.is_main:
             ckpt.claim_run_dir(cfg, resume_state)
         self.check_cuda_graph()

@@ -75,3 +75,27 @@ def test_two_processes_equal_gradient_accumulation(data_dir, tmp_path, mode):
     state = json.loads((multi / "trainer" / "state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == STEPS
     assert {"rank0.json", "rank1.json"} <= {p.name for p in (multi / "trainer").iterdir()}
+
+
+def test_two_processes_resume_a_checkpoint_left_mid_save(data_dir, tmp_path):
+    """Under DDP, rank 0 finishes an interrupted save before rank 1 reads the checkpoint: a
+    complete save folder left by a crash is rolled forward, and both ranks resume from it."""
+    import shutil
+
+    from mossnet.rundir import atomic
+
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(_free_port()), "-m", "mossnet.cli.main"]
+    _run([*launcher, *_args(data_dir, out)])
+    # as if a save had crashed after marking its folder complete, before any rename
+    tmp = out / atomic.TMP
+    tmp.mkdir()
+    (tmp / atomic.SAVE_MARK).write_text("{}")
+    shutil.copytree(out / "model", tmp / "model")
+    shutil.copytree(out / "trainer", tmp / "trainer")
+    (tmp / atomic.COMPLETE).write_text("model trainer\n")
+    launcher[launcher.index("--master_port") + 1] = str(_free_port())
+    _run([*launcher, "train", "--resume", str(out), "--max-steps", str(STEPS + 1), "--no-progress", "--device", "cpu"])
+    assert not tmp.exists()
+    assert json.loads((out / "trainer" / "state.json").read_text())["step"] == STEPS + 1

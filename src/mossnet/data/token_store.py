@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mossnet.data.errors import ChecksumError, ManifestError, TokenIdError
+from mossnet.rundir.integrity import sha256
 
 FORMAT = "mossnet-tokens-v2"
 FORMAT_V1 = "mossnet-tokens-v1"
@@ -47,7 +48,6 @@ DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB
 MANIFEST_KEYS = ("format", "tokenizer", "vocab_size", "eos_id", "dtype", "splits")
 SPLIT_TOTALS = ("tokens", "bytes", "documents")
 DTYPES = ("uint16", "uint32")
-_HASH_BLOCK = 1 << 22  # 4 MiB: read files for hashing in blocks, never whole
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -343,22 +343,13 @@ def check_shard_size(data_dir: Path, shard: dict, dtype: np.dtype) -> None:
         )
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        while block := file.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_shard(data_dir: str | Path, shard: dict) -> str:
     """Check one shard file against its recorded SHA-256; return the digest or raise
     :class:`ChecksumError` naming the file and both digests."""
     path = Path(data_dir) / shard["file"]
     if not path.is_file():
         raise ManifestError(f"{path} is missing; prepare the data again")
-    actual = file_sha256(path)
+    actual = sha256(path)
     if actual != shard["sha256"]:
         raise ChecksumError(
             f"{path} is corrupt: its SHA-256 is {actual}, the manifest says {shard['sha256']}; "

@@ -19,10 +19,12 @@ CHECKSUMS = "SHA256SUMS"
 _RECORDED_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".py")
 
 
-def sha256(path: Path) -> str:
+def sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 4 MiB blocks (never whole): model weights, trainer
+    files and token shards are all hashed here."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
 

@@ -11,6 +11,13 @@ This module imports nothing heavy: the CLI and ``mossnet --help`` load it withou
 from __future__ import annotations
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty): what a one-line
+    error keeps of a library's multi-line message."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 class MossNetError(Exception):
     """Base of every error meant for the person at the terminal. ``exit_code`` is what the
     CLI returns."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mossnet.errors import CheckpointError, ConfigError, MissingExtraError, OptionError
+from mossnet.errors import CheckpointError, ConfigError, MissingExtraError, OptionError, first_line
 
 STATE_UPDATES = ("all", "routed")
 
@@ -69,7 +69,7 @@ def load_teacher_config(source: TeacherSource):
     try:
         return AutoConfig.from_pretrained(source.directory, **source.kwargs())
     except Exception as err:  # transformers raises many types for an unreadable config
-        raise CheckpointError(f"cannot read the teacher's config from {source}: {_first_line(err)}") from None
+        raise CheckpointError(f"cannot read the teacher's config from {source}: {first_line(err)}") from None
 
 
 def load_teacher(source: TeacherSource):
@@ -80,9 +80,9 @@ def load_teacher(source: TeacherSource):
     try:
         model = AutoModelForCausalLM.from_pretrained(source.directory, dtype=torch.float32, **source.kwargs())
     except ImportError as err:
-        raise CheckpointError(f"cannot load the teacher {source}: {_first_line(err)}") from None
+        raise CheckpointError(f"cannot load the teacher {source}: {first_line(err)}") from None
     except Exception as err:
-        raise CheckpointError(f"cannot load the teacher {source}: {_first_line(err)}") from None
+        raise CheckpointError(f"cannot load the teacher {source}: {first_line(err)}") from None
     return model.eval()
 
 
@@ -93,7 +93,7 @@ def load_teacher_tokenizer(source: TeacherSource):
     try:
         return AutoTokenizer.from_pretrained(source.directory, **source.kwargs())
     except Exception as err:
-        raise CheckpointError(f"the teacher {source} has no usable tokenizer ({_first_line(err)}); the converted "
+        raise CheckpointError(f"the teacher {source} has no usable tokenizer ({first_line(err)}); the converted "
                               "model keeps the teacher's tokenizer, so one is needed") from None
 
 
@@ -215,7 +215,3 @@ def map_attention_heads(attn, mixer, n_heads: int, n_kv_heads: int, d_h: int) ->
 def _refuse(message: str):
     raise ConfigError(f"cannot convert: {message}")
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

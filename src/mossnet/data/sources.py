@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from mossnet.data.errors import InputError, MissingDataPackageError
+from mossnet.errors import first_line
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
@@ -328,7 +329,7 @@ class DocumentReader:
         try:
             file = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as err:
-            raise InputError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
+            raise InputError(f"{path}: not a readable Parquet file ({first_line(err)})") from None
         schema = file.schema_arrow
         _check_column(path, schema.names, self.text_field, "columns")
         column_type = schema.field(self.text_field).type
@@ -352,7 +353,7 @@ class DocumentReader:
         try:
             loaded = datasets.load_from_disk(str(path))
         except Exception as err:  # datasets raises several types for a damaged folder
-            raise InputError(f"{path}: not a readable saved dataset ({_first_line(err)})") from None
+            raise InputError(f"{path}: not a readable saved dataset ({first_line(err)})") from None
         parts = [(name, loaded[name]) for name in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) \
             else [("", loaded)]
         rows = max(sum(len(part) for _, part in parts), 1)
@@ -414,7 +415,3 @@ def _import_pyarrow():
         raise MissingDataPackageError("a Parquet input", "pyarrow", "pip install pyarrow") from None
     return pa, pq
 
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__

@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerFast
 
 from mossnet.data.corpora import package_dir
 from mossnet.data.errors import DataError
+from mossnet.errors import first_line
 
 EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_DIRNAME = "tokenizer"
@@ -128,7 +129,7 @@ def tokenizer_from_path(path: str | Path) -> PreTrainedTokenizerFast:
             try:
                 backend = Tokenizer.from_file(str(path))
             except Exception as err:  # the Rust parser's own message says what is wrong
-                raise DataError(f"--tokenizer {path} is not a tokenizers JSON file: {_first_line(err)}") from None
+                raise DataError(f"--tokenizer {path} is not a tokenizers JSON file: {first_line(err)}") from None
             return PreTrainedTokenizerFast(tokenizer_object=backend)
         raise DataError(f"--tokenizer {path} is not a tokenizer file (expected a tokenizer.json or a .gguf file)")
     folder = _tokenizer_folder(path)
@@ -145,7 +146,7 @@ def tokenizer_from_path(path: str | Path) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:
-        raise DataError(f"--tokenizer {folder}: cannot load the tokenizer: {_first_line(err)}") from None
+        raise DataError(f"--tokenizer {folder}: cannot load the tokenizer: {first_line(err)}") from None
     return _checked_fast(tokenizer, folder)
 
 
@@ -177,7 +178,7 @@ def _from_gguf(path: Path):
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as err:
         raise DataError(f"--tokenizer {path}: cannot read a tokenizer from this GGUF file: "
-                        f"{_first_line(err)}") from None
+                        f"{first_line(err)}") from None
 
 
 def _checked_fast(tokenizer, where: Path):
@@ -186,10 +187,6 @@ def _checked_fast(tokenizer, where: Path):
                         f"{type(tokenizer).__name__} is not one; save it with a tokenizer.json")
     return tokenizer
 
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def separator_token(tokenizer, eos_token: str | None = None) -> tuple[str, int]:

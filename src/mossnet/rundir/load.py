@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mossnet.errors import CheckpointError
+from mossnet.errors import CheckpointError, first_line
 
 from .integrity import check_finite, check_tokenizer_fits, verify_model_dir
 from .layout import resolve_model_dir
@@ -42,7 +42,7 @@ def load_model(path: str | os.PathLike, *, dtype=None, device=None, verify: bool
     except (CheckpointError, KeyboardInterrupt):
         raise
     except Exception as err:
-        raise CheckpointError(f"cannot load the model in {model_dir}: {_first_line(err)}") from None
+        raise CheckpointError(f"cannot load the model in {model_dir}: {first_line(err)}") from None
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         detail = "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:4]}" for k, v in problems.items())
@@ -70,7 +70,7 @@ def load_tokenizer(model_dir_or_path: str | os.PathLike, *, model=None, gguf_fil
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
     except Exception as err:
-        raise CheckpointError(f"cannot load a tokenizer from {path}: {_first_line(err)}") from None
+        raise CheckpointError(f"cannot load a tokenizer from {path}: {first_line(err)}") from None
     if model is not None:
         check_tokenizer_fits(tokenizer, int(model.config.vocab_size), str(path))
     return tokenizer
@@ -80,7 +80,3 @@ def _has_tokenizer(path: Path) -> bool:
     return any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
                                                      "tokenizer.model"))
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from mossnet.distill.teacher import check_data_tokenizer, load_teacher
     from mossnet.train.config import config_yaml
     from mossnet.train.loop import train
-    from mossnet.train.model_setup import check_device
+    from mossnet.runtime import resolve_device
 
     cfg = train_cli.resolve_config(args)
     given = {"teacher": args.teacher, "stage": args.stage, "train": args.train_params,
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_yaml(cfg), end="")
         return 0
-    check_device(cfg.device)
+    resolve_device(cfg.device)
     teacher, tokenizer = load_teacher(settings["teacher"], cfg.device)
     check_data_tokenizer(tokenizer, cfg.data, settings["teacher"])
     objective = make_objective(teacher, settings["stage"], settings["ce_weight"], settings["temperature"])

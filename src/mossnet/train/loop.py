@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from mossnet.errors import ConfigError, DeviceError, MossNetError
 from mossnet.rundir import LOGS, MODEL, write_marker
+from mossnet.runtime import resolve_device
 
 from . import checkpoint as ckpt
 from . import distributed, end_of_run
@@ -39,7 +40,7 @@ from .baselines import describe
 from .checkpoint import Checkpointer, RunState, SaveFailed  # noqa: F401  (SaveFailed: part of the API)
 from .config import TrainConfig
 from .metrics import MetricsLogger
-from .model_setup import check_device, make_model, wrap_model
+from .model_setup import make_model, wrap_model
 from .optim import build_optimizer, group_param_names, lr_at, set_lr
 from .precision import autocast_factory
 from .router_monitor import RouterMonitor
@@ -69,7 +70,7 @@ class TrainResult:
 def train(cfg: TrainConfig, loss_fn: LossFn = lm_loss, trainable: Callable[[str], bool] | None = None) -> TrainResult:
     """Train as ``cfg`` says. ``loss_fn``: the loss of one micro-batch (``step.LossFn``; a
     distillation loss, say). ``trainable(name)``: which parameters train (default: all)."""
-    check_device(cfg.device)
+    resolve_device(cfg.device)  # one line for a device this machine does not have, before any work
     info, device = distributed.setup(cfg.device, cfg.fsdp)
     try:
         with StopSignals(announce=info.is_main) as signals:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from mossnet.errors import CheckpointError, ConfigError, DeviceError
+from mossnet.errors import CheckpointError, ConfigError
 
 from . import checkpoint as ckpt
 from . import distributed
@@ -21,22 +21,6 @@ MODEL_TYPES = {"mossnet": "mossnet", "llama": "llama", "mamba2": "mamba2"}
 # Model-config fields an --init-from run may change: they keep every tensor's shape.
 SHAPE_KEEPING = ("ssm_top_k", "state_update", "router_renormalize", "router_aux_loss_coef", "router_z_loss_coef",
                  "scan_impl", "chunk_size")
-
-
-def check_device(device: str) -> None:
-    """Refuse a device this machine does not have, in one line, before any work starts."""
-    try:
-        dev = torch.device("cpu" if device == "auto" else device)
-    except (RuntimeError, ValueError):
-        raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceError(f"--device {device}: {why} (use --device cpu, or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    elif dev.type != "cpu":
-        raise DeviceError(f"--device {device}: training runs on cpu or cuda")
 
 
 def build_model(cfg: TrainConfig, config) -> nn.Module:

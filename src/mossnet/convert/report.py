@@ -76,10 +76,11 @@ def capture_teacher(teacher, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 def mixer_outputs(student, layer_inputs: list[torch.Tensor], attention_mask: torch.Tensor | None = None,
-                  layers: list[int] | None = None) -> list[torch.Tensor]:
+                  layers: list[int] | None = None, reports: list | None = None) -> list[torch.Tensor]:
     """The student's mixer output on the teacher's layer inputs: for each layer l (all, or
     ``layers``), ``mixer_l(mixer_norm_l(layer_inputs[l]))``, (batch, T, D) fp32. Gradients flow
-    into the student's parameters (wrap in ``torch.no_grad()`` to measure only)."""
+    into the student's parameters (wrap in ``torch.no_grad()`` to measure only). Each layer's
+    router report is appended to ``reports`` when a list is given (distillation's aux loss)."""
     blocks = student.model.layers
     chosen = range(len(blocks)) if layers is None else layers
     outputs = []
@@ -87,7 +88,10 @@ def mixer_outputs(student, layer_inputs: list[torch.Tensor], attention_mask: tor
         h = layer_inputs[i]
         layout = SequenceLayout.build(h.shape[0], h.shape[1], attention_mask)
         block = blocks[i]
-        outputs.append(block.mixer(block.mixer_norm(h), layout)[0].float())
+        mixed, report, _ = block.mixer(block.mixer_norm(h), layout)
+        outputs.append(mixed.float())
+        if reports is not None:
+            reports.append(report)
     return outputs
 
 

@@ -1,9 +1,9 @@
 """The distillation losses: attention transfer per layer, and KL on the logits.
 
 Both are ``LossFn`` objects: ``loss(student, input_ids, labels) -> LossParts``. The teacher runs
-under ``no_grad`` in eval mode on the same micro-batch. Its per-layer attention inputs and
-outputs are captured with forward hooks on each ``self_attn`` module, so any Llama-family model
-of transformers works, dense or quantised-then-dequantised (GGUF).
+under ``no_grad`` in eval mode on the same micro-batch. The attention stage reads the teacher's
+per-layer inputs and attention outputs with ``mossnet.convert.report.capture_teacher`` (forward
+hooks), so any Llama-family model of transformers works, dense or dequantised from GGUF.
 """
 
 from __future__ import annotations
@@ -25,59 +25,35 @@ def _inner(model: nn.Module) -> nn.Module:
     return getattr(model, "module", None) or getattr(model, "_orig_mod", None) or model
 
 
-def _layers(model: nn.Module):
-    return _inner(model).model.layers
-
-
-class _TeacherTaps:
-    """Forward hooks that keep, per teacher layer, the attention's input hidden states (after
-    the input norm) and its output (after ``o_proj``), for one forward pass."""
-
-    def __init__(self, teacher: nn.Module):
-        self.inputs: list[torch.Tensor | None] = []
-        self.outputs: list[torch.Tensor | None] = []
-        self.handles = []
-        for i, layer in enumerate(_layers(teacher)):
-            self.inputs.append(None)
-            self.outputs.append(None)
-            self.handles.append(layer.self_attn.register_forward_hook(self._hook(i), with_kwargs=True))
-
-    def _hook(self, i: int):
-        def hook(module, args, kwargs, output):
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            self.inputs[i] = hidden.detach()
-            self.outputs[i] = (output[0] if isinstance(output, tuple) else output).detach()
-        return hook
-
-
 class AttentionTransfer:
-    """Stage ``attention``: sum over layers of MSE(student mixer(teacher's attention input),
-    teacher's attention output), each layer's MSE divided by the mean square of its target so
-    that layers of different scales weigh alike. ``window_metrics()`` returns the per-layer
-    relative errors averaged since the last call (the trainer logs them)."""
+    """Stage ``attention``: each student layer's mixer, fed the teacher's residual stream entering
+    that layer through the student's own (copied, frozen) ``mixer_norm``, regresses the
+    teacher's attention output (``mossnet.convert.report`` captures both and runs the mixers).
+    The loss is the sum over layers of the squared relative error (MSE divided by the target's
+    mean square, so layers of different scales weigh alike), plus the routers' aux and z losses.
+    ``window_metrics()`` returns the per-layer values averaged since the last call (the trainer
+    logs them)."""
 
     def __init__(self, teacher: nn.Module):
         self.teacher = teacher.eval()
-        self.taps = _TeacherTaps(teacher)
         self._sums: torch.Tensor | None = None
         self._count = 0
 
     def __call__(self, student: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> LossParts:
-        with torch.no_grad():
-            self.teacher(input_ids=input_ids)
-        losses, aux, load = [], [], {}
-        config = _inner(student).config
-        for i, (layer, u, target) in enumerate(zip(_layers(student), self.taps.inputs, self.taps.outputs)):
-            mixed, report, _ = layer.mixer(u.float())
-            target = target.float()
-            losses.append(F.mse_loss(mixed.float(), target) / target.pow(2).mean().clamp_min(1e-12))
-            if report is not None:  # routed students keep their routers balanced, as in training
-                aux.append(config.router_aux_loss_coef * report.aux + config.router_z_loss_coef * report.z)
-                load[f"layers.{i}.mixer"] = report.load
-        per_layer = torch.stack(losses)
+        from mossnet.convert.report import capture_teacher, mixer_outputs
+
+        student = _inner(student)
+        acts = capture_teacher(self.teacher, input_ids)
+        reports: list = []
+        outputs = mixer_outputs(student, acts.inputs, reports=reports)
+        per_layer = torch.stack([F.mse_loss(out, target) / target.pow(2).mean().clamp_min(1e-12)
+                                 for out, target in zip(outputs, acts.attention)])
+        config = student.config
+        aux = [config.router_aux_loss_coef * r.aux + config.router_z_loss_coef * r.z for r in reports if r is not None]
+        load = {f"layers.{i}.mixer": r.load for i, r in enumerate(reports) if r is not None}
         self._sums = per_layer.detach() if self._sums is None else self._sums + per_layer.detach()
         self._count += 1
-        aux_loss = torch.stack(aux).mean() if aux else None
+        aux_loss = torch.stack(aux).mean() if aux else None  # routed students keep their routers balanced
         loss = per_layer.sum() + (aux_loss if aux_loss is not None else 0.0)
         return LossParts(loss, per_layer.mean(), aux_loss, load)
 

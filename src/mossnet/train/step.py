@@ -15,6 +15,8 @@ teacher plugs in here and reuses the whole trainer (checkpoints, resume, logging
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple, Protocol
@@ -63,11 +65,15 @@ def lm_and_aux_loss(out, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def _takes_router_stats(model: nn.Module) -> bool:
-    import inspect
-
     inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or model
+    return _forward_takes_router_stats(type(inner))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_router_stats(model_class: type) -> bool:
+    """Looked up once per model class: this runs for every micro-batch."""
     try:
-        return "output_router_stats" in inspect.signature(inner.forward).parameters
+        return "output_router_stats" in inspect.signature(model_class.forward).parameters
     except (TypeError, ValueError):
         return False
 

@@ -2,6 +2,7 @@
 
     mossnet eval DIR --perplexity --data DATA_DIR [--split val] [--seq-len 1024] [--stride 512]
     mossnet eval DIR --tasks hellaswag,piqa,arc_easy,arc_challenge,winogrande,lambada [--limit N]
+    mossnet eval DIR --requests FILE.jsonl.gz     # the same tasks, frozen to a file; needs no lm-eval
 
 Both can run in one call. Results are printed and written to a JSON file (``--output``, default
 ``DIR/eval_results.json``, or ``RUN/logs/eval_results.json`` for a run directory). Benchmarks run
@@ -34,12 +35,17 @@ RESULTS_NAME = "eval_results.json"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="DIR",
                         help="run directory, its model/ folder, or any Hugging Face causal LM folder")
-    what = parser.add_argument_group("what to evaluate (one or both)")
+    what = parser.add_argument_group("what to evaluate (one or more)")
     what.add_argument("--perplexity", action="store_true", help="perplexity and bits-per-byte on --data")
     what.add_argument(
         "--tasks", default=None,
         help="comma-separated lm-eval tasks, e.g. hellaswag,piqa,arc_easy,arc_challenge,winogrande,lambada "
         "('default' = those six); standard names run on offline copies of their data",
+    )
+    what.add_argument(
+        "--requests", default=None, metavar="FILE",
+        help="score benchmark requests frozen by `python -m mossnet.eval.request_file` (lm-eval's prompts and "
+        "metrics, without lm-eval or the task data)",
     )
 
     ppl = parser.add_argument_group("perplexity")
@@ -96,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     report: dict[str, Any] = {"checkpoint": str(args.checkpoint)}
     model = tokenizer = None
-    if args.perplexity or args.backend == "mossnet":
+    if args.perplexity or args.requests or args.backend == "mossnet":
         from mossnet.eval.loading import load_causal_lm
 
         model, tokenizer = load_causal_lm(
             args.checkpoint, device=device, dtype=args.dtype, gguf_file=args.gguf_file, verify=not args.no_verify,
-            need_tokenizer=bool(task_names) and args.backend == "mossnet")
+            need_tokenizer=bool(args.requests) or (bool(task_names) and args.backend == "mossnet"))
     elif not args.gguf_file:
         from mossnet.rundir.integrity import verify_model_dir
 
@@ -111,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         report["perplexity"] = _run_perplexity(model, tokenizer, manifest, model_dir, args)
     if task_names:
         report["lm_eval"] = _run_tasks(model, tokenizer, task_names, model_dir, device, args)
+    if args.requests:
+        report["requests"] = _run_requests(model, tokenizer, args)
 
     _write_atomically(output, json.dumps(report, indent=2, default=_jsonable) + "\n")
     print(f"results written to {output}")
@@ -121,8 +129,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if not args.perplexity and not args.tasks:
-        raise OptionError("nothing to do; pass --perplexity --data DATA_DIR and/or --tasks LIST")
+    if not args.perplexity and not args.tasks and not args.requests:
+        raise OptionError("nothing to do; pass --perplexity --data DATA_DIR, --tasks LIST and/or --requests FILE")
+    if args.requests:
+        from mossnet.eval.request_file import read_request_file
+
+        read_request_file(args.requests)  # a missing or damaged file is refused before the model loads
     if args.perplexity and not args.data:
         raise OptionError("--perplexity needs --data DATA_DIR (a prepared corpus)")
     if args.seq_len and args.stride and args.stride > args.seq_len:
@@ -369,6 +381,19 @@ def _run_tasks(model: Any, tokenizer: Any, names: list[str], model_dir: Path, de
     results["mossnet"]["seconds"] = round(time.perf_counter() - started, 1)
     print(format_results(results))
     return results
+
+
+def _run_requests(model: Any, tokenizer: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from mossnet.eval.request_file import score_request_file
+
+    started = time.perf_counter()
+    result = score_request_file(model, tokenizer, args.requests, batch_size=args.batch_size,
+                                progress=not args.no_progress)
+    result["file"], result["seconds"] = str(args.requests), round(time.perf_counter() - started, 1)
+    for task, metrics in result["tasks"].items():
+        values = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name != "documents")
+        print(f"{task}: {values} ({metrics['documents']} documents)")
+    return result
 
 
 # ----------------------------------------------------------------------------- the results file

@@ -32,7 +32,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -50,6 +49,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the eval
     ) from err
 
 from .loading import load_causal_lm, resolve_device
+from .loglikelihood import pad_token_id, prefix_token_id, score_token_requests
 
 log = logging.getLogger(__name__)
 
@@ -58,59 +58,12 @@ DEFAULT_BATCH_SIZE = 8
 
 
 # ----------------------------------------------------------------------------------------------
-# Scoring: the one place where the model runs for log-likelihoods.
-
-
-@torch.inference_mode()
-def score_continuations(
-    model: torch.nn.Module,
-    sequences: Sequence[Sequence[int]],
-    n_scored: Sequence[int],
-    pad_id: int = 0,
-) -> list[tuple[float, bool]]:
-    """Log-probability of the last ``n_scored[i]`` tokens of each sequence, in one forward pass.
-
-    Args:
-        sequences: token ids; sequence i is ``prefix + scored`` with ``len(scored) = n_scored[i]``
-            and a non-empty prefix (the model predicts token t from tokens < t).
-        n_scored: how many trailing tokens of each sequence to score.
-        pad_id: id used for right padding (its value never affects the scores).
-
-    Returns:
-        for each sequence ``(sum of log p(token) over the scored tokens, all scored tokens are the
-        argmax prediction)``; log-softmax in float32 whatever the model's dtype.
-    """
-    device = next(model.parameters()).device
-    lengths = [len(s) - 1 for s in sequences]  # model inputs drop the last token
-    width = max(lengths)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : lengths[row]] = torch.as_tensor(seq[:-1], dtype=torch.long)
-        attention_mask[row, : lengths[row]] = 1
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-
-    results = []
-    for row, (seq, n) in enumerate(zip(sequences, n_scored, strict=True)):
-        if not 0 < n <= lengths[row]:
-            raise ValueError(f"cannot score {n} tokens of a {len(seq)}-token sequence")
-        # logits at input position p predict token p + 1: the scored tokens seq[-n:] are
-        # predicted at positions lengths[row] - n ... lengths[row] - 1.
-        log_probs = F.log_softmax(logits[row, lengths[row] - n : lengths[row]].float(), dim=-1)  # (n, vocab)
-        targets = torch.as_tensor(seq[-n:], dtype=torch.long, device=log_probs.device)
-        total = log_probs.gather(-1, targets[:, None]).sum().item()
-        greedy = bool((log_probs.argmax(dim=-1) == targets).all())
-        results.append((total, greedy))
-    return results
+# Generation helpers.
 
 
 def _batches(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-# ----------------------------------------------------------------------------------------------
-# Generation helpers.
 
 
 class _StopOnStrings(StoppingCriteria):
@@ -210,9 +163,7 @@ class MossNetLM(TemplateLM):
         self._max_length = int(max_length) if max_length else None
         self.max_gen_toks = int(max_gen_toks)
         self.add_bos_token = _parse_bool(add_bos_token)
-        self.pad_id = next(
-            (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
-        )
+        self.pad_id = pad_token_id(tokenizer)
 
     @staticmethod
     def _parse_batch_size(batch_size: int | str) -> int:
@@ -230,8 +181,7 @@ class MossNetLM(TemplateLM):
     @property
     def prefix_token_id(self) -> int:
         """Token that conditions an empty context: BOS if the tokenizer has one, else EOS."""
-        bos = self.tokenizer.bos_token_id
-        return bos if bos is not None else self.tokenizer.eos_token_id
+        return prefix_token_id(self.tokenizer)
 
     @property
     def max_length(self) -> int:
@@ -274,34 +224,19 @@ class MossNetLM(TemplateLM):
         disable_tqdm: bool = False,
         **kwargs: Any,
     ) -> list[tuple[float, bool]]:
-        """Score ``(cache_key, context_ids, continuation_ids)`` requests, batched.
+        """Score ``(cache_key, context_ids, continuation_ids)`` requests, batched
+        (:func:`mossnet.eval.loglikelihood.score_token_requests`)."""
 
-        Sequences longer than ``max_length + 1`` lose tokens from the left of the context.
-        """
-        sequences, n_scored = [], []
-        for _, context, continuation in requests:
-            if not continuation or len(continuation) > self.max_length:
-                raise ValueError(f"continuation of {len(continuation)} tokens cannot be scored "
-                                 f"with max_length={self.max_length}")
-            sequences.append((context + continuation)[-(self.max_length + 1) :])
-            n_scored.append(len(continuation))
+        def cache(index: int, score: tuple[float, bool]) -> None:
+            if requests[index][0] is not None:
+                self.cache_hook.add_partial("loglikelihood", requests[index][0], score)
 
-        # Longest first: each batch holds similar lengths (little padding), and a memory error
-        # shows up in the first batch rather than after an hour.
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        results: list[tuple[float, bool] | None] = [None] * len(sequences)
-        with tqdm(total=len(order), disable=disable_tqdm, desc="loglikelihood requests") as bar:
-            for batch in _batches(order, self.batch_size):
-                scores = score_continuations(
-                    self.model, [sequences[i] for i in batch], [n_scored[i] for i in batch], self.pad_id
-                )
-                for i, score in zip(batch, scores, strict=True):
-                    results[i] = score
-                    key = requests[i][0]
-                    if key is not None:
-                        self.cache_hook.add_partial("loglikelihood", key, score)
-                bar.update(len(batch))
-        return results  # type: ignore[return-value]
+        with tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood requests") as bar:
+            return score_token_requests(
+                self.model, [(context, continuation) for _, context, continuation in requests],
+                batch_size=self.batch_size, max_length=self.max_length, pad_id=self.pad_id,
+                progress=bar, on_result=cache,
+            )
 
     def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[float]:
         """Total log-likelihood of each text, scored in disjoint windows of ``max_length`` tokens.

@@ -118,6 +118,15 @@ run_arm() {
 }
 
 pids=()
+teacher_eval() {
+  step teacher-eval "${STUDY[@]}" evaluate --model "$TEACHER" --name teacher --out "$WORK/results/teacher.json" \
+    --data "$REAL" --requests "$REQUESTS" --requests-check "$REQUESTS_CHECK" --passkey "$PASSKEY" --device "$DEVICE" \
+    --passkey-trials "$PASSKEY_TRIALS"
+}
+if [ "$CONCURRENT" = 1 ]; then  # the teacher's evaluation shares the GPU with the arms' training
+  teacher_eval > "$WORK/logs/teacher.log" 2>&1 &
+  pids+=($!)
+fi
 for arm in $ARMS; do
   if [ "$CONCURRENT" = 1 ]; then
     run_arm "$arm" > "$WORK/logs/$arm.log" 2>&1 &
@@ -129,9 +138,6 @@ done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 [ "$status" = 0 ] || { echo "an arm failed: see $WORK/logs/*.log" >&2; tail -n 30 "$WORK"/logs/*.log >&2; exit 1; }
-
-step teacher-eval "${STUDY[@]}" evaluate --model "$TEACHER" --name teacher --out "$WORK/results/teacher.json" \
-  --data "$REAL" --requests "$REQUESTS" --requests-check "$REQUESTS_CHECK" --passkey "$PASSKEY" --device "$DEVICE" \
-  --passkey-trials "$PASSKEY_TRIALS"
+[ "$CONCURRENT" = 1 ] || teacher_eval
 "${STUDY[@]}" summarize --work "$WORK" --out "$WORK/study.json"
 echo "== all done ($(date -u +%H:%M:%S)): $WORK/study.json"

@@ -52,6 +52,7 @@ LlamaForCausalLM(c).save_pretrained('$STAGE/randteacher')"
     while [ $SECONDS -lt $end ] && ! grep -q "all done\|failed\|Error" /root/study.log; do sleep 10; done
     grep "^==" /root/study.log; cat $WORK/timings.tsv 2>/dev/null
     for f in $WORK/logs/*.log; do echo "--- $f"; grep -v "^\s*$" "$f" | tail -n 6; done
+    python3 scripts/smollm2_study.py summarize --work $WORK --out $WORK/study.json >/dev/null 2>&1
     mkdir -p "$OUT"; cp $WORK/study.json $WORK/timings.tsv "$OUT"/ 2>/dev/null
     cp /root/study.log "$OUT"/ 2>/dev/null; true ;;
   *) echo "usage: $0 stage DIR | dryrun | launch | wait [SECONDS]" >&2; exit 2 ;;

@@ -62,7 +62,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from mossnet import MossNetConfig, MossNetForCausalLM  # noqa: E402
 from mossnet.execution import ExecutionPolicy  # noqa: E402
 from mossnet.models.mossnet.cuda_graph_decode import reset_graph_decoders  # noqa: E402
-from mossnet.models.mossnet.parameter_count import count_parameters, recurrent_state_bytes_per_layer  # noqa: E402
+from mossnet.models.parameter_count import parameter_counts, state_bytes_per_layer  # noqa: E402
 from mossnet.ops.mosse import resolve_impl  # noqa: E402
 from mossnet.cuda_graph import capture  # noqa: E402
 from mossnet.train.cuda_graph_step import CapturedTrainStep, autocast_for_capture  # noqa: E402
@@ -147,14 +147,6 @@ def is_mossnet(model) -> bool:
 # ---------------------------------------------------------------------------- accounting
 
 
-def param_counts(model) -> dict:
-    if is_mossnet(model):
-        return count_parameters(model)
-    total = sum(p.numel() for p in model.parameters())
-    emb = model.config.vocab_size * model.config.hidden_size
-    return {"total": total, "active": total, "embedding": emb}
-
-
 def mixing_flops_per_token(model, seq_len: int) -> float:
     """Forward FLOPs per token of the sequence mixing that 6N does not count."""
     c = model.config
@@ -170,11 +162,8 @@ def state_bytes(model, context: int, batch: int = 1) -> int:
     """Bytes a sequence carries while decoding: MossNet's recurrent state (fp32, constant) or
     Llama's KV cache (in the weights' dtype: bf16 on the GPU) at ``context`` tokens."""
     c = model.config
-    if is_mossnet(model):
-        return recurrent_state_bytes_per_layer(c) * c.n_layers * batch
-    head = c.hidden_size // c.num_attention_heads
-    kv_bytes = model.lm_head.weight.element_size()
-    return 2 * c.num_hidden_layers * c.num_key_value_heads * head * context * batch * kv_bytes
+    element = 4 if is_mossnet(model) else model.lm_head.weight.element_size()
+    return state_bytes_per_layer(c, context, element) * c.num_hidden_layers * batch
 
 
 # ---------------------------------------------------------------------------- timing
@@ -295,7 +284,7 @@ def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
     model = build(name.removesuffix("-graph"), tiny, device).train()
     if scan_impl is not None and is_mossnet(model):
         model.execution_policy = model.execution_policy.replace(scan_impl=scan_impl)
-    counts = param_counts(model)
+    counts = parameter_counts(model)
     B, T = sz["train_batch"], sz["train_len"]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
     ids = randint(model.config.vocab_size, (B, T), device)
@@ -333,7 +322,7 @@ def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
         "step_ms": seconds / sz["train_steps"] * 1e3, "tokens_per_s": tokens_per_s,
         "flops_per_token": flops_per_token, "mfu": flops_per_token * tokens_per_s / matmul_rate,
         "peak_mem_gb": peak(device) / 2**30,
-        "state_bytes_per_layer": (recurrent_state_bytes_per_layer(model.config) if is_mossnet(model) else None),
+        "state_bytes_per_layer": (state_bytes_per_layer(model.config) if is_mossnet(model) else None),
         "scan_impl": (scan_impl or resolve_impl("auto", ids.float())) if is_mossnet(model) else None,
         "execution_policy": model.execution_policy.as_dict() if is_mossnet(model) else None,
         "cuda_graph": graphed,

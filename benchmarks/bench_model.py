@@ -710,8 +710,9 @@ def main(argv=None) -> dict:
 
 
 def run_isolated(job: str, args, rate: float, deadline: float, timeout: float) -> tuple[str, list]:
-    import subprocess
     import tempfile
+
+    from mossnet import isolated_jobs
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "job.json"
@@ -721,12 +722,11 @@ def run_isolated(job: str, args, rate: float, deadline: float, timeout: float) -
             cmd.append("--tiny")
         section = job.split(":")[0].split("-")[0]
         failed = {"model": job, "batch": "-", "path": "-", "context": None, "state_bytes": 0}
-        try:
-            proc = subprocess.run(cmd, timeout=timeout)
-        except subprocess.TimeoutExpired:
+        job = isolated_jobs.run_job(cmd, timeout=timeout, capture=False)  # its progress lines go to this terminal
+        if job.timeout is not None:
             return section, [{**failed, "error": f"job timed out after {timeout:.0f} s"}]
-        if proc.returncode != 0 or not out.exists():
-            return section, [{**failed, "error": f"job process exited with {proc.returncode}"}]
+        if job.returncode != 0 or not out.exists():
+            return section, [{**failed, "error": f"job process exited with {job.returncode}"}]
         data = json.loads(out.read_text())
         return data["section"], data["rows"]
 

@@ -43,7 +43,6 @@ import datetime
 import gc
 import inspect
 import json
-import platform
 import statistics
 import sys
 import time
@@ -56,7 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from mossnet import MossNetConfig, MossNetForCausalLM  # noqa: E402
@@ -65,7 +63,9 @@ from mossnet.models.mossnet.cuda_graph_decode import reset_graph_decoders  # noq
 from mossnet.models.parameter_count import parameter_counts, state_bytes_per_layer  # noqa: E402
 from mossnet.ops.mosse import resolve_impl  # noqa: E402
 from mossnet.cuda_graph import capture  # noqa: E402
-from mossnet.train.cuda_graph_step import CapturedTrainStep, autocast_for_capture  # noqa: E402
+from mossnet.runtime import (autocast_factory, autocast_for_capture, machine_info, resolve_device,  # noqa: E402
+                             resolve_dtype)
+from mossnet.train.cuda_graph_step import CapturedTrainStep  # noqa: E402
 
 # ---------------------------------------------------------------------------- sizes
 
@@ -215,10 +215,9 @@ def peak(device) -> int:
 
 
 def autocast(device):
-    """bf16 autocast on CUDA; plain fp32 on the CPU (the smoke test: bf16 is slow there)."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    """The trainer's ``auto`` autocast (``mossnet.runtime``): bf16 on CUDA, none on the CPU (the
+    smoke test: bf16 is slow there)."""
+    return autocast_factory(device, "auto")()
 
 
 def to_inference(model):
@@ -248,7 +247,7 @@ def randint(vocab, shape, device, seed=0):
 
 
 def bench_matmul(device, n: int, clock: Clock) -> float:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", device)  # bf16 on CUDA, fp32 on the CPU
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = clock.median(lambda: a @ b, iters=10 if device.type == "cuda" else 2, warmup=2)
@@ -676,7 +675,7 @@ def jobs_for(args, device) -> list[str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models and shapes (CPU smoke test)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=str(resolve_device("auto")))
     ap.add_argument("--out", default=None, help="JSON results path")
     ap.add_argument("--sections", default="train,prefill,decode,memory,profile,extras")
     ap.add_argument("--train-models", default="mossnet-base,mossnet-base-graph,mossnet-converted,mossnet-small,"
@@ -737,10 +736,11 @@ def run(args, argv) -> dict:
     device = torch.device(args.device)
     sz = sizes(args.tiny)
     clock = Clock(device)
+    machine = machine_info(device)
     results: dict = {"env": {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "device": machine["gpu"] if device.type == "cuda" else machine["cpu"],
+        "torch": machine["torch"], "transformers": machine["transformers"], "python": machine["python"],
         "tiny": args.tiny, "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }, "train_shape": f"{sz['train_batch']} x {sz['train_len']}", "prompt_len": sz["prompt_len"]}
     try:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from mossnet.errors import ConfigError, DeviceError, MossNetError
 from mossnet.models.parameter_count import parameter_counts
 from mossnet.rundir import LOGS, MODEL, write_marker
-from mossnet.runtime import resolve_device
+from mossnet.runtime import autocast_factory, resolve_device
 
 from . import checkpoint as ckpt
 from . import distributed, end_of_run
@@ -42,7 +42,6 @@ from .config import TrainConfig
 from .metrics import MetricsLogger
 from .model_setup import make_model, wrap_model
 from .optim import build_optimizer, group_param_names, lr_at, set_lr
-from .precision import autocast_factory
 from .router_monitor import RouterMonitor
 from .signals import StopSignals
 from .step import EagerStep, GraphStep, LossFn, StepStats, lm_loss

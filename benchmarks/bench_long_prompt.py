@@ -22,11 +22,8 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-
-RESULT_PREFIX = "RESULT "
 
 
 def positive_int(text: str) -> int:
@@ -120,17 +117,14 @@ def worker_command(args, preset: str, length: int) -> list[str]:
 
 def run_worker(args, preset: str, length: int) -> dict:
     """One measurement in a fresh process; an ``error`` row if it failed."""
+    from mossnet.isolated_jobs import read_results, run_job
+
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    try:
-        done = subprocess.run(worker_command(args, preset, length), capture_output=True, text=True,
-                              env=env, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"preset": preset, "length": length, "error": f"timeout after {args.timeout}s"}
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    tail = " | ".join((done.stderr or "").strip().splitlines()[-3:])
-    return {"preset": preset, "length": length, "error": f"exit {done.returncode}: {tail}"}
+    job = run_job(worker_command(args, preset, length), env=env, timeout=args.timeout)
+    rows = read_results(job.stdout)
+    if rows:
+        return rows[0]
+    return {"preset": preset, "length": length, "error": job.failure() or "exit 0 without a result"}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -151,7 +145,9 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        print(RESULT_PREFIX + json.dumps(measure(args)), flush=True)
+        from mossnet.isolated_jobs import emit_result
+
+        emit_result(measure(args))
         return 0
     rows = []
     for preset in [p for p in args.presets.split(",") if p]:

@@ -43,7 +43,6 @@ import datetime
 import gc
 import inspect
 import json
-import platform
 import statistics
 import sys
 import time
@@ -56,16 +55,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from mossnet import MossNetConfig, MossNetForCausalLM  # noqa: E402
 from mossnet.execution import ExecutionPolicy  # noqa: E402
 from mossnet.models.mossnet.cuda_graph_decode import reset_graph_decoders  # noqa: E402
-from mossnet.models.mossnet.parameter_count import count_parameters, recurrent_state_bytes_per_layer  # noqa: E402
+from mossnet.models.parameter_count import parameter_counts, state_bytes_per_layer  # noqa: E402
 from mossnet.ops.mosse import resolve_impl  # noqa: E402
 from mossnet.cuda_graph import capture  # noqa: E402
-from mossnet.train.cuda_graph_step import CapturedTrainStep, autocast_for_capture  # noqa: E402
+from mossnet.runtime import (autocast_factory, autocast_for_capture, machine_info, resolve_device,  # noqa: E402
+                             resolve_dtype)
+from mossnet.train.cuda_graph_step import CapturedTrainStep  # noqa: E402
 
 # ---------------------------------------------------------------------------- sizes
 
@@ -147,14 +147,6 @@ def is_mossnet(model) -> bool:
 # ---------------------------------------------------------------------------- accounting
 
 
-def param_counts(model) -> dict:
-    if is_mossnet(model):
-        return count_parameters(model)
-    total = sum(p.numel() for p in model.parameters())
-    emb = model.config.vocab_size * model.config.hidden_size
-    return {"total": total, "active": total, "embedding": emb}
-
-
 def mixing_flops_per_token(model, seq_len: int) -> float:
     """Forward FLOPs per token of the sequence mixing that 6N does not count."""
     c = model.config
@@ -170,11 +162,8 @@ def state_bytes(model, context: int, batch: int = 1) -> int:
     """Bytes a sequence carries while decoding: MossNet's recurrent state (fp32, constant) or
     Llama's KV cache (in the weights' dtype: bf16 on the GPU) at ``context`` tokens."""
     c = model.config
-    if is_mossnet(model):
-        return recurrent_state_bytes_per_layer(c) * c.n_layers * batch
-    head = c.hidden_size // c.num_attention_heads
-    kv_bytes = model.lm_head.weight.element_size()
-    return 2 * c.num_hidden_layers * c.num_key_value_heads * head * context * batch * kv_bytes
+    element = 4 if is_mossnet(model) else model.lm_head.weight.element_size()
+    return state_bytes_per_layer(c, context, element) * c.num_hidden_layers * batch
 
 
 # ---------------------------------------------------------------------------- timing
@@ -226,10 +215,9 @@ def peak(device) -> int:
 
 
 def autocast(device):
-    """bf16 autocast on CUDA; plain fp32 on the CPU (the smoke test: bf16 is slow there)."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    """The trainer's ``auto`` autocast (``mossnet.runtime``): bf16 on CUDA, none on the CPU (the
+    smoke test: bf16 is slow there)."""
+    return autocast_factory(device, "auto")()
 
 
 def to_inference(model):
@@ -259,7 +247,7 @@ def randint(vocab, shape, device, seed=0):
 
 
 def bench_matmul(device, n: int, clock: Clock) -> float:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", device)  # bf16 on CUDA, fp32 on the CPU
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = clock.median(lambda: a @ b, iters=10 if device.type == "cuda" else 2, warmup=2)
@@ -295,7 +283,7 @@ def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
     model = build(name.removesuffix("-graph"), tiny, device).train()
     if scan_impl is not None and is_mossnet(model):
         model.execution_policy = model.execution_policy.replace(scan_impl=scan_impl)
-    counts = param_counts(model)
+    counts = parameter_counts(model)
     B, T = sz["train_batch"], sz["train_len"]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
     ids = randint(model.config.vocab_size, (B, T), device)
@@ -333,7 +321,7 @@ def _bench_train(name, tiny, device, sz, clock, matmul_rate, scan_impl) -> dict:
         "step_ms": seconds / sz["train_steps"] * 1e3, "tokens_per_s": tokens_per_s,
         "flops_per_token": flops_per_token, "mfu": flops_per_token * tokens_per_s / matmul_rate,
         "peak_mem_gb": peak(device) / 2**30,
-        "state_bytes_per_layer": (recurrent_state_bytes_per_layer(model.config) if is_mossnet(model) else None),
+        "state_bytes_per_layer": (state_bytes_per_layer(model.config) if is_mossnet(model) else None),
         "scan_impl": (scan_impl or resolve_impl("auto", ids.float())) if is_mossnet(model) else None,
         "execution_policy": model.execution_policy.as_dict() if is_mossnet(model) else None,
         "cuda_graph": graphed,
@@ -687,7 +675,7 @@ def jobs_for(args, device) -> list[str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models and shapes (CPU smoke test)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=str(resolve_device("auto")))
     ap.add_argument("--out", default=None, help="JSON results path")
     ap.add_argument("--sections", default="train,prefill,decode,memory,profile,extras")
     ap.add_argument("--train-models", default="mossnet-base,mossnet-base-graph,mossnet-converted,mossnet-small,"
@@ -721,8 +709,9 @@ def main(argv=None) -> dict:
 
 
 def run_isolated(job: str, args, rate: float, deadline: float, timeout: float) -> tuple[str, list]:
-    import subprocess
     import tempfile
+
+    from mossnet import isolated_jobs
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "job.json"
@@ -732,12 +721,11 @@ def run_isolated(job: str, args, rate: float, deadline: float, timeout: float) -
             cmd.append("--tiny")
         section = job.split(":")[0].split("-")[0]
         failed = {"model": job, "batch": "-", "path": "-", "context": None, "state_bytes": 0}
-        try:
-            proc = subprocess.run(cmd, timeout=timeout)
-        except subprocess.TimeoutExpired:
+        job = isolated_jobs.run_job(cmd, timeout=timeout, capture=False)  # its progress lines go to this terminal
+        if job.timeout is not None:
             return section, [{**failed, "error": f"job timed out after {timeout:.0f} s"}]
-        if proc.returncode != 0 or not out.exists():
-            return section, [{**failed, "error": f"job process exited with {proc.returncode}"}]
+        if job.returncode != 0 or not out.exists():
+            return section, [{**failed, "error": f"job process exited with {job.returncode}"}]
         data = json.loads(out.read_text())
         return data["section"], data["rows"]
 
@@ -748,10 +736,11 @@ def run(args, argv) -> dict:
     device = torch.device(args.device)
     sz = sizes(args.tiny)
     clock = Clock(device)
+    machine = machine_info(device)
     results: dict = {"env": {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "device": machine["gpu"] if device.type == "cuda" else machine["cpu"],
+        "torch": machine["torch"], "transformers": machine["transformers"], "python": machine["python"],
         "tiny": args.tiny, "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }, "train_shape": f"{sz['train_batch']} x {sz['train_len']}", "prompt_len": sz["prompt_len"]}
     try:

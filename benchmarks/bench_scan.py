@@ -131,13 +131,12 @@ print("PROBE " + json.dumps(out))
 
 def specialize_probe():
     """y error of the Triton path with Triton's default integer specialisation, in a subprocess."""
-    import subprocess
+    from mossnet.isolated_jobs import run_job
 
     env = dict(os.environ, MOSSNET_TRITON_SPECIALIZE="1", MOSSNET_TRITON_AUTOTUNE="0")
     env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        r = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired:
+    r = run_job([sys.executable, "-c", _PROBE], env=env, timeout=240)
+    if r.timeout is not None:
         return "timeout"
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("PROBE ")]
     if r.returncode != 0 or not lines:

@@ -1,15 +1,17 @@
-"""``mossnet.runtime``: device strings and dtype names, and a one-line DeviceError for every device
-this machine cannot provide (the CUDA cases are simulated, so they run on any machine)."""
+"""``mossnet.runtime``: device strings and dtype names, a one-line DeviceError for every device
+this machine cannot provide (the CUDA cases are simulated, so they run on any machine), the
+autocast rule and the machine description."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import pytest
 import torch
 
 from mossnet import runtime
-from mossnet.errors import DeviceError, OptionError
+from mossnet.errors import ConfigError, DeviceError, OptionError
 
 
 @pytest.mark.parametrize("text, want", [("auto", "auto"), ("CPU", "cpu"), (" cuda ", "cuda"), ("cuda:3", "cuda:3")])
@@ -83,3 +85,46 @@ def test_resolve_dtype():
     assert runtime.resolve_dtype("bf16") is torch.bfloat16
     assert runtime.resolve_dtype("float16", "cuda") is torch.float16
     assert runtime.resolve_dtype(torch.float64) is torch.float64
+
+
+def test_autocast_fp32_on_cpu_unless_bf16_is_asked_for():
+    cpu = torch.device("cpu")
+    assert not runtime.uses_bf16(cpu, "auto") and not runtime.uses_bf16(cpu, "fp32") and runtime.uses_bf16(cpu, "bf16")
+    assert runtime.autocast_factory(cpu, "auto") is contextlib.nullcontext
+    with runtime.autocast_factory(cpu, "bf16")():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.is_autocast_cache_enabled()
+
+
+def test_autocast_auto_is_bf16_on_a_cuda_card_that_has_it(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert runtime.uses_bf16(cuda, "auto") and not runtime.uses_bf16(cuda, "fp32")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert not runtime.uses_bf16(cuda, "auto") and runtime.uses_bf16(cuda, "bf16")
+
+
+def test_the_captured_form_has_no_cast_cache():
+    with runtime.autocast_factory(torch.device("cpu"), "bf16", capture=True)():
+        assert torch.is_autocast_enabled("cpu") and not torch.is_autocast_cache_enabled()
+    with runtime.autocast_for_capture("cpu", None):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_the_training_dtypes_are_the_autocast_vocabulary():
+    from mossnet.train.config import DTYPES, TrainConfig
+
+    assert DTYPES == runtime.AUTOCAST_DTYPES
+    assert set(runtime.AUTOCAST_DTYPES) - {"auto"} <= set(runtime.DTYPE_ALIASES)  # both vocabularies spell them alike
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        TrainConfig(dtype="fp16").validate()
+
+
+def test_machine_info_names_this_machine():
+    import platform
+
+    info = runtime.machine_info(torch.device("cpu"))
+    assert info["python"] == platform.python_version() and info["torch"] == torch.__version__
+    assert info["cpu"] and info["cpu_count"] >= 1
+    assert info["gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    assert info["memory_gb"] is None or info["memory_gb"] > 0

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mossnet.cli.main import main
-from mossnet.data import prepare as prepare_module
+from mossnet.data import corpus_dir
 from mossnet.data.shards import ShardWriter
 from mossnet.data.token_store import read_manifest
 from mossnet.data.verify import verify_corpus
@@ -198,7 +198,7 @@ def test_a_crash_inside_the_commit_leaves_no_manifest_and_the_next_run_recovers(
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(prepare_module, "write_manifest", disk_full)
+    monkeypatch.setattr(corpus_dir, "write_manifest", disk_full)
     args = ["prepare-data", "--input", str(source), "--out", str(out), "--tokenizer", str(smol_tokenizer_dir),
             "--force", "--no-progress", "--workers", "1"]
     assert main(args) == 1
@@ -212,6 +212,17 @@ def test_a_crash_inside_the_commit_leaves_no_manifest_and_the_next_run_recovers(
     assert sorted(p.name for p in out.iterdir()) == sorted(names | {"manifest.json", "tokenizer", "user_notes.txt"})
     assert (out / "user_notes.txt").read_text() == "mine"
     verify_corpus(out, progress=False)
+
+
+def test_a_staging_folder_of_someone_else_is_refused_and_kept(prepared_once, capsys, smol_tokenizer_dir):
+    out, source = prepared_once
+    (out / corpus_dir.STAGING).mkdir()  # a folder of that name without the mark is not ours
+    (out / corpus_dir.STAGING / "x").write_text("someone's")
+    before = _snapshot(out)
+    assert main(["prepare-data", "--input", str(source), "--out", str(out), "--tokenizer", str(smol_tokenizer_dir),
+                 "--force", "--no-progress", "--workers", "1"]) == 2
+    assert "was not written by mossnet prepare-data: move it away" in capsys.readouterr().err
+    assert _snapshot(out) == before
 
 
 def test_force_replaces_a_larger_corpus_and_removes_its_extra_shards(prepared_once, tmp_path, smol_tokenizer_dir):

@@ -10,6 +10,7 @@ import time
 
 from mossnet.bench.memory import peak_rss_mb, reset_peak_rss, rss_mb
 from mossnet.bench.runners import Runner, build_runner
+from mossnet.models.parameter_count import total_parameters
 
 WARMUP_TOKENS = 16  # prompt length of the warm-up prefill
 WARMUP_STEPS = 3  # decode steps after it
@@ -25,10 +26,6 @@ def decode_stats(times_ms: list[float]) -> dict:
 def n_decode_tokens(ctx: int, args) -> int:
     """Decode steps timed after a prompt of ``ctx`` tokens (fewer for long prompts)."""
     return args.long_decode_tokens if ctx >= args.long_from else args.decode_tokens
-
-
-def _n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _setup(threads: int) -> None:
@@ -92,7 +89,7 @@ def measure(name: str, contexts: list[int], args, emit=None) -> list[dict]:
     with torch.inference_mode():
         warmup_s = _warm_up(runner, ids_all)
         for ctx in sorted(contexts):
-            head = {"model": name, "context": ctx, "threads": args.threads, "params": _n_params(runner.model),
+            head = {"model": name, "context": ctx, "threads": args.threads, "params": total_parameters(runner.model),
                     "load_s": round(load_s, 1), "warmup_s": round(warmup_s, 2)}
             row = {**head, **time_prompt(runner, ids_all[:, :ctx], n_decode_tokens(ctx, args))}
             rows.append(row)

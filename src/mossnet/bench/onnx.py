@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
-from mossnet.bench.isolated import read_results, worker_command
+from mossnet.bench.isolated import worker_command
 from mossnet.bench.measure import decode_stats
 from mossnet.bench.memory import peak_rss_mb, rss_mb
 from mossnet.bench.report import machine_info, print_row, write_json
+from mossnet.isolated_jobs import read_results, run_job
 
 VARIANTS = ("fp32", "int8")
 WARMUP_STEPS = 3
@@ -121,10 +121,9 @@ def _run_variant(variant: str, args) -> list[dict]:
                          "--eval-n", str(args.eval_n), "--json-dir", args.json_dir)
     if args.eval_tokens:
         cmd += ["--eval-tokens", args.eval_tokens]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                          env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
-    error = {"model": f"onnx-{variant}", "error": (proc.stderr or "").strip().splitlines()[-1:]}
-    rows = read_results(proc.stdout) or [error]
+    job = run_job(cmd, timeout=args.timeout, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+    error = {"model": f"onnx-{variant}", "error": job.failure() or "exit 0 without a result"}
+    rows = read_results(job.stdout) or [error]
     print_row(rows[-1])
     return rows
 

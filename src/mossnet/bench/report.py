@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import sys
 
 
@@ -15,28 +14,15 @@ def print_row(row: dict) -> None:
 
 
 def machine_info(args) -> dict:
-    import torch
+    """The machine (``mossnet.runtime.machine_info``), the date, the threads and the command."""
+    from mossnet.runtime import machine_info as describe_machine
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    import transformers
-
+    machine = describe_machine()
     return {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "threads": args.threads,
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "cpu": machine["cpu"], "cores": machine["cpu_count"], "memory_gb": machine["memory_gb"],
+        "threads": args.threads, "python": machine["python"], "torch": machine["torch"],
+        "transformers": machine["transformers"],
         "command": "mossnet bench --device cpu " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
     }
 

@@ -14,12 +14,12 @@ import argparse
 import os
 import sys
 
-from mossnet.bench.isolated import emit_result
 from mossnet.bench.measure import measure
 from mossnet.bench.onnx import measure_onnx, run_onnx_comparison
 from mossnet.bench.runners import MODELS, OPTIONAL_MODELS
 from mossnet.bench.suite import run_suite
 from mossnet.cli.argtypes import int_list, nonnegative_int, positive_int
+from mossnet.isolated_jobs import emit_result
 
 DEFAULT_CONTEXTS = (128, 512, 2048, 8192)
 

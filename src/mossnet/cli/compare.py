@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from mossnet.cli.argtypes import fraction, nonnegative_int, positive_float, positive_int
-from mossnet.runtime import device_name
+from mossnet.runtime import AUTOCAST_DTYPES, device_name
 
 STUDIES = ("lm", "mqar", "ablations")
 
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs in parallel (default: 1 on a GPU, one per CPU core otherwise)")
     parser.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads per run (default: cores / jobs)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--dtype", default="auto", choices=AUTOCAST_DTYPES,
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from existing results")
     parser.add_argument("--force", action="store_true",

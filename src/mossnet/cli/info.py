@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import platform
 from typing import TYPE_CHECKING
 
 from mossnet.runtime import device_name
@@ -32,13 +31,15 @@ def describe(device) -> list[tuple[str, str]]:
     import torch
 
     from mossnet.execution import ExecutionPolicy
+    from mossnet.runtime import machine_info
 
-    rows = [("python", platform.python_version()), ("platform", platform.platform())]
+    machine = machine_info(device)
+    rows = [("python", machine["python"]), ("platform", machine["platform"])]
     for package in ("mossnet", "torch", "transformers", "safetensors", "tokenizers", "triton", "lm-eval", "onnxruntime"):
         rows.append((package, _version(package)))
     rows.append(("device", str(device)))
     if device.type == "cuda":
-        rows.append(("gpu", torch.cuda.get_device_name(device)))
+        rows.append(("gpu", machine["gpu"]))
     else:
         rows.append(("cpu threads", str(torch.get_num_threads())))
     return rows + ExecutionPolicy.build().describe(device)

@@ -126,7 +126,7 @@ def calibrate(teacher, student, input_ids: torch.Tensor, grid: CalibrationGrid =
 
 def save_run(out: Path, student, tokenizer, record: dict, made_by: str) -> None:
     """Write model/ and logs/ into a temporary folder in ``out`` and move them in together."""
-    from mossnet.models.mossnet.parameter_count import count_parameters
+    from mossnet.models.parameter_count import parameter_counts
     from mossnet.rundir import LOGS, MODEL
     from mossnet.rundir import atomic
     from mossnet.rundir.integrity import write_checksums
@@ -140,7 +140,7 @@ def save_run(out: Path, student, tokenizer, record: dict, made_by: str) -> None:
         results = {"mixer vs teacher attention, relative error (step 0)": {
             "held-out mean": record["heldout_error_mean"], "held-out max": record["heldout_error_max"],
             "calibration mean": record["calibration_error_mean"]}}
-        card = write_model_card(model_dir, config=student.config, params=count_parameters(student),
+        card = write_model_card(model_dir, config=student.config, params=parameter_counts(student),
                                 made_by=made_by, results=results)
         with open(card, "a") as f:
             f.write(conversion_section(record))

@@ -8,36 +8,28 @@ document whose SHA-256, read as a number in [0, 1), is below ``val_fraction`` go
 text alone, so adding files never moves the old documents, and exact duplicates (``dedup``
 drops them) always land in the same split.
 
-The output is staged and committed so that no directory ever looks complete when it is not:
-
-1. inputs, options and the tokenizer are checked before anything is written;
-2. the output directory is claimed (``mossnet.rundir.ownership``: a new or empty folder, or a
-   prepared corpus with ``force``; never anyone else's files);
-3. shards and tokenizer are written into ``OUT/.prepare.mossnet-tmp/``;
-4. the commit deletes the old manifest, moves the new files into place, removes the old
-   corpus's files that the new one does not reuse, and writes ``manifest.json`` last.
-
-A failure (bad input, Ctrl-C, a full disk) before step 4 leaves the previous corpus as it was
-and removes the staging folder (and ``OUT`` itself if this run created it); a crash inside
-step 4 leaves a directory without a manifest, which is never read as a corpus, and the next
-run with ``--force`` recognises its files as its own (from the journal in the staging folder).
+Inputs, options and the tokenizer are checked before anything is written. The output is then
+staged and committed (``corpus_dir.py``) so that no directory ever looks complete when it is
+not: the shards and the tokenizer are written into ``OUT/.prepare.mossnet-tmp/`` and moved into
+place with ``manifest.json`` last; a failure (bad input, Ctrl-C, a full disk) leaves the
+previous corpus as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from mossnet.data import corpus_dir
 from mossnet.data.corpora import SPLITS, load_corpus
 from mossnet.data.encode import chunked, encode_chunks
 from mossnet.data.errors import DataError, InputError
@@ -46,12 +38,8 @@ from mossnet.data.sources import DocumentReader, RawDocument, expand_inputs
 from mossnet.data.token_store import (
     DEFAULT_SHARD_BYTES,
     FORMAT,
-    MANIFEST_NAME,
-    is_prepared_dir,
     read_manifest,
-    shard_name,
     token_dtype,
-    write_manifest,
 )
 from mossnet.data.tokenizer import (
     TOKENIZER_DIRNAME,
@@ -63,16 +51,10 @@ from mossnet.data.tokenizer import (
     separator_token,
     train_bpe_tokenizer,
 )
-from mossnet.errors import OutputDirError
 
 DEFAULT_CORPUS = "shakespeare"
 DEFAULT_VAL_FRACTION = 0.01
 DEFAULT_TEST_FRACTION = 0.01
-STAGING = ".prepare.mossnet-tmp"
-STAGING_MARK = "mossnet-prepare-staging"  # inside STAGING: proves the folder is ours
-JOURNAL = "commit.json"  # inside STAGING: the names a commit is moving into OUT
-RESERVED = (MANIFEST_NAME, TOKENIZER_DIRNAME, STAGING, *(f"{s}.bin" for s in SPLITS),
-            *(shard_name(s, 0) for s in SPLITS))
 TRAIN, VAL, TEST = range(3)  # split labels, in SPLITS order
 
 Log = Callable[[str], None]
@@ -126,25 +108,18 @@ def prepare_data(
     read_dirs = {f"--input {d}": d for d in source.read_dirs}
     if tok is not None and Path(tokenizer).is_dir():
         read_dirs["--tokenizer"] = tokenizer
-    out, created = _claim(out_dir, force, read_dirs)
-    staging = out / STAGING
+    out, created = corpus_dir.claim(out_dir, force, read_dirs)
+    staging = None
     try:
-        _clear_leftover(out, log)
-        staging.mkdir()
-        (staging / STAGING_MARK).write_text("staging folder of mossnet prepare-data; safe to delete\n")
+        staging = corpus_dir.begin_staging(out, log)
         if tok is None:
             tok = _train_bpe(source, vocab_size or DEFAULT_VOCAB_SIZE, log)
         manifest = _write_corpus(source, tok, tokenizer, eos_token, staging, shard_bytes, workers, progress, log)
         manifest["seconds"] = round(time.perf_counter() - started, 1)
-        _commit(out, staging, manifest)
+        corpus_dir.commit(out, staging, manifest)
         return read_manifest(out)
     except BaseException:
-        if not (staging / JOURNAL).exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        # else the commit had begun: its journal stays, so that the next run (with --force)
-        # knows which files in OUT are ours and clears them.
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        corpus_dir.abandon(out, created, staging)
         raise
 
 
@@ -225,42 +200,6 @@ class _Source:
                 yield self.label(hashlib.sha256(doc.data).digest()), doc
 
 
-def _claim(out_dir, force: bool, read_dirs: dict) -> tuple[Path, bool]:
-    from mossnet.rundir.ownership import claim_output_dir
-
-    out = Path(out_dir)
-    created = not out.exists()
-    out = claim_output_dir(
-        out, force=force, owned=_ours, reserved=RESERVED, reuse_owned=False,
-        owned_refusal="already holds a prepared corpus; pass --force to replace it", read_dirs=read_dirs,
-    )
-    return out, created
-
-
-def _ours(path: Path) -> bool:
-    """A prepared corpus, or what an interrupted commit of one left (its staging journal)."""
-    return is_prepared_dir(path) or (path / STAGING / STAGING_MARK).is_file()
-
-
-def _clear_leftover(out: Path, log: Log) -> None:
-    staging = out / STAGING
-    if not staging.exists():
-        return
-    if not (staging / STAGING_MARK).is_file():
-        raise OutputDirError(f"{staging} exists and was not written by mossnet prepare-data: move it away")
-    journal = staging / JOURNAL
-    if journal.is_file() and not (out / MANIFEST_NAME).exists():
-        # An interrupted commit: the files it moved are ours; remove them with the rest.
-        for name in json.loads(journal.read_text())["names"]:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-    shutil.rmtree(staging)
-    log(f"removed {staging}, left over from an interrupted prepare-data")
-
-
 def _train_bpe(source: _Source, vocab_size: int, log: Log):
     log(f"training a byte-level BPE of {vocab_size:,} tokens on the train split ...")
     # A reader of its own, so this pass's counts (replaced bytes, empty documents) are not doubled.
@@ -279,18 +218,44 @@ def _train_bpe(source: _Source, vocab_size: int, log: Log):
     return tok
 
 
+@dataclass(frozen=True)
+class _Encoding:
+    """How the corpus is stored: the separator token appended to every document, the id width
+    (``dtype``) that holds the tokenizer's ``vocab`` ids, and the tokens per shard file."""
+
+    eos: str
+    eos_id: int
+    vocab: int
+    dtype: np.dtype
+    shard_tokens: int
+    fingerprint: str
+
+
 def _write_corpus(source: _Source, tok, tokenizer_name: str, eos_token, staging: Path, shard_bytes: int,
                   workers: int, progress: bool, log: Log) -> dict:
-    from tqdm.auto import tqdm
+    """Save the tokenizer and the token shards of every split into ``staging``; the manifest."""
+    enc = _save_tokenizer(tok, eos_token, staging, shard_bytes)
+    shards, stats, names = _tokenize(source, tok.backend_tokenizer, enc, staging, workers, progress)
+    shards, stats = _check_splits(source, shards, stats, enc, staging, log)
+    return _manifest(source, tokenizer_name, enc, shard_bytes, _split_entries(source, shards, stats, names))
 
+
+def _save_tokenizer(tok, eos_token, staging: Path, shard_bytes: int) -> _Encoding:
     eos, eos_id = separator_token(tok, eos_token)
-    backend = tok.backend_tokenizer
-    vocab = max(backend.get_vocab(with_added_tokens=True).values()) + 1
+    vocab = max(tok.backend_tokenizer.get_vocab(with_added_tokens=True).values()) + 1
     dtype = token_dtype(vocab)
     tok.save_pretrained(str(staging / TOKENIZER_DIRNAME))
     fingerprint = fingerprint_of_file(staging / TOKENIZER_DIRNAME / "tokenizer.json")
-    shard_tokens = max(1, shard_bytes // dtype.itemsize)
-    writers = [ShardWriter(staging, split, dtype, shard_tokens, vocab) for split in SPLITS]
+    return _Encoding(eos, eos_id, vocab, dtype, max(1, shard_bytes // dtype.itemsize), fingerprint)
+
+
+def _tokenize(source: _Source, backend, enc: _Encoding, staging: Path, workers: int,
+              progress: bool) -> tuple[list, list[dict], list[list[str]]]:
+    """Encode every document into its split's shards (``workers`` processes). Per split: the
+    shard entries, {"documents", "bytes"}, and the document names (built-in corpora only)."""
+    from tqdm.auto import tqdm
+
+    writers = [ShardWriter(staging, split, enc.dtype, enc.shard_tokens, enc.vocab) for split in SPLITS]
     stats = [{"documents": 0, "bytes": 0} for _ in SPLITS]
     names: list[list[str]] = [[] for _ in SPLITS]  # kept for the (small) built-in corpora only
 
@@ -307,7 +272,7 @@ def _write_corpus(source: _Source, tok, tokenizer_name: str, eos_token, staging:
     try:
         with tqdm(total=source.total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress,
                   smoothing=0.1) as bar:
-            encoded = encode_chunks(chunked(items()), backend, eos_id, dtype, len(SPLITS), workers)
+            encoded = encode_chunks(chunked(items()), backend, enc.eos_id, enc.dtype, len(SPLITS), workers)
             with closing(encoded):
                 for chunk, parts in encoded:
                     for label, ids in enumerate(parts):
@@ -318,10 +283,16 @@ def _write_corpus(source: _Source, tok, tokenizer_name: str, eos_token, staging:
                     bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9) / 1e3:,.0f}k tok/s",
                                         refresh=False)
             bar.update(max(0, bar.total - bar.n))  # bytes after the last document (trailing blank lines ...)
-        shards = [writer.close() for writer in writers]
+        return [writer.close() for writer in writers], stats, names
     finally:
         for writer in writers:
             writer.abort()
+
+
+def _check_splits(source: _Source, shards: list, stats: list[dict], enc: _Encoding, staging: Path,
+                  log: Log) -> tuple[list, list[dict]]:
+    """Refuse an input without text; move everything into train when train got no document;
+    warn about an empty val split, replaced UTF-8 and skipped files."""
     documents = sum(s["documents"] for s in stats)
     reader = source.reader
     if documents == 0:
@@ -330,7 +301,7 @@ def _write_corpus(source: _Source, tok, tokenizer_name: str, eos_token, staging:
     if stats[TRAIN]["documents"] == 0:
         log(f"warning: all {documents} documents were hashed into val/test; with this few documents "
             "everything goes to train (no val or test split)")
-        shards, stats = _merge_into_train(staging, shards, stats, dtype, shard_tokens, vocab)
+        shards, stats = _merge_into_train(staging, shards, stats, enc.dtype, enc.shard_tokens, enc.vocab)
     elif source.inputs and stats[VAL]["documents"] == 0 and source.val_fraction > 0:
         log(f"warning: no document went to the val split ({documents} documents, --val-fraction "
             f"{source.val_fraction}): training will report no validation loss; raise --val-fraction")
@@ -338,6 +309,11 @@ def _write_corpus(source: _Source, tok, tokenizer_name: str, eos_token, staging:
         log(f"warning: replaced {reader.replaced:,} invalid UTF-8 sequences with U+FFFD (--strict refuses them)")
     if source.skipped:
         log(f"note: skipped {len(source.skipped)} files of other types (e.g. {source.skipped[0]})")
+    return shards, stats
+
+
+def _split_entries(source: _Source, shards: list, stats: list[dict], names: list[list[str]]) -> dict:
+    """The manifest's ``splits``: tokens, documents, bytes and shards of each non-empty split."""
     splits = {}
     for label, split in enumerate(SPLITS):
         if stats[label]["documents"] == 0:
@@ -346,16 +322,21 @@ def _write_corpus(source: _Source, tok, tokenizer_name: str, eos_token, staging:
         if source.splits is not None:
             entry["document_names"] = names[label]
         splits[split] = entry
+    return splits
+
+
+def _manifest(source: _Source, tokenizer_name: str, enc: _Encoding, shard_bytes: int, splits: dict) -> dict:
+    reader = source.reader
     manifest = {
         "format": FORMAT,
         "corpus": source.corpus if source.splits is not None else None,
         "inputs": source.inputs or None,
         "tokenizer": tokenizer_name,
-        "tokenizer_fingerprint": fingerprint,
-        "vocab_size": vocab,
-        "eos_id": eos_id,
-        "eos_token": eos,
-        "dtype": dtype.name,
+        "tokenizer_fingerprint": enc.fingerprint,
+        "vocab_size": enc.vocab,
+        "eos_id": enc.eos_id,
+        "eos_token": enc.eos,
+        "dtype": enc.dtype.name,
         "shard_bytes": shard_bytes,
         "splits": splits,
         "split_rule": ({"by": "document sha256", "val_fraction": source.val_fraction,
@@ -388,44 +369,6 @@ def _merge_into_train(staging: Path, shards: list, stats: list, dtype, shard_tok
     total = {key: stats[VAL][key] + stats[TEST][key] for key in ("documents", "bytes")}
     empty = {"documents": 0, "bytes": 0}
     return [merged, [], []], [total, dict(empty), dict(empty)]
-
-
-def _commit(out: Path, staging: Path, manifest: dict) -> None:
-    """Move the staged corpus into ``out``; the manifest goes last (see the module docstring)."""
-    from mossnet.rundir.atomic import fsync_dir, fsync_tree
-
-    old = _old_names(out)
-    new = [shard["file"] for entry in manifest["splits"].values() for shard in entry["shards"]] + [TOKENIZER_DIRNAME]
-    foreign = [name for name in new if (out / name).exists() and name not in old]
-    if foreign:
-        raise OutputDirError(f"{out} already holds {', '.join(foreign)}, not written by prepare-data: move it away")
-    fsync_tree(staging)
-    (staging / JOURNAL).write_text(json.dumps({"names": sorted(set(new) | old)}) + "\n")
-    fsync_dir(staging)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # from here on the directory is not complete
-    fsync_dir(out)
-    for name in new:
-        if name == TOKENIZER_DIRNAME and (out / name).exists():
-            (out / name).replace(staging / "tokenizer.old")
-        (staging / name).replace(out / name)
-    for name in old - set(new):
-        (out / name).unlink(missing_ok=True)
-    fsync_dir(out)
-    write_manifest(out, manifest)
-    fsync_dir(out)
-    shutil.rmtree(staging)
-
-
-def _old_names(out: Path) -> set[str]:
-    """Entries of ``out`` that the corpus already there (if any) owns."""
-    if not (out / MANIFEST_NAME).exists():
-        return set()
-    try:
-        manifest = read_manifest(out)
-    except DataError:  # a damaged manifest of ours: it owns nothing we can name
-        return set()
-    names = {shard["file"] for entry in manifest["splits"].values() for shard in entry["shards"]}
-    return names | ({TOKENIZER_DIRNAME} if (out / TOKENIZER_DIRNAME).is_dir() else set())
 
 
 def _mossnet_version() -> str:

@@ -48,7 +48,9 @@ except ImportError as err:  # pragma: no cover - exercised only without the eval
         "`pip install -e \".[eval]\"` (or `pip install lm-eval`)"
     ) from err
 
-from .loading import load_causal_lm, resolve_device
+from mossnet.runtime import resolve_device
+
+from .loading import load_causal_lm
 from .loglikelihood import pad_token_id, prefix_token_id, score_token_requests
 
 log = logging.getLogger(__name__)

@@ -15,19 +15,6 @@ import torch
 from mossnet import runtime
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" picks CUDA when present; an unavailable device is a DeviceError (one line)."""
-    return runtime.resolve_device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """"float32" (default, also for "auto"), "bfloat16" or "float16" (or fp32 / bf16 / fp16),
-    or a torch dtype. Evaluation defaults to fp32 on every device, unlike generation."""
-    if dtype is None or dtype == "auto":
-        return torch.float32
-    return runtime.resolve_dtype(dtype)
-
-
 def _register_mossnet() -> None:
     """Importing the model package registers MossNet with the Auto classes."""
     import mossnet.models.mossnet  # noqa: F401
@@ -56,8 +43,9 @@ def load_causal_lm(
     """
     from mossnet.rundir.load import load_model, load_tokenizer
 
-    target = resolve_device(device)  # before loading: an unavailable device fails in a second
-    model = load_model(path, dtype=resolve_dtype(dtype), device=target, verify=verify,
+    target = runtime.resolve_device(device)  # before loading: an unavailable device fails in a second
+    # no device for the dtype: "auto" is then fp32, evaluation's default on every device (unlike generation)
+    model = load_model(path, dtype=runtime.resolve_dtype(dtype), device=target, verify=verify,
                        trust_remote_code=trust_remote_code, gguf_file=gguf_file)
     if not (need_tokenizer or tokenizer_path or gguf_file or has_tokenizer(path)):
         return model, None

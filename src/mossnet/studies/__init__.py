@@ -10,7 +10,7 @@ module             what it holds
 ``runner``         one run = one result JSON; skip finished runs; run several in parallel
 ``report``         tables (Markdown) and plots (PNG)
 ``study``          one ``mossnet compare`` invocation: specs -> runs -> report
-``common``         device, autocast (bf16 on CUDA), threads
+``common``         thread and job counts (device and autocast: ``mossnet.runtime``)
 =================  ===========================================================================
 
 Heavy imports (torch, transformers) happen inside functions, so importing the package is cheap.

@@ -73,9 +73,9 @@ def _meta(cls, config):
 
 def mossnet_active(config) -> int:
     from mossnet import MossNetForCausalLM
-    from mossnet.models.mossnet.parameter_count import count_parameters
+    from mossnet.models.parameter_count import active_parameters
 
-    return count_parameters(_meta(MossNetForCausalLM, config))["active"]
+    return active_parameters(_meta(MossNetForCausalLM, config))
 
 
 def _solve_mlp_width(base, target_active: int) -> int:
@@ -120,40 +120,13 @@ def model_class(arch: str):
     return _cls(trainer_arch(arch))
 
 
-def state_bytes_per_layer(arch: str, config, seq_len: int, bytes_per_element: int = 4) -> int:
-    """What one sequence carries per layer at decode time, in fp32 bytes: SSM states and conv
-    windows (MossNet: all E experts'), or the KV cache after ``seq_len`` tokens (attention)."""
-    if arch in MOSSNET_VARIANTS:
-        from mossnet.models.mossnet.parameter_count import recurrent_state_bytes_per_layer
-
-        return recurrent_state_bytes_per_layer(config, bytes_per_element)
-    if arch == "mamba2":
-        inner = config.num_heads * config.head_dim
-        conv_channels = inner + 2 * config.n_groups * config.state_size
-        ssm = config.num_heads * config.head_dim * config.state_size
-        return (ssm + (config.conv_kernel - 1) * conv_channels) * bytes_per_element
-    if arch == "llama":
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return 2 * config.num_key_value_heads * head_dim * seq_len * bytes_per_element
-    raise ValueError(f"unknown study architecture {arch!r}")
-
-
 def describe_arch(arch: str, config, seq_len: int) -> dict[str, Any]:
-    """Parameter counts (total / active / embedding) and state bytes per layer of ``arch``."""
-    cls = model_class(arch)
-    model = _meta(cls, config)
-    if arch in MOSSNET_VARIANTS:
-        from mossnet.models.mossnet.parameter_count import count_parameters
+    """Parameter counts (total / active / embedding / non-embedding) and state bytes per layer of ``arch``."""
+    from mossnet.models.parameter_count import parameter_counts, state_bytes_per_layer
 
-        counts = count_parameters(model)
-    else:
-        from mossnet.train.baselines import describe
-
-        d = describe(model)
-        counts = {"total": d["total"], "active": d["active"], "embedding": d["embedding"]}
     return {
-        **counts,
-        "state_bytes_per_layer": state_bytes_per_layer(arch, config, seq_len),
+        **parameter_counts(_meta(model_class(arch), config)),
+        "state_bytes_per_layer": state_bytes_per_layer(config, seq_len),
         "state_kind": "kv_cache" if arch == "llama" else "recurrent",
         "d_model": int(config.hidden_size),
         "n_layers": int(config.num_hidden_layers),

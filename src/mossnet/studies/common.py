@@ -1,14 +1,6 @@
-"""Small helpers shared by the studies: device and thread count (autocast: ``mossnet.train.precision``)."""
+"""Small helpers shared by the studies: thread and job counts (device and autocast: ``mossnet.runtime``)."""
 
 from __future__ import annotations
-
-
-def resolve_device(name: str = "auto"):
-    import torch
-
-    if name in ("", "auto", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def set_threads(threads: int) -> None:

@@ -134,11 +134,10 @@ def _run_config(spec: dict[str, Any], train_dir: Path):
 def execute_lm(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from mossnet.runtime import resolve_device
     from mossnet.train import checkpoint as ckpt
     from mossnet.train.config import TrainConfig
     from mossnet.train.loop import TrainingDiverged, train
-
-    from .common import resolve_device
 
     train_dir = Path(spec["train_dir"])
     cfg = TrainConfig(

@@ -121,7 +121,7 @@ def _train_step(model, opt, device, dtype: str, cuda_graph: bool):
     or replayed from a CUDA graph (``mossnet.train.cuda_graph_step``; the same step, tested equal)."""
     import torch
 
-    from mossnet.train.precision import autocast_factory
+    from mossnet.runtime import autocast_factory
 
     autocast = autocast_factory(device, dtype, capture=cuda_graph)
     if cuda_graph:
@@ -150,11 +150,10 @@ def _train_step(model, opt, device, dtype: str, cuda_graph: bool):
 def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from mossnet.runtime import autocast_factory, resolve_device
     from mossnet.train.optim import build_optimizer, lr_at, set_lr
 
-    from mossnet.train.precision import autocast_factory
-
-    from .common import resolve_device, set_threads
+    from .common import set_threads
 
     set_threads(spec.get("threads", 0))
     device = resolve_device(spec.get("device", "auto"))

@@ -4,20 +4,23 @@ A *spec* is a JSON-able dict with at least ``kind`` ("lm" or "mqar"), ``name`` a
 (the path of the result JSON it will write). :func:`run_pending` executes every spec whose
 result file does not exist yet, either in this process (``jobs=1``, the GPU setting) or in
 ``jobs`` child processes, each ``python -m mossnet.studies.runner SPEC.json`` with its output in
-``<result dir>/log.txt`` and ``threads`` torch threads (CPU: cores / jobs). A result file is
+``<result dir>/log.txt`` and ``threads`` torch threads (CPU: cores / jobs; the processes are
+run by :mod:`mossnet.isolated_jobs`). A result file is
 written atomically (tmp + rename) as the run's last act, so an interrupted study re-run picks up
 exactly the runs that did not finish.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from mossnet.isolated_jobs import Job, JobResult, python_module_command, run_in_parallel
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -95,36 +98,25 @@ def run_pending(specs: list[dict[str, Any]], jobs: int = 1, say: Callable[[str],
                 say(f"  done in {time.perf_counter() - t0:.0f} s")
         return failed
 
-    queue = list(pending)
-    running: list[tuple[subprocess.Popen, dict[str, Any], float, Any]] = []
-    n = 0
-    while queue or running:
-        while queue and len(running) < jobs:
-            spec = queue.pop(0)
-            n += 1
-            rdir = Path(spec["result"]).parent
-            rdir.mkdir(parents=True, exist_ok=True)
-            spec_path = rdir / "spec.json"
-            write_json(spec_path, spec)
-            log = open(rdir / "log.txt", "a")
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            proc = subprocess.Popen([sys.executable, "-m", "mossnet.studies.runner", str(spec_path)],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((proc, spec, time.perf_counter(), log))
-            say(f"[{n}/{len(pending)}] started {spec['name']} (log: {rdir / 'log.txt'})")
-        time.sleep(0.5)
-        still = []
-        for proc, spec, t0, log in running:
-            if proc.poll() is None:
-                still.append((proc, spec, t0, log))
-                continue
-            log.close()
-            if proc.returncode == 0 and is_done(spec):
-                say(f"  {spec['name']} done in {time.perf_counter() - t0:.0f} s")
-            else:
-                failed.append(spec["name"])
-                say(f"  {spec['name']} FAILED (exit {proc.returncode}); see {Path(spec['result']).parent / 'log.txt'}")
-        running = still
+    def start(n: int, spec: dict[str, Any]) -> Job:
+        rdir = Path(spec["result"]).parent
+        rdir.mkdir(parents=True, exist_ok=True)
+        spec_path = rdir / "spec.json"
+        write_json(spec_path, spec)
+        job = Job(python_module_command("mossnet.studies.runner", str(spec_path)),
+                  env=dict(os.environ, PYTHONUNBUFFERED="1"), log=rdir / "log.txt")
+        say(f"[{n}/{len(pending)}] started {spec['name']} (log: {rdir / 'log.txt'})")
+        return job
+
+    def on_end(i: int, result: JobResult) -> None:
+        spec = pending[i]
+        if result.returncode == 0 and is_done(spec):
+            say(f"  {spec['name']} done in {result.seconds:.0f} s")
+        else:
+            failed.append(spec["name"])
+            say(f"  {spec['name']} FAILED (exit {result.returncode}); see {Path(spec['result']).parent / 'log.txt'}")
+
+    run_in_parallel([functools.partial(start, n, spec) for n, spec in enumerate(pending, 1)], jobs, on_end)
     say(f"{len(pending)} runs in {time.perf_counter() - started:.0f} s")
     return failed
 

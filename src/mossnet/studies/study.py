@@ -72,7 +72,7 @@ def _check_cuda_graph(args) -> bool:
         return False
     if getattr(args, "report_only", False):
         return True
-    from .common import resolve_device
+    from mossnet.runtime import resolve_device
 
     if resolve_device(args.device).type != "cuda":
         raise ValueError("--cuda-graph needs a CUDA device (this study would run on the CPU)")

@@ -10,7 +10,8 @@ token actually uses: the routers, k of the E experts of each mixture, norms, emb
   one group, and the integer ``expand`` (``num_heads * head_dim = expand * d_model``) that comes
   closest to the target.
 
-Parameters are counted on the meta device, so building a config never allocates weights.
+Parameters are counted (``mossnet.models.parameter_count``) on the meta device, so building a
+config never allocates weights.
 """
 
 from __future__ import annotations
@@ -18,49 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())  # tied parameters are listed once
-
-
-def embedding_parameters(model: nn.Module) -> int:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return emb.weight.numel() if emb is not None else 0
-
-
-def active_parameters(model: nn.Module) -> int:
-    """Parameters one token uses: MossNet's own count (``models/mossnet/parameter_count.py``)
-    or ``model.num_active_parameters()`` when there is one; otherwise counts each per-expert tensor of a mixture (leading dim = the mixture's expert
-    count, inside the SSM mixer or the MLP, not a router) at ``top_k / experts`` of its size."""
-    own = getattr(model, "num_active_parameters", None)
-    if callable(own):
-        return int(own())
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) == "mossnet":
-        try:
-            from mossnet.models.mossnet.parameter_count import count_parameters as mossnet_count
-
-            return int(mossnet_count(model)["active"])
-        except ImportError:
-            pass
-    mixtures = []  # (name fragments of the mixture's module, experts, top_k)
-    for frags, e_key, k_key in (((".mixer.", "ssm"), "ssm_experts", "ssm_top_k"),
-                                ((".mlp.", "moe"), "mlp_experts", "mlp_top_k")):
-        e, k = getattr(config, e_key, None), getattr(config, k_key, None)
-        if isinstance(e, int) and isinstance(k, int) and e > 1:
-            mixtures.append((frags, e, k))
-    total = 0.0
-    for name, p in model.named_parameters():
-        frac = 1.0
-        if "router" not in name and "shared" not in name and p.ndim >= 1:
-            for frags, e, k in mixtures:
-                if p.shape[0] == e and any(f in name for f in frags):
-                    frac = k / e
-                    break
-        total += p.numel() * frac
-    return int(round(total))
+from mossnet.models.parameter_count import active_parameters, total_parameters
 
 
 def _meta_model(cls, config):
@@ -116,8 +76,8 @@ def baseline_config(arch: str, ref, seq_len: int = 2048, target_active: int | No
                                max_position_embeddings=max(2048, seq_len), **common)
 
         # parameters are affine in intermediate_size: measure two points and solve
-        p8 = count_parameters(_meta_model(LlamaForCausalLM, make(8)))
-        p16 = count_parameters(_meta_model(LlamaForCausalLM, make(16)))
+        p8 = total_parameters(_meta_model(LlamaForCausalLM, make(8)))
+        p16 = total_parameters(_meta_model(LlamaForCausalLM, make(16)))
         per_unit = (p16 - p8) / 8
         width = int(round((target_active - p8) / per_unit / 8.0)) * 8 + 8
         return make(max(8, width))
@@ -141,7 +101,7 @@ def baseline_config(arch: str, ref, seq_len: int = 2048, target_active: int | No
             if (expand * d) % head_dim:
                 continue
             cfg = make(expand)
-            diff = abs(count_parameters(_meta_model(Mamba2ForCausalLM, cfg)) - target_active)
+            diff = abs(total_parameters(_meta_model(Mamba2ForCausalLM, cfg)) - target_active)
             if best is None or diff < best[0]:
                 best = (diff, cfg)
         if best is None:
@@ -218,8 +178,3 @@ def check_model_keys(overrides: dict[str, Any], known: set[str], arch: str) -> N
             hint = f" (did you mean model.{close[0]}?)" if close else ""
             raise ConfigError(f"model.{key} is not a field of the {arch} model config{hint}")
 
-
-def describe(model: nn.Module) -> dict[str, int]:
-    total = count_parameters(model)
-    return {"total": total, "active": active_parameters(model), "embedding": embedding_parameters(model),
-            "non_embedding": total - embedding_parameters(model)}

@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 
 from mossnet.errors import ConfigError
+from mossnet.runtime import AUTOCAST_DTYPES as DTYPES
 
 ARCHS = ("mossnet", "llama", "mamba2")
-DTYPES = ("auto", "fp32", "bf16")
 
 
 def option(default, help: str, group: str, *, kind: str | None = None, choices: tuple | None = None,
@@ -100,7 +100,7 @@ class TrainConfig:
     # ---- execution
     seed: int = option(1337, "random seed (model init, data order, sampling)", BATCH, kind="seed")
     device: str = option("auto", "auto | cpu | cuda | cuda:N", RUN)
-    dtype: str = option("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", RUN, choices=("auto", "fp32", "bf16"))
+    dtype: str = option("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", RUN, choices=DTYPES)
     compile: bool = option(False, "torch.compile the model", RUN)
     cuda_graph: bool = option(False, "capture the whole training step in a CUDA graph and replay it (one CUDA "
                               "process; removes the per-kernel launch cost)", RUN, both=True)

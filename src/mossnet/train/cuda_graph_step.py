@@ -33,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
@@ -176,10 +175,3 @@ def make_capturable(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -
             state["step"] = step.to(device=param.device, dtype=torch.float32)
     optimizer.found_inf = found_inf  # torch's fused Adam(W) reads optimizer.found_inf
 
-
-def autocast_for_capture(device_type: str, dtype: torch.dtype | None):
-    """An autocast context for the captured step. The cast cache is off, as PyTorch's CUDA-graph
-    notes ask for autocast inside a graph; each weight is cast once per use instead."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=dtype, cache_enabled=False)

@@ -31,18 +31,17 @@ import torch
 from tqdm.auto import tqdm
 
 from mossnet.errors import ConfigError, DeviceError, MossNetError
+from mossnet.models.parameter_count import parameter_counts
 from mossnet.rundir import LOGS, MODEL, write_marker
-from mossnet.runtime import resolve_device
+from mossnet.runtime import autocast_factory, resolve_device
 
 from . import checkpoint as ckpt
 from . import distributed, end_of_run
-from .baselines import describe
 from .checkpoint import Checkpointer, RunState, SaveFailed  # noqa: F401  (SaveFailed: part of the API)
 from .config import TrainConfig
 from .metrics import MetricsLogger
 from .model_setup import make_model, wrap_model
 from .optim import build_optimizer, group_param_names, lr_at, set_lr
-from .precision import autocast_factory
 from .router_monitor import RouterMonitor
 from .signals import StopSignals
 from .step import EagerStep, GraphStep, LossFn, StepStats, lm_loss
@@ -110,7 +109,7 @@ class Trainer:
         self.raw_model.to(device)
         for name, param in self.raw_model.named_parameters():
             param.requires_grad_(trainable is None or trainable(name))
-        self.params = describe(self.raw_model)
+        self.params = parameter_counts(self.raw_model)
         self.announce_model(config)
         self.model = wrap_model(self.raw_model, cfg, info, device)
         self.optimizer = build_optimizer(self.raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)

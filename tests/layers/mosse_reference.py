@@ -157,18 +157,18 @@ def full_sequence_conv(x, weight, bias, valid, doc_id=None, window=None, output_
 def split_conv_state(layer, conv_state):
     """The layer's conv state -> (per-expert windows (batch, E, K-1, C) or None, the
     full-sequence conv's window (batch, K-1, channels) or None), as ``conv_window_shape``
-    lays them out: with both, one (batch, K-1, E*P + 2N) window, expert e's x channels at
-    [e*P, (e+1)*P) and the shared B|C channels last."""
+    lays them out: with both, the experts' x windows (E, K-1, P) then the shared B|C window
+    (K-1, 2N), flattened one after the other."""
     if conv_state is None:
         return None, None
     if layer.shared_conv:
         return None, conv_state
     if not layer.share_bc:
         return conv_state, None
-    batch, K1 = conv_state.shape[:2]
-    E, P = layer.n_experts, layer.head_dim
-    experts = torch.stack([conv_state[:, :, e * P:(e + 1) * P] for e in range(E)], dim=1)  # (batch, E, K-1, P)
-    return experts, conv_state[:, :, E * P:]
+    batch = conv_state.shape[0]
+    E, P, N, K = layer.n_experts, layer.head_dim, layer.state_dim, layer.conv_kernel
+    experts, shared = conv_state.split([E * (K - 1) * P, (K - 1) * 2 * N], dim=1)
+    return experts.reshape(batch, E, K - 1, P), shared.reshape(batch, K - 1, 2 * N)
 
 
 def join_conv_state(layer, experts, sequence):
@@ -177,7 +177,7 @@ def join_conv_state(layer, experts, sequence):
         return experts
     if experts is None:
         return sequence
-    return torch.cat([*(experts[:, e] for e in range(layer.n_experts)), sequence], dim=-1)
+    return torch.cat([experts.reshape(experts.shape[0], -1), sequence.reshape(sequence.shape[0], -1)], dim=1)
 
 
 def mosse_reference(layer, u, layout, conv_state=None, ssm_state=None, return_states=False, impl="reference"):

@@ -73,20 +73,21 @@ def conv_window_shape(config) -> tuple[int, ...]:
 
     By default each expert's window of its x, B, C: (E, K-1, P+2N). With
     ``ssm_conv_placement="shared"`` one window of u: (K-1, d_model). With ``ssm_share_bc``
-    (expert placement) both kinds in one (K-1, E*P + 2N) window: expert e's x channels at
-    [e*P, (e+1)*P), then the shared B, C channels.
+    (expert placement) both kinds, flattened one after the other into (E*(K-1)*P + (K-1)*2N,):
+    the experts' x windows (E, K-1, P), then the shared B|C window (K-1, 2N). (Both parts are
+    plain views of it, so the decode step updates them in place, also in exported graphs.)
 
     Example:
         >>> from mossnet import MossNetConfig
         >>> cfg = MossNetConfig.from_preset("tiny")
         >>> conv_window_shape(cfg), conv_window_shape(MossNetConfig.from_preset("tiny", ssm_share_bc=True))
-        ((4, 3, 64), (3, 160))
+        ((4, 3, 64), (480,))
     """
     E, P, N, K = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim, config.conv_kernel
     if getattr(config, "ssm_conv_placement", "expert") == "shared":
         return (K - 1, config.d_model)
     if getattr(config, "ssm_share_bc", False):
-        return (K - 1, E * P + 2 * N)
+        return (E * (K - 1) * P + (K - 1) * 2 * N,)
     return (E, K - 1, P + 2 * N)
 
 
@@ -207,9 +208,10 @@ class MoSSE(nn.Module):
             return None, conv_state
         if not self.share_bc:
             return conv_state, None
-        split = self.n_experts * self.head_dim
-        experts = conv_state[..., :split].unflatten(-1, (self.n_experts, self.head_dim)).transpose(1, 2)
-        return experts, conv_state[..., split:]
+        E, K, P = self.n_experts, self.conv_kernel, self.head_dim
+        split = E * (K - 1) * P
+        experts = conv_state[:, :split].unflatten(1, (E, K - 1, P))
+        return experts, conv_state[:, split:].unflatten(1, (K - 1, 2 * self.state_dim))
 
     @staticmethod
     def _join_windows(experts: torch.Tensor | None, sequence: torch.Tensor | None) -> torch.Tensor:
@@ -218,7 +220,7 @@ class MoSSE(nn.Module):
             return experts
         if experts is None:
             return sequence
-        return torch.cat([experts.transpose(1, 2).flatten(2), sequence.to(experts.dtype)], dim=-1)
+        return torch.cat([experts.flatten(1), sequence.flatten(1).to(experts.dtype)], dim=1)
 
     def _expert_rows(self, expert: torch.Tensor, dtype: torch.dtype) -> ExpertRows:
         """Each row's expert's dt bias, decay rate, skip, norm weight and z bias, in one gather.

@@ -5,13 +5,15 @@ outputs, router reports, final states and every gradient, on random inputs of od
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from mossnet.layers.mosse import conv_window_shape
 from mossnet.layers.sequence_layout import SequenceLayout
 from mosse_reference import full_sequence_conv, mosse_reference
-from test_mosse_vs_reference import assert_matches_reference, make_layer, padded
+from test_mosse_vs_reference import TRITON_DEVICE, assert_matches_reference, make_layer, padded
 
 SWITCHES = {
     "shared_conv": dict(ssm_conv_placement="shared"),
@@ -100,11 +102,11 @@ def test_shared_conv_sees_true_neighbours_under_routing(tiny_config):
     layer = switched_layer(tiny_config, "shared_conv")
     u = torch.randn(1, 9, 12, dtype=torch.float64)
     layout = SequenceLayout.build(1, 9)
-    conv_u, _ = full_sequence_conv(u, layer.shared_conv_weight, layer.shared_conv_bias, torch.ones(1, 9, dtype=torch.bool))
+    every = torch.ones(1, 9, dtype=torch.bool)
+    conv_u, _ = full_sequence_conv(u, layer.shared_conv_weight, layer.shared_conv_bias, every)
     u2 = u.clone()
     u2[0, 4] += 1.0  # only token 4 changes: conv(u) changes at tokens 4..7, and so does the output
-    conv_u2, _ = full_sequence_conv(u2, layer.shared_conv_weight, layer.shared_conv_bias,
-                                    torch.ones(1, 9, dtype=torch.bool))
+    conv_u2, _ = full_sequence_conv(u2, layer.shared_conv_weight, layer.shared_conv_bias, every)
     changed = (conv_u2 - conv_u).abs().amax(-1)[0] > 0
     assert changed.tolist() == [False] * 4 + [True] * 4 + [False]
     o, o2 = layer(u, layout)[0], layer(u2, layout)[0]
@@ -142,3 +144,18 @@ def test_model_loss_and_grads_match_reference_layers(make_model, state_update):
     for name in grads_r:
         err = float((grads[name] - grads_r[name]).abs().max() / grads_r[name].abs().max().clamp_min(1e-30))
         assert err < 1e-4, name
+
+
+@pytest.mark.skipif(TRITON_DEVICE is None, reason="needs CUDA, or TRITON_INTERPRET=1 for the Triton interpreter")
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_triton_scan_matches_reference(tiny_config, switch):
+    """The switches change what feeds the scan, not the scan: the Triton path serves them."""
+    pytest.importorskip("triton")
+    os.environ.setdefault("MOSSNET_TRITON_AUTOTUNE", "0")
+    layer = switched_layer(tiny_config, switch, dtype=torch.float32).to(TRITON_DEVICE)
+    batch, T = 2, 40
+    u = torch.randn(batch, T, 12, device=TRITON_DEVICE)
+    valid = padded(batch, T).long().to(TRITON_DEVICE)
+    states = tuple(s.to(TRITON_DEVICE) for s in random_states(layer, batch, torch.float32))
+    assert_matches_reference(layer, u, SequenceLayout.build(batch, T, valid), states, return_states=True,
+                             tol=1e-4, impl="triton")

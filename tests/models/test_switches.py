@@ -179,7 +179,8 @@ def test_no_mlp_layer_is_the_mixer_residual_only(make_model):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (dict(ssm_conv_placement="sharded"), r"ssm_conv_placement must be one of \('expert', 'shared'\), got 'sharded'"),
+        (dict(ssm_conv_placement="sharded"),
+         r"ssm_conv_placement must be one of \('expert', 'shared'\), got 'sharded'"),
         (dict(ssm_conv_placement=None), "ssm_conv_placement must be one of"),
         (dict(ssm_share_bc="yes"), "ssm_share_bc must be true or false"),
         (dict(ssm_share_bc=1), "ssm_share_bc must be true or false"),
@@ -202,3 +203,52 @@ def test_switch_defaults_and_json_round_trip(tmp_path):
     again = MossNetConfig.from_pretrained(tmp_path)
     assert (again.ssm_conv_placement, again.ssm_share_bc, again.mlp_experts) == ("shared", True, 0)
     assert again.mlp_top_k == on.mlp_top_k  # unused without MLP experts, kept as given
+
+
+# ------------------------------------------------------------------ GPU (skipped without CUDA)
+
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("switch", ["share_bc", "all_three"])
+def test_graph_decode_equals_eager(switch, autocast):
+    """The captured decode step updates the switches' windows in place like the eager one."""
+    from test_cuda_graph_decode import _eager_and_graph
+
+    torch.manual_seed(0)
+    model = MossNetForCausalLM(MossNetConfig.from_preset("tiny", n_layers=2, **SWITCHES[switch])).cuda().eval()
+    prompt = torch.randint(0, model.config.vocab_size, (3, 13), device="cuda")
+    (eager, eager_cache), (graph, graph_cache) = _eager_and_graph(model, prompt, 6, autocast)
+    torch.testing.assert_close(graph, eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(graph_cache.conv_states + graph_cache.ssm_states, eager_cache.conv_states + eager_cache.ssm_states):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("switch", ["shared_conv", "share_bc", "all_three"])
+def test_training_step_makes_no_host_sync(switch):
+    """bf16 autocast forward + backward with padding (Triton scan, sync-free expert matmuls)."""
+    from test_cuda_graph_decode import _no_sync
+
+    torch.manual_seed(0)
+    cfg = MossNetConfig.from_preset("tiny", n_layers=2, d_model=128, **SWITCHES[switch])
+    model = MossNetForCausalLM(cfg).cuda().train()
+    model.model.validate_token_ids = False
+    ids = torch.randint(0, cfg.vocab_size, (2, 96), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, attention_mask=mask, labels=ids, output_router_stats=True)
+        out.loss.backward()
+        return out.loss
+
+    step()
+    model.zero_grad(set_to_none=True)
+    assert torch.isfinite(_no_sync(step)).item()

@@ -157,9 +157,10 @@ class MoSSE(nn.Module):
         self.eps = config.rms_norm_eps
         self.router = Router(d_model, E, config.ssm_top_k, config.router_renormalize) if E > 1 else None
         self.in_proj = nn.Parameter(torch.empty(E, P + self.feature_dim + 1, d_model))
-        expert_conv = not self.shared_conv
-        self.register_parameter("conv_weight", nn.Parameter(torch.empty(E, self.feature_dim, K)) if expert_conv else None)
-        self.register_parameter("conv_bias", nn.Parameter(torch.zeros(E, self.feature_dim)) if expert_conv else None)
+        expert_conv = not self.shared_conv  # the per-expert conv of section 2.4
+        C = self.feature_dim
+        self.register_parameter("conv_weight", nn.Parameter(torch.empty(E, C, K)) if expert_conv else None)
+        self.register_parameter("conv_bias", nn.Parameter(torch.zeros(E, C)) if expert_conv else None)
         self.dt_bias = nn.Parameter(torch.empty(E))
         self.A_log = nn.Parameter(torch.empty(E))
         self.D = nn.Parameter(torch.ones(E, P))  # skip_D; the name is the checkpoint key

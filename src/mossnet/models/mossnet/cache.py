@@ -30,7 +30,9 @@ class MossNetCache:
     def __init__(self, config, batch_size: int, device=None, dtype: torch.dtype = torch.float32):
         E, P, N = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim
         window = conv_window_shape(config)
-        self.conv_states = [torch.zeros(batch_size, *window, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.conv_states = [
+            torch.zeros(batch_size, *window, device=device, dtype=dtype) for _ in range(config.n_layers)
+        ]
         self.ssm_states = [torch.zeros(batch_size, E, N, P, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.seen_tokens = 0
 

@@ -8,7 +8,6 @@ conv is exported with the other two switches. One layer, one scan chunk: tracing
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch

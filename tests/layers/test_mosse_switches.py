@@ -41,7 +41,8 @@ def test_parameters_of_each_switch(tiny_config, switch):
     """Which tensors exist, and their shapes (d_model 12, E 4, P 6, N 5, K 4)."""
     layer = switched_layer(tiny_config, switch)
     shapes = {name: tuple(p.shape) for name, p in layer.named_parameters()}
-    share_bc, shared_conv = "bc" in switch or switch == "both", switch != "share_bc"
+    share_bc = SWITCHES[switch].get("ssm_share_bc", False)
+    shared_conv = SWITCHES[switch].get("ssm_conv_placement") == "shared"
     assert shapes["in_proj"] == ((4, 13, 12) if share_bc else (4, 23, 12))
     assert ("conv_weight" in shapes) == (not shared_conv)
     if not shared_conv:

@@ -9,7 +9,11 @@ the expert does not see the token, which leaves its state untouched (spec: maske
 Packed documents reset both at document starts. Carried states enter at each row's first
 document and leave from its last.
 
-Shapes: E experts, P head dim, N state dim, K conv width, C = P + 2N.
+Spec section 7's switches, written as directly: the full-sequence conv (of u with
+``ssm_conv_placement="shared"``, of the shared B|C projection with ``ssm_share_bc``) is the
+same routed conv with one "expert" that sees every valid token.
+
+Shapes: E experts, P head dim, N state dim, K conv width, C = P + 2N (P with ``ssm_share_bc``).
 """
 
 from __future__ import annotations
@@ -140,12 +144,48 @@ def _scan(layer, x, dt, A, B, C, layout, ssm_state, return_states, impl):
     return y.view(batch, T, *y.shape[2:]), (None if final is None else final[layout.last_segment])
 
 
+def full_sequence_conv(x, weight, bias, valid, doc_id=None, window=None, output_final_state=False):
+    """The depthwise causal conv over every valid token of each document: the routed conv
+    with one expert that visits every valid token. x: (batch, T, C); weight: (C, K); bias:
+    (C,); valid: (batch, T) bool; window: (batch, K-1, C) or None. Returns (batch, T, C) (zero
+    at padding) and the final window (batch, K-1, C) if asked."""
+    out, final = routed_causal_conv(x[:, :, None], weight[None], bias[None], valid[..., None], doc_id,
+                                    None if window is None else window[:, None], output_final_state)
+    return out[:, :, 0], (None if final is None else final[:, 0])
+
+
+def split_conv_state(layer, conv_state):
+    """The layer's conv state -> (per-expert windows (batch, E, K-1, C) or None, the
+    full-sequence conv's window (batch, K-1, channels) or None), as ``conv_window_shape``
+    lays them out: with both, the experts' x windows (E, K-1, P) then the shared B|C window
+    (K-1, 2N), flattened one after the other."""
+    if conv_state is None:
+        return None, None
+    if layer.shared_conv:
+        return None, conv_state
+    if not layer.share_bc:
+        return conv_state, None
+    batch = conv_state.shape[0]
+    E, P, N, K = layer.n_experts, layer.head_dim, layer.state_dim, layer.conv_kernel
+    experts, shared = conv_state.split([E * (K - 1) * P, (K - 1) * 2 * N], dim=1)
+    return experts.reshape(batch, E, K - 1, P), shared.reshape(batch, K - 1, 2 * N)
+
+
+def join_conv_state(layer, experts, sequence):
+    """The inverse of :func:`split_conv_state`."""
+    if sequence is None:
+        return experts
+    if experts is None:
+        return sequence
+    return torch.cat([experts.reshape(experts.shape[0], -1), sequence.reshape(sequence.shape[0], -1)], dim=1)
+
+
 def mosse_reference(layer, u, layout, conv_state=None, ssm_state=None, return_states=False, impl="reference"):
     """The MoSSE forward of ``layer``'s parameters, masked-dense.
 
     Args:
         layer: a ``MoSSE``; u: (batch, T, d_model); layout: a ``SequenceLayout``.
-        conv_state (batch, E, K-1, C), ssm_state (batch, E, N, P): carried states or None.
+        conv_state (batch, *conv_window_shape), ssm_state (batch, E, N, P): carried states or None.
         impl: the scan execution ("reference": the loop over time).
     Returns:
         o (batch, T, d_model), y (batch, T, E, P) the scan output (+ D x; meaningful where the
@@ -160,14 +200,38 @@ def mosse_reference(layer, u, layout, conv_state=None, ssm_state=None, return_st
     chosen = torch.zeros(n, E, dtype=torch.bool, device=u.device).scatter(1, routing.top_idx, True)
     visit = (chosen if layer.routed else torch.ones_like(chosen)) & valid[:, None]
     visit = visit.view(batch, T, E)
+    valid_bt = valid.view(batch, T)
+    expert_window, sequence_window = split_conv_state(layer, conv_state)
 
-    proj = torch.einsum("btd,efd->btef", u, layer.in_proj.to(u.dtype))
-    z, xBC, dt_raw = proj.split([P, P + 2 * N, 1], dim=-1)
+    # The full-sequence conv (section 7): of u (shared placement) or of the shared B|C projection.
+    conv_u = bc = new_sequence = None
+    if layer.shared_conv:
+        conv_u, new_sequence = full_sequence_conv(u, layer.shared_conv_weight, layer.shared_conv_bias, valid_bt,
+                                                  layout.doc_id, sequence_window, return_states)
+        if layer.share_bc:
+            bc = F.silu(conv_u @ layer.bc_proj.to(u.dtype).T)
+    elif layer.share_bc:
+        bc_raw, new_sequence = full_sequence_conv(u @ layer.bc_proj.to(u.dtype).T, layer.shared_conv_weight,
+                                                  layer.shared_conv_bias, valid_bt, layout.doc_id, sequence_window,
+                                                  return_states)
+        bc = F.silu(bc_raw)
+
+    W = layer.in_proj.to(u.dtype)
+    z = torch.einsum("btd,epd->btep", u, W[:, :P])
+    dt_raw = torch.einsum("btd,ed->bte", u, W[:, -1])[..., None]
+    features_in = u if conv_u is None else conv_u  # x (and B, C unless shared) are projected from this
+    xBC = torch.einsum("btd,efd->btef", features_in, W[:, P:-1])
     if layer.z_bias is not None:
         z = z + layer.z_bias
-    xBC, new_conv = routed_causal_conv(xBC, layer.conv_weight, layer.conv_bias, visit, layout.doc_id,
-                                       conv_state, return_states)
-    x, B, C = F.silu(xBC).split([P, N, N], dim=-1)
+    new_conv = None
+    if not layer.shared_conv:
+        xBC, new_conv = routed_causal_conv(xBC, layer.conv_weight, layer.conv_bias, visit, layout.doc_id,
+                                           expert_window, return_states)
+    if bc is None:
+        x, B, C = F.silu(xBC).split([P, N, N], dim=-1)
+    else:
+        x = F.silu(xBC)
+        B, C = bc[:, :, None, :].expand(-1, -1, E, -1).split([N, N], dim=-1)
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     dt = F.softplus(dt_raw[..., 0].to(cdt) + layer.dt_bias.to(cdt)) * visit
     A = -torch.exp(layer.A_log.to(cdt))
@@ -180,4 +244,5 @@ def mosse_reference(layer, u, layout, conv_state=None, ssm_state=None, return_st
     report = None
     if layer.router is not None:
         report = RouterReport.of(routing, (chosen & valid[:, None]).sum(0))
+    new_conv = join_conv_state(layer, new_conv, new_sequence) if return_states else None
     return o, y, report, ((new_conv, final) if return_states else None)

@@ -231,8 +231,8 @@ def test_non_contiguous_conv_and_model_inputs_work(make_model):
 
 POSITIVE = [
     "vocab_size", "d_model", "n_layers", "ssm_experts", "ssm_top_k", "ssm_head_dim", "ssm_state_dim",
-    "conv_kernel", "mlp_experts", "mlp_top_k", "mlp_hidden_dim", "chunk_size",
-]
+    "conv_kernel", "mlp_top_k", "mlp_hidden_dim", "chunk_size",
+]  # mlp_experts may be 0 (no channel mixing, spec section 7): tests/models/test_switches.py
 
 
 @pytest.mark.parametrize("field", POSITIVE)

@@ -16,8 +16,17 @@ every expert; packed documents, padding and chunked prefill with a cache are seg
 boundaries and initial states. One generated token (``decode=True``) takes the step: the
 same conv-window, step-size and read-out functions on the k routed experts' cached state.
 
+The ablation switches of spec section 7 change where the short conv runs, inside this one
+forward. ``ssm_conv_placement="shared"``: one conv of u over the full sequence of every
+document (padding skipped), before routing; each expert projects x, B, C from its output (then
+SiLU, no per-expert conv), z and dt still from u. ``ssm_share_bc``: one projection of B, C
+shared by all experts, convolved over the full sequence (or, with the shared conv, projected
+from its output), then SiLU; each expert projects and convolves only z, x, dt. Both are
+"sequence features": computed once per token, then gathered onto the expert rows.
+
 Shapes: d_model, E experts, P = head (value) dim, N = state dim, K = conv width,
-C = P + 2N conv channels, F = 2P + 2N + 1 projected features [z, x, B, C, dt_raw].
+C = P + 2N conv channels, F = 2P + 2N + 1 projected features [z, x, B, C, dt_raw]; with
+``ssm_share_bc`` C = P and F = 2P + 1 ([z, x, dt_raw]).
 """
 
 from __future__ import annotations
@@ -58,9 +67,48 @@ def step_size(dt_raw: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:
     return F.softplus(dt_raw.squeeze(-1).to(dt_bias.dtype) + dt_bias)
 
 
+def conv_window_shape(config) -> tuple[int, ...]:
+    """One layer's carried conv state for one sequence (the cache's ``conv_states[l]`` without
+    the batch dim).
+
+    By default each expert's window of its x, B, C: (E, K-1, P+2N). With
+    ``ssm_conv_placement="shared"`` one window of u: (K-1, d_model). With ``ssm_share_bc``
+    (expert placement) both kinds, flattened one after the other into (E*(K-1)*P + (K-1)*2N,):
+    the experts' x windows (E, K-1, P), then the shared B|C window (K-1, 2N). (Both parts are
+    plain views of it, so the decode step updates them in place, also in exported graphs.)
+
+    Example:
+        >>> from mossnet import MossNetConfig
+        >>> cfg = MossNetConfig.from_preset("tiny")
+        >>> conv_window_shape(cfg), conv_window_shape(MossNetConfig.from_preset("tiny", ssm_share_bc=True))
+        ((4, 3, 64), (480,))
+    """
+    E, P, N, K = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim, config.conv_kernel
+    if getattr(config, "ssm_conv_placement", "expert") == "shared":
+        return (K - 1, config.d_model)
+    if getattr(config, "ssm_share_bc", False):
+        return (E * (K - 1) * P + (K - 1) * 2 * N,)
+    return (E, K - 1, P + 2 * N)
+
+
 def fold_scale(decay_rate: torch.Tensor) -> torch.Tensor:
     """The rate folded into the compact scan's step: ``max(-A, FOLD_FLOOR)`` (see FOLD_FLOOR)."""
     return decay_rate.clamp(min=FOLD_FLOOR)
+
+
+def _cast(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A weight for a product with ``like``: as is under autocast (which casts), else in ``like``'s dtype."""
+    return weight if torch.is_autocast_enabled() else weight.to(like.dtype)
+
+
+@dataclass
+class SequenceFeatures:
+    """Per-token features that all experts share (spec section 7), or None when off.
+    conv_u: (n, d_model) the shared conv of u (``ssm_conv_placement="shared"``); bc: (n, 2N)
+    SiLU of the shared B|C (``ssm_share_bc``)."""
+
+    conv_u: torch.Tensor | None = None
+    bc: torch.Tensor | None = None
 
 
 @dataclass
@@ -88,6 +136,11 @@ class MoSSE(nn.Module):
     decay), ``D`` (E, P) the skip weights, ``norm_weight`` (E, P), ``out_proj`` (E, d_model, P),
     ``z_bias`` (E, P) with ``config.ssm_z_bias``, and the router (E, d_model). With one expert
     there is no router and the gate is 1 (a single-head selective SSM, the Mamba-like baseline).
+
+    Section 7 switches (absent by default, so default checkpoints keep their keys): with
+    ``ssm_conv_placement="shared"`` no per-expert conv, and ``shared_conv_weight`` (d_model, K),
+    ``shared_conv_bias`` (d_model,) the conv of u; with ``ssm_share_bc`` ``bc_proj`` (2N, d_model)
+    and, with expert placement, ``shared_conv_weight`` (2N, K), ``shared_conv_bias`` (2N,).
     """
 
     def __init__(self, config, layer_idx: int = 0):
@@ -98,17 +151,30 @@ class MoSSE(nn.Module):
         self.n_experts, self.experts_per_token = E, config.ssm_top_k
         self.head_dim, self.state_dim, self.conv_kernel = P, N, K
         self.routed = config.state_update == "routed"
+        self.shared_conv = getattr(config, "ssm_conv_placement", "expert") == "shared"
+        self.share_bc = bool(getattr(config, "ssm_share_bc", False))
+        self.feature_dim = P if self.share_bc else P + 2 * N  # what each expert projects besides z, dt
         self.eps = config.rms_norm_eps
         self.router = Router(d_model, E, config.ssm_top_k, config.router_renormalize) if E > 1 else None
-        self.in_proj = nn.Parameter(torch.empty(E, 2 * P + 2 * N + 1, d_model))
-        self.conv_weight = nn.Parameter(torch.empty(E, P + 2 * N, K))
-        self.conv_bias = nn.Parameter(torch.zeros(E, P + 2 * N))
+        self.in_proj = nn.Parameter(torch.empty(E, P + self.feature_dim + 1, d_model))
+        expert_conv = not self.shared_conv  # the per-expert conv of section 2.4
+        C = self.feature_dim
+        self.register_parameter("conv_weight", nn.Parameter(torch.empty(E, C, K)) if expert_conv else None)
+        self.register_parameter("conv_bias", nn.Parameter(torch.zeros(E, C)) if expert_conv else None)
         self.dt_bias = nn.Parameter(torch.empty(E))
         self.A_log = nn.Parameter(torch.empty(E))
         self.D = nn.Parameter(torch.ones(E, P))  # skip_D; the name is the checkpoint key
         self.norm_weight = nn.Parameter(torch.ones(E, P))
         self.out_proj = nn.Parameter(torch.empty(E, d_model, P))
         self.register_parameter("z_bias", nn.Parameter(torch.zeros(E, P)) if getattr(config, "ssm_z_bias", False) else None)
+        # The conv over the full sequence (of u, or of the shared B, C), and the shared B, C projection.
+        sequence_channels = d_model if self.shared_conv else (2 * N if self.share_bc else 0)
+        has_sequence_conv = sequence_channels > 0
+        self.register_parameter(
+            "shared_conv_weight", nn.Parameter(torch.empty(sequence_channels, K)) if has_sequence_conv else None)
+        self.register_parameter(
+            "shared_conv_bias", nn.Parameter(torch.zeros(sequence_channels)) if has_sequence_conv else None)
+        self.register_parameter("bc_proj", nn.Parameter(torch.empty(2 * N, d_model)) if self.share_bc else None)
 
     # ----------------------------------------------------------------- small shared rules
     def route(self, u: torch.Tensor, valid: torch.Tensor | None) -> RouterOutput:
@@ -123,8 +189,39 @@ class MoSSE(nn.Module):
 
     def _split(self, proj: torch.Tensor):
         """(..., F) -> z (..., P), xBC (..., C), dt_raw (..., 1)."""
+        return proj.split([self.head_dim, self.feature_dim, 1], dim=-1)
+
+    def _features(self, activated: torch.Tensor, shared_bc: torch.Tensor | None):
+        """x, B, C of each row: activated (..., C) per-expert features after SiLU; shared_bc
+        (..., 2N) the row's token's shared B|C (``ssm_share_bc``) or None."""
         P, N = self.head_dim, self.state_dim
-        return proj.split([P, P + 2 * N, 1], dim=-1)
+        if shared_bc is None:
+            return activated.split([P, N, N], dim=-1)
+        return (activated, *shared_bc.split([N, N], dim=-1))
+
+    def _split_windows(self, conv_state: torch.Tensor | None):
+        """A layer's conv state (:func:`conv_window_shape`) -> (per-expert windows (batch, E,
+        K-1, C) or None, the sequence conv's window (batch, K-1, channels) or None). Views: an
+        in-place update of either reaches ``conv_state``."""
+        if conv_state is None:
+            return None, None
+        if self.shared_conv:
+            return None, conv_state
+        if not self.share_bc:
+            return conv_state, None
+        E, K, P = self.n_experts, self.conv_kernel, self.head_dim
+        split = E * (K - 1) * P
+        experts = conv_state[:, :split].unflatten(1, (E, K - 1, P))
+        return experts, conv_state[:, split:].unflatten(1, (K - 1, 2 * self.state_dim))
+
+    @staticmethod
+    def _join_windows(experts: torch.Tensor | None, sequence: torch.Tensor | None) -> torch.Tensor:
+        """The inverse of :meth:`_split_windows` (new tensors, not views)."""
+        if sequence is None:
+            return experts
+        if experts is None:
+            return sequence
+        return torch.cat([experts.flatten(1), sequence.flatten(1).to(experts.dtype)], dim=1)
 
     def _expert_rows(self, expert: torch.Tensor, dtype: torch.dtype) -> ExpertRows:
         """Each row's expert's dt bias, decay rate, skip, norm weight and z bias, in one gather.
@@ -164,8 +261,8 @@ class MoSSE(nn.Module):
             u: (batch, T, d_model) normalised input.
             layout: padding / packed-document layout of the batch (None: every token valid,
                 one sequence per row).
-            conv_state: (batch, E, K-1, C) and ssm_state: (batch, E, N, P) fp32 carried from a
-                previous chunk (generation), or None (zeros).
+            conv_state: (batch, *conv_window_shape(config)) and ssm_state: (batch, E, N, P) fp32
+                carried from a previous chunk (generation), or None (zeros).
             return_states: also return the new (conv_state, ssm_state).
             decode: one generated token per row (T = 1, no padding): the step of
                 :meth:`_decode_token`, touching only the routed experts. Both states are
@@ -192,7 +289,11 @@ class MoSSE(nn.Module):
         assign = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
         rows, routed_rows = self._scan_rows(assign, valid, n)
         segments = ExpertSegments.build(rows, layout, self.n_experts)
-        normed, states = self._mix(flat, rows, segments, conv_state, ssm_state, return_states, policy)
+        expert_window, sequence_window = self._split_windows(conv_state)
+        shared, sequence_final = self._sequence_features(flat, valid, layout, sequence_window, return_states)
+        normed, states = self._mix(flat, rows, segments, expert_window, ssm_state, return_states, policy, shared)
+        if states is not None:
+            states = (self._join_windows(states[0], sequence_final), states[1])
         if routed_rows is not None:
             normed = normed.index_select(0, routed_rows)
         # Read-out: each routed row (n*k, P) times its gate -> W_o of its expert -> summed onto the tokens.
@@ -203,6 +304,58 @@ class MoSSE(nn.Module):
         o = out_rows.new_zeros(n, d_model).index_add(0, assign.token, out_rows).view(batch, T, d_model)
         report = RouterReport.of(routing, assign.counts) if self.router is not None else None
         return o, report, states
+
+    def _sequence_features(self, flat, valid, layout: SequenceLayout, window, return_states):
+        """The features shared by all experts, convolved over the full sequence (no-op by default).
+
+        Args:
+            flat: (n, d_model) tokens; valid: (n,) bool or None; window: (batch, K-1, channels)
+                the sequence conv's carried window, or None (zeros).
+        Returns:
+            :class:`SequenceFeatures`, and the final window (batch, K-1, channels) if
+            ``return_states`` (else None).
+        """
+        if self.shared_conv_weight is None:
+            return SequenceFeatures(), None
+        conv_out, final = self._sequence_conv(self._sequence_conv_input(flat), valid, layout, window, return_states)
+        return self._after_sequence_conv(conv_out), final
+
+    def _sequence_conv_input(self, u: torch.Tensor) -> torch.Tensor:
+        """(..., d_model) -> what the sequence conv convolves: u itself (shared placement) or
+        the shared B|C projection (..., 2N)."""
+        return u if self.shared_conv else F.linear(u, _cast(self.bc_proj, u))
+
+    def _after_sequence_conv(self, conv_out: torch.Tensor) -> SequenceFeatures:
+        """The sequence conv's output (..., channels) -> the shared features. Shared placement:
+        conv(u) itself (no activation; the experts' projections of it get the SiLU), and with
+        ``ssm_share_bc`` B|C = SiLU(W_bc conv(u)). Expert placement: B|C = SiLU(conv(W_bc u))."""
+        if not self.shared_conv:
+            return SequenceFeatures(bc=F.silu(conv_out))
+        bc = F.silu(F.linear(conv_out, _cast(self.bc_proj, conv_out))) if self.share_bc else None
+        return SequenceFeatures(conv_u=conv_out, bc=bc)
+
+    def _sequence_conv(self, values, valid, layout: SequenceLayout, window, return_states):
+        """The depthwise causal conv over each document's valid tokens in time order: padding
+        enters no conv, a document starts from zeros, a row's first document continues from
+        its carried window and its last one's inputs are its final window.
+
+        The tokens are cut into segments as one expert that every valid token is routed to:
+        the routed conv's machinery (:class:`ExpertSegments`, :func:`segment_causal_conv`).
+
+        values: (n, channels); window: (batch, K-1, channels) or None. Returns the conv output
+        (n, channels) (padding tokens get values that nothing reads) and the final window
+        (batch, K-1, channels) if ``return_states`` (else None).
+        """
+        n = values.shape[0]
+        tokens = dispatch_by_expert(torch.zeros(n, 1, dtype=torch.long, device=values.device), valid, 1)
+        segments = ExpertSegments.build(tokens, layout, 1)
+        initial = None if window is None else segments.scatter_states(window[:, None])
+        rows, final = segment_causal_conv(
+            values.index_select(0, tokens.token), self.shared_conv_weight[None], self.shared_conv_bias[None],
+            torch.zeros_like(tokens.token), segments.cu_seqlens, segments.segment, initial, return_states,
+        )
+        out = rows.new_zeros(n, rows.shape[1]).index_copy(0, tokens.token, rows)  # tokens.token: a permutation
+        return out, (None if final is None else segments.gather_states(final)[:, 0])
 
     def _scan_rows(self, assign: ExpertDispatch, valid, n: int) -> tuple[ExpertDispatch, torch.Tensor | None]:
         """The rows the experts' convs and scans run on, and where the routed rows are among them.
@@ -219,24 +372,27 @@ class MoSSE(nn.Module):
         return every, position[assign.token * E + assign.expert.clamp(max=E - 1)]
 
     def _mix(self, flat, rows: ExpertDispatch, segments: ExpertSegments, conv_state, ssm_state, return_states,
-             policy: ExecutionPolicy):
+             policy: ExecutionPolicy, shared: SequenceFeatures):
         """Projection -> conv -> SiLU -> dt -> scan -> gated norm over the M dispatched rows.
 
         Args:
             flat: (n, d_model) tokens; rows / segments: the M rows and their segments.
-            conv_state, ssm_state: (batch, E, ...) carried states or None.
+            conv_state, ssm_state: (batch, E, ...) carried states (per-expert windows) or None.
+            shared: the tokens' sequence features (section 7 switches; empty by default).
         Returns:
             normed (M, P) fp32 (fp64 for fp64 layers), before the router gate; and the new
-            (conv_state, ssm_state) if ``return_states`` else None.
+            (per-expert conv windows or None, ssm_state) if ``return_states`` else None.
         """
-        P, N = self.head_dim, self.state_dim
         expert = rows.expert.clamp(max=self.n_experts - 1)  # padding rows borrow expert E-1's parameters
-        z, xBC, dt_raw = self._split(self._project(flat, rows, expert, policy))
-        xBC, conv_final = segment_causal_conv(
-            xBC, self.conv_weight, self.conv_bias, expert, segments.cu_seqlens, segments.segment,
-            segments.scatter_states(conv_state), return_states,
-        )
-        x, B, C = F.silu(xBC).split([P, N, N], dim=-1)
+        z, xBC, dt_raw = self._project_rows(flat, shared.conv_u, rows, expert, policy)
+        conv_final = None
+        if self.conv_weight is not None:
+            xBC, conv_final = segment_causal_conv(
+                xBC, self.conv_weight, self.conv_bias, expert, segments.cu_seqlens, segments.segment,
+                segments.scatter_states(conv_state), return_states,
+            )
+        shared_bc = None if shared.bc is None else shared.bc.index_select(0, rows.token)
+        x, B, C = self._features(F.silu(xBC), shared_bc)
         # Step sizes and decays in fp32 (fp64 when the layer runs in fp64, as the identity tests do).
         params = self._expert_rows(expert, compute_dtype_for(flat))
         y, ssm_final = self._scan(x, B, C, step_size(dt_raw, params.dt_bias), params, segments, ssm_state,
@@ -246,14 +402,26 @@ class MoSSE(nn.Module):
             return normed, None
         return normed, (segments.gather_states(conv_final), segments.gather_states(ssm_final))
 
-    def _project(self, flat: torch.Tensor, rows: ExpertDispatch, expert: torch.Tensor, policy: ExecutionPolicy):
-        """(M, F) projections of the rows. When the rows hold every (token, expert) pair
-        (``"all"``, or k = E) one dense matmul over all experts does the same FLOPs as the
-        grouped one and its rows are picked afterwards: the (M, F) outputs are gathered
-        instead of the wider (M, d_model) inputs, and the backward adds no two rows into one
-        address."""
+    def _project_rows(self, flat, conv_u, rows: ExpertDispatch, expert: torch.Tensor, policy: ExecutionPolicy):
+        """z (M, P), the conv features xBC (M, C) and dt_raw (M, 1) of the rows: all projected
+        from u, or, with the shared conv (``conv_u`` (n, d_model) given), xBC from conv(u)."""
+        if conv_u is None:
+            return self._split(self._project(flat, self.in_proj, rows, expert, policy))
+        P, w = self.head_dim, self.in_proj
+        z_dt = self._project(flat, torch.cat([w[:, :P], w[:, -1:]], dim=1), rows, expert, policy)
+        xBC = self._project(conv_u, w[:, P:-1].contiguous(), rows, expert, policy)
+        z, dt_raw = z_dt.split([P, 1], dim=-1)
+        return z, xBC, dt_raw
+
+    def _project(self, flat: torch.Tensor, weight: torch.Tensor, rows: ExpertDispatch, expert: torch.Tensor,
+                 policy: ExecutionPolicy):
+        """(M, F') projections of the rows by ``weight`` (E, F', d_model). When the rows hold
+        every (token, expert) pair (``"all"``, or k = E) one dense matmul over all experts does
+        the same FLOPs as the grouped one and its rows are picked afterwards: the (M, F')
+        outputs are gathered instead of the wider (M, d_model) inputs, and the backward adds
+        no two rows into one address."""
         E = self.n_experts
-        w_in = self.in_proj if torch.is_autocast_enabled() else self.in_proj.to(flat.dtype)
+        w_in = _cast(weight, flat)
         if self.routed and self.experts_per_token < E:
             return grouped_linear(flat.index_select(0, rows.token), w_in, rows.offsets, impl=policy.expert_matmul)
         every = torch.matmul(flat, w_in.reshape(-1, w_in.shape[-1]).T)  # (n, E*F)
@@ -301,13 +469,14 @@ class MoSSE(nn.Module):
         experts' weights and states (every expert's with ``state_update="all"``).
 
         Args:
-            u: (batch, d_model). conv_state: (batch, E, K-1, C), ssm_state: (batch, E, N, P);
-                both updated in place (a static cache, so the step can be captured in a CUDA graph).
+            u: (batch, d_model). conv_state: (batch, *conv_window_shape(config)), ssm_state:
+                (batch, E, N, P); both updated in place (a static cache, so the step can be
+                captured in a CUDA graph).
         Returns:
             o: (batch, d_model).
         """
         batch = u.shape[0]
-        E, P, N, K = self.n_experts, self.head_dim, self.state_dim, self.conv_kernel
+        E, P, N = self.n_experts, self.head_dim, self.state_dim
         routing = self.route(u, None)
         if self.routed:
             idx, gates = routing.top_idx, routing.top_gates  # (batch, k)
@@ -315,26 +484,63 @@ class MoSSE(nn.Module):
             idx = torch.arange(E, device=u.device).expand(batch, E)
             gates = routing.dense_gates(E)
         chosen = idx.shape[1]
-        # Only the chosen experts' projections are read (no copy of their weights on the CPU).
-        proj = gathered_linear(u.to(self.in_proj.dtype)[:, None, :].expand(-1, chosen, -1), self.in_proj, idx)
-        z, xBC, dt_raw = self._split(proj)
+        expert_window, sequence_window = self._split_windows(conv_state)
+        shared = self._decode_sequence_features(u, sequence_window)
+        z, xBC, dt_raw = self._decode_project(u, shared.conv_u, idx)
         params = self._expert_rows(idx.reshape(-1), compute_dtype_for(u)).unflatten(batch, chosen)
+        if self.conv_weight is not None:
+            xBC = self._decode_expert_conv(xBC, expert_window, idx)
+        shared_bc = None if shared.bc is None else shared.bc[:, None].expand(-1, chosen, -1)
+        x, B, C = self._features(F.silu(xBC), shared_bc)
 
         gather = lambda state, size: state.gather(1, idx[:, :, None, None].expand(-1, -1, *size))  # noqa: E731
-        window = torch.cat([gather(conv_state, (K - 1, P + 2 * N)), xBC[:, :, None, :].to(conv_state.dtype)], dim=2)
-        conv_state.scatter_(1, idx[:, :, None, None].expand(-1, -1, K - 1, P + 2 * N), window[:, :, 1:])
-        # The conv of the forward, at the newest row of each (token, expert) window.
-        newest = torch.arange(1, batch * chosen + 1, device=u.device) * K - 1
-        conv_out = conv_at_rows(window.reshape(batch * chosen * K, -1), self.conv_weight, self.conv_bias,
-                                idx.reshape(-1), newest)
-        x, B, C = F.silu(conv_out.view(batch, chosen, -1)).split([P, N, N], dim=-1)
-
         dt = step_size(dt_raw, params.dt_bias)
         y, new_state = ssm_step(gather(ssm_state, (N, P)), x, dt, -params.decay_rate, B, C, params.skip_D)
         ssm_state.scatter_(1, idx[:, :, None, None].expand(-1, -1, N, P), new_state.to(ssm_state.dtype))
 
         yhat = self._read_out(y, z, params) * gates[..., None]
         return gathered_linear(yhat.to(self.out_proj.dtype), self.out_proj, idx).sum(1)  # (batch, d_model)
+
+    def _decode_project(self, u: torch.Tensor, conv_u: torch.Tensor | None, idx: torch.Tensor):
+        """z (batch, k, P), xBC (batch, k, C), dt_raw (batch, k, 1) of the chosen experts
+        ``idx`` (batch, k); xBC from ``conv_u`` (batch, d_model) with the shared conv. Only the
+        chosen experts' projections are read (no copy of their weights on the CPU)."""
+        chosen = idx.shape[1]
+        rows = lambda t: t.to(self.in_proj.dtype)[:, None, :].expand(-1, chosen, -1)  # noqa: E731
+        if conv_u is None:
+            return self._split(gathered_linear(rows(u), self.in_proj, idx))
+        P, w = self.head_dim, self.in_proj
+        z, dt_raw = gathered_linear(rows(u), torch.cat([w[:, :P], w[:, -1:]], dim=1), idx).split([P, 1], dim=-1)
+        return z, gathered_linear(rows(conv_u), w[:, P:-1], idx), dt_raw
+
+    def _decode_expert_conv(self, xBC: torch.Tensor, window: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The per-expert conv of one token: xBC (batch, k, C) of the chosen experts ``idx``
+        (batch, k) after their cached windows (batch, E, K-1, C), which are advanced in place.
+        Returns (batch, k, C)."""
+        batch, chosen = idx.shape
+        K, width = self.conv_kernel, self.feature_dim
+        slots = idx[:, :, None, None].expand(-1, -1, K - 1, width)
+        full = torch.cat([window.gather(1, slots), xBC[:, :, None, :].to(window.dtype)], dim=2)  # (batch, k, K, C)
+        window.scatter_(1, slots, full[:, :, 1:])
+        # The conv of the forward, at the newest row of each (token, expert) window.
+        newest = torch.arange(1, batch * chosen + 1, device=idx.device) * K - 1
+        out = conv_at_rows(full.reshape(batch * chosen * K, -1), self.conv_weight, self.conv_bias, idx.reshape(-1),
+                           newest)
+        return out.view(batch, chosen, -1)
+
+    def _decode_sequence_features(self, u: torch.Tensor, window: torch.Tensor | None) -> SequenceFeatures:
+        """:meth:`_sequence_features` of one token per row: u (batch, d_model) after the cached
+        window (batch, K-1, channels), which is advanced in place."""
+        if self.shared_conv_weight is None:
+            return SequenceFeatures()
+        batch, K = u.shape[0], self.conv_kernel
+        values = self._sequence_conv_input(u)
+        full = torch.cat([window, values[:, None, :].to(window.dtype)], dim=1)  # (batch, K, channels)
+        window.copy_(full[:, 1:])
+        newest = torch.arange(1, batch + 1, device=u.device) * K - 1
+        conv_out = conv_at_rows(full.reshape(batch * K, -1), self.shared_conv_weight[None], self.shared_conv_bias[None],
+                                torch.zeros(batch, dtype=torch.long, device=u.device), newest)
+        return self._after_sequence_conv(conv_out)
 
     # ----------------------------------------------------------------- init
     @torch.no_grad()
@@ -348,9 +554,11 @@ class MoSSE(nn.Module):
         overwrite loaded weights."""
         std = config.initializer_range
         E = self.n_experts
+        conv_bound = 1 / math.sqrt(self.conv_kernel)
         init.normal_(self.in_proj, std=std)
-        init.uniform_(self.conv_weight, -1 / math.sqrt(self.conv_kernel), 1 / math.sqrt(self.conv_kernel))
-        init.zeros_(self.conv_bias)
+        if self.conv_weight is not None:
+            init.uniform_(self.conv_weight, -conv_bound, conv_bound)
+            init.zeros_(self.conv_bias)
         dt = torch.exp(torch.rand(E) * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(config.dt_min))
         dt = dt.clamp(min=config.dt_init_floor)
         init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
@@ -364,3 +572,8 @@ class MoSSE(nn.Module):
         init.normal_(self.out_proj, std=out_std)
         if self.router is not None:
             init.normal_(self.router.weight, std=std)
+        if self.shared_conv_weight is not None:
+            init.uniform_(self.shared_conv_weight, -conv_bound, conv_bound)
+            init.zeros_(self.shared_conv_bias)
+        if self.bc_proj is not None:
+            init.normal_(self.bc_proj, std=std)

@@ -8,7 +8,9 @@ Architectures, by ``config.model_type``:
 * ``mossnet`` (the single-head SSM and MoE-Mamba study variants are MossNet configs too): a
   token runs k of E experts, so an expert weight counts k/E towards the active parameters.
   With ``state_update="all"`` every expert's projection, conv and scan run on every token;
-  only the output projection is routed. Decode state: every expert's SSM state and conv window.
+  only the output projection is routed. The parts every token uses whatever the routing (the
+  shared conv and shared B/C projection of spec section 7, norms, routers, embeddings) count in
+  full. Decode state: every expert's SSM state plus the conv windows the cache holds.
 * ``llama``: dense (active = total); decode state is the KV cache, which grows with the length.
 * ``mamba2``: dense; decode state is the SSM state and conv window of every head.
 
@@ -30,14 +32,16 @@ True
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # counting needs no torch import of its own: callers hold the model
     from torch import nn
 
-# Per-expert tensors of the MoSSE layer (leading dim E).
-_MIXER_EXPERT_PARAMS = ("in_proj", "conv_weight", "conv_bias", "dt_bias", "A_log", "mixer.D", "norm_weight", "out_proj",
-                        "z_bias")
+# Per-expert tensors of the MoSSE layer (leading dim E), by parameter name: matched exactly, so
+# that the shared conv's `shared_conv_weight` is not taken for the experts' `conv_weight`.
+_MIXER_EXPERT_PARAMS = frozenset(
+    ("in_proj", "conv_weight", "conv_bias", "dt_bias", "A_log", "D", "norm_weight", "out_proj", "z_bias"))
 
 
 def total_parameters(model: nn.Module) -> int:
@@ -62,10 +66,10 @@ def active_parameters(model: nn.Module) -> int:
 
 def _mossnet_active_fraction(name: str, config) -> float:
     """The share of parameter ``name`` that one token of a MossNet model uses."""
-    if ".mixer." in name and "router" not in name and config.ssm_experts > 1:
-        if any(key in name for key in _MIXER_EXPERT_PARAMS):
-            if config.state_update == "routed" or "out_proj" in name:
-                return config.ssm_top_k / config.ssm_experts
+    leaf = name.rsplit(".", 1)[-1]
+    if ".mixer." in name and leaf in _MIXER_EXPERT_PARAMS and config.ssm_experts > 1:
+        if config.state_update == "routed" or leaf == "out_proj":
+            return config.ssm_top_k / config.ssm_experts
     if (".mlp.gate_up" in name or ".mlp.down" in name) and config.mlp_experts > 1:
         return config.mlp_top_k / config.mlp_experts
     return 1.0
@@ -84,8 +88,10 @@ def state_bytes_per_layer(config, seq_len: int = 0, bytes_per_element: int = 4) 
     experts') and Mamba-2, keys plus values for Llama. Raises ValueError for another model type."""
     kind = getattr(config, "model_type", None)
     if kind == "mossnet":
-        E, P, N, K = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim, config.conv_kernel
-        return E * (N * P + (K - 1) * (P + 2 * N)) * bytes_per_element
+        from mossnet.layers.mosse import conv_window_shape  # the cache's own layout of the windows
+
+        E, P, N = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim
+        return (E * N * P + math.prod(conv_window_shape(config))) * bytes_per_element
     if kind == "mamba2":
         inner = config.num_heads * config.head_dim
         conv_channels = inner + 2 * config.n_groups * config.state_size

@@ -1,4 +1,4 @@
-"""The recurrent cache used by generation: per layer, each expert's conv window and SSM state.
+"""The recurrent cache used by generation: per layer, the conv windows and each expert's SSM state.
 
 Its size depends on the batch and the config only, never on how many tokens were generated
 (O(1) memory in the generated length). Tensors are preallocated and updated in place, so a
@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from ...layers.mosse import conv_window_shape
+
 
 class MossNetCache:
-    """conv_states[l]: (batch, E, K-1, P+2N); ssm_states[l]: (batch, E, N, P); both fp32.
+    """conv_states[l]: (batch, *conv_window_shape(config)), by default each expert's window
+    (batch, E, K-1, P+2N), with ``ssm_conv_placement="shared"`` one window of u (batch, K-1,
+    d_model) (see :func:`~mossnet.layers.mosse.conv_window_shape`); ssm_states[l]: (batch, E,
+    N, P); both fp32.
 
     Example:
         >>> from mossnet import MossNetConfig
@@ -23,9 +28,10 @@ class MossNetCache:
     is_compileable = False
 
     def __init__(self, config, batch_size: int, device=None, dtype: torch.dtype = torch.float32):
-        E, P, N, K = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim, config.conv_kernel
+        E, P, N = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim
+        window = conv_window_shape(config)
         self.conv_states = [
-            torch.zeros(batch_size, E, K - 1, P + 2 * N, device=device, dtype=dtype) for _ in range(config.n_layers)
+            torch.zeros(batch_size, *window, device=device, dtype=dtype) for _ in range(config.n_layers)
         ]
         self.ssm_states = [torch.zeros(batch_size, E, N, P, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.seen_tokens = 0

@@ -17,6 +17,7 @@ from mossnet.execution import SCAN_IMPLS
 from .remote_code import AUTO_MAP
 
 STATE_UPDATES = ("routed", "all")
+SSM_CONV_PLACEMENTS = ("expert", "shared")
 
 # name -> overrides of the defaults below. Parameter counts (total / active per token) are in
 # the README and tested.
@@ -54,8 +55,13 @@ class MossNetConfig(PretrainedConfig):
         router_renormalize: renormalise the top-k gates to sum to 1 (only when k > 1).
         ssm_z_bias: a per-expert bias on the gate z (zero at init), so that SiLU(z) can start as
             a non-zero constant (a model converted from attention: W_z = 0, bias b gives SiLU(b)).
+        ssm_conv_placement: "expert" (each expert's conv over its own sequence, spec section 2.4)
+            or "shared" (one conv of u over the full sequence before routing; spec section 7).
+        ssm_share_bc: B and C from one projection shared by all experts, convolved over the
+            full sequence (spec section 7).
         mlp_experts, mlp_top_k, mlp_hidden_dim, mlp_shared_expert: the SwiGLU MoE-MLP
-            (spec section 3); ``mlp_experts=1`` is a dense SwiGLU.
+            (spec section 3); ``mlp_experts=1`` is a dense SwiGLU, ``mlp_experts=0`` no
+            channel-mixing block at all (spec section 7; mlp_top_k and mlp_hidden_dim unused).
         router_aux_loss_coef, router_z_loss_coef: loss weights (spec section 4).
     Args (numerics / init):
         rms_norm_eps, initializer_range, dt_min, dt_max, dt_init_floor, A_init_range,
@@ -88,6 +94,8 @@ class MossNetConfig(PretrainedConfig):
         state_update: str = "routed",
         router_renormalize: bool = True,
         ssm_z_bias: bool = False,
+        ssm_conv_placement: str = "expert",
+        ssm_share_bc: bool = False,
         mlp_experts: int = 4,
         mlp_top_k: int = 2,
         mlp_hidden_dim: int = 256,
@@ -122,6 +130,8 @@ class MossNetConfig(PretrainedConfig):
         self.state_update = state_update
         self.router_renormalize = router_renormalize
         self.ssm_z_bias = ssm_z_bias
+        self.ssm_conv_placement = ssm_conv_placement
+        self.ssm_share_bc = ssm_share_bc
         self.mlp_experts = mlp_experts
         self.mlp_top_k = mlp_top_k
         self.mlp_hidden_dim = mlp_hidden_dim
@@ -155,26 +165,35 @@ class MossNetConfig(PretrainedConfig):
         """Raise ConfigError (a ValueError) naming the first impossible field."""
         positive = [
             "vocab_size", "d_model", "n_layers", "ssm_experts", "ssm_top_k", "ssm_head_dim",
-            "ssm_state_dim", "conv_kernel", "mlp_experts", "mlp_top_k", "mlp_hidden_dim", "chunk_size",
+            "ssm_state_dim", "conv_kernel", "mlp_top_k", "mlp_hidden_dim", "chunk_size",
         ]
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 _fail(f"{name} must be a positive integer, got {value!r}")
+        mlp = self.mlp_experts
+        if not isinstance(mlp, int) or isinstance(mlp, bool) or mlp < 0:
+            _fail(f"mlp_experts must be an integer >= 0 (0 = no channel-mixing block), got {mlp!r}")
         block = self.prefill_block_size
         if not isinstance(block, int) or isinstance(block, bool) or block < 0:
             _fail(f"prefill_block_size must be an integer >= 0 (0 = one pass), got {block!r}")
         if self.ssm_top_k > self.ssm_experts:
             _fail(f"ssm_top_k ({self.ssm_top_k}) must be <= ssm_experts ({self.ssm_experts})")
-        if self.mlp_top_k > self.mlp_experts:
+        if self.mlp_experts > 0 and self.mlp_top_k > self.mlp_experts:
             _fail(f"mlp_top_k ({self.mlp_top_k}) must be <= mlp_experts ({self.mlp_experts})")
         if self.state_update not in STATE_UPDATES:
             _fail(f"state_update must be one of {STATE_UPDATES}, got {self.state_update!r}")
+        if self.ssm_conv_placement not in SSM_CONV_PLACEMENTS:
+            _fail(f"ssm_conv_placement must be one of {SSM_CONV_PLACEMENTS}, got {self.ssm_conv_placement!r}")
         if self.scan_impl not in SCAN_IMPLS:
             _fail(f"scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
-        for name in ("router_renormalize", "ssm_z_bias", "mlp_shared_expert", "rescale_residual", "use_cache"):
+        for name in ("router_renormalize", "ssm_z_bias", "ssm_share_bc", "mlp_shared_expert", "rescale_residual",
+                     "use_cache"):
             if not isinstance(getattr(self, name), bool):
                 _fail(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.mlp_experts == 0 and self.mlp_shared_expert:
+            _fail("mlp_shared_expert needs a channel-mixing block, but mlp_experts is 0 (none); "
+                  "use mlp_experts=1 for one dense SwiGLU")
         for name in ("router_aux_loss_coef", "router_z_loss_coef", "initializer_range", "dt_init_floor"):
             if not _finite(getattr(self, name)) or getattr(self, name) < 0:
                 _fail(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")

@@ -106,6 +106,12 @@ def slice_name(seq_len: int, num_pairs: int) -> str:
     return f"{seq_len}x{num_pairs}"
 
 
+def slice_key(name: str) -> tuple[int, int]:
+    """(length, pairs) of a slice name, for ordering slices (JSON keeps keys sorted as text)."""
+    T, n = name.split("x")
+    return int(T), int(n)
+
+
 def generator_options(name: str) -> dict:
     """The ``MQARSpec`` options of a named generator ("zoology" or "uniform")."""
     if name not in GENERATORS:

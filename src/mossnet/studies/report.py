@@ -346,7 +346,10 @@ DECOMPOSITION_METRICS = (("val_loss", "val loss"), ("loss_recall", "recall-token
 
 
 def decomposition_table(results: list[dict[str, Any]]) -> str:
-    """One row per variant: learning rate, seeds, each metric's mean ± sd over seeds."""
+    """One row per variant: learning rate (and the swept variant it comes from), seeds, each
+    metric's mean ± sd over seeds."""
+    from .decomposition import LR_FROM
+
     head = "| variant | lr | seeds | " + " | ".join(name for _, name in DECOMPOSITION_METRICS) + " |"
     lines = [head, "|---|---:|---:|" + "---:|" * len(DECOMPOSITION_METRICS)]
     for _, runs in sorted(group_lm(results).items()):
@@ -355,17 +358,19 @@ def decomposition_table(results: list[dict[str, Any]]) -> str:
             vals = [v for v in (_metric(r, key) for r in runs) if v is not None]
             cells.append(f"{sum(vals) / len(vals):.3f} ± {_sd(vals):.3f}" if vals else "")
         lr = ", ".join(f"{x:g}" for x in sorted({r["lr"] for r in runs}))
+        source = LR_FROM.get(runs[0]["variant"], runs[0]["variant"])
+        lr += f" (from {source})" if source != runs[0]["variant"] else ""
         lines.append(f"| {runs[0]['label']} | {lr} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def decomposition_report(results: list[dict[str, Any]]) -> str:
     """The main table (each variant at its inherited rate), the sweep, and paired differences to A."""
-    from .decomposition import LR_FROM, best_rates
+    from .decomposition import LR_FROM, SWEPT, best_rates
 
     rates = best_rates(results)
     main = [r for r in results if LR_FROM[r["variant"]] in rates and r["lr"] == rates[LR_FROM[r["variant"]]]]
-    sweep = [r for r in results if r["seed"] == 0]
+    sweep = [r for r in results if r["seed"] == 0 and r["variant"] in SWEPT]
     parts = [decomposition_table(main) if main else "no variant has finished at its best rate yet"]
     if len({r["lr"] for r in sweep}) > 1:
         parts.append("Learning-rate sweep, seed 0 (final validation loss):\n\n" + _sweep_grid(sweep))
@@ -424,9 +429,16 @@ def rank_cells(results: list[dict[str, Any]]) -> "OrderedDict[tuple, dict[str, A
     return cells
 
 
+def _slice_names(cells) -> list[str]:
+    from .mqar_data import slice_key
+
+    return sorted({n for c in cells.values() for n in c["slices"]}, key=slice_key)
+
+
 def rank_table(results: list[dict[str, Any]]) -> str:
+    """One row per (model, state size): accuracy per slice, mean ± sd over seeds at the cell's rate."""
     cells = rank_cells(results)
-    names = list(OrderedDict.fromkeys(n for c in cells.values() for n in c["slices"]))
+    names = _slice_names(cells)
     lines = ["| model | state / layer | active params | lr | seeds | " + " | ".join(names) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(names)]
     for (_, state), c in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -443,7 +455,7 @@ def plot_rank(results: list[dict[str, Any]], path: str | Path) -> str | None:
     if plt is None:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
     cells = rank_cells(results)
-    names = list(OrderedDict.fromkeys(n for c in cells.values() for n in c["slices"]))
+    names = _slice_names(cells)
     if not names:
         return "no MQAR ranking results"
     fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.6), dpi=120, squeeze=False)

@@ -50,13 +50,27 @@ def test_gate_verdict_names_the_first_failing_rung():
     assert not cal.gate_verdict([_gate_result("zoology", 1e-3, 0.9)])["zoology_passes"]
 
 
-@pytest.mark.parametrize("n", [8, 16])
+@pytest.mark.parametrize("n", [8, 16, 64])
 def test_ranked_models_share_total_state_and_value_width(n):
+    """The same active value width d/2; per-layer state (SSM and conv windows, read off the real
+    cache) equal to MossNet's to the nearest state dim."""
+    from mossnet import MossNetConfig
+    from mossnet.studies.arch_configs import cache_bytes_per_layer
+
     d = 64
-    shapes = [cal.rank_model(a, d, n) for a in cal.RANK_ARCHS]
-    assert len({m["ssm_experts"] * m["ssm_head_dim"] * m["ssm_state_dim"] for m in shapes}) == 1
-    assert {m["ssm_top_k"] * m["ssm_head_dim"] for m in shapes} == {d // 2}
-    assert all(m["mlp_experts"] == 0 for m in shapes)
+    shapes = {a: cal.rank_model(a, d, n) for a in cal.RANK_ARCHS}
+
+    def state(model, **change):
+        return cache_bytes_per_layer(MossNetConfig(d_model=d, n_layers=1, **{**model, "mlp_experts": 1, **change}))
+
+    target = state(shapes["mossnet"])
+    for arch, model in shapes.items():
+        assert model["ssm_top_k"] * model["ssm_head_dim"] == d // 2 and model["mlp_experts"] == 0
+        N = model["ssm_state_dim"]
+        gap = abs(state(model) - target)
+        assert gap <= abs(state(model, ssm_state_dim=N + 1) - target)
+        assert N == 1 or gap <= abs(state(model, ssm_state_dim=N - 1) - target)
+        assert gap <= 0.05 * target
 
 
 def test_rank_best_rates_are_picked_per_cell_on_seed_0():
@@ -66,7 +80,8 @@ def test_rank_best_rates_are_picked_per_cell_on_seed_0():
 
     results = [r("mossnet", 16, 3e-3, 0.4), r("mossnet", 16, 1e-2, 0.6), r("single_head", 16, 3e-3, 0.5),
                r("single_head", 16, 1e-2, 0.5), r("mossnet", 64, 3e-3, 0.9, seed=1)]
-    assert cal.rank_best_rates(results) == {("mossnet", 16): 1e-2, ("single_head", 16): 3e-3}
+    n_single = cal.rank_model("single_head", 64, 16)["ssm_state_dim"]
+    assert cal.rank_best_rates(results) == {("mossnet", 16): 1e-2, ("single_head", n_single): 3e-3}
 
 
 def test_a_mixture_run_scores_every_slice_and_stops_early(tmp_path):
@@ -100,15 +115,13 @@ def test_tiny_ranking_end_to_end(tmp_path):
     if not cal.mlp_free_supported():
         pytest.skip("MossNetConfig does not accept mlp_experts=0 yet")
     out = tmp_path / "rank"
-    argv = ["compare", "--study", "mqar_rank", "--out", str(out), "--widths", "16", "--state-dims", "2,4",
-            "--lrs", "1e-3,3e-3", "--seeds", "2", *TINY_SCHEDULE]
+    argv = ["compare", "--study", "mqar_rank", "--out", str(out), "--archs", "single_head,mossnet", "--widths", "16",
+            "--state-dims", "2,4", "--lrs", "1e-3", "--seeds", "2", *TINY_SCHEDULE]
     assert mossnet_main(argv) == 0
     results = [json.loads(p.read_text()) for p in out.glob("runs/*/result.json")]
-    assert len(results) == 3 * 2 * 2 + 3 * 2  # the seed-0 sweep, then seed 1 at each cell's best rate
-    states = {}
-    for r in results:
-        states.setdefault(r["model"]["ssm_state_dim"] if r["variant"] == "mossnet" else r["model"]["ssm_state_dim"] // 2,
-                          set()).add(r["model"]["ssm_experts"] * r["model"]["ssm_head_dim"] * r["model"]["ssm_state_dim"])
-    assert all(len(v) == 1 for v in states.values())  # matched total SSM state per size
+    assert len(results) == 2 * 2 * 2  # the seed-0 sweep, then seed 1 at each cell's best rate
+    for n in (2, 4):  # per state size, the models' per-layer states agree to the nearest state dim
+        states = [r["params"]["state_bytes_per_layer"] for r in results if f"-n{n}-" in r["name"]]
+        assert len(states) == 4 and max(states) - min(states) <= 0.25 * max(states)
     report = (out / "results.md").read_text()
     assert "± " in report and "256x64" in report

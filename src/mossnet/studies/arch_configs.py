@@ -134,9 +134,7 @@ def state_bytes_per_layer(arch: str, config, seq_len: int, bytes_per_element: in
     """What one sequence carries per layer at decode time, in fp32 bytes: SSM states and conv
     windows (MossNet: all E experts'), or the KV cache after ``seq_len`` tokens (attention)."""
     if arch in MOSSNET_VARIANTS:
-        from mossnet.models.mossnet.parameter_count import recurrent_state_bytes_per_layer
-
-        return recurrent_state_bytes_per_layer(config, bytes_per_element)
+        return cache_bytes_per_layer(config) * bytes_per_element // 4
     if arch == "mamba2":
         inner = config.num_heads * config.head_dim
         conv_channels = inner + 2 * config.n_groups * config.state_size
@@ -146,6 +144,26 @@ def state_bytes_per_layer(arch: str, config, seq_len: int, bytes_per_element: in
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return 2 * config.num_key_value_heads * head_dim * seq_len * bytes_per_element
     raise ValueError(f"unknown study architecture {arch!r}")
+
+
+def cache_bytes_per_layer(config) -> int:
+    """fp32 bytes one sequence carries per layer at decode time (SSM states and conv windows of
+    every expert, or the shared ones), read off the real cache on the meta device."""
+    from mossnet.models.mossnet.cache import MossNetCache
+
+    return MossNetCache(config, 1, device="meta").nbytes() // config.n_layers
+
+
+def solve_state_dim(config, target_bytes: int) -> int:
+    """The state dim N (>= 1) whose per-layer cache bytes come nearest ``target_bytes`` (the
+    smaller N on a tie); every other field of ``config`` is kept."""
+    def bytes_at(n: int) -> int:
+        return cache_bytes_per_layer(config.__class__(**{**config.to_dict(), "ssm_state_dim": n}))
+
+    n = 1
+    while bytes_at(n + 1) < target_bytes:  # bytes grow with N
+        n += 1
+    return n if abs(bytes_at(n) - target_bytes) <= abs(bytes_at(n + 1) - target_bytes) else n + 1
 
 
 def describe_arch(arch: str, config, seq_len: int) -> dict[str, Any]:

@@ -14,7 +14,8 @@ C     dense k heads of width P (E=k, top-k of k)
 D     dense E narrow heads of width k*P/E (top-E of E)
 E     MossNet: E experts of width P, top-k
 F     E with ``state_update="all"`` (every expert scans every token; the router gates outputs)
-G     E at A's total state: N*k/E, so that E*N*P equals A's N*k*P
+G     E at A's total state: N solved so that the per-layer cache (SSM states and conv windows)
+      comes nearest A's
 H     E with ``ssm_conv_placement="shared"`` (one conv over the full sequence before routing)
 ====  ======================================================================================
 
@@ -40,7 +41,8 @@ from typing import Any
 
 from mossnet.errors import ConfigError
 
-from .arch_configs import _solve_mlp_width, config_accepts, mossnet_active, reference_config
+from .arch_configs import (_solve_mlp_width, cache_bytes_per_layer, config_accepts, mossnet_active, reference_config,
+                           solve_state_dim)
 
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 SWEPT = ("A", "C", "E")
@@ -59,8 +61,9 @@ def time_mixer(letter: str, ref) -> dict[str, Any]:
     E, k, P, N = _shape(ref)
     if letter == "D" and (k * P) % E:
         raise ConfigError(f"variant D needs k*P ({k}*{P}) divisible by E ({E})")
-    if letter == "G" and (N * k) % E:
-        raise ConfigError(f"variant G needs N*k ({N}*{k}) divisible by E ({E})")
+    if letter == "G":
+        single = ref.__class__(**{**ref.to_dict(), **time_mixer("A", ref)})
+        return dict(ssm_state_dim=solve_state_dim(ref, cache_bytes_per_layer(single)))
     return {
         "A": dict(ssm_experts=1, ssm_top_k=1, ssm_head_dim=k * P),
         "B": dict(ssm_experts=k, ssm_top_k=k, ssm_share_bc=True),
@@ -68,7 +71,6 @@ def time_mixer(letter: str, ref) -> dict[str, Any]:
         "D": dict(ssm_experts=E, ssm_top_k=E, ssm_head_dim=k * P // E),
         "E": {},
         "F": dict(state_update="all"),
-        "G": dict(ssm_state_dim=N * k // E),
         "H": dict(ssm_conv_placement="shared"),
     }[letter]
 
@@ -82,7 +84,7 @@ def label(letter: str, ref) -> str:
         "D": f"D: dense {E} narrow heads (P={k * P // E})",
         "E": f"E: MossNet E={E}, top-{k}",
         "F": 'F: E, state_update="all"',
-        "G": f"G: E at A's state (N={N * k // E})",
+        "G": f"G: E at A's state (N={time_mixer('G', ref)['ssm_state_dim']})",
         "H": "H: E, shared conv",
     }[letter]
 
@@ -119,13 +121,6 @@ def variant_config(letter: str, ref):
     return ref.__class__(**{**ref.to_dict(), **variant_overrides(letter, ref)})
 
 
-def state_bytes_per_layer(config) -> int:
-    """fp32 bytes one sequence carries per layer at decode time, read off the real cache."""
-    from mossnet.models.mossnet.cache import MossNetCache
-
-    return MossNetCache(config, 1, device="meta").nbytes() // config.n_layers
-
-
 def config_row(letter: str, ref, tokens: int) -> dict[str, Any]:
     """One row of the config table, every count from the real model (meta device)."""
     row = {"variant": letter, "label": label(letter, ref), "lr_from": LR_FROM[letter], "tokens": tokens}
@@ -142,7 +137,7 @@ def config_row(letter: str, ref, tokens: int) -> dict[str, Any]:
     return {**row, "E": cfg.ssm_experts, "k": cfg.ssm_top_k, "P": cfg.ssm_head_dim, "N": cfg.ssm_state_dim,
             "state_update": cfg.state_update, "share_bc": bool(getattr(cfg, "ssm_share_bc", False)),
             "conv": getattr(cfg, "ssm_conv_placement", "expert"), "mlp_width": cfg.mlp_hidden_dim,
-            "active": counts["active"], "total": counts["total"], "state_bytes": state_bytes_per_layer(cfg),
+            "active": counts["active"], "total": counts["total"], "state_bytes": cache_bytes_per_layer(cfg),
             "knob": "reference (MLP 8/3 d)" if letter == "E" else "MLP width"}
 
 

@@ -14,8 +14,8 @@ Every rung stops early once the gate slice reaches 0.99 (Zoology's early stoppin
 
 **Ranking** (study ``mqar_rank``; run only once the gate passes). A single head, dense 2 heads
 and MossNet (E=4, top-2), all without MLP (``mlp_experts=0``) at the same d, the same active
-value width (d/2) and the same total SSM state E*P*N = d*N for each of two state sizes
-(:func:`rank_model`). The learning rate is swept on seed 0; seeds 1 and 2 run at each cell's best
+value width (d/2) and, for each of two state sizes, the same total state per layer (SSM states
+and conv windows, to the nearest state dim; :func:`rank_model`). The learning rate is swept on seed 0; seeds 1 and 2 run at each cell's best
 rate; the report gives each slice's accuracy against state bytes as mean ± sd over the 3 seeds.
 
 ``python -m mossnet.studies.mqar_calibration GATE_DIR`` prints the gate's verdict and exits 0 when
@@ -135,17 +135,30 @@ def gate_verdict(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ ranking
 def rank_model(arch: str, d_model: int, state_dim: int) -> dict[str, Any]:
-    """MossNet overrides of a ranked model at MossNet's state dim ``state_dim``: active value
-    width d/2 and total SSM state E*P*N = d * state_dim for all three; no MLP."""
+    """MossNet overrides of a ranked model: MossNet is E=4 experts of top-2, P=d/4, N=state_dim;
+    the single head (P=d/2) and the dense 2 heads (P=d/4) have the same active value width d/2
+    and the state dim whose per-layer cache (SSM states and conv windows) comes nearest
+    MossNet's. No MLP."""
+    from mossnet import MossNetConfig
+
+    from .arch_configs import cache_bytes_per_layer, solve_state_dim
+
     if d_model % 4:
         raise ValueError(f"d_model must be a multiple of 4, got {d_model}")
-    shapes = {"single_head": (1, 1, d_model // 2, 2 * state_dim),
-              "dense_2_heads": (2, 2, d_model // 4, 2 * state_dim),
-              "mossnet": (4, 2, d_model // 4, state_dim)}
+    shapes = {"single_head": (1, 1, d_model // 2), "dense_2_heads": (2, 2, d_model // 4), "mossnet": (4, 2, d_model // 4)}
     if arch not in shapes:
         raise ValueError(f"unknown ranked model {arch!r}; choose from {RANK_ARCHS}")
-    E, k, P, N = shapes[arch]
-    return dict(ssm_experts=E, ssm_top_k=k, ssm_head_dim=P, ssm_state_dim=N, mlp_experts=0)
+
+    def config(name: str, n: int):  # the state does not depend on the MLP or the vocabulary
+        E, k, P = shapes[name]
+        return MossNetConfig(vocab_size=8, d_model=d_model, n_layers=1, ssm_experts=E, ssm_top_k=k, ssm_head_dim=P,
+                             ssm_state_dim=n, mlp_experts=1, mlp_top_k=1)
+
+    n = state_dim
+    if arch != "mossnet":
+        n = solve_state_dim(config(arch, state_dim), cache_bytes_per_layer(config("mossnet", state_dim)))
+    E, k, P = shapes[arch]
+    return dict(ssm_experts=E, ssm_top_k=k, ssm_head_dim=P, ssm_state_dim=n, mlp_experts=0)
 
 
 def mlp_free_supported() -> bool:
@@ -160,8 +173,8 @@ def mlp_free_supported() -> bool:
     return True
 
 
-RANK_LABELS = {"single_head": "single head (E=1, P=d/2, N=2n)", "dense_2_heads": "dense 2 heads (E=k=2, P=d/4, N=2n)",
-               "mossnet": "MossNet (E=4, k=2, P=d/4, N=n)"}
+RANK_LABELS = {"single_head": "single head (E=1, P=d/2)", "dense_2_heads": "dense 2 heads (E=k=2, P=d/4)",
+               "mossnet": "MossNet (E=4, k=2, P=d/4)"}
 
 
 def _rank_spec(schedule, out, arch: str, d_model: int, n: int, lr: float, seed: int) -> MQARRunSpec:
@@ -176,29 +189,24 @@ def rank_sweep_specs(out, schedule, archs=RANK_ARCHS, d_model: int = 64, state_d
 
 
 def rank_best_rates(results: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
-    """(model, MossNet state dim n) -> the rate of the best seed-0 overall accuracy (lower on a tie)."""
+    """(model, its state dim N) -> the rate of the best seed-0 overall accuracy (lower on a tie)."""
     best: dict[tuple[str, int], tuple[float, float]] = {}
     for r in results:
         if r.get("seed") != 0 or r.get("diverged"):
             continue
-        key = (r["variant"], _mossnet_n(r))
+        key = (r["variant"], r["model"]["ssm_state_dim"])
         score = (-r["accuracy"], r["lr"])
         if key not in best or score < best[key]:
             best[key] = score
     return {k: lr for k, (_, lr) in best.items()}
 
 
-def _mossnet_n(result: dict[str, Any]) -> int:
-    """The MossNet state dim n a ranked run's cell is named by (single and dense heads: N = 2n)."""
-    n = result["model"]["ssm_state_dim"]
-    return n if result["variant"] == "mossnet" else n // 2
-
-
 def rank_main_specs(out, schedule, rates: dict[tuple[str, int], float], archs=RANK_ARCHS, d_model: int = 64,
                     state_dims=(16, 64), seeds=(0, 1, 2)) -> list[MQARRunSpec]:
     """Every seed of every cell whose sweep has finished, at the cell's best rate."""
-    return [_rank_spec(schedule, out, a, d_model, n, rates[(a, n)], seed)
-            for n in state_dims for a in archs if (a, n) in rates for seed in seeds]
+    cells = [(a, n, (a, rank_model(a, d_model, n)["ssm_state_dim"])) for n in state_dims for a in archs]
+    return [_rank_spec(schedule, out, a, d_model, n, rates[key], seed)
+            for a, n, key in cells if key in rates for seed in seeds]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -413,12 +413,12 @@ def gate_table(verdict: dict[str, Any]) -> str:
 def rank_cells(results: list[dict[str, Any]]) -> "OrderedDict[tuple, dict[str, Any]]":
     """(model, state bytes per layer) -> {label, lr, seeds, per slice [accuracies over seeds]} at the
     cell's best seed-0 rate (the rate its other seeds ran at)."""
-    from .mqar_calibration import _mossnet_n, rank_best_rates
+    from .mqar_calibration import rank_best_rates
 
     rates = rank_best_rates(results)
     cells: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
     for r in results:
-        if rates.get((r["variant"], _mossnet_n(r))) != r["lr"]:
+        if rates.get((r["variant"], r["model"]["ssm_state_dim"])) != r["lr"]:
             continue
         key = (r["variant"], r["params"]["state_bytes_per_layer"])
         cell = cells.setdefault(key, {"label": r["label"], "lr": r["lr"], "seeds": [], "slices": OrderedDict(),

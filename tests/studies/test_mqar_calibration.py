@@ -61,7 +61,8 @@ def test_ranked_models_share_total_state_and_value_width(n):
     shapes = {a: cal.rank_model(a, d, n) for a in cal.RANK_ARCHS}
 
     def state(model, **change):
-        return cache_bytes_per_layer(MossNetConfig(d_model=d, n_layers=1, **{**model, "mlp_experts": 1, **change}))
+        return cache_bytes_per_layer(MossNetConfig(d_model=d, n_layers=1, **{**model, "mlp_experts": 1, "mlp_top_k": 1,
+                                                                            **change}))
 
     target = state(shapes["mossnet"])
     for arch, model in shapes.items():

@@ -83,6 +83,7 @@ def test_lm_study_with_a_sweep_end_to_end(tiny_corpus, tmp_path, monkeypatch, ca
     report = (out / "results.md").read_text()
     main_table = report.split("Learning-rate sweep")[0]
     assert main_table.count("| 2 |") == 2  # the shared-rate table: both models, both seeds
+    assert "Paired differences to MossNet" in main_table and "| Transformer (Llama" in main_table.split("Paired")[1]
     sweep = report.split("Learning-rate sweep")[1]
     assert "| lr 0.003 | lr 0.01 | lr 0.05 |" in sweep and "diverged" in sweep
     capsys.readouterr()

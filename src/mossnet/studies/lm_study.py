@@ -146,6 +146,15 @@ def make_specs(study: str, out: str | Path, data: str, preset: str = "tiny", arc
     return specs
 
 
+def _thin(records: list, at_most: int) -> list:
+    """Every k-th record (the last one always kept), so that a result JSON stays small."""
+    if len(records) <= at_most:
+        return records
+    every = -(-len(records) // at_most)  # ceil
+    kept = records[every - 1::every]
+    return kept if kept[-1] is records[-1] else kept + records[-1:]
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -242,7 +251,7 @@ def execute_lm(spec: LMRunSpec) -> dict[str, Any]:
         "diverged": diverged,
         "probe_metrics": _probe(spec) if spec.probes and diverged is None else None,
         "val_curve": [[step * tps, loss] for step, loss in sorted(curve.items())],
-        "train_curve": [[int(r["step"]) * tps, float(r["ce"])] for r in train_recs],
+        "train_curve": [[int(r["step"]) * tps, float(r["ce"])] for r in _thin(train_recs, 200)],
         "tokens_per_s": tokens_per_s,
         "train_s": last.get("elapsed_s"),
         "wall_s": wall,

@@ -80,3 +80,11 @@ def test_the_child_entry_point_runs_a_spec_json(tmp_path):
     assert runner.main([str(path)]) == 0
     result = runner.read_json(spec.result)
     assert runner.mismatches(spec, result) == [] and result["eval_queries"] == 8
+
+
+def test_the_module_example_holds():
+    import doctest
+
+    from mossnet.studies import specs
+
+    assert doctest.testmod(specs).failed == 0

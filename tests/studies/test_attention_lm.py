@@ -64,7 +64,8 @@ def test_zoology_setting_matches_a_written_out_reference():
         torch.nn.init.normal_(p, std=0.3) if p.ndim == 1 else None
     x = torch.randint(0, 40, (2, 24))
     torch.testing.assert_close(model(input_ids=x).logits, _zoology_reference(model, x), rtol=1e-5, atol=1e-5)
-    assert sum(p.numel() for p in model.parameters()) == 40 * 16 + 24 * 16 + 2 * (3 * 16 * 17 + 16 * 17 + 4 * 16) + 2 * 16
+    per_block = 3 * 16 * 17 + 16 * 17 + 4 * 16  # qkv and out_proj with biases, two LayerNorms
+    assert sum(p.numel() for p in model.parameters()) == 40 * 16 + 24 * 16 + 2 * per_block + 2 * 16
 
 
 def test_bad_settings_are_refused_and_positions_are_bounded():

@@ -115,3 +115,12 @@ def test_tiny_decomposition_study_end_to_end(tmp_path, tiny_corpus, capsys):
     assert mossnet_main(argv) == 0
     again = capsys.readouterr().out
     assert again.count("runs already have a result: skipped") == 2 and "[1/" not in again  # both stages
+
+
+@pytest.mark.parametrize("archs,message", [("F", "inherit their learning rate from E"), ("A,Z", "unknown variant")])
+def test_bad_variant_lists_are_one_line_errors(tmp_path, tiny_corpus, capsys, archs, message):
+    argv = ["compare", "--study", "decomposition", "--data", str(tiny_corpus), "--out", str(tmp_path / "d"),
+            "--archs", archs, "--device", "cpu"]
+    assert mossnet_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1

@@ -54,7 +54,8 @@ def check_example(row_x, row_y, spec: MQARSpec) -> None:
     assert sorted(queried) == sorted(keys), "every key is queried exactly once"
 
 
-@pytest.mark.parametrize("options", [{}, UNIFORM_OPTIONS, dict(random_filler=False)], ids=["zoology", "uniform", "blank"])
+@pytest.mark.parametrize("options", [{}, UNIFORM_OPTIONS, dict(random_filler=False)],
+                         ids=["zoology", "uniform", "blank"])
 @pytest.mark.parametrize("vocab,seq_len,pairs", [(64, 48, 6), (32, 16, 4), (256, 128, 16), (8, 4, 1)])
 def test_every_example_is_a_correct_recall_problem(vocab, seq_len, pairs, options):
     spec = MQARSpec(vocab_size=vocab, seq_len=seq_len, num_pairs=pairs, **options)

@@ -25,11 +25,11 @@ def _seed_run(variant, seed, loss, label=None):
 
 
 def test_paired_differences_and_the_decision_rule():
-    from mossnet.studies.report import counts, paired_differences, paired_table
+    from mossnet.studies.report_paired import counts, paired_differences, paired_table
 
     results = [_seed_run("a", 0, 4.00), _seed_run("a", 1, 4.10), _seed_run("a", 2, 3.90),
-               _seed_run("b", 0, 3.90), _seed_run("b", 1, 4.01), _seed_run("b", 2, 3.79),  # -0.10, -0.09, -0.11: consistent
-               _seed_run("c", 0, 3.80), _seed_run("c", 1, 4.20), _seed_run("c", 2, 3.95)]  # -0.20, +0.10, +0.05: noise
+               _seed_run("b", 0, 3.90), _seed_run("b", 1, 4.01), _seed_run("b", 2, 3.79),  # consistent gap
+               _seed_run("c", 0, 3.80), _seed_run("c", 1, 4.20), _seed_run("c", 2, 3.95)]  # noise
     diffs = paired_differences(results, "a")
     assert [round(d, 3) for d in diffs["b"][0]] == [-0.1, -0.09, -0.11]
     mean, sd = diffs["b"][1], diffs["b"][2]

@@ -145,7 +145,9 @@ def _check(args: argparse.Namespace) -> None:
         known = _known_archs(args.study)
         unknown = [a for a in args.archs if a not in known]
         if unknown:
-            raise OptionError(f"--archs: unknown {'ablation' if args.study == 'ablations' else 'architecture'} "
+            kind = {"ablations": "ablation", "decomposition": "variant", "mqar_gate": "rung"}.get(args.study,
+                                                                                                   "architecture")
+            raise OptionError(f"--archs: unknown {kind} "
                               f"{', '.join(map(repr, unknown))} for --study {args.study}; choose from {', '.join(known)}")
     if args.study not in ("mqar", "mqar_gate", "mqar_rank") and not args.report_only:
         if not args.data:

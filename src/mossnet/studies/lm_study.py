@@ -108,7 +108,8 @@ class LMBudget:
         steps = self.max_steps
         run = Path(out) / "runs" / run_id
         return LMRunSpec(
-            name=f"{study}/{run_id}", result=str(run / "result.json"), train_dir=str(run / "train"), data=str(self.data),
+            name=f"{study}/{run_id}", result=str(run / "result.json"), train_dir=str(run / "train"),
+            data=str(self.data),
             study=study, variant=variant, label=label, family=family, trainer_arch=trainer_arch, model=dict(model),
             preset=self.preset, seed=seed, lr=lr, seq_len=self.seq_len, batch_size=self.batch_size, max_steps=steps,
             warmup_steps=max(1, int(round(self.warmup_frac * steps))), weight_decay=self.weight_decay,

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .arch_configs import ARCHS, build_config, captures, describe_arch, model_class
 from .mqar_data import (IGNORE_INDEX, MIXTURES, MQARSpec, generator_options, make_mqar, make_mqar_mixture,
-                        recall_accuracy, slice_name)
+                        recall_accuracy)
 from .specs import MQARRunSpec
 
 EVAL_SEED = 2_000_000_011  # held-out examples; training batches use seeds below 2**31 - 1 - this
@@ -116,7 +117,8 @@ def build_model(spec: MQARRunSpec):
                                 max_positions=max_len(spec), **spec.model)
         return cfg, AttentionLM, "attention"
     if spec.arch == "llama_plain":
-        return llama_plain_config(spec.vocab_size, spec.d_model, spec.n_layers, max_len(spec)), model_class("llama"), "llama"
+        cfg = llama_plain_config(spec.vocab_size, spec.d_model, spec.n_layers, max_len(spec))
+        return cfg, model_class("llama"), "llama"
     if spec.arch == "mossnet_plain":
         from mossnet import MossNetConfig
 
@@ -263,6 +265,47 @@ def _stops(spec: MQARRunSpec, scores, held_out: HeldOut, model, device, autocast
     return c / max(n, 1) >= spec.stop_accuracy
 
 
+@dataclass
+class TrainLog:
+    """What a run's training loop records."""
+
+    losses: list[float] = field(default_factory=list)  # query cross-entropy of every step taken
+    curve: list[list[float]] = field(default_factory=list)  # [examples, accuracy on CURVE_EXAMPLES per slice]
+    slice_curves: dict[str, list[list[float]]] = field(default_factory=dict)
+    stopped_at: int | None = None  # the step of an early stop
+    eval_s: float = 0.0
+
+
+def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, device, autocast) -> TrainLog:
+    """``spec.steps`` steps (fewer after a non-finite loss or an early stop), scoring the curve's
+    held-out examples at ``curve_steps``."""
+    log = TrainLog(slice_curves={name: [] for name in held_out.sets})
+    at = set(curve_steps(spec.steps, spec.eval_points))
+    model.train()
+    for step in range(spec.steps):
+        set_rate(step)
+        value = train_step(*training_batch(spec, step))
+        if not math.isfinite(value):
+            break
+        log.losses.append(value)
+        if step + 1 not in at:
+            continue
+        t0 = time.perf_counter()
+        model.eval()
+        scores = held_out.score(model, device, autocast, CURVE_EXAMPLES)
+        examples = (step + 1) * spec.batch_size
+        log.curve.append([examples, _accuracy(scores)])
+        for name, (c, n, _) in scores.items():
+            log.slice_curves[name].append([examples, c / max(n, 1)])
+        stop = _stops(spec, scores, held_out, model, device, autocast)
+        model.train()
+        log.eval_s += time.perf_counter() - t0
+        if stop:
+            log.stopped_at = step + 1
+            break
+    return log
+
+
 def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:
     import torch
 
@@ -283,39 +326,19 @@ def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:
     held_out = HeldOut(spec)
     if spec.stop_slice and spec.stop_slice not in held_out.sets:
         raise ValueError(f"stop_slice {spec.stop_slice!r} is not a slice of this run ({sorted(held_out.sets)})")
-    losses: list[float] = []
-    at = set(curve_steps(spec.steps, spec.eval_points))
-    curve: list[list[float]] = []  # [training examples, held-out accuracy on the first CURVE_EXAMPLES per slice]
-    slice_curves: dict[str, list[list[float]]] = {name: [] for name in held_out.sets}
-    eval_s, stopped_at = 0.0, None
-    t0 = time.perf_counter()
-    model.train()
-    for step in range(spec.steps):
+
+    def set_rate(step: int) -> None:  # warmup, then cosine to 10%
         set_lr(opt, lr_at(step, spec.lr, spec.warmup_steps, spec.steps, 0.1))
-        value = train_step(*training_batch(spec, step))
-        if not math.isfinite(value):
-            break
-        losses.append(value)
-        if step + 1 in at:
-            te = time.perf_counter()
-            model.eval()
-            scores = held_out.score(model, device, autocast, CURVE_EXAMPLES)
-            examples = (step + 1) * spec.batch_size
-            curve.append([examples, _accuracy(scores)])
-            for name, (c, n, _) in scores.items():
-                slice_curves[name].append([examples, c / max(n, 1)])
-            stop = _stops(spec, scores, held_out, model, device, autocast)
-            model.train()
-            eval_s += time.perf_counter() - te
-            if stop:
-                stopped_at = step + 1
-                break
-    train_s = time.perf_counter() - t0 - eval_s
+
+    t0 = time.perf_counter()
+    log = _train(spec, model, train_step, set_rate, held_out, device, autocast)
+    train_s = time.perf_counter() - t0 - log.eval_s
 
     model.eval()
     scores = held_out.score(model, device, autocast)
     count = sum(n for _, n, _ in scores.values())
     every = max(1, spec.steps // 50)
+    losses = log.losses
     return {
         # every setting that changes the answer is recorded, so that a re-run with other settings
         # is refused instead of silently reusing this result (runner.check_existing)
@@ -326,11 +349,11 @@ def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:
         "eval_queries": count,
         "slices": {name: {"accuracy": c / max(n, 1), "loss": loss / max(n, 1), "queries": n}
                    for name, (c, n, loss) in scores.items()},
-        "accuracy_curve": curve,
-        "slice_curves": slice_curves if spec.mixture else {},
-        "examples_to_90": examples_to(curve, 0.9),
-        "stopped_at_step": stopped_at,
-        "diverged": len(losses) < spec.steps and stopped_at is None,
+        "accuracy_curve": log.curve,
+        "slice_curves": log.slice_curves if spec.mixture else {},
+        "examples_to_90": examples_to(log.curve, 0.9),
+        "stopped_at_step": log.stopped_at,
+        "diverged": len(losses) < spec.steps and log.stopped_at is None,
         "train_loss_curve": [[i + 1, losses[i]] for i in range(every - 1, len(losses), every)],
         "train_s": train_s,
         "examples_per_s": spec.batch_size * len(losses) / max(train_s, 1e-9),

@@ -15,8 +15,9 @@ Every rung stops early once the gate slice reaches 0.99 (Zoology's early stoppin
 **Ranking** (study ``mqar_rank``; run only once the gate passes). A single head, dense 2 heads
 and MossNet (E=4, top-2), all without MLP (``mlp_experts=0``) at the same d, the same active
 value width (d/2) and, for each of two state sizes, the same total state per layer (SSM states
-and conv windows, to the nearest state dim; :func:`rank_model`). The learning rate is swept on seed 0; seeds 1 and 2 run at each cell's best
-rate; the report gives each slice's accuracy against state bytes as mean ± sd over the 3 seeds.
+and conv windows, to the nearest state dim; :func:`rank_model`). The learning rate is swept on
+seed 0; seeds 1 and 2 run at each cell's best rate; the report gives each slice's accuracy
+against state bytes as mean ± sd over the 3 seeds.
 
 ``python -m mossnet.studies.mqar_calibration GATE_DIR`` prints the gate's verdict and exits 0 when
 Zoology's attention passes (3 when it does not, 4 when there is no result yet).
@@ -145,7 +146,8 @@ def rank_model(arch: str, d_model: int, state_dim: int) -> dict[str, Any]:
 
     if d_model % 4:
         raise ValueError(f"d_model must be a multiple of 4, got {d_model}")
-    shapes = {"single_head": (1, 1, d_model // 2), "dense_2_heads": (2, 2, d_model // 4), "mossnet": (4, 2, d_model // 4)}
+    shapes = {"single_head": (1, 1, d_model // 2), "dense_2_heads": (2, 2, d_model // 4),
+              "mossnet": (4, 2, d_model // 4)}
     if arch not in shapes:
         raise ValueError(f"unknown ranked model {arch!r}; choose from {RANK_ARCHS}")
 
@@ -210,7 +212,7 @@ def rank_main_specs(out, schedule, rates: dict[tuple[str, int], float], archs=RA
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import report
+    from .report_paired import gate_table
     from .runner import read_json
 
     argv = sys.argv[1:] if argv is None else argv
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no gate results under {argv[0]}/runs")
         return 4
     verdict = gate_verdict(results)
-    print(report.gate_table(verdict))
+    print(gate_table(verdict))
     return 0 if verdict["zoology_passes"] else 3
 
 

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any, Callable
 
-from . import report
+from . import report, report_paired
 from .runner import read_json, run_pending, write_json
 from .specs import RunSpec
 
@@ -110,9 +110,9 @@ def build_stages(args) -> list[Stage]:
     common = dict(device=args.device, dtype=args.dtype, threads=threads, cuda_graph=cuda_graph)
     if args.study == "mqar":
         from .arch_configs import ARCHS
-        from .mqar import make_specs
+        from .mqar import make_specs as mqar_specs
 
-        return [lambda: make_specs(args.out, archs=args.archs or ARCHS, widths=args.widths, pairs=args.pairs,
+        return [lambda: mqar_specs(args.out, archs=args.archs or ARCHS, widths=args.widths, pairs=args.pairs,
                                    lrs=args.lrs, seq_len=args.mqar_seq_len, vocab_size=args.mqar_vocab,
                                    steps=args.mqar_steps, batch_size=args.mqar_batch_size, n_layers=args.mqar_layers,
                                    seeds=tuple(range(args.seeds)), eval_examples=args.mqar_eval_examples,
@@ -125,9 +125,9 @@ def build_stages(args) -> list[Stage]:
                          "(make one with `mossnet prepare-data --out DIR`)")
     if args.study == "decomposition":
         return _decomposition_stages(args, common)
-    from .lm_study import make_specs
+    from .lm_study import make_specs as lm_specs
 
-    return [lambda: make_specs(args.study, args.out, args.data, preset=args.preset, archs=args.archs,
+    return [lambda: lm_specs(args.study, args.out, args.data, preset=args.preset, archs=args.archs,
                                seeds=tuple(range(args.seeds)), budget_tokens=args.budget_tokens,
                                batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                                lr_sweep=getattr(args, "lr_sweep", ()), sweep_seeds=getattr(args, "sweep_seeds", 1),
@@ -215,18 +215,19 @@ def _study_report(study: str, out: Path, results: list[dict[str, Any]], settings
     if study == "mqar_gate":
         from .mqar_calibration import gate_verdict
 
-        return report.gate_table(gate_verdict(results)), None, ""
+        return report_paired.gate_table(gate_verdict(results)), None, ""
     if study == "mqar_rank":
-        return report.rank_table(results), report.plot_rank(results, out / "mqar_rank.png"), "mqar_rank.png"
+        note = report_paired.plot_rank(results, out / "mqar_rank.png")
+        return report_paired.rank_table(results), note, "mqar_rank.png"
     if study == "decomposition":
         note = report.plot_lm(results, out / "decomposition.png",
                               title=f"decomposition: validation loss, {results[0]['tokens']:,} tokens per run")
-        return report.decomposition_report(results), note, "decomposition.png"
+        return report_paired.decomposition_report(results), note, "decomposition.png"
     # the main table and plot: every model at the shared learning rate; a sweep gets its own table
     reference_lr = settings["args"].get("lr")
     shared = [r for r in results if reference_lr is None or r["lr"] == reference_lr]
     table = report.lm_table(shared) if shared else "no finished run at the shared learning rate yet"
-    paired = report.paired_table(shared, "mossnet" if study == "lm" else "reference")
+    paired = report_paired.paired_table(shared, "mossnet" if study == "lm" else "reference")
     sweep = report.lm_sweep_table(results, reference_lr) if reference_lr is not None else ""
     table += "".join("\n\n" + part for part in (paired, sweep) if part)
     note = report.plot_lm(shared or results, out / f"{study}.png",

@@ -1,54 +1,108 @@
 #!/usr/bin/env bash
-# The GPU-scale comparison studies of RESULTS.md, as run on one lent GPU (one device call each):
-#   DATA=path/to/prepared OUT=/tmp/x scripts/gpu_studies.sh lm,ablations   # ~10 GPU-minutes
-#   OUT=/tmp/x scripts/gpu_studies.sh mqar                                   # 2+ calls, resumable
-# mqar: 36 runs per seed (mossnet, single_head, llama x d 64,128 x 8,16 pairs x lr 1e-3,3e-3,1e-2),
-# 2,000 steps of 512 examples each: attention has to escape a long plateau, so steps matter and a
-# batch of 512 is nearly free on the GPU (docs/STUDIES.md). Attention needs lr 1e-3 (at 3e-3 and 1e-2
-# it never left the plateau). MQAR_PAIRS=8,16,32 adds the 32-pair cells.
-# lm: LM_ARCHS (default the four fast models) at lr 3e-3 on 2 seeds, plus LM_SWEEP (default
-# 1e-3,1e-2) on seed 0: each model's best rate. lm_mamba2: transformers' Mamba-2 (kernel-less,
-# slow) at lr 3e-3, 2 seeds, in $STUDIES/lm_mamba2 (merge its runs into lm/runs for the report).
-# Every run but Mamba-2's replays its training step from a CUDA graph (--cuda-graph).
+# The GPU studies of RESULTS.md, one lent GPU, one device call at a time (each call <= 10 minutes;
+# every study resumes: recorded runs are skipped, an interrupted LM run continues from its last
+# checkpoint, an interrupted MQAR run starts again).
+#
+# The two sittings of the decomposition / calibration plan (RESULTS.md, "Decomposition study
+# (planned)" and "MQAR calibration (planned)"):
+#   DATA=path/to/prepared OUT=/tmp/x scripts/gpu_studies.sh decomposition   # ~25 GPU-minutes, 3+ calls
+#   OUT=/tmp/x scripts/gpu_studies.sh mqar_calibration                      # ~25-30 GPU-minutes, 3+ calls
+# decomposition: variants A-H (mossnet/studies/decomposition.py) at ~6M active parameters, 10M
+#   tokens each (1,220 steps of 8 x 1,024), lr 3e-3 plus DEC_SWEEP (1e-3,1e-2) for A, C, E on
+#   seed 0, then all variants on 3 seeds at their inherited rate; probes on 65,536 val tokens.
+# mqar_calibration: the attention gate (mqar_gate: Zoology's attention and the ladder toward our
+#   Llama, d=64, lr 3e-4,1e-3,3e-3, <= 4,000 steps of 256 on Zoology's mixture, stops at 0.99 on
+#   128x8), then, only if Zoology's attention passes (MQAR_FORCE_RANK=1 overrides), the ranking
+#   (mqar_rank: single head, dense 2 heads, MossNet without MLP at 2 matched state sizes, lr
+#   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 3,000 steps of 256).
+# Each sitting writes compact JSON under $OUT: <study>.json (settings + every run's result, no
+# weights), <study>.md (the report), <study>.png, the log, and <study>.tgz (the study's text files).
+#
+# Earlier studies (superseded; kept to reproduce RESULTS.md's history):
+#   DATA=... OUT=... scripts/gpu_studies.sh lm,lm_mamba2,ablations   # baselines and ablations
+#   OUT=... scripts/gpu_studies.sh mqar                               # the first MQAR grid
+# lm: LM_ARCHS at lr 3e-3 on 2 seeds plus LM_SWEEP (1e-3,1e-2) on seed 0, --cuda-graph. lm_mamba2:
+# transformers' Mamba-2 (kernel-less, eager, slow), now also swept, in $STUDIES/lm_mamba2 (merge its
+# runs into lm/runs for one report). mqar: MQAR_* pick the grid (docs/STUDIES.md).
 # DATA: `mossnet prepare-data --out DIR --corpus all --vocab-size 8192` (5.0M training tokens).
-# Study directories go under $STUDIES (default out/studies); re-running skips finished runs.
-# Several runs share the GPU at once (--jobs): the models are small and launch-bound, so one
-# run alone leaves the card mostly idle. Their tokens/s are therefore not benchmarks.
-# Each study stops at $STUDY_TIMEOUT seconds; the results of finished runs are kept, packed
-# (without weights) into $OUT/<study>.tgz.
+# Study directories go under $STUDIES (default out/studies). Several runs share the GPU at once
+# (--jobs): the models are small and launch-bound, so their tokens/s are not benchmarks. A call
+# stops its studies at $STUDY_TIMEOUT seconds (default 540) in all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu_studies}" STUDIES="${STUDIES:-out/studies}"
 mkdir -p "$OUT" "$STUDIES"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-T="${STUDY_TIMEOUT:-520}"
+DEADLINE=$(( $(date +%s) + ${STUDY_TIMEOUT:-540} ))
 # ~5M active parameters (spec-shaped: E=4 SSM experts of top-2, P=64, N=32, 4 MLP experts).
 MODEL=(d_model=256 n_layers=6 ssm_head_dim=64 ssm_state_dim=32)
 LM=(--data "${DATA:-}" --budget-tokens "${BUDGET:-10000000}" --batch-size 32 --seq-len 256 --lr 3e-3
     --eval-points 6 --eval-tokens 65536 --model "${MODEL[@]}")
-pids=()
+
+args_of() {  # the `mossnet compare` arguments of one study
+  case "$1" in
+    decomposition) echo --study decomposition --archs "${DEC_VARIANTS:-A,B,C,D,E,F,G,H}" --seeds 3 \
+        --lr 3e-3 --lr-sweep "${DEC_SWEEP:-1e-3,1e-2}" --data "${DATA:-}" --budget-tokens "${BUDGET:-10000000}" \
+        --batch-size 8 --seq-len 1024 --eval-points 6 --eval-tokens 65536 --probe-tokens 65536 \
+        --jobs "${DEC_JOBS:-10}" --cuda-graph --model "${MODEL[@]}" ;;
+    mqar_gate) echo --study mqar_gate --widths 64 --seeds "${GATE_SEEDS:-1}" --jobs "${GATE_JOBS:-9}" ;;
+    mqar_rank) echo --study mqar_rank --widths "${RANK_WIDTH:-64}" --state-dims "${RANK_STATES:-16,64}" \
+        --seeds 3 --mqar-steps "${RANK_STEPS:-3000}" --jobs "${RANK_JOBS:-12}" --cuda-graph ;;
+    lm) echo --study lm --archs "${LM_ARCHS:-mossnet,single_head,single_head_moe,llama}" --seeds 2 \
+        --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 --jobs "${LM_JOBS:-4}" --cuda-graph "${LM[@]}" ;;
+    lm_mamba2) echo --study lm --archs mamba2 --seeds 2 --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 \
+        --jobs 3 "${LM[@]}" ;;  # eager (not capturable), its own directory
+    ablations) echo --study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}" ;;
+    mqar) echo --study mqar --archs "${MQAR_ARCHS:-mossnet,single_head,llama}" --widths "${MQAR_WIDTHS:-64,128}" \
+        --pairs "${MQAR_PAIRS:-8,16}" --lrs "${MQAR_LRS:-1e-3,3e-3,1e-2}" --mqar-seq-len 128 --mqar-vocab 256 \
+        --mqar-generator uniform --mqar-steps "${MQAR_STEPS:-2000}" --mqar-batch-size 512 --mqar-warmup 100 \
+        --mqar-eval-points 10 --seeds "${MQAR_SEEDS:-1}" --jobs "${MQAR_JOBS:-8}" --cuda-graph ;;
+    *) return 1 ;;
+  esac
+}
+
+run_study() {  # run one study until the call's deadline, then pack its results into $OUT
+  local study="$1" left
+  local -a args
+  read -r -a args <<< "$(args_of "$study")" || { echo "unknown study $study"; return 2; }
+  left=$(( DEADLINE - $(date +%s) ))
+  (( left > 30 )) || { echo "no time left for $study in this call"; return 1; }
+  echo "mossnet compare ${args[*]} --out $STUDIES/$study" | tee -a "$OUT/commands.txt"
+  timeout "$left" python3 -m mossnet.cli.main compare "${args[@]}" --out "$STUDIES/$study" > "$OUT/$study.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT/$study.log"
+  pack "$study"
+  return $rc
+}
+
+pack() {  # results only (a run cut short leaves checkpoints of any name behind): text, JSON, plots
+  local dir="$STUDIES/$1"
+  [ -f "$dir/summary.json" ] && cp "$dir/summary.json" "$OUT/$1.json"
+  [ -f "$dir/results.md" ] && cp "$dir/results.md" "$OUT/$1.md"
+  for png in "$dir"/*.png; do [ -f "$png" ] && cp "$png" "$OUT/$1.png"; done
+  (cd "$STUDIES" && find "$1" -type f -not -path '*trainer_state*' -not -path '*/train/model/*' \( -name '*.json' \
+     -o -name '*.jsonl' -o -name '*.md' -o -name '*.txt' -o -name '*.png' -o -name '*.csv' -o -name '*.yaml' \) \
+     -print0 | tar czf "$OUT/$1.tgz" --null -T -)
+}
+
 for study in ${1//,/ }; do
   case "$study" in
-    lm) args=(--study lm --archs "${LM_ARCHS:-mossnet,single_head,moe_mamba,llama}" --seeds 2
-              --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 --jobs "${LM_JOBS:-4}" --cuda-graph "${LM[@]}") ;;
-    lm_mamba2) args=(--study lm --archs mamba2 --seeds 2 --jobs 2 "${LM[@]}") ;;  # eager, its own directory
-    ablations) args=(--study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}") ;;
-    mqar) args=(--study mqar --archs "${MQAR_ARCHS:-mossnet,single_head,llama}" --widths "${MQAR_WIDTHS:-64,128}" --pairs "${MQAR_PAIRS:-8,16}"
-                --lrs "${MQAR_LRS:-1e-3,3e-3,1e-2}" --mqar-seq-len 128 --mqar-vocab 256 --mqar-steps "${MQAR_STEPS:-2000}"
-                --mqar-batch-size 512 --mqar-warmup 100 --mqar-eval-points 10 --seeds "${MQAR_SEEDS:-1}"
-                --jobs "${MQAR_JOBS:-8}" --cuda-graph) ;;
-    *) echo "unknown study $study (lm, lm_mamba2, ablations, mqar)"; exit 2 ;;
+    mqar_calibration)
+      run_study mqar_gate
+      python3 -m mossnet.studies.mqar_calibration "$STUDIES/mqar_gate" > "$OUT/mqar_gate_verdict.txt"
+      verdict=$?
+      cat "$OUT/mqar_gate_verdict.txt"
+      if [ "$verdict" = 0 ] || [ "${MQAR_FORCE_RANK:-0}" = 1 ]; then
+        run_study mqar_rank
+      else
+        echo "the gate has not passed (exit $verdict): mqar_rank not run (MQAR_FORCE_RANK=1 to run it anyway)"
+      fi ;;
+    decomposition|lm|lm_mamba2|ablations)
+      [ -n "${DATA:-}" ] || { echo "$study needs DATA=<prepared corpus>"; exit 2; }
+      run_study "$study" ;;
+    mqar|mqar_gate|mqar_rank) run_study "$study" ;;
+    *) echo "unknown study $study (decomposition, mqar_calibration; earlier: lm, lm_mamba2, ablations, mqar)"
+       exit 2 ;;
   esac
-  echo "mossnet compare ${args[*]} --out $STUDIES/$study" | tee -a "$OUT/commands.txt"
-  timeout "$T" python3 -m mossnet.cli.main compare "${args[@]}" --out "$STUDIES/$study" > "$OUT/$study.log" 2>&1 &
-  pids+=($!)
-done
-for p in "${pids[@]}"; do wait "$p"; done
-for study in ${1//,/ }; do
-  tail -n 25 "$OUT/$study.log"
-  # results only (a run cut short leaves checkpoints of any name behind): text, JSON, plots
-  (cd "$STUDIES" && find "$study" -type f -not -path '*trainer_state*' \( -name '*.json' -o -name '*.jsonl' \
-     -o -name '*.md' -o -name '*.txt' -o -name '*.png' -o -name '*.csv' -o -name '*.yaml' \) -print0 \
-     | tar czf "$OUT/$study.tgz" --null -T -)
 done
 ls -la "$OUT"

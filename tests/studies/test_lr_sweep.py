@@ -22,14 +22,14 @@ def test_run_names_keep_the_shared_rate_plain():
 def test_sweep_runs_only_the_first_seeds(tiny_corpus, tmp_path):
     specs = make_specs("lm", tmp_path, str(tiny_corpus), archs=["mossnet", "mamba2"], seeds=(0, 1, 2), lr=3e-3,
                        lr_sweep=[1e-3, 3e-3, 1e-2, 1e-3], sweep_seeds=2, cuda_graph=True)
-    names = [s["name"].split("/", 1)[1] for s in specs]
+    names = [s.name.split("/", 1)[1] for s in specs]
     assert names[:7] == ["mossnet-s0", "mossnet-s1", "mossnet-s2", "mossnet-lr0.001-s0", "mossnet-lr0.001-s1",
                          "mossnet-lr0.01-s0", "mossnet-lr0.01-s1"]  # the shared rate and repeats are not swept twice
     assert len(specs) == 14
-    by_name = {s["name"]: s for s in specs}
-    assert by_name["lm/mossnet-lr0.01-s1"]["lr"] == 1e-2
+    by_name = {s.name: s for s in specs}
+    assert by_name["lm/mossnet-lr0.01-s1"].lr == 1e-2
     # --cuda-graph applies to our models, not to transformers' kernel-less Mamba-2
-    assert by_name["lm/mossnet-s0"]["cuda_graph"] and not by_name["lm/mamba2-s0"]["cuda_graph"]
+    assert by_name["lm/mossnet-s0"].cuda_graph and not by_name["lm/mamba2-s0"].cuda_graph
 
 
 def _result(variant, lr, seed, loss, diverged=None):
@@ -83,6 +83,7 @@ def test_lm_study_with_a_sweep_end_to_end(tiny_corpus, tmp_path, monkeypatch, ca
     report = (out / "results.md").read_text()
     main_table = report.split("Learning-rate sweep")[0]
     assert main_table.count("| 2 |") == 2  # the shared-rate table: both models, both seeds
+    assert "Paired differences to MossNet" in main_table and "| Transformer (Llama" in main_table.split("Paired")[1]
     sweep = report.split("Learning-rate sweep")[1]
     assert "| lr 0.003 | lr 0.01 | lr 0.05 |" in sweep and "diverged" in sweep
     capsys.readouterr()

@@ -31,9 +31,9 @@ def test_examples_to_threshold():
 def test_specs_carry_warmup_and_eval_points(tmp_path):
     (spec,) = make_specs(tmp_path, archs=("llama",), widths=(16,), pairs=(2,), lrs=(1e-3,), warmup_steps=7,
                          eval_points=3)
-    assert spec["warmup_steps"] == 7 and spec["eval_points"] == 3
+    assert spec.warmup_steps == 7 and spec.eval_points == 3
     (old,) = make_specs(tmp_path, archs=("llama",), widths=(16,), pairs=(2,), lrs=(1e-3,))
-    assert old["warmup_steps"] == 20 and old["eval_points"] == 0  # the defaults of the CPU grid
+    assert old.warmup_steps == 20 and old.eval_points == 0  # the defaults of the CPU grid
 
 
 def test_a_run_records_its_settings_and_curve(tmp_path):

@@ -11,12 +11,13 @@ single_head    the paper's "single attention head": ``ssm_experts=1`` with
                ``ssm_head_dim = k * P`` (the same active value width, so heads are compared,
                not widths) and a dense SwiGLU MLP whose width is solved to match the active
                parameters (Mamba-like)
-moe_mamba      MoE-Mamba / BlackMamba style: the single-head SSM above, but MossNet's MoE MLP
-               (expert width solved to match the active parameters)
-llama          transformers' ``LlamaForCausalLM`` (SDPA attention), MLP width solved
+single_head_moe  the single-head SSM above with MossNet's MoE MLP (expert width solved to match
+               the active parameters). Not MoE-Mamba (Pioro et al., 2024: Mamba blocks
+               interleaved with Switch MLPs): our block and our top-k MoE MLP
+llama          transformers' ``LlamaForCausalLM`` (SDPA attention), the 8/3 MLP, depth solved
                (``mossnet.train.baselines``)
 mamba2         transformers' ``Mamba2ForCausalLM`` (multi-head, one B/C group), ``expand``
-               chosen to match (``mossnet.train.baselines``)
+               chosen to match, initializer_range 0.02 (``mossnet.train.baselines``)
 =============  ==============================================================================
 
 The MossNet variants are expressed as overrides of the reference config, so that the trainer
@@ -30,15 +31,23 @@ from __future__ import annotations
 
 from typing import Any
 
-ARCHS = ("mossnet", "single_head", "moe_mamba", "llama", "mamba2")
-MOSSNET_VARIANTS = ("mossnet", "single_head", "moe_mamba")
+ARCHS = ("mossnet", "single_head", "single_head_moe", "llama", "mamba2")
+MOSSNET_VARIANTS = ("mossnet", "single_head", "single_head_moe")
 LABELS = {
     "mossnet": "MossNet (routed SSM experts + MoE MLP)",
     "single_head": "single-head SSM (E=1, P=k*P, dense MLP)",
-    "moe_mamba": "MoE-Mamba (E=1, P=k*P, MoE MLP)",
-    "llama": "Transformer (Llama, SDPA)",
-    "mamba2": "Mamba-2 (transformers)",
+    "single_head_moe": "single-head SSM + MoE MLP (E=1, P=k*P)",
+    "llama": "Transformer (Llama, 8/3 MLP, depth matched)",
+    "mamba2": "Mamba-2 (transformers, init 0.02)",
 }
+
+
+def config_accepts(*keys: str) -> bool:
+    """Whether this checkout's ``MossNetConfig`` has every field in ``keys`` (a config silently
+    stores an unknown keyword, so a switch not built yet must be detected, not passed)."""
+    from mossnet.train.baselines import mossnet_fields
+
+    return set(keys) <= mossnet_fields()
 
 
 def trainer_arch(arch: str) -> str:
@@ -52,8 +61,9 @@ def trainer_arch(arch: str) -> str:
 
 def captures(arch: str) -> bool:
     """Whether ``--cuda-graph`` applies to ``arch`` (a study or trainer architecture): not to
-    transformers' Mamba-2, whose kernel-less path (no ``mamba_ssm`` here) is not written for capture."""
-    return arch != "mamba2"
+    transformers' Mamba-2, whose kernel-less path (no ``mamba_ssm`` here) is not written for
+    capture, nor to the MQAR gate's ``attention`` model (dropout; cheap enough to run eagerly)."""
+    return arch not in ("mamba2", "attention")
 
 
 def reference_config(preset: str, vocab_size: int, overrides: dict[str, Any] | None = None):
@@ -95,7 +105,7 @@ def variant_overrides(arch: str, ref) -> dict[str, Any]:
     (empty for ``mossnet`` itself). The MLP width is solved so that active parameters match."""
     if arch == "mossnet":
         return {}
-    if arch not in ("single_head", "moe_mamba"):
+    if arch not in ("single_head", "single_head_moe"):
         raise ValueError(f"{arch!r} is not a MossNet variant")
     over: dict[str, Any] = dict(ssm_experts=1, ssm_top_k=1, ssm_head_dim=ref.ssm_top_k * ref.ssm_head_dim)
     if arch == "single_head":
@@ -118,6 +128,26 @@ def model_class(arch: str):
     from mossnet.train.baselines import model_class as _cls
 
     return _cls(trainer_arch(arch))
+
+
+def cache_bytes_per_layer(config) -> int:
+    """fp32 bytes one sequence carries per layer at decode time (SSM states and conv windows of
+    every expert, or the shared ones): :func:`mossnet.models.parameter_count.state_bytes_per_layer`."""
+    from mossnet.models.parameter_count import state_bytes_per_layer
+
+    return state_bytes_per_layer(config)
+
+
+def solve_state_dim(config, target_bytes: int) -> int:
+    """The state dim N (>= 1) whose per-layer cache bytes come nearest ``target_bytes`` (the
+    smaller N on a tie); every other field of ``config`` is kept."""
+    def bytes_at(n: int) -> int:
+        return cache_bytes_per_layer(config.__class__(**{**config.to_dict(), "ssm_state_dim": n}))
+
+    n = 1
+    while bytes_at(n + 1) < target_bytes:  # bytes grow with N
+        n += 1
+    return n if abs(bytes_at(n) - target_bytes) <= abs(bytes_at(n + 1) - target_bytes) else n + 1
 
 
 def describe_arch(arch: str, config, seq_len: int) -> dict[str, Any]:

@@ -1,27 +1,40 @@
-"""The MQAR study: recall accuracy of each architecture at several widths and numbers of pairs.
+"""MQAR runs: recall accuracy of an architecture trained on a stream of fresh examples.
 
-Grid: architectures x ``d_model`` x ``num_pairs`` x learning rates; a *cell* is (architecture,
-width, pairs) and reports the best accuracy over its learning rates (Zoology's protocol). Every
-architecture sees the same training stream (``make_mqar`` seeded by (seed, step)) and is tested on
-the same held-out examples (a fixed seed no training batch uses).
+One run trains one model on ``make_mqar`` batches seeded by (seed, step) (the same stream for
+every architecture of a study) and scores held-out examples drawn with a seed no training batch
+uses. The task is one (length, pairs) slice, or (``spec.mixture``) Zoology's training mixture,
+scored per slice.
 
-The reference MossNet at width ``d`` has ``n_layers`` layers, E = 4 SSM experts of top-2 with
-head width P = d / 4 and state N = 16, and a top-2 MoE MLP of 4 experts of width 2d; the other
-architectures are matched to its active parameters (``arch_configs``). Loss: cross-entropy on
-the query positions only (plus the routers' aux loss for MossNet variants).
+Studies built from these runs:
+
+* ``mqar``: the grid architectures x ``d_model`` x ``num_pairs`` x learning rates; a *cell*
+  is (architecture, width, pairs) and reports the best accuracy over its learning rates
+  (Zoology's protocol). The reference MossNet at width ``d`` has ``n_layers`` layers, E = 4 SSM
+  experts of top-2 with head width P = d / 4 and state N = 16, and a top-2 MoE MLP of 4 experts
+  of width 2d; the other architectures are matched to its active parameters (``arch_configs``);
+* ``mqar_gate`` and ``mqar_rank``: :mod:`mossnet.studies.mqar_calibration`, built on the
+  explicit architectures ``attention`` (``attention_lm``, options in ``spec.model``),
+  ``llama_plain`` (transformers' Llama of our baseline's shape at ``n_layers``) and
+  ``mossnet_plain`` (the MossNet config ``spec.model`` says, nothing matched).
+
+Loss: cross-entropy on the query positions only (plus the routers' aux loss for MossNet models).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .arch_configs import ARCHS, build_config, captures, describe_arch, model_class
-from .mqar_data import IGNORE_INDEX, MQARSpec, make_mqar, recall_accuracy
+from .mqar_data import (IGNORE_INDEX, MIXTURES, MQARSpec, generator_options, make_mqar, make_mqar_mixture,
+                        recall_accuracy)
+from .specs import MQARRunSpec
 
 EVAL_SEED = 2_000_000_011  # held-out examples; training batches use seeds below 2**31 - 1 - this
+EXPLICIT_ARCHS = ("attention", "llama_plain", "mossnet_plain")
 
 
 def reference_config(d_model: int, vocab_size: int, n_layers: int = 2, state_dim: int = 16):
@@ -43,8 +56,9 @@ def train_seed(seed: int, step: int) -> int:
 def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), lrs=(3e-3, 1e-2),
                seq_len: int = 64, vocab_size: int = 64, steps: int = 1500, batch_size: int = 16,
                n_layers: int = 2, seeds=(0,), eval_examples: int = 512, warmup_steps: int = 20,
-               weight_decay: float = 0.1, eval_points: int = 0, device: str = "auto", dtype: str = "auto",
-               threads: int = 0, cuda_graph: bool = False) -> list[dict[str, Any]]:
+               weight_decay: float = 0.1, eval_points: int = 0, generator: str = "zoology", device: str = "auto",
+               dtype: str = "auto", threads: int = 0, cuda_graph: bool = False) -> list[MQARRunSpec]:
+    """The ``mqar`` grid: one spec per (pairs, width, architecture, learning rate, seed)."""
     out = Path(out)
     specs = []
     # pairs outermost: a study cut short still holds complete comparisons for the easier cells
@@ -54,15 +68,87 @@ def make_specs(out: str | Path, archs=ARCHS, widths=(32, 64), pairs=(4, 8, 16), 
                 for lr in lrs:
                     for seed in seeds:
                         name = f"mqar/{arch}-d{d}-kv{n}-lr{lr:g}-s{seed}"
-                        specs.append(dict(
-                            kind="mqar", name=name, result=str(out / "runs" / name.split("/", 1)[1] / "result.json"),
+                        specs.append(MQARRunSpec(
+                            name=name, result=str(out / "runs" / name.split("/", 1)[1] / "result.json"),
                             arch=arch, d_model=d, num_pairs=n, lr=lr, seed=seed, seq_len=seq_len,
                             vocab_size=vocab_size, steps=steps, batch_size=batch_size, n_layers=n_layers,
                             eval_examples=eval_examples, warmup_steps=warmup_steps, weight_decay=weight_decay,
-                            eval_points=eval_points, device=device, dtype=dtype, threads=threads,
-                            cuda_graph=bool(cuda_graph) and captures(arch),
+                            eval_points=eval_points, generator=generator, device=device, dtype=dtype,
+                            threads=threads, cuda_graph=bool(cuda_graph) and captures(arch),
                         ))
     return specs
+
+
+def train_slices(spec: MQARRunSpec) -> tuple[tuple[int, int, int], ...]:
+    """The (length, pairs, weight) slices a run trains on."""
+    if spec.mixture:
+        if spec.mixture not in MIXTURES:
+            raise ValueError(f"unknown MQAR mixture {spec.mixture!r}; choose from {sorted(MIXTURES)}")
+        return MIXTURES[spec.mixture]
+    return ((spec.seq_len, spec.num_pairs, 1),)
+
+
+def task_specs(spec: MQARRunSpec) -> list[MQARSpec]:
+    """One generator spec per slice (the slices scored at the end)."""
+    options = generator_options(spec.generator)
+    return [MQARSpec(vocab_size=spec.vocab_size, seq_len=T, num_pairs=n, **options) for T, n, _ in train_slices(spec)]
+
+
+def training_batch(spec: MQARRunSpec, step: int) -> tuple:
+    """(input_ids, labels) of training step ``step``: the same for every architecture."""
+    seed = train_seed(spec.seed, step)
+    if spec.mixture:
+        x, y, _ = make_mqar_mixture(spec.batch_size, train_slices(spec), seed, spec.vocab_size,
+                                    **generator_options(spec.generator))
+        return x, y
+    return make_mqar(spec.batch_size, task_specs(spec)[0], seed)
+
+
+def max_len(spec: MQARRunSpec) -> int:
+    return max(T for T, _, _ in train_slices(spec))
+
+
+def build_model(spec: MQARRunSpec):
+    """(model config, model class, describe_arch name) of the run's architecture."""
+    if spec.arch == "attention":
+        from .attention_lm import AttentionLM, AttentionLMConfig
+
+        cfg = AttentionLMConfig(vocab_size=spec.vocab_size, d_model=spec.d_model, n_layers=spec.n_layers,
+                                max_positions=max_len(spec), **spec.model)
+        return cfg, AttentionLM, "attention"
+    if spec.arch == "llama_plain":
+        cfg = llama_plain_config(spec.vocab_size, spec.d_model, spec.n_layers, max_len(spec))
+        return cfg, model_class("llama"), "llama"
+    if spec.arch == "mossnet_plain":
+        from mossnet import MossNetConfig
+
+        cfg = MossNetConfig(vocab_size=spec.vocab_size, d_model=spec.d_model, n_layers=spec.n_layers, **spec.model)
+        return cfg, model_class("mossnet"), "mossnet"
+    ref = reference_config(spec.d_model, spec.vocab_size, spec.n_layers)
+    return build_config(spec.arch, ref, seq_len=spec.seq_len), model_class(spec.arch), spec.arch
+
+
+def llama_plain_config(vocab_size: int, d_model: int, n_layers: int, seq_len: int):
+    """Our Llama baseline's shape (8/3 MLP, heads of 64, tied embeddings) at a given depth."""
+    from transformers import LlamaConfig
+
+    from mossnet.train.baselines import llama_mlp_width
+
+    heads = max(1, d_model // min(64, d_model))
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                       intermediate_size=llama_mlp_width(d_model), num_attention_heads=heads,
+                       num_key_value_heads=heads, head_dim=d_model // heads, tie_word_embeddings=True,
+                       max_position_embeddings=max(2048, seq_len))
+
+
+def describe(kind: str, model, config, seq_len: int) -> dict[str, Any]:
+    """Parameter counts and state bytes per layer (attention: the KV cache at ``seq_len``)."""
+    if kind != "attention":
+        return describe_arch(kind, config, seq_len)
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "active": total, "embedding": config.vocab_size * config.d_model,
+            "state_bytes_per_layer": 2 * config.d_model * seq_len * 4, "state_kind": "kv_cache",
+            "d_model": config.d_model, "n_layers": config.n_layers}
 
 
 def _logits_and_aux(model, input_ids):
@@ -75,7 +161,8 @@ CURVE_EXAMPLES = 256  # held-out examples scored at each intermediate point of t
 
 
 def _evaluate(model, xs, ys, device, autocast) -> tuple[int, int, float]:
-    """(correct, queries, summed query loss) of ``model`` on the held-out examples ``xs, ys``."""
+    """(correct, queries, summed query loss) of ``model`` on the held-out examples ``xs, ys``
+    (a model with ``aux_loss`` in its output or without)."""
     import torch
     import torch.nn.functional as F
 
@@ -147,7 +234,79 @@ def _train_step(model, opt, device, dtype: str, cuda_graph: bool):
     return eager_step
 
 
-def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
+class HeldOut:
+    """The held-out examples of every slice of a run, scored together or per slice."""
+
+    def __init__(self, spec: MQARRunSpec):
+        self.sets = {}
+        for i, task in enumerate(task_specs(spec)):
+            self.sets[task.slice_name] = make_mqar(spec.eval_examples, task, EVAL_SEED + i)
+
+    def score(self, model, device, autocast, examples: int | None = None) -> dict[str, tuple[int, int, float]]:
+        """slice -> (correct, queries, summed query loss) on its first ``examples`` (all: None)."""
+        return {name: _evaluate(model, xs[:examples], ys[:examples], device, autocast)
+                for name, (xs, ys) in self.sets.items()}
+
+
+def _accuracy(scores: dict[str, tuple[int, int, float]]) -> float:
+    return sum(c for c, _, _ in scores.values()) / max(sum(n for _, n, _ in scores.values()), 1)
+
+
+def _stops(spec: MQARRunSpec, scores, held_out: HeldOut, model, device, autocast) -> bool:
+    """Zoology's early stopping: the watched slice has reached ``stop_accuracy`` on the curve's
+    examples and then on all its held-out examples (the set the final score uses)."""
+    if not spec.stop_slice:
+        return False
+    c, n, _ = scores[spec.stop_slice]
+    if c / max(n, 1) < spec.stop_accuracy:
+        return False
+    xs, ys = held_out.sets[spec.stop_slice]
+    c, n, _ = _evaluate(model, xs, ys, device, autocast)
+    return c / max(n, 1) >= spec.stop_accuracy
+
+
+@dataclass
+class TrainLog:
+    """What a run's training loop records."""
+
+    losses: list[float] = field(default_factory=list)  # query cross-entropy of every step taken
+    curve: list[list[float]] = field(default_factory=list)  # [examples, accuracy on CURVE_EXAMPLES per slice]
+    slice_curves: dict[str, list[list[float]]] = field(default_factory=dict)
+    stopped_at: int | None = None  # the step of an early stop
+    eval_s: float = 0.0
+
+
+def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, device, autocast) -> TrainLog:
+    """``spec.steps`` steps (fewer after a non-finite loss or an early stop), scoring the curve's
+    held-out examples at ``curve_steps``."""
+    log = TrainLog(slice_curves={name: [] for name in held_out.sets})
+    at = set(curve_steps(spec.steps, spec.eval_points))
+    model.train()
+    for step in range(spec.steps):
+        set_rate(step)
+        value = train_step(*training_batch(spec, step))
+        if not math.isfinite(value):
+            break
+        log.losses.append(value)
+        if step + 1 not in at:
+            continue
+        t0 = time.perf_counter()
+        model.eval()
+        scores = held_out.score(model, device, autocast, CURVE_EXAMPLES)
+        examples = (step + 1) * spec.batch_size
+        log.curve.append([examples, _accuracy(scores)])
+        for name, (c, n, _) in scores.items():
+            log.slice_curves[name].append([examples, c / max(n, 1)])
+        stop = _stops(spec, scores, held_out, model, device, autocast)
+        model.train()
+        log.eval_s += time.perf_counter() - t0
+        if stop:
+            log.stopped_at = step + 1
+            break
+    return log
+
+
+def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:
     import torch
 
     from mossnet.runtime import autocast_factory, resolve_device
@@ -155,63 +314,50 @@ def execute_mqar(spec: dict[str, Any]) -> dict[str, Any]:
 
     from .common import set_threads
 
-    set_threads(spec.get("threads", 0))
-    device = resolve_device(spec.get("device", "auto"))
-    autocast = autocast_factory(device, spec.get("dtype", "auto"))  # for the evaluations
-    task = MQARSpec(vocab_size=spec["vocab_size"], seq_len=spec["seq_len"], num_pairs=spec["num_pairs"])
-    ref = reference_config(spec["d_model"], spec["vocab_size"], spec["n_layers"])
-    arch = spec["arch"]
-    config = build_config(arch, ref, seq_len=spec["seq_len"])
-    info = describe_arch(arch, config, spec["seq_len"])
+    set_threads(spec.threads)
+    device = resolve_device(spec.device)
+    autocast = autocast_factory(device, spec.dtype)  # for the evaluations
+    config, cls, kind = build_model(spec)
+    torch.manual_seed(spec.seed)
+    model = cls(config).to(device)
+    info = describe(kind, model, config, max_len(spec))
+    opt = build_optimizer(model, spec.lr, spec.weight_decay, (0.9, 0.95))
+    train_step = _train_step(model, opt, device, spec.dtype, spec.cuda_graph)
+    held_out = HeldOut(spec)
+    if spec.stop_slice and spec.stop_slice not in held_out.sets:
+        raise ValueError(f"stop_slice {spec.stop_slice!r} is not a slice of this run ({sorted(held_out.sets)})")
 
-    torch.manual_seed(spec["seed"])
-    model = model_class(arch)(config).to(device)
-    opt = build_optimizer(model, spec["lr"], spec["weight_decay"], (0.9, 0.95))
-    train_step = _train_step(model, opt, device, spec.get("dtype", "auto"), bool(spec.get("cuda_graph")))
-    steps, lr = spec["steps"], spec["lr"]
-    losses = []
-    xs, ys = make_mqar(spec["eval_examples"], task, EVAL_SEED)
-    at = set(curve_steps(steps, spec.get("eval_points", 0)))
-    curve: list[list[float]] = []  # [training examples, held-out accuracy on the first CURVE_EXAMPLES]
-    eval_s = 0.0
+    def set_rate(step: int) -> None:  # warmup, then cosine to 10%
+        set_lr(opt, lr_at(step, spec.lr, spec.warmup_steps, spec.steps, 0.1))
+
     t0 = time.perf_counter()
-    model.train()
-    for step in range(steps):
-        set_lr(opt, lr_at(step, lr, spec["warmup_steps"], steps, 0.1))
-        x, y = make_mqar(spec["batch_size"], task, train_seed(spec["seed"], step))
-        value = train_step(x, y)
-        if not math.isfinite(value):
-            break
-        losses.append(value)
-        if step + 1 in at:
-            te = time.perf_counter()
-            model.eval()
-            c, n, _ = _evaluate(model, xs[:CURVE_EXAMPLES], ys[:CURVE_EXAMPLES], device, autocast)
-            model.train()
-            curve.append([(step + 1) * spec["batch_size"], c / max(n, 1)])
-            eval_s += time.perf_counter() - te
-    train_s = time.perf_counter() - t0 - eval_s
+    log = _train(spec, model, train_step, set_rate, held_out, device, autocast)
+    train_s = time.perf_counter() - t0 - log.eval_s
 
     model.eval()
-    correct, count, eval_loss = _evaluate(model, xs, ys, device, autocast)
-    every = max(1, steps // 50)
+    scores = held_out.score(model, device, autocast)
+    count = sum(n for _, n, _ in scores.values())
+    every = max(1, spec.steps // 50)
+    losses = log.losses
     return {
         # every setting that changes the answer is recorded, so that a re-run with other settings
         # is refused instead of silently reusing this result (runner.check_existing)
-        **{k: spec[k] for k in ("kind", "name", "arch", "d_model", "num_pairs", "lr", "seed", "seq_len",
-                                "vocab_size", "steps", "batch_size", "n_layers")},
-        **{k: spec[k] for k in ("warmup_steps", "weight_decay", "eval_examples", "eval_points") if k in spec},
+        **spec.settings(), "name": spec.name, "label": spec.label or spec.arch,
         "params": info,
-        "accuracy": correct / max(count, 1),
-        "eval_loss": eval_loss / max(count, 1),
+        "accuracy": _accuracy(scores),
+        "eval_loss": sum(loss for _, _, loss in scores.values()) / max(count, 1),
         "eval_queries": count,
-        "accuracy_curve": curve,
-        "examples_to_90": examples_to(curve, 0.9),
-        "diverged": len(losses) < steps,
+        "slices": {name: {"accuracy": c / max(n, 1), "loss": loss / max(n, 1), "queries": n}
+                   for name, (c, n, loss) in scores.items()},
+        "accuracy_curve": log.curve,
+        "slice_curves": log.slice_curves if spec.mixture else {},
+        "examples_to_90": examples_to(log.curve, 0.9),
+        "stopped_at_step": log.stopped_at,
+        "diverged": len(losses) < spec.steps and log.stopped_at is None,
         "train_loss_curve": [[i + 1, losses[i]] for i in range(every - 1, len(losses), every)],
         "train_s": train_s,
-        "examples_per_s": spec["batch_size"] * len(losses) / max(train_s, 1e-9),
+        "examples_per_s": spec.batch_size * len(losses) / max(train_s, 1e-9),
         "device": str(device),
-        "cuda_graph": bool(spec.get("cuda_graph")),
+        "cuda_graph": spec.cuda_graph,
         "torch_threads": torch.get_num_threads(),
     }

@@ -1,7 +1,9 @@
 """Tables (Markdown) and plots (PNG) of the studies' result JSONs.
 
 Spread over seeds is written ``mean ± h`` with ``h`` half the range (max - min) / 2: with two
-seeds that is the honest summary (a standard deviation of two numbers says no more).
+seeds that is the honest summary (a standard deviation of two numbers says no more). The reports
+planned for three seeds (paired differences, decomposition, MQAR gate and ranking) are in
+``report_paired``.
 """
 
 from __future__ import annotations

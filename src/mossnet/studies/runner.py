@@ -1,13 +1,14 @@
-"""One study run = one JSON file. Finished runs are skipped; pending runs go through a pool.
+"""One study run = one JSON file. Runs already recorded are skipped; pending runs go through a pool.
 
-A *spec* is a JSON-able dict with at least ``kind`` ("lm" or "mqar"), ``name`` and ``result``
-(the path of the result JSON it will write). :func:`run_pending` executes every spec whose
-result file does not exist yet, either in this process (``jobs=1``, the GPU setting) or in
-``jobs`` child processes, each ``python -m mossnet.studies.runner SPEC.json`` with its output in
-``<result dir>/log.txt`` and ``threads`` torch threads (CPU: cores / jobs; the processes are
-run by :mod:`mossnet.isolated_jobs`). A result file is
-written atomically (tmp + rename) as the run's last act, so an interrupted study re-run picks up
-exactly the runs that did not finish.
+A *spec* is a frozen :class:`~mossnet.studies.specs.RunSpec` (``LMRunSpec`` or ``MQARRunSpec``)
+naming the result JSON it will write. :func:`run_pending` executes every spec whose result file
+does not exist yet, either in this process (``jobs=1``, the GPU setting) or in ``jobs`` child
+processes, each ``python -m mossnet.studies.runner SPEC.json`` (the spec's ``to_json``) with its
+output in ``<result dir>/log.txt`` and ``threads`` torch threads (CPU: cores / jobs; the processes are
+run by :mod:`mossnet.isolated_jobs`). A result
+file is written atomically (tmp + rename) as the run's last act, so an interrupted study re-run
+picks up exactly the runs that did not finish. A recorded result made with other settings (every
+setting is copied into the result) is refused, never silently reused.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, Callable
 
 from mossnet.isolated_jobs import Job, JobResult, python_module_command, run_in_parallel
 
+from .specs import LMRunSpec, MQARRunSpec, RunSpec
+
 
 def write_json(path: str | Path, obj: Any) -> None:
     path = Path(path)
@@ -35,48 +38,49 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-# Spec keys that only say where or how fast a run executes: a result made with other values
-# still answers the same question.
-_EXECUTION_KEYS = {"result", "train_dir", "threads", "device", "dtype", "label", "data", "name", "cuda_graph"}
+def is_done(spec: RunSpec) -> bool:
+    return Path(spec.result).is_file()
 
 
-def is_done(spec: dict[str, Any]) -> bool:
-    return Path(spec["result"]).is_file()
+def mismatches(spec: RunSpec, result: dict[str, Any]) -> list[str]:
+    """Settings of ``spec`` that the stored ``result`` records with another value, or does not
+    record at all (a result of older code, which may have meant something else by it)."""
+    out = []
+    for key, value in spec.settings().items():
+        if key not in result:
+            out.append(f"{key}: not recorded there, {value!r} now")
+        elif result[key] != value:
+            out.append(f"{key}: {result[key]!r} there, {value!r} now")
+    return out
 
 
-def mismatches(spec: dict[str, Any], result: dict[str, Any]) -> list[str]:
-    """Settings of ``spec`` that the stored ``result`` records with another value."""
-    return [f"{k}: {result[k]!r} there, {spec[k]!r} now" for k in spec
-            if k not in _EXECUTION_KEYS and k in result and result[k] != spec[k]]
-
-
-def check_existing(specs: list[dict[str, Any]]) -> None:
+def check_existing(specs: list[RunSpec]) -> None:
     """Refuse to reuse a result made with other settings (a changed budget, steps, batch...)."""
     for spec in specs:
         if is_done(spec):
-            diff = mismatches(spec, read_json(spec["result"]))
+            diff = mismatches(spec, read_json(spec.result))
             if diff:
-                raise ValueError(f"{spec['result']} was made with other settings ({'; '.join(diff[:3])}): "
+                raise ValueError(f"{spec.result} was made with other settings ({'; '.join(diff[:3])}): "
                                  "use another --out, or delete that run to redo it")
 
 
-def execute(spec: dict[str, Any]) -> dict[str, Any]:
+def execute(spec: RunSpec) -> dict[str, Any]:
     """Run one spec in this process and write its result JSON."""
-    if spec["kind"] == "lm":
+    if isinstance(spec, LMRunSpec):
         from .lm_study import execute_lm
 
         result = execute_lm(spec)
-    elif spec["kind"] == "mqar":
+    elif isinstance(spec, MQARRunSpec):
         from .mqar import execute_mqar
 
         result = execute_mqar(spec)
     else:
-        raise ValueError(f"unknown run kind {spec['kind']!r}")
-    write_json(spec["result"], result)
+        raise ValueError(f"unknown run spec {type(spec).__name__}")
+    write_json(spec.result, result)
     return result
 
 
-def run_pending(specs: list[dict[str, Any]], jobs: int = 1, say: Callable[[str], None] = print) -> list[str]:
+def run_pending(specs: list[RunSpec], jobs: int = 1, say: Callable[[str], None] = print) -> list[str]:
     """Execute the specs whose result is missing. Returns the names of the runs that failed."""
     check_existing(specs)
     pending = [s for s in specs if not is_done(s)]
@@ -87,34 +91,34 @@ def run_pending(specs: list[dict[str, Any]], jobs: int = 1, say: Callable[[str],
     started = time.perf_counter()
     if jobs <= 1:
         for i, spec in enumerate(pending, 1):
-            say(f"[{i}/{len(pending)}] {spec['name']}")
+            say(f"[{i}/{len(pending)}] {spec.name}")
             t0 = time.perf_counter()
             try:
                 execute(spec)
             except Exception as err:  # one failed run must not lose the others
-                failed.append(spec["name"])
+                failed.append(spec.name)
                 say(f"  FAILED: {type(err).__name__}: {err}")
             else:
                 say(f"  done in {time.perf_counter() - t0:.0f} s")
         return failed
 
-    def start(n: int, spec: dict[str, Any]) -> Job:
-        rdir = Path(spec["result"]).parent
+    def start(n: int, spec: RunSpec) -> Job:
+        rdir = Path(spec.result).parent
         rdir.mkdir(parents=True, exist_ok=True)
         spec_path = rdir / "spec.json"
-        write_json(spec_path, spec)
+        write_json(spec_path, spec.to_json())
         job = Job(python_module_command("mossnet.studies.runner", str(spec_path)),
                   env=dict(os.environ, PYTHONUNBUFFERED="1"), log=rdir / "log.txt")
-        say(f"[{n}/{len(pending)}] started {spec['name']} (log: {rdir / 'log.txt'})")
+        say(f"[{n}/{len(pending)}] started {spec.name} (log: {rdir / 'log.txt'})")
         return job
 
     def on_end(i: int, result: JobResult) -> None:
         spec = pending[i]
         if result.returncode == 0 and is_done(spec):
-            say(f"  {spec['name']} done in {result.seconds:.0f} s")
+            say(f"  {spec.name} done in {result.seconds:.0f} s")
         else:
-            failed.append(spec["name"])
-            say(f"  {spec['name']} FAILED (exit {result.returncode}); see {Path(spec['result']).parent / 'log.txt'}")
+            failed.append(spec.name)
+            say(f"  {spec.name} FAILED (exit {result.returncode}); see {Path(spec.result).parent / 'log.txt'}")
 
     run_in_parallel([functools.partial(start, n, spec) for n, spec in enumerate(pending, 1)], jobs, on_end)
     say(f"{len(pending)} runs in {time.perf_counter() - started:.0f} s")
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m mossnet.studies.runner SPEC.json", file=sys.stderr)
         return 2
-    execute(read_json(argv[0]))
+    execute(RunSpec.from_json(read_json(argv[0])))
     return 0
 
 

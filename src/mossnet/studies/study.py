@@ -6,10 +6,11 @@ import datetime as _dt
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from . import report
+from . import report, report_paired
 from .runner import read_json, run_pending, write_json
+from .specs import RunSpec
 
 
 def machine() -> dict[str, Any]:
@@ -45,7 +46,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def _parse_model(items: list[str]) -> dict[str, Any]:
+def parse_model_overrides(items: list[str]) -> dict[str, Any]:
     from mossnet.train.config import parse_model_value
 
     out = {}
@@ -79,63 +80,159 @@ def _check_cuda_graph(args) -> bool:
     return True
 
 
-def build_specs(args) -> list[dict[str, Any]]:
+# Options whose default depends on the study (None on the command line = this table's value).
+STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mqar": dict(widths=[32, 64], lrs=[1e-3, 3e-3, 1e-2], mqar_vocab=64, mqar_steps=1500, mqar_batch_size=16,
+                 mqar_eval_examples=512, mqar_warmup=20, mqar_eval_points=0, seeds=1),
+    "mqar_gate": dict(widths=[64], lrs=[3e-4, 1e-3, 3e-3], mqar_vocab=8192, mqar_steps=4000, mqar_batch_size=256,
+                      mqar_eval_examples=1000, mqar_warmup=100, mqar_eval_points=20, seeds=1),
+    "mqar_rank": dict(widths=[64], lrs=[3e-3, 1e-2], mqar_vocab=8192, mqar_steps=3000, mqar_batch_size=256,
+                      mqar_eval_examples=1000, mqar_warmup=100, mqar_eval_points=20, seeds=3),
+    "lm": dict(seeds=2), "ablations": dict(seeds=2), "decomposition": dict(seeds=3),
+}
+
+
+def apply_study_defaults(args) -> None:
+    """Fill the options left unset (None) with the study's defaults."""
+    for key, value in STUDY_DEFAULTS.get(args.study, {}).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+Stage = Callable[[], list[RunSpec]]
+
+
+def build_stages(args) -> list[Stage]:
+    """The study's runs as stages: each is built (and run) after the ones before it have run, so
+    that a later stage can depend on earlier results (the rate a learning-rate sweep picked)."""
     jobs, threads = _jobs_threads(args)
     cuda_graph = _check_cuda_graph(args)
+    common = dict(device=args.device, dtype=args.dtype, threads=threads, cuda_graph=cuda_graph)
     if args.study == "mqar":
         from .arch_configs import ARCHS
-        from .mqar import make_specs
+        from .mqar import make_specs as mqar_specs
 
-        return make_specs(args.out, archs=args.archs or ARCHS, widths=args.widths, pairs=args.pairs, lrs=args.lrs,
-                          seq_len=args.mqar_seq_len, vocab_size=args.mqar_vocab, steps=args.mqar_steps,
-                          batch_size=args.mqar_batch_size, n_layers=args.mqar_layers,
-                          seeds=tuple(range(args.seeds)), eval_examples=args.mqar_eval_examples,
-                          warmup_steps=getattr(args, "mqar_warmup", 20),
-                          eval_points=getattr(args, "mqar_eval_points", 0), device=args.device, dtype=args.dtype, threads=threads,
-                          cuda_graph=cuda_graph)
+        return [lambda: mqar_specs(args.out, archs=args.archs or ARCHS, widths=args.widths, pairs=args.pairs,
+                                   lrs=args.lrs, seq_len=args.mqar_seq_len, vocab_size=args.mqar_vocab,
+                                   steps=args.mqar_steps, batch_size=args.mqar_batch_size, n_layers=args.mqar_layers,
+                                   seeds=tuple(range(args.seeds)), eval_examples=args.mqar_eval_examples,
+                                   warmup_steps=args.mqar_warmup, eval_points=args.mqar_eval_points,
+                                   generator=getattr(args, "mqar_generator", "zoology"), **common)]
+    if args.study in ("mqar_gate", "mqar_rank"):
+        return _mqar_calibration_stages(args, common)
     if not args.data:
         raise ValueError(f"--study {args.study} needs --data DIR, a prepared corpus "
                          "(make one with `mossnet prepare-data --out DIR`)")
-    from .lm_study import make_specs
+    if args.study == "decomposition":
+        return _decomposition_stages(args, common)
+    from .lm_study import make_specs as lm_specs
 
-    return make_specs(args.study, args.out, args.data, preset=args.preset, archs=args.archs,
-                      seeds=tuple(range(args.seeds)), budget_tokens=args.budget_tokens, batch_size=args.batch_size,
-                      seq_len=args.seq_len, lr=args.lr, lr_sweep=getattr(args, "lr_sweep", ()),
-                      sweep_seeds=getattr(args, "sweep_seeds", 1), warmup_frac=args.warmup_frac,
-                      eval_points=args.eval_points, eval_tokens=args.eval_tokens, model_overrides=_parse_model(args.model),
-                      device=args.device, dtype=args.dtype, threads=threads, cuda_graph=cuda_graph)
+    return [lambda: lm_specs(args.study, args.out, args.data, preset=args.preset, archs=args.archs,
+                               seeds=tuple(range(args.seeds)), budget_tokens=args.budget_tokens,
+                               batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                               lr_sweep=getattr(args, "lr_sweep", ()), sweep_seeds=getattr(args, "sweep_seeds", 1),
+                               warmup_frac=args.warmup_frac, eval_points=args.eval_points,
+                               eval_tokens=args.eval_tokens, model_overrides=parse_model_overrides(args.model),
+                               **common)]
 
 
-def write_report(study: str, out: Path, specs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
-    results = [read_json(s["result"]) for s in specs if Path(s["result"]).is_file()]
+def _decomposition_stages(args, common) -> list[Stage]:
+    """The sweep (seed 0 of A, C, E at every rate), then every variant on every seed at the rate
+    it inherits."""
+    from mossnet.data import read_manifest
+
+    from . import decomposition as dec
+    from .arch_configs import reference_config
+    from .lm_study import LMBudget
+
+    letters = dec.check_letters(args.archs)
+    ref_over = parse_model_overrides(args.model)
+    ref = reference_config(args.preset, int(read_manifest(args.data)["vocab_size"]), ref_over)
+    budget = LMBudget(data=str(args.data), preset=args.preset, budget_tokens=args.budget_tokens,
+                      batch_size=args.batch_size, seq_len=args.seq_len, warmup_frac=args.warmup_frac,
+                      eval_points=args.eval_points, eval_tokens=args.eval_tokens, probe_tokens=args.probe_tokens,
+                      **common)
+    lrs = list(dict.fromkeys([args.lr, *getattr(args, "lr_sweep", [])]))
+    sweep = dec.sweep_specs(budget, args.out, ref, ref_over, letters, lrs)
+
+    def main_stage() -> list[RunSpec]:
+        rates = dec.best_rates(_finished(sweep))
+        return dec.main_specs(budget, args.out, ref, ref_over, letters, tuple(range(args.seeds)), rates)
+
+    return [lambda: sweep, main_stage]
+
+
+def _mqar_calibration_stages(args, common) -> list[Stage]:
+    from . import mqar_calibration as cal
+
+    schedule = cal.MQARSchedule(steps=args.mqar_steps, batch_size=args.mqar_batch_size, vocab_size=args.mqar_vocab,
+                                n_layers=args.mqar_layers, eval_examples=args.mqar_eval_examples,
+                                warmup_steps=args.mqar_warmup, eval_points=args.mqar_eval_points, **common)
+    seeds = tuple(range(args.seeds))
+    if args.study == "mqar_gate":
+        return [lambda: [s for d in args.widths for s in cal.gate_specs(args.out, schedule, d, args.lrs, seeds,
+                                                                           args.archs)]]
+    if not cal.mlp_free_supported():
+        raise ValueError("--study mqar_rank needs MossNetConfig(mlp_experts=0) (no MLP), which this checkout "
+                         "does not accept yet")
+    archs = tuple(args.archs or cal.RANK_ARCHS)
+    dims = tuple(args.state_dims)
+    sweep = [s for d in args.widths for s in cal.rank_sweep_specs(args.out, schedule, archs, d, dims, args.lrs)]
+
+    def main_stage() -> list[RunSpec]:
+        rates = cal.rank_best_rates(_finished(sweep))
+        return [s for d in args.widths for s in cal.rank_main_specs(args.out, schedule, rates, archs, d, dims, seeds)]
+
+    return [lambda: sweep, main_stage]
+
+
+def _finished(specs: list[RunSpec]) -> list[dict[str, Any]]:
+    return [read_json(s.result) for s in specs if Path(s.result).is_file()]
+
+
+def write_report(study: str, out: Path, specs: list[RunSpec], settings: dict[str, Any]) -> str:
+    results = _finished(specs)
     if not results:
         return "no finished runs yet"
-    if study == "mqar":
-        table = report.mqar_table(results)
-        note = report.plot_mqar(results, out / "mqar.png")
-        png = "mqar.png"
-    else:
-        # the main table and plot: every model at the shared learning rate; a sweep gets its own table
-        reference_lr = settings["args"].get("lr")
-        shared = [r for r in results if reference_lr is None or r["lr"] == reference_lr]
-        table = report.lm_table(shared) if shared else "no finished run at the shared learning rate yet"
-        sweep = report.lm_sweep_table(results, reference_lr) if reference_lr is not None else ""
-        if sweep:
-            table += "\n\n" + sweep
-        budget = results[0]["tokens"]
-        note = report.plot_lm(shared or results, out / f"{study}.png",
-                              title=f"{study}: validation loss, {budget:,} training tokens per run")
-        png = f"{study}.png"
+    table, note, png = _study_report(study, out, results, settings)
     text = [f"# mossnet compare --study {study}", "",
             f"command: `mossnet {' '.join(settings['argv'])}`", "",
             f"started {settings['started']} on {settings['machine']['platform']} "
             f"({settings['machine']['cpu_count']} CPU cores, GPU: {settings['machine']['cuda'] or 'none'}, "
             f"torch {settings['machine']['torch']}, commit {settings['machine'].get('commit') or 'unknown'}), "
             f"{len(results)} of {len(specs)} runs finished", "", table, ""]
-    text.append(note or f"![{study}]({png})")
+    if png:
+        text.append(note or f"![{study}]({png})")
     (out / "results.md").write_text("\n".join(text) + "\n")
     write_json(out / "summary.json", {"settings": settings, "results": results})
     return table
+
+
+def _study_report(study: str, out: Path, results: list[dict[str, Any]], settings) -> tuple[str, str | None, str]:
+    """(the Markdown tables, a note in place of the plot or None, the plot's file name or "")."""
+    if study == "mqar":
+        return report.mqar_table(results), report.plot_mqar(results, out / "mqar.png"), "mqar.png"
+    if study == "mqar_gate":
+        from .mqar_calibration import gate_verdict
+
+        return report_paired.gate_table(gate_verdict(results)), None, ""
+    if study == "mqar_rank":
+        note = report_paired.plot_rank(results, out / "mqar_rank.png")
+        return report_paired.rank_table(results), note, "mqar_rank.png"
+    if study == "decomposition":
+        note = report.plot_lm(results, out / "decomposition.png",
+                              title=f"decomposition: validation loss, {results[0]['tokens']:,} tokens per run")
+        return report_paired.decomposition_report(results), note, "decomposition.png"
+    # the main table and plot: every model at the shared learning rate; a sweep gets its own table
+    reference_lr = settings["args"].get("lr")
+    shared = [r for r in results if reference_lr is None or r["lr"] == reference_lr]
+    table = report.lm_table(shared) if shared else "no finished run at the shared learning rate yet"
+    paired = report_paired.paired_table(shared, "mossnet" if study == "lm" else "reference")
+    sweep = report.lm_sweep_table(results, reference_lr) if reference_lr is not None else ""
+    table += "".join("\n\n" + part for part in (paired, sweep) if part)
+    note = report.plot_lm(shared or results, out / f"{study}.png",
+                          title=f"{study}: validation loss, {results[0]['tokens']:,} training tokens per run")
+    return table, note, f"{study}.png"
 
 
 def run_study(args, argv: list[str]) -> int:
@@ -143,9 +240,8 @@ def run_study(args, argv: list[str]) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.seeds is None:
-        args.seeds = 1 if args.study == "mqar" else 2
-    specs = build_specs(args)
+    apply_study_defaults(args)
+    stages = build_stages(args)
     settings_path = out / "study.json"
     settings = read_json(settings_path) if settings_path.is_file() else {}
     if not settings or not args.report_only:
@@ -156,9 +252,13 @@ def run_study(args, argv: list[str]) -> int:
                     "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
         write_json(settings_path, settings)
     failed: list[str] = []
-    if not args.report_only:
-        jobs, _ = _jobs_threads(args)
-        failed = run_pending(specs, jobs=jobs)
+    specs: list[RunSpec] = []
+    jobs, _ = _jobs_threads(args)
+    for stage in stages:
+        new = [s for s in stage() if s.name not in {x.name for x in specs}]
+        specs += new
+        if not args.report_only:
+            failed += run_pending(new, jobs=jobs)
     table = write_report(args.study, out, specs, settings)
     print(table)
     print(f"\nreport: {out / 'results.md'}")

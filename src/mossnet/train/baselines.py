@@ -1,14 +1,18 @@
 """Model construction for the trainer: MossNet, and size-matched Llama / Mamba-2 baselines.
 
-A baseline keeps the reference MossNet's vocabulary, width (``d_model``) and depth
-(``n_layers``) and is sized to the same *active* parameter count per token (the parameters one
-token actually uses: the routers, k of the E experts of each mixture, norms, embeddings):
+A baseline keeps the reference MossNet's vocabulary and width (``d_model``) and is sized to the
+same *active* parameter count per token (the parameters one token actually uses: the routers,
+k of the E experts of each mixture, norms, embeddings):
 
-* Llama: the MLP width (``intermediate_size``) is solved for, attention heads of width 64
-  (or ``d_model`` when smaller);
+* Llama: the standard SwiGLU MLP of 8/3 ``d_model`` (rounded to a multiple of 8), attention heads
+  of width 64 (or ``d_model`` when smaller), and the *depth* (``num_hidden_layers``) whose count
+  comes nearest the target. Solving the MLP width instead starved the MLP (1.34 d_model at the
+  GPU study's size, where attention then took half of each layer);
 * Mamba-2: ``head_dim`` and ``state_size`` follow MossNet's ``ssm_head_dim``/``ssm_state_dim``,
-  one group, and the integer ``expand`` (``num_heads * head_dim = expand * d_model``) that comes
-  closest to the target.
+  one group, the reference's depth, the integer ``expand`` (``num_heads * head_dim = expand *
+  d_model``) that comes closest to the target, and ``initializer_range`` 0.02 (transformers'
+  Mamba-2 default, 0.1, draws every linear layer and the tied embedding five times wider than
+  the usual 0.02).
 
 Parameters are counted (``mossnet.models.parameter_count``) on the meta device, so building a
 config never allocates weights.
@@ -54,7 +58,7 @@ MAMBA2_CHUNK = 64
 
 def baseline_config(arch: str, ref, seq_len: int = 2048, target_active: int | None = None):
     """A transformers config for ``arch`` ("llama" | "mamba2") matched to MossNet config ``ref``
-    (vocabulary, d_model, n_layers, and roughly the active parameter count). ``target_active``
+    (vocabulary, d_model, roughly the active parameter count; Mamba-2 also keeps n_layers). ``target_active``
     overrides the count to match (it defaults to the reference model's)."""
     if target_active is None:
         vocab, d, n_layers, target_active = _reference_numbers(ref)
@@ -65,22 +69,7 @@ def baseline_config(arch: str, ref, seq_len: int = 2048, target_active: int | No
                   bos_token_id=getattr(ref, "bos_token_id", None), eos_token_id=getattr(ref, "eos_token_id", None),
                   pad_token_id=getattr(ref, "pad_token_id", None))
     if arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        head_dim = min(64, d)
-        heads = max(1, d // head_dim)
-
-        def make(intermediate: int):
-            return LlamaConfig(intermediate_size=intermediate, num_attention_heads=heads,
-                               num_key_value_heads=heads, head_dim=d // heads,
-                               max_position_embeddings=max(2048, seq_len), **common)
-
-        # parameters are affine in intermediate_size: measure two points and solve
-        p8 = total_parameters(_meta_model(LlamaForCausalLM, make(8)))
-        p16 = total_parameters(_meta_model(LlamaForCausalLM, make(16)))
-        per_unit = (p16 - p8) / 8
-        width = int(round((target_active - p8) / per_unit / 8.0)) * 8 + 8
-        return make(max(8, width))
+        return _llama_config(d, common, seq_len, target_active)
     if arch == "mamba2":
         from transformers import Mamba2Config, Mamba2ForCausalLM
 
@@ -93,7 +82,7 @@ def baseline_config(arch: str, ref, seq_len: int = 2048, target_active: int | No
         # fwd+bwd) and the same function (tests/train/test_baselines.py).
         def make(expand: int):
             return Mamba2Config(num_heads=expand * d // head_dim, head_dim=head_dim, expand=expand,
-                                state_size=state, n_groups=1, conv_kernel=conv,
+                                state_size=state, n_groups=1, conv_kernel=conv, initializer_range=0.02,
                                 chunk_size=min(MAMBA2_CHUNK, seq_len), **common)
 
         best = None
@@ -108,6 +97,32 @@ def baseline_config(arch: str, ref, seq_len: int = 2048, target_active: int | No
             raise ValueError(f"no integer expand makes expand * d_model ({d}) a multiple of head_dim {head_dim}")
         return best[1]
     raise ValueError(f"unknown baseline architecture {arch!r} (llama | mamba2)")
+
+
+def llama_mlp_width(d_model: int) -> int:
+    """The standard SwiGLU width, 8/3 ``d_model``, rounded to a multiple of 8."""
+    return max(8, 8 * round(8 * d_model / 3 / 8))
+
+
+def _llama_config(d: int, common: dict[str, Any], seq_len: int, target_active: int):
+    """Llama at width ``d`` with the 8/3 MLP, its depth solved so that its parameter count
+    (all active) comes nearest ``target_active``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    head_dim = min(64, d)
+    heads = max(1, d // head_dim)
+    common = {k: v for k, v in common.items() if k != "num_hidden_layers"}
+
+    def make(layers: int):
+        return LlamaConfig(intermediate_size=llama_mlp_width(d), num_attention_heads=heads, num_key_value_heads=heads,
+                           head_dim=d // heads, num_hidden_layers=layers, max_position_embeddings=max(2048, seq_len),
+                           **common)
+
+    # parameters are affine in the depth: measure two points and solve
+    p1 = total_parameters(_meta_model(LlamaForCausalLM, make(1)))
+    p2 = total_parameters(_meta_model(LlamaForCausalLM, make(2)))
+    layers = max(1, int(round(1 + (target_active - p1) / (p2 - p1))))
+    return make(layers)
 
 
 def model_class(arch: str):

@@ -66,10 +66,13 @@ def test_cuda_events_are_classified():
 
 
 def _tiny_step(graphed: bool, device=CPU):
-    config = MossNetConfig.from_preset("tiny", vocab_size=64, d_model=32, n_layers=1, ssm_head_dim=8, ssm_state_dim=4,
-                                       mlp_hidden_dim=32)
+    if device.type == "cuda":  # the shape tests/train/test_cuda_graph_step.py captures on the GPU
+        config = MossNetConfig.from_preset("tiny", n_layers=2, d_model=64, vocab_size=256)
+    else:
+        config = MossNetConfig.from_preset("tiny", vocab_size=64, d_model=32, n_layers=1, ssm_head_dim=8,
+                                           ssm_state_dim=4, mlp_hidden_dim=32)
     model = MossNetForCausalLM(config).to(device)
-    ids = np.random.default_rng(0).integers(0, 64, size=(2, 16))
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 64))
     return trainer_step(model, ids, ids, graphed=graphed)
 
 
@@ -89,6 +92,6 @@ def test_captured_step_launches_one_graph():
     device = torch.device("cuda")
     eager = count_launches(_tiny_step(False, device), device, steps=1, warmup=2)
     captured = count_launches(_tiny_step(True, device), device, steps=1, warmup=3)
-    assert eager["device_kernels"] > 100 and eager["host_launches"] >= 0.9 * eager["device_kernels"]
-    assert captured["graph_launches"] == 1
+    assert eager["device_kernels"] > 100 and eager["host_launches"] >= 0.5 * eager["device_kernels"]
+    assert eager["graph_launches"] == 0 and captured["graph_launches"] == 1
     assert captured["host_launches"] < 0.1 * eager["host_launches"]

@@ -64,14 +64,23 @@ def test_paths_and_sizes_are_kept_apart():
 
 
 def test_table_shows_every_row_and_verdict():
-    res = results([row("mossnet", 2048, 10.0, launches={"device_kernels": 15000.0}), row("mossnet", 8192, 10.0),
+    launches = {"device": "cuda", "device_kernels": 15000.0, "host_launches": 14990.0, "graph_launches": 0.0}
+    res = results([row("mossnet", 2048, 10.0, launches=launches), row("mossnet", 8192, 10.0),
                    row("mossnet", 32768, 10.0), row("llama", 2048, 10.0, size="large", status="oom",
                                                     error="CUDA out of memory. Tried to allocate 4 GiB")])
     table = scaling.markdown_table(res)
     assert "card: NVIDIA H100 80GB HBM3; date 2026-12-06; commit abc1234; 32,768 tokens per step" in table
-    assert "| mossnet | base | 2048 | 16 | eager | 100,000 | 10.000 | 10.00 | 5.0% | 15,000 |" in table
+    assert "| mossnet | base | 2048 | 16 | eager | 100,000 | 10.000 | 10.00 | 5.0% | 15,000 | 14,990 |" in table
+    assert "| mossnet | base | 8192 | 4 | eager | 100,000 | 10.000 | 10.00 | 5.0% | - | - |" in table
     assert "| llama | large | 2048 | 16 | eager | oom: CUDA out of memory. Tried to allocate 4 GiB |" in table
     assert "| mossnet-base | eager | 2048: 10.000, 8192: 10.000, 32768: 10.000 | 0.0% | flat |" in table
+
+
+def test_launch_cells_per_device():
+    cuda = {"device": "cuda", "device_kernels": 15210.0, "host_launches": 40.0, "graph_launches": 1.0, "cpu_ops": 900.0}
+    assert scaling.launch_cells(cuda) == ("15,210", "41")
+    assert scaling.launch_cells({"device": "cpu", "cpu_ops": 2033.0}) == ("2,033 CPU ops", "-")
+    assert scaling.launch_cells(None) == ("-", "-")
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -106,13 +106,25 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def launch_cells(launches: dict | None) -> tuple[str, str]:
+    """(kernels per step, host launches per step) of a row's launch count: on CUDA the device's
+    kernels and the host's kernel + graph launches; on the CPU the compute operators, and "-"."""
+    if not launches:
+        return "-", "-"
+    if launches.get("device") == "cuda":
+        host = launches["host_launches"] + launches["graph_launches"]
+        return f"{launches['device_kernels']:,.0f}", f"{host:,.0f}"
+    return f"{launches['cpu_ops']:,.0f} CPU ops", "-"
+
+
 def _row_cells(r: dict) -> str:
     if not measured(r):
         why = r.get("status", "missing") + (f": {r['error'][:70]}" if r.get("error") else "")
-        return f"| {r['model']} | {r.get('size', '-')} | {r['seq_len']} | {r.get('batch', '-')} | {r['path']} | {why} | | | | |"
+        return f"| {r['model']} | {r.get('size', '-')} | {r['seq_len']} | {r.get('batch', '-')} | {r['path']} | {why} | | | | | |"
+    kernels, host = launch_cells(r.get("launches"))
     return (f"| {r['model']} | {r['size']} | {r['seq_len']} | {r['batch']} | {r['path']} | "
             f"{r['tokens_per_s']:,.0f} | {us_per_token(r):.3f} | {_fmt(r.get('peak_mem_gb'), '.2f')} | "
-            f"{100 * r['mfu']:.1f}% | {_fmt((r.get('launches') or {}).get('device_kernels') or (r.get('launches') or {}).get('cpu_ops'), ',.0f')} |")
+            f"{100 * r['mfu']:.1f}% | {kernels} | {host} |")
 
 
 def run_line(env: dict) -> str:
@@ -125,8 +137,9 @@ def run_line(env: dict) -> str:
 def markdown_table(results: dict) -> str:
     """Every row (in run order), then the flat-in-length verdicts."""
     lines = [run_line(results.get("env", {})), "",
-             "| model | size | seq len | batch | path | tokens/s | µs/token | peak mem GB | MFU | kernels/step |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| model | size | seq len | batch | path | tokens/s | µs/token | peak mem GB | MFU | kernels/step "
+             "| host launches/step |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [_row_cells(r) for r in results.get("rows", [])]
     checks = results.get("flat_check") or flat_check(results)
     if checks:

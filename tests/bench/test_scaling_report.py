@@ -20,7 +20,8 @@ def row(model, seq_len, us, size="base", path="eager", status="ok", **extra):
 
 
 def results(rows, lengths=(2048, 8192, 32768)):
-    return {"env": {"card": "NVIDIA H100 80GB HBM3", "date": "2026-12-06", "commit": "abc1234", "tokens_per_step": 32768},
+    env = {"card": "NVIDIA H100 80GB HBM3", "date": "2026-12-06", "commit": "abc1234", "tokens_per_step": 32768}
+    return {"env": env,
             "sweeps": {"length": {"size": "base", "lengths": list(lengths)},
                        "size": {"seq_len": 2048, "sizes": ["small", "base", "large"]}},
             "rows": rows}

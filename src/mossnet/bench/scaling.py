@@ -120,7 +120,8 @@ def launch_cells(launches: dict | None) -> tuple[str, str]:
 def _row_cells(r: dict) -> str:
     if not measured(r):
         why = r.get("status", "missing") + (f": {r['error'][:70]}" if r.get("error") else "")
-        return f"| {r['model']} | {r.get('size', '-')} | {r['seq_len']} | {r.get('batch', '-')} | {r['path']} | {why} | | | | | |"
+        return (f"| {r['model']} | {r.get('size', '-')} | {r['seq_len']} | {r.get('batch', '-')} | {r['path']} "
+                f"| {why} | | | | | |")
     kernels, host = launch_cells(r.get("launches"))
     return (f"| {r['model']} | {r['size']} | {r['seq_len']} | {r['batch']} | {r['path']} | "
             f"{r['tokens_per_s']:,.0f} | {us_per_token(r):.3f} | {_fmt(r.get('peak_mem_gb'), '.2f')} | "

@@ -455,7 +455,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.paths = list(PATHS) if args.device.startswith("cuda") or (
             args.device == "auto" and torch.cuda.is_available()) else ["eager"]
     lengths = list(args.lengths) * ("length" in args.sweeps) + [args.size_length] * ("size" in args.sweeps)
-    bad = [T for T in lengths if args.tokens_per_step % T]
+    bad = sorted({T for T in lengths if args.tokens_per_step % T})
     if bad:
         raise OptionError(f"--tokens-per-step {args.tokens_per_step} is not a multiple of the length(s) "
                           f"{', '.join(map(str, bad))}: every length must get the same tokens per step")
@@ -475,7 +475,8 @@ def main(argv: list[str] | None = None) -> dict:
         device = resolve_device(args.device)
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")
-        measure_job(model_name, size, int(seq_len), args, device, args.matmul_rate, emit=isolated.emit_result)
+        rate = args.matmul_rate or bm.bench_matmul(device, args.matmul, bm.Clock(device))
+        measure_job(model_name, size, int(seq_len), args, device, rate, emit=isolated.emit_result)
         return {}
     return run(args, argv)
 

@@ -118,14 +118,13 @@ def _returns_a_view(name: str) -> bool:
     """Whether some overload of ATen operator ``name`` returns only aliases of its inputs that it
     does not write (``Tensor(a)`` in its schema: ``view``, ``t``, ``expand``, ``reshape``, ...).
     In-place operators (``Tensor(a!)``) do write, so they are compute."""
-    packet = getattr(torch.ops.aten, name.removeprefix("aten::"), None)
-    if packet is None:
+    try:  # an unknown name raises AttributeError or (older torch) RuntimeError: count it as compute
+        packet = getattr(torch.ops.aten, name.removeprefix("aten::"))
+        schemas = [getattr(packet, overload)._schema for overload in packet.overloads()]
+    except (AttributeError, RuntimeError):
         return False
-    for overload in packet.overloads():
-        returns = getattr(packet, overload)._schema.returns
-        if returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns):
-            return True
-    return False
+    return any(s.returns and all(r.alias_info is not None and not r.alias_info.is_write for r in s.returns)
+               for s in schemas)
 
 
 def _calls_compute_op(event) -> bool:

@@ -382,14 +382,15 @@ def report(results: dict, plot_path: str | None) -> None:
 
 def merge(paths: list[str]) -> dict:
     """Saved results of one or more runs (e.g. the length and the size sweep, run apart) as one:
-    the first run's env, every sweep, every row (a later run's row replaces an earlier one of
-    the same model, size, length and path)."""
+    the first run's env, every row (a later run's row replaces an earlier one of the same model,
+    size, length and path), and each sweep with the lengths or sizes of every run that swept at
+    the same size or length as the first (a run of some lengths adds to the sweep)."""
     merged: dict = {"env": {}, "sweeps": {}, "rows": []}
     index: dict = {}
     for p in paths:
         data = json.loads(Path(p).read_text())
         merged["env"] = merged["env"] or data.get("env", {})
-        merged["sweeps"].update(data.get("sweeps", {}))
+        merge_sweeps(merged["sweeps"], data.get("sweeps", {}))
         for r in data.get("rows", []):
             key = (r["model"], r["size"], r["seq_len"], r["path"])
             if key in index:
@@ -398,6 +399,16 @@ def merge(paths: list[str]) -> dict:
                 index[key] = len(merged["rows"])
                 merged["rows"].append(r)
     return merged
+
+
+def merge_sweeps(into: dict, sweeps_of_run: dict) -> None:
+    """Add one run's sweeps to ``into`` (see :func:`merge`)."""
+    for name, sweep in sweeps_of_run.items():
+        have = into.setdefault(name, {**sweep})
+        if name == "length" and have["size"] == sweep["size"]:
+            have["lengths"] = sorted(set(have["lengths"]) | set(sweep["lengths"]))
+        elif name == "size" and have["seq_len"] == sweep["seq_len"]:
+            have["sizes"] = have["sizes"] + [s for s in sweep["sizes"] if s not in have["sizes"]]
 
 
 # ---------------------------------------------------------------------------- command line

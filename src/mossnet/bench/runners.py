@@ -220,18 +220,18 @@ def _build(name: str, args):
     raise ValueError(f"unknown model {name!r}; choose from {MODELS + OPTIONAL_MODELS}")
 
 
-def build_runner(name: str, args, device=None) -> Runner:
-    """The runner of model ``name`` on ``device`` (default: the CPU) in eval mode: fp32 on the
-    CPU, on CUDA bf16 weights with the parameters ``from_pretrained`` keeps in fp32 (what
-    ``mossnet generate`` runs). A static KV cache is sized per prompt: its length plus the most
-    decode steps ``args`` asks for (+ 2)."""
+def build_runner(name: str, args, device=None, dtype=None) -> Runner:
+    """The runner of model ``name`` on ``device`` (default: the CPU) in eval mode, its weights in
+    ``dtype`` (default: the device's, fp32 on the CPU and bf16 on CUDA) except the parameters
+    ``from_pretrained`` keeps in fp32 (what ``mossnet generate`` runs). A static KV cache is
+    sized per prompt: its length plus the most decode steps ``args`` asks for (+ 2)."""
     import torch
 
     from mossnet import runtime
 
     device = torch.device("cpu") if device is None else torch.device(device)
     model, runner_class, kwargs = _build(name, args)
-    model = cast_for_inference(model, runtime.resolve_dtype("auto", device)).to(device).eval()
+    model = cast_for_inference(model, dtype or runtime.resolve_dtype("auto", device)).to(device).eval()
     if name.endswith(EAGER_SUFFIX):
         model.execution_policy = model.execution_policy.replace(decode_graph=False)
     return runner_class(model, **kwargs)

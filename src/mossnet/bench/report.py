@@ -80,10 +80,10 @@ def markdown_table(rows: list[dict]) -> str:
             continue
         mark = " †" if r.get("note") else ""
         lines.append(
-            f"| {r['model']}{_path_label(r)} | {r['context']}{mark} | {r['prefill_ms']:.0f} | {r['decode_ms_median']:.2f} | "
-            f"{r['decode_ms_p90']:.2f} | {r['decode_tokens']} | {r[peak]:.0f} | {_number(r.get('decode_' + peak), '.0f')} | "
-            f"{_number(r.get(before), '.0f')} | {_number(r.get('cache_mb'), '.1f')} | "
-            f"{r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f} |"
+            f"| {r['model']}{_path_label(r)} | {r['context']}{mark} | {r['prefill_ms']:.0f} | "
+            f"{r['decode_ms_median']:.2f} | {r['decode_ms_p90']:.2f} | {r['decode_tokens']} | {r[peak]:.0f} | "
+            f"{_number(r.get('decode_' + peak), '.0f')} | {_number(r.get(before), '.0f')} | "
+            f"{_number(r.get('cache_mb'), '.1f')} | {r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f} |"
         )
     notes = note_lines(rows)
     return "\n".join(lines + ([""] + notes if notes else []))

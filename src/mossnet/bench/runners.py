@@ -162,7 +162,10 @@ class LlamaRunner(Runner):
         cfg = self.model.config
         T = ids.shape[1]
         # A static cache holds this prompt and its decode steps (every step attends over all of it).
-        self.cache = StaticCache(config=cfg, max_cache_len=T + self.headroom) if self.static else DynamicCache(config=cfg)
+        if self.static:
+            self.cache = StaticCache(config=cfg, max_cache_len=T + self.headroom)
+        else:
+            self.cache = DynamicCache(config=cfg)
         positions = torch.arange(T, device=ids.device)[None]
         out = self._forward(ids, positions, logits_to_keep=1)
         self.position = positions[:, -1:] + 1

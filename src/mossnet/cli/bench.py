@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contexts", type=_lengths_text, default=",".join(map(str, DEFAULT_CONTEXTS)),
                         help="comma-separated prompt lengths (default: %(default)s)")
     parser.add_argument("--extra-contexts", type=_optional_lengths_text, default="",
-                        help="longer prompt lengths run only for the recurrent models (every MossNet, mamba2), e.g. 16384; "
-                             "--contexts apply to every model, the teachers included")
+                        help="longer prompt lengths run only for the recurrent models (every MossNet, mamba2), "
+                             "e.g. 16384; --contexts apply to every model, the teachers included")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads in every model process (default 1)")
     parser.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed per prompt (default 32)")
     parser.add_argument("--long-decode-tokens", type=positive_int, default=16,

@@ -260,7 +260,7 @@ TABLE = [
     ("bench: --models bogus", ["bench", "--models", "mossnet,bogus"], r"--models: unknown model 'bogus'; choose from mossnet"),
     ("bench: --threads 0", ["bench", "--threads", "0"], r"--threads: must be >= 1"),
     ("bench: --decode-tokens -1", ["bench", "--decode-tokens", "-1"], r"--decode-tokens"),
-    ("bench: --device cuda", ["bench", "--device", "cuda"], r"--device"),
+    ("bench: --device tpu", ["bench", "--device", "tpu"], r"--device: expected auto, cpu, cuda"),
     ("bench: --onnx-dir missing", ["bench", "--onnx-dir", "{tmp}/none"], r"--onnx-dir .* does not exist"),
     ("bench: --onnx-dir not an export", ["bench", "--onnx-dir", "{foreign}"], r"no readable manifest\.json"),
     ("bench: --json is a directory", ["bench", "--tiny", "--json", "{tmp}"], r"--json .* is a directory"),

@@ -127,3 +127,20 @@ def test_decode_through_forward_equals_forward(n_tokens, E, k, shared):
     assert report is None
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, moe_mlp_reference(mlp, u) if E > 1 else want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("E,shared", [(1, False), (4, True)])
+def test_bf16_weights_take_the_fp32_residual(E, shared):
+    """Weights loaded in bf16 without autocast (``from_pretrained(dtype=bf16)``, what
+    ``mossnet generate`` runs on CUDA) take fp32 tokens, dense and shared SwiGLU included, and
+    agree with the fp32 layer to bf16 precision."""
+    import copy
+
+    mlp = make_mlp(E, min(2, E), shared)
+    low = copy.deepcopy(mlp).to(torch.bfloat16)
+    if E > 1:
+        low.router.float()  # kept in fp32 by from_pretrained
+    u = torch.randn(6, 12)
+    for decode in (False, True):
+        out, _ = low(u, decode=decode)
+        assert max_rel(out.float(), mlp(u, decode=decode)[0]) < 3e-2

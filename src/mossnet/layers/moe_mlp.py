@@ -21,6 +21,9 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        # The fp32 residual meets weights loaded in bf16 (from_pretrained(dtype=bf16), no autocast):
+        # run in the weights' dtype. A no-op for fp32 weights and under autocast's fp32 masters.
+        u = u.to(self.gate_up.weight.dtype)
         gate, up = self.gate_up(u).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
 

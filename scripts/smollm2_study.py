@@ -35,7 +35,7 @@ SAMPLE_PROMPTS = (
     "In Python, a list comprehension",
     "The three primary colors are",
 )
-LAYER_ERROR_WINDOWS = (4, 256)  # sequences x tokens from the test split, as the conversion's step-0 table
+LAYER_ERROR_SEQUENCES = 4  # x --window tokens from the test split, as the conversion's step-0 table
 
 
 def load(model_path: str, device: str):
@@ -76,7 +76,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     tokens = held_out_tokens(args.data)
     if args.teacher:
         result["layer_errors"] = timed("layer_errors", lambda: student_layer_errors(model, args.teacher, tokens,
-                                                                                   args.device))
+                                                                                   args.device, args.window))
     if args.layer_errors_only:
         result["timings"] = timings
         return result
@@ -85,9 +85,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             result[key] = timed(key, lambda p=path: score_request_file(model, tokenizer, p, batch_size=args.batch_size,
                                                                          progress=False)["tasks"])
     result["held_out"] = timed("held_out", lambda: evaluate_split(
-        model, args.data, "test", seq_len=1024, stride=512, batch_size=8, progress=False))
+        model, args.data, "test", seq_len=4 * args.window, stride=2 * args.window, batch_size=8, progress=False))
     result["repeated_passage"] = timed("repeated_passage", lambda: repeated_passage_loss(
-        model, np.asarray(tokens), passages=64, passage_len=256))
+        model, np.asarray(tokens), passages=64, passage_len=args.window))
     lengths = [int(n) for n in args.passkey.split(",") if n]
     result["passkey"] = timed("passkey", lambda: passkey_retrieval(model, tokenizer, lengths, trials=args.passkey_trials))
     result["samples"] = timed("samples", lambda: samples(model, tokenizer))
@@ -96,14 +96,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def student_layer_errors(student, teacher_path: str, tokens, device: str) -> list[float]:
+def student_layer_errors(student, teacher_path: str, tokens, device: str, length: int) -> list[float]:
     import numpy as np
     import torch
 
     from mossnet.convert import layer_errors
 
     teacher, _ = load(teacher_path, device)
-    n, length = LAYER_ERROR_WINDOWS
+    n = LAYER_ERROR_SEQUENCES
     stride = (len(tokens) - length) // n
     ids = torch.from_numpy(np.stack([np.asarray(tokens[i * stride : i * stride + length]) for i in range(n)])
                            .astype(np.int64)).to(next(student.parameters()).device)
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--passkey", default="1024,4096,16384")
     ev.add_argument("--passkey-trials", type=int, default=10)
     ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--window", type=int, default=256,
+                    help="tokens per repeated passage and per layer-error window; held-out perplexity uses 4x (default 256)")
     ev.add_argument("--device", default="cuda")
     sm = sub.add_parser("summarize")
     sm.add_argument("--work", required=True)

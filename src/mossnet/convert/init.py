@@ -50,7 +50,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from mossnet.layers.sequence_layout import SequenceLayout
 

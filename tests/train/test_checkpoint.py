@@ -248,3 +248,24 @@ def test_resume_weights_of_other_shape_fail_clearly(trained, make_cfg):
     again.model = {}  # no model options in this run: the checkpoint's config.json rules
     with pytest.raises(ckpt.CheckpointError, match=r"weight model.layers.0.mlp.\S+ has shape .* in the checkpoint"):
         train(again)
+
+
+def test_other_ranks_wait_until_an_interrupted_save_is_recovered(tmp_path):
+    """Under torchrun only rank 0 repairs an interrupted save; the others wait for it instead of
+    reading (or repairing) the run directory halfway through its renames."""
+    import threading
+    import time
+
+    from mossnet.rundir import atomic
+
+    run = tmp_path / "run"
+    (run / atomic.TMP).mkdir(parents=True)
+    assert atomic.save_in_progress(run)
+    with pytest.raises(TimeoutError, match="not recovered within"):
+        atomic.wait_until_recovered(run, timeout=0.2, poll=0.05)
+    threading.Timer(0.3, lambda: (run / atomic.TMP).rmdir()).start()
+    started = time.monotonic()
+    atomic.wait_until_recovered(run, timeout=10, poll=0.05)
+    assert time.monotonic() - started >= 0.25 and not atomic.save_in_progress(run)
+    atomic.old_path(run, "model").mkdir()  # an old part left over counts too
+    assert atomic.save_in_progress(run)

@@ -79,6 +79,7 @@ def resolve_config(args: argparse.Namespace):
 
 
 def _saved_config(path: str) -> dict:
+    import os
     from pathlib import Path
 
     import yaml
@@ -87,7 +88,16 @@ def _saved_config(path: str) -> dict:
     from mossnet.errors import CheckpointError
     from mossnet.rundir import TRAINER
 
-    read_trainer_state(path, verify=False)  # a clear line for a missing, old-layout or unfinished checkpoint
+    if int(os.environ.get("RANK", "0")) == 0:  # one process repairs an interrupted save (see Trainer)
+        read_trainer_state(path, verify=False)  # a clear line for a missing, old-layout or unfinished checkpoint
+    else:
+        from mossnet.rundir import atomic
+
+        try:
+            atomic.wait_until_recovered(path)
+        except TimeoutError as err:
+            raise CheckpointError(str(err)) from None
+        read_trainer_state(path, verify=False, recover=False)
     f = Path(path) / TRAINER / CONFIG_FILE
     if not f.is_file():
         raise CheckpointError(f"{path} is not a training checkpoint ({TRAINER}/{CONFIG_FILE} is missing)")

@@ -88,6 +88,26 @@ def recover(root: str | Path, announce: Announce = _stderr) -> None:
         _drop_old(root, part, announce)
 
 
+def save_in_progress(root: str | Path) -> bool:
+    """Whether ``root`` holds the traces of a save that is running, or was interrupted and not yet
+    recovered: the temporary folder, or an old part."""
+    root = Path(root)
+    return (root / TMP).is_dir() or any(old_path(root, part).is_dir() for part in PARTS)
+
+
+def wait_until_recovered(root: str | Path, timeout: float = 300.0, poll: float = 0.2) -> None:
+    """Wait while another process (rank 0 of a run) finishes or removes an interrupted save, so
+    that this one never reads, or repairs, a checkpoint halfway through its renames. Raises
+    TimeoutError after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while save_in_progress(root):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{root}: an interrupted checkpoint save was not recovered within {timeout:.0f} s")
+        time.sleep(poll)
+
+
 def _roll_forward(root: Path, tmp: Path, announce: Announce | None) -> None:
     parts = (tmp / COMPLETE).read_text().split()
     for part in parts:

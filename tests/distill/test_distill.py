@@ -210,3 +210,37 @@ def test_smollm2_study_script_evaluates_a_student_and_summarises(setup, tmp_path
     curve = summary["runs"]["dense-attention"]["curve"]
     assert [p["step"] for p in curve if "tokens_per_s" in p] == [1, 2]
     assert summary["runs"]["dense-attention"]["config"]["distill"]["stage"] == "attention"
+
+
+def test_attention_metrics_average_each_window_in_place(setup):
+    """The per-layer values live in device tensors updated in place (a CUDA-graph replay updates
+    them without calling Python): each window averages its own micro-batches, then starts from 0."""
+    from transformers import AutoModelForCausalLM
+
+    from mossnet import MossNetForCausalLM
+    from mossnet.distill.objective import AttentionTransfer
+
+    root, _ = setup
+    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher")
+    student = MossNetForCausalLM.from_pretrained(root / "student")
+    objective = AttentionTransfer(teacher)
+    assert objective.window_metrics() == {}
+    ids = [torch.randint(0, teacher.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(i))
+           for i in range(3)]
+    with torch.no_grad():
+        singles = [objective(student, x, x).loss.item() for x in ids[:1]]
+        first = objective.window_metrics()["layer_rel_mse"]
+        sums = objective._sums
+        for x in ids[1:]:
+            objective(student, x, x)
+        second = objective.window_metrics()["layer_rel_mse"]
+        expected = [(a + b) / 2 for a, b in zip(*[_per_layer(objective, student, x) for x in ids[1:]])]
+    assert len(first) == 2 and sum(first) <= singles[0] + 1e-6  # the loss adds the routers' aux terms
+    assert second == pytest.approx(expected, rel=1e-5)
+    assert objective._sums is sums and objective._count.item() == 0  # the same tensors, reset in place
+
+
+def _per_layer(objective, student, x):
+    objective.window_metrics()
+    objective(student, x, x)
+    return objective.window_metrics()["layer_rel_mse"]

@@ -32,12 +32,14 @@ class AttentionTransfer:
     The loss is the sum over layers of the squared relative error (MSE divided by the target's
     mean square, so layers of different scales weigh alike), plus the routers' aux and z losses.
     ``window_metrics()`` returns the per-layer values averaged since the last call (the trainer
-    logs them)."""
+    logs them). The sums are device tensors updated in place, never Python numbers: a step
+    captured in a CUDA graph (``--cuda-graph``) replays the update without calling this object,
+    so anything kept on the Python side would stop changing after the capture."""
 
     def __init__(self, teacher: nn.Module):
         self.teacher = teacher.eval()
-        self._sums: torch.Tensor | None = None
-        self._count = 0
+        self._sums: torch.Tensor | None = None  # (layers,) sum of the per-layer values
+        self._count: torch.Tensor | None = None  # () how many micro-batches they sum
 
     def __call__(self, student: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> LossParts:
         from mossnet.convert.report import capture_teacher, mixer_outputs
@@ -51,17 +53,21 @@ class AttentionTransfer:
         config = student.config
         aux = [config.router_aux_loss_coef * r.aux + config.router_z_loss_coef * r.z for r in reports if r is not None]
         load = {f"layers.{i}.mixer": r.load for i, r in enumerate(reports) if r is not None}
-        self._sums = per_layer.detach() if self._sums is None else self._sums + per_layer.detach()
-        self._count += 1
+        if self._sums is None:
+            self._sums = torch.zeros_like(per_layer, dtype=torch.float32)
+            self._count = torch.zeros((), dtype=torch.float32, device=per_layer.device)
+        self._sums.add_(per_layer.detach().float())
+        self._count.add_(1)
         aux_loss = torch.stack(aux).mean() if aux else None  # routed students keep their routers balanced
         loss = per_layer.sum() + (aux_loss if aux_loss is not None else 0.0)
         return LossParts(loss, per_layer.mean(), aux_loss, load)
 
     def window_metrics(self) -> dict[str, Any]:
-        if self._sums is None:
+        if self._sums is None or self._count.item() == 0:
             return {}
         values = (self._sums / self._count).tolist()
-        self._sums, self._count = None, 0
+        self._sums.zero_()  # in place: a captured step keeps adding into these same tensors
+        self._count.zero_()
         return {"layer_rel_mse": values}
 
 

@@ -23,7 +23,7 @@ class CopyModel(torch.nn.Module):
         super().__init__()
         self.period, self.anchor = period, torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, **kwargs):
         b, t = input_ids.shape
         logits = torch.zeros(b, t, VOCAB)
         for pos in range(self.period - 1, t):

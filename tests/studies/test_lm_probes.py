@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mossnet.studies.lm_probes import (copy_windows, load_entropy, repeated_bigram_mask,
+from mossnet.studies.lm_probes import (load_entropy, repeated_bigram_mask,
                                        repeated_bigram_mask_reference, router_adjacency, router_adjacency_reference,
                                        run_probes)
 
@@ -43,13 +43,6 @@ def test_load_entropy():
     assert load_entropy(torch.tensor([5, 5, 5, 5])) == pytest.approx(1.0)
     assert load_entropy(torch.tensor([9, 0, 0, 0])) == 0.0
     assert 0 < load_entropy(torch.tensor([6, 2, 1, 1])) < 1
-
-
-def test_copy_windows_repeat_consecutive_passages():
-    tokens = np.arange(100)
-    w = copy_windows(tokens, 10, 3)
-    assert w.tolist()[1] == [5, 6, 7, 8, 9, 5, 6, 7, 8, 9]
-    assert w.shape == (3, 10)
 
 
 def test_probes_on_a_tiny_mossnet():

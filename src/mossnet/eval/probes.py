@@ -11,6 +11,7 @@ Both need only ``model(input_ids=...).logits`` and ``model.generate``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,23 +28,27 @@ PASSKEY_QUESTION = "What is the pass key? The pass key is"
 
 @torch.inference_mode()
 def repeated_passage_loss(model: Any, tokens: np.ndarray, *, passages: int = 32, passage_len: int = 256,
-                          batch_size: int = 8, seed: int = 0) -> dict[str, float]:
-    """Mean next-token loss (nats) on the first and on the second copy of ``passages`` random
-    windows of ``tokens`` (held-out text), each fed as [passage, passage].
+                          batch_size: int = 8, seed: int = 0, starts: Sequence[int] | None = None,
+                          autocast: Any = None) -> dict[str, float]:
+    """Mean next-token loss (nats) on the first and on the second copy of ``passages`` windows of
+    ``tokens`` (held-out text), each fed as [passage, passage]: random windows (``seed``), or the
+    ones starting at ``starts``. ``autocast``: a context-manager factory the forward runs under.
 
     The first token of each copy is not scored (its prediction depends on what came before it), so
     both copies are scored on the same ``passage_len - 1`` tokens.
     """
     if len(tokens) <= passage_len:
         raise ValueError(f"need more than {passage_len} tokens to cut passages, got {len(tokens)}")
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(0, len(tokens) - passage_len, size=passages)
+    if starts is None:
+        starts = np.random.default_rng(seed).integers(0, len(tokens) - passage_len, size=passages)
+    passages = len(starts)
     device = next(model.parameters()).device
     first, second = [], []
     for at in range(0, passages, batch_size):
-        windows = np.stack([tokens[s : s + passage_len] for s in starts[at : at + batch_size]]).astype(np.int64)
-        ids = torch.from_numpy(np.concatenate([windows, windows], axis=1)).to(device)  # (B, 2L)
-        logits = model(input_ids=ids).logits.float()
+        windows = np.stack([np.asarray(tokens[s : s + passage_len]) for s in starts[at : at + batch_size]])
+        ids = torch.from_numpy(np.concatenate([windows, windows], axis=1).astype(np.int64)).to(device)  # (B, 2L)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            logits = model(input_ids=ids, use_cache=False).logits.float()
         losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # (B, 2L-1)
         first.append(losses[:, : passage_len - 1].mean(dim=1))
         second.append(losses[:, passage_len:].mean(dim=1))

@@ -57,17 +57,6 @@ def repeated_bigram_mask_reference(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def copy_windows(tokens, seq_len: int, count: int) -> torch.Tensor:
-    """(count, 2 * (seq_len // 2)) windows, each a passage of ``seq_len // 2`` consecutive
-    validation tokens followed by the same passage again (passages taken in order)."""
-    half = seq_len // 2
-    rows = []
-    for i in range(count):
-        passage = np.asarray(tokens[i * half:(i + 1) * half], dtype=np.int64)
-        rows.append(np.concatenate([passage, passage]))
-    return torch.from_numpy(np.stack(rows))
-
-
 def router_adjacency(logits: torch.Tensor, batch: int, T: int, k: int) -> tuple[float, float, int]:
     """Router logits (batch * T, E) in row order -> (adjacent pairs with the same best expert,
     summed shared experts / k over adjacent pairs, adjacent pairs)."""
@@ -166,14 +155,14 @@ def run_probes(model, tokens, seq_len: int, probe_tokens: int, device, autocast,
 
 
 def _copy_losses(model, tokens, seq_len: int, n: int, device, autocast, batch: int) -> dict[str, float]:
+    """The repeated-passage losses (:func:`mossnet.eval.probes.repeated_passage_loss`) of ``n``
+    passages of ``seq_len // 2`` validation tokens, taken in order."""
+    from mossnet.eval.probes import repeated_passage_loss
+
     half = seq_len // 2
     n = min(n, len(tokens) // max(half, 1))
-    windows = copy_windows(tokens, seq_len, n)
-    first = second = 0.0
-    for i in range(0, n, batch):
-        losses, _ = _token_losses(model, windows[i:i + batch].to(device), autocast, routers=False)
-        # target t sits at column t - 1; first copy: targets 1..half-1; second: half+1..2*half-1
-        first += float(losses[:, 0:half - 1].sum())
-        second += float(losses[:, half:2 * half - 1].sum())
-    count = n * (half - 1)
-    return {"loss_first_copy": first / max(count, 1), "loss_second_copy": second / max(count, 1)}
+    if n < 1:
+        return {"loss_first_copy": 0.0, "loss_second_copy": 0.0}
+    result = repeated_passage_loss(model, tokens, passage_len=half, batch_size=batch,
+                                   starts=[i * half for i in range(n)], autocast=autocast)
+    return {"loss_first_copy": result["first_copy_loss"], "loss_second_copy": result["second_copy_loss"]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,17 +13,12 @@ from .specs import RunSpec
 
 
 def machine() -> dict[str, Any]:
-    import torch
+    """``mossnet.runtime.machine_info`` plus the commit; ``cuda`` repeats the GPU's name, the key
+    earlier study results use."""
+    from mossnet.runtime import machine_info
 
-    info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
+    info = machine_info()
+    info["cuda"] = info["gpu"]
     info["commit"] = _git_commit()
     return info
 

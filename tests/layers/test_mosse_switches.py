@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from mossnet.layers.mosse import conv_window_shape
+from mossnet.layers.mosse_rules import conv_window_shape
 from mossnet.layers.sequence_layout import SequenceLayout
 from mosse_reference import full_sequence_conv, mosse_reference
 from test_mosse_vs_reference import TRITON_DEVICE, assert_matches_reference, make_layer, padded

@@ -32,7 +32,6 @@ C = P + 2N conv channels, F = 2P + 2N + 1 projected features [z, x, B, C, dt_raw
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,95 +39,18 @@ from torch import nn
 from transformers import initialization as init
 
 from ..execution import DEFAULT_POLICY, ExecutionPolicy, tracing
-from ..ops.conv import conv_at_rows, gather_rows, segment_causal_conv
+from ..ops.conv import gather_rows, segment_causal_conv
 from ..ops.moe import ExpertDispatch, dispatch_by_expert, grouped_linear
-from ..ops.moe.gathered_linear import gathered_linear
 from ..ops.mosse import mosse_scan
-from ..ops.mosse.naive import compute_dtype_for, ssm_step
+from ..ops.mosse.naive import compute_dtype_for
 from .expert_segments import ExpertSegments
+from .mosse_decode import MoSSEDecodeStep
+from .mosse_rules import ExpertRows, SequenceFeatures, _cast, fold_scale, step_size
 from .norm import gated_rms_norm
 from .router import Router, RouterOutput, RouterReport
 from .sequence_layout import SequenceLayout
 
-# The compact scan runs every expert as one head with A = -1 and each row's decay rate folded
-# into its step (see MoSSE._scan), then divides the output by that rate. The fold uses at least
-# this rate: below it, exp(-dt * rate) rounds to exactly 1 in fp32 and fp64 (for dt < 2^10), so
-# a slower (or zero, A_log = -inf) decay is computed exactly as no decay, and the division is by
-# a power of two (exact). Large enough that the folded values stay normal floats.
-FOLD_FLOOR = 2.0**-64
-
-
-def step_size(dt_raw: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:
-    """The dt rule of the forward and of decode: dt = softplus(dt_raw + dt_bias), in dt_bias's
-    dtype (fp32, or fp64 for fp64 layers).
-
-    dt_raw: (..., 1) projected feature; dt_bias: broadcastable to (...). Returns (...).
-    """
-    return F.softplus(dt_raw.squeeze(-1).to(dt_bias.dtype) + dt_bias)
-
-
-def conv_window_shape(config) -> tuple[int, ...]:
-    """One layer's carried conv state for one sequence (the cache's ``conv_states[l]`` without
-    the batch dim).
-
-    By default each expert's window of its x, B, C: (E, K-1, P+2N). With
-    ``ssm_conv_placement="shared"`` one window of u: (K-1, d_model). With ``ssm_share_bc``
-    (expert placement) both kinds, flattened one after the other into (E*(K-1)*P + (K-1)*2N,):
-    the experts' x windows (E, K-1, P), then the shared B|C window (K-1, 2N). (Both parts are
-    plain views of it, so the decode step updates them in place, also in exported graphs.)
-
-    Example:
-        >>> from mossnet import MossNetConfig
-        >>> cfg = MossNetConfig.from_preset("tiny")
-        >>> conv_window_shape(cfg), conv_window_shape(MossNetConfig.from_preset("tiny", ssm_share_bc=True))
-        ((4, 3, 64), (480,))
-    """
-    E, P, N, K = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim, config.conv_kernel
-    if getattr(config, "ssm_conv_placement", "expert") == "shared":
-        return (K - 1, config.d_model)
-    if getattr(config, "ssm_share_bc", False):
-        return (E * (K - 1) * P + (K - 1) * 2 * N,)
-    return (E, K - 1, P + 2 * N)
-
-
-def fold_scale(decay_rate: torch.Tensor) -> torch.Tensor:
-    """The rate folded into the compact scan's step: ``max(-A, FOLD_FLOOR)`` (see FOLD_FLOOR)."""
-    return decay_rate.clamp(min=FOLD_FLOOR)
-
-
-def _cast(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A weight for a product with ``like``: as is under autocast (which casts), else in ``like``'s dtype."""
-    return weight if torch.is_autocast_enabled() else weight.to(like.dtype)
-
-
-@dataclass
-class SequenceFeatures:
-    """Per-token features that all experts share (spec section 7), or None when off.
-    conv_u: (n, d_model) the shared conv of u (``ssm_conv_placement="shared"``); bc: (n, 2N)
-    SiLU of the shared B|C (``ssm_share_bc``)."""
-
-    conv_u: torch.Tensor | None = None
-    bc: torch.Tensor | None = None
-
-
-@dataclass
-class ExpertRows:
-    """Per-row copies of each row's expert's parameters, in the compute dtype. dt_bias,
-    decay_rate (= -A >= 0): (...,); skip_D, norm_weight, z_bias: (..., P) (z_bias may be None)."""
-
-    dt_bias: torch.Tensor
-    decay_rate: torch.Tensor
-    skip_D: torch.Tensor
-    norm_weight: torch.Tensor
-    z_bias: torch.Tensor | None
-
-    def unflatten(self, *shape: int) -> "ExpertRows":
-        """Rows (M, ...) -> (*shape, ...) with M = prod(shape)."""
-        fields = (self.dt_bias, self.decay_rate, self.skip_D, self.norm_weight, self.z_bias)
-        return ExpertRows(*(None if t is None else t.view(*shape, *t.shape[1:]) for t in fields))
-
-
-class MoSSE(nn.Module):
+class MoSSE(MoSSEDecodeStep, nn.Module):
     """Mixture of state-space experts.
 
     Parameters (stacked per expert): ``in_proj`` (E, F, d_model), ``conv_weight`` (E, C, K),
@@ -461,86 +383,6 @@ class MoSSE(nn.Module):
         if final is not None:
             final = final[:, 0] / segment_scale[:, None, None]
         return y, final
-
-    # ----------------------------------------------------------------- one token
-    def _decode_token(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
-                      policy: ExecutionPolicy) -> torch.Tensor:
-        """One generated token (``forward(..., decode=True)``), touching only the routed
-        experts' weights and states (every expert's with ``state_update="all"``).
-
-        Args:
-            u: (batch, d_model). conv_state: (batch, *conv_window_shape(config)), ssm_state:
-                (batch, E, N, P); both updated in place (a static cache, so the step can be
-                captured in a CUDA graph).
-        Returns:
-            o: (batch, d_model).
-        """
-        batch = u.shape[0]
-        E, P, N = self.n_experts, self.head_dim, self.state_dim
-        routing = self.route(u, None)
-        if self.routed:
-            idx, gates = routing.top_idx, routing.top_gates  # (batch, k)
-        else:  # every expert's state moves; the router still gates the outputs
-            idx = torch.arange(E, device=u.device).expand(batch, E)
-            gates = routing.dense_gates(E)
-        chosen = idx.shape[1]
-        expert_window, sequence_window = self._split_windows(conv_state)
-        shared = self._decode_sequence_features(u, sequence_window)
-        z, xBC, dt_raw = self._decode_project(u, shared.conv_u, idx)
-        params = self._expert_rows(idx.reshape(-1), compute_dtype_for(u)).unflatten(batch, chosen)
-        if self.conv_weight is not None:
-            xBC = self._decode_expert_conv(xBC, expert_window, idx)
-        shared_bc = None if shared.bc is None else shared.bc[:, None].expand(-1, chosen, -1)
-        x, B, C = self._features(F.silu(xBC), shared_bc)
-
-        gather = lambda state, size: state.gather(1, idx[:, :, None, None].expand(-1, -1, *size))  # noqa: E731
-        dt = step_size(dt_raw, params.dt_bias)
-        y, new_state = ssm_step(gather(ssm_state, (N, P)), x, dt, -params.decay_rate, B, C, params.skip_D)
-        ssm_state.scatter_(1, idx[:, :, None, None].expand(-1, -1, N, P), new_state.to(ssm_state.dtype))
-
-        yhat = self._read_out(y, z, params) * gates[..., None]
-        return gathered_linear(yhat.to(self.out_proj.dtype), self.out_proj, idx).sum(1)  # (batch, d_model)
-
-    def _decode_project(self, u: torch.Tensor, conv_u: torch.Tensor | None, idx: torch.Tensor):
-        """z (batch, k, P), xBC (batch, k, C), dt_raw (batch, k, 1) of the chosen experts
-        ``idx`` (batch, k); xBC from ``conv_u`` (batch, d_model) with the shared conv. Only the
-        chosen experts' projections are read (no copy of their weights on the CPU)."""
-        chosen = idx.shape[1]
-        rows = lambda t: t.to(self.in_proj.dtype)[:, None, :].expand(-1, chosen, -1)  # noqa: E731
-        if conv_u is None:
-            return self._split(gathered_linear(rows(u), self.in_proj, idx))
-        P, w = self.head_dim, self.in_proj
-        z, dt_raw = gathered_linear(rows(u), torch.cat([w[:, :P], w[:, -1:]], dim=1), idx).split([P, 1], dim=-1)
-        return z, gathered_linear(rows(conv_u), w[:, P:-1], idx), dt_raw
-
-    def _decode_expert_conv(self, xBC: torch.Tensor, window: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """The per-expert conv of one token: xBC (batch, k, C) of the chosen experts ``idx``
-        (batch, k) after their cached windows (batch, E, K-1, C), which are advanced in place.
-        Returns (batch, k, C)."""
-        batch, chosen = idx.shape
-        K, width = self.conv_kernel, self.feature_dim
-        slots = idx[:, :, None, None].expand(-1, -1, K - 1, width)
-        full = torch.cat([window.gather(1, slots), xBC[:, :, None, :].to(window.dtype)], dim=2)  # (batch, k, K, C)
-        window.scatter_(1, slots, full[:, :, 1:])
-        # The conv of the forward, at the newest row of each (token, expert) window.
-        newest = torch.arange(1, batch * chosen + 1, device=idx.device) * K - 1
-        out = conv_at_rows(full.reshape(batch * chosen * K, -1), self.conv_weight, self.conv_bias, idx.reshape(-1),
-                           newest)
-        return out.view(batch, chosen, -1)
-
-    def _decode_sequence_features(self, u: torch.Tensor, window: torch.Tensor | None) -> SequenceFeatures:
-        """:meth:`_sequence_features` of one token per row: u (batch, d_model) after the cached
-        window (batch, K-1, channels), which is advanced in place."""
-        if self.shared_conv_weight is None:
-            return SequenceFeatures()
-        batch, K = u.shape[0], self.conv_kernel
-        values = self._sequence_conv_input(u)
-        full = torch.cat([window, values[:, None, :].to(window.dtype)], dim=1)  # (batch, K, channels)
-        window.copy_(full[:, 1:])
-        newest = torch.arange(1, batch + 1, device=u.device) * K - 1
-        conv_out = conv_at_rows(full.reshape(batch * K, -1), self.shared_conv_weight[None], self.shared_conv_bias[None],
-                                torch.zeros(batch, dtype=torch.long, device=u.device), newest)
-        return self._after_sequence_conv(conv_out)
 
     # ----------------------------------------------------------------- init
     @torch.no_grad()

@@ -88,7 +88,7 @@ def state_bytes_per_layer(config, seq_len: int = 0, bytes_per_element: int = 4) 
     experts') and Mamba-2, keys plus values for Llama. Raises ValueError for another model type."""
     kind = getattr(config, "model_type", None)
     if kind == "mossnet":
-        from mossnet.layers.mosse import conv_window_shape  # the cache's own layout of the windows
+        from mossnet.layers.mosse_rules import conv_window_shape  # the cache's own layout of the windows
 
         E, P, N = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim
         return (E * N * P + math.prod(conv_window_shape(config))) * bytes_per_element

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ...layers.mosse import conv_window_shape
+from ...layers.mosse_rules import conv_window_shape
 
 
 class MossNetCache:

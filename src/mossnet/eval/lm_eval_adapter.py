@@ -51,7 +51,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the eval
 from mossnet.runtime import resolve_device
 
 from .loading import load_causal_lm
-from .loglikelihood import pad_token_id, prefix_token_id, score_token_requests
+from .loglikelihood import batches, context_length, pad_token_id, prefix_token_id, score_token_requests
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,6 @@ DEFAULT_BATCH_SIZE = 8
 
 # ----------------------------------------------------------------------------------------------
 # Generation helpers.
-
-
-def _batches(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class _StopOnStrings(StoppingCriteria):
@@ -187,14 +182,7 @@ class MossNetLM(TemplateLM):
 
     @property
     def max_length(self) -> int:
-        if self._max_length:
-            return self._max_length
-        config = self.model.config
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return DEFAULT_MAX_LENGTH
+        return self._max_length or context_length(self.model, DEFAULT_MAX_LENGTH)
 
     @property
     def device(self) -> torch.device:
@@ -301,7 +289,7 @@ class MossNetLM(TemplateLM):
                 budget = max(1, self.max_length - max_new)  # room left for the prompt
                 prompts = {i: self.tok_encode(requests[i].args[0])[-budget:] for i in indices}
                 order = sorted(indices, key=lambda i: -len(prompts[i]))
-                for batch in _batches(order, self.batch_size):
+                for batch in batches(order, self.batch_size):
                     input_ids, attention_mask = self._left_padded([prompts[i] for i in batch])
                     output = self.model.generate(
                         input_ids=input_ids,

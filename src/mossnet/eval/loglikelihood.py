@@ -117,7 +117,7 @@ def score_token_requests(
         n_scored.append(len(continuation))
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     results: list[tuple[float, bool] | None] = [None] * len(sequences)
-    for batch in _batches(order, batch_size):
+    for batch in batches(order, batch_size):
         scores = score_continuations(model, [sequences[i] for i in batch], [n_scored[i] for i in batch], pad_id)
         for i, score in zip(batch, scores, strict=True):
             results[i] = score
@@ -139,6 +139,18 @@ def prefix_token_id(tokenizer: Any) -> int:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
-def _batches(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+def context_length(model: Any, default: int = 2048) -> int:
+    """The model's context length: the first positive of its config's ``max_position_embeddings``,
+    ``n_positions``, ``max_sequence_length``, ``seq_length``; else ``default``."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+def batches(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    """Consecutive slices of ``items``, ``size`` long (the last one shorter)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -131,12 +131,18 @@ def read_request_file(path: str | os.PathLike) -> tuple[dict[str, Any], list[dic
 def score_request_file(model: Any, tokenizer: Any, path: str | os.PathLike, *, batch_size: int = 32,
                        max_length: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Score every request of ``path`` with ``model``; returns ``{"tasks": {task: metrics}, ...}``."""
+    return score_requests(model, tokenizer, *read_request_file(path), batch_size=batch_size, max_length=max_length,
+                          progress=progress)
+
+
+def score_requests(model: Any, tokenizer: Any, header: dict[str, Any], documents: list[dict[str, Any]], *,
+                   batch_size: int = 32, max_length: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """:func:`score_request_file` on a file already read by :func:`read_request_file`."""
     from tqdm.auto import tqdm
 
-    from .loglikelihood import encode_pair, pad_token_id, prefix_token_id, score_token_requests
+    from .loglikelihood import context_length, encode_pair, pad_token_id, prefix_token_id, score_token_requests
 
-    header, documents = read_request_file(path)
-    max_length = max_length or _context_length(model)
+    max_length = max_length or context_length(model)
     prefix = prefix_token_id(tokenizer)
     pairs = [encode_pair(tokenizer.encode, context, continuation, prefix)
              for doc in documents for context, continuation in doc["requests"]]
@@ -178,15 +184,6 @@ def task_metrics(header: dict[str, Any], documents: list[dict[str, Any]],
 def _argmax(values: list[float]) -> int:
     """Index of the largest value, the first one on ties (as numpy's argmax)."""
     return max(range(len(values)), key=lambda i: (values[i], -i))
-
-
-def _context_length(model: Any) -> int:
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
 
 
 def main(argv: list[str] | None = None) -> int:

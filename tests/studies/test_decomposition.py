@@ -10,7 +10,8 @@ import pytest
 
 from mossnet.cli.main import main as mossnet_main
 from mossnet.studies import decomposition as dec
-from mossnet.studies.arch_configs import cache_bytes_per_layer, mossnet_active, reference_config
+from mossnet.models.parameter_count import state_bytes_per_layer
+from mossnet.studies.arch_configs import mossnet_active, reference_config
 
 TINY = dict(d_model=32, n_layers=2, ssm_head_dim=8, ssm_state_dim=8)
 
@@ -39,10 +40,10 @@ def test_variant_shapes(ref):
     assert c.ssm_top_k == c.ssm_experts == k and d.ssm_top_k == d.ssm_experts == E  # dense: every head, gated
     assert d.ssm_experts * d.ssm_head_dim == k * P
     # G: A's total state (SSM states and conv windows per layer), to the nearest state dim
-    target = cache_bytes_per_layer(a)
+    target = state_bytes_per_layer(a)
 
     def gap(n: int) -> int:
-        return abs(cache_bytes_per_layer(g.__class__(**{**g.to_dict(), "ssm_state_dim": n})) - target)
+        return abs(state_bytes_per_layer(g.__class__(**{**g.to_dict(), "ssm_state_dim": n})) - target)
 
     assert gap(g.ssm_state_dim) <= min(gap(g.ssm_state_dim - 1), gap(g.ssm_state_dim + 1))
     assert (g.ssm_experts, g.ssm_top_k, g.ssm_head_dim) == (E, k, P) and g.ssm_state_dim < N

@@ -55,13 +55,13 @@ def test_ranked_models_share_total_state_and_value_width(n):
     """The same active value width d/2; per-layer state (SSM and conv windows, read off the real
     cache) equal to MossNet's to the nearest state dim."""
     from mossnet import MossNetConfig
-    from mossnet.studies.arch_configs import cache_bytes_per_layer
+    from mossnet.models.parameter_count import state_bytes_per_layer
 
     d = 64
     shapes = {a: cal.rank_model(a, d, n) for a in cal.RANK_ARCHS}
 
     def state(model, **change):
-        return cache_bytes_per_layer(MossNetConfig(d_model=d, n_layers=1, **{**model, "mlp_experts": 1, "mlp_top_k": 1,
+        return state_bytes_per_layer(MossNetConfig(d_model=d, n_layers=1, **{**model, "mlp_experts": 1, "mlp_top_k": 1,
                                                                             **change}))
 
     target = state(shapes["mossnet"])

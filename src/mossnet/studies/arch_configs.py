@@ -130,19 +130,13 @@ def model_class(arch: str):
     return _cls(trainer_arch(arch))
 
 
-def cache_bytes_per_layer(config) -> int:
-    """fp32 bytes one sequence carries per layer at decode time (SSM states and conv windows of
-    every expert, or the shared ones): :func:`mossnet.models.parameter_count.state_bytes_per_layer`."""
-    from mossnet.models.parameter_count import state_bytes_per_layer
-
-    return state_bytes_per_layer(config)
-
-
 def solve_state_dim(config, target_bytes: int) -> int:
     """The state dim N (>= 1) whose per-layer cache bytes come nearest ``target_bytes`` (the
     smaller N on a tie); every other field of ``config`` is kept."""
+    from mossnet.models.parameter_count import state_bytes_per_layer
+
     def bytes_at(n: int) -> int:
-        return cache_bytes_per_layer(config.__class__(**{**config.to_dict(), "ssm_state_dim": n}))
+        return state_bytes_per_layer(config.__class__(**{**config.to_dict(), "ssm_state_dim": n}))
 
     n = 1
     while bytes_at(n + 1) < target_bytes:  # bytes grow with N

@@ -40,8 +40,9 @@ import sys
 from typing import Any
 
 from mossnet.errors import ConfigError
+from mossnet.models.parameter_count import state_bytes_per_layer
 
-from .arch_configs import (_solve_mlp_width, cache_bytes_per_layer, config_accepts, mossnet_active, reference_config,
+from .arch_configs import (_solve_mlp_width, config_accepts, mossnet_active, reference_config,
                            solve_state_dim)
 
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
@@ -63,7 +64,7 @@ def time_mixer(letter: str, ref) -> dict[str, Any]:
         raise ConfigError(f"variant D needs k*P ({k}*{P}) divisible by E ({E})")
     if letter == "G":
         single = ref.__class__(**{**ref.to_dict(), **time_mixer("A", ref)})
-        return dict(ssm_state_dim=solve_state_dim(ref, cache_bytes_per_layer(single)))
+        return dict(ssm_state_dim=solve_state_dim(ref, state_bytes_per_layer(single)))
     return {
         "A": dict(ssm_experts=1, ssm_top_k=1, ssm_head_dim=k * P),
         "B": dict(ssm_experts=k, ssm_top_k=k, ssm_share_bc=True),
@@ -137,7 +138,7 @@ def config_row(letter: str, ref, tokens: int) -> dict[str, Any]:
     return {**row, "E": cfg.ssm_experts, "k": cfg.ssm_top_k, "P": cfg.ssm_head_dim, "N": cfg.ssm_state_dim,
             "state_update": cfg.state_update, "share_bc": bool(getattr(cfg, "ssm_share_bc", False)),
             "conv": getattr(cfg, "ssm_conv_placement", "expert"), "mlp_width": cfg.mlp_hidden_dim,
-            "active": counts["active"], "total": counts["total"], "state_bytes": cache_bytes_per_layer(cfg),
+            "active": counts["active"], "total": counts["total"], "state_bytes": state_bytes_per_layer(cfg),
             "knob": "reference (MLP 8/3 d)" if letter == "E" else "MLP width"}
 
 

@@ -142,7 +142,9 @@ def rank_model(arch: str, d_model: int, state_dim: int) -> dict[str, Any]:
     MossNet's. No MLP."""
     from mossnet import MossNetConfig
 
-    from .arch_configs import cache_bytes_per_layer, solve_state_dim
+    from mossnet.models.parameter_count import state_bytes_per_layer
+
+    from .arch_configs import solve_state_dim
 
     if d_model % 4:
         raise ValueError(f"d_model must be a multiple of 4, got {d_model}")
@@ -158,7 +160,7 @@ def rank_model(arch: str, d_model: int, state_dim: int) -> dict[str, Any]:
 
     n = state_dim
     if arch != "mossnet":
-        n = solve_state_dim(config(arch, state_dim), cache_bytes_per_layer(config("mossnet", state_dim)))
+        n = solve_state_dim(config(arch, state_dim), state_bytes_per_layer(config("mossnet", state_dim)))
     E, k, P = shapes[arch]
     return dict(ssm_experts=E, ssm_top_k=k, ssm_head_dim=P, ssm_state_dim=n, mlp_experts=0)
 

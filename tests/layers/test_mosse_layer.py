@@ -365,3 +365,50 @@ def test_conversion_identity_is_causal_linear_attention(tiny_config):
     scores = torch.einsum("bten,bsen->btse", q, k) * torch.ones(T, T, dtype=torch.bool).tril()[None, :, :, None]
     want = torch.einsum("btse,bsep->btep", scores, v)
     assert max_rel(y, want) < F64_TOL
+
+
+@pytest.mark.parametrize("state_update, E, k", [("all", 4, 2), ("all", 3, 3), ("routed", 3, 3), ("routed", 1, 1)])
+@pytest.mark.parametrize("with_states", [False, True])
+def test_uniform_segments_equal_the_packed_path(tiny_config, monkeypatch, state_update, E, k, with_states):
+    """Rows holding every (token, expert) pair, without padding or packed documents, run the conv
+    and the scan as a plain batch (``ExpertSegments.uniform``): outputs, final states and every
+    gradient equal the general packed path's (forced by building the segments without
+    ``every_pair``). With padding the general path runs."""
+    from mossnet.layers import expert_segments
+
+    layer = make_layer(tiny_config, E, k, state_update)
+    u = torch.randn(2, 11, 12, dtype=torch.float64, requires_grad=True)
+    conv, ssm = random_states(layer, 2) if with_states else (None, None)
+    built = []
+    build = expert_segments.ExpertSegments.build.__func__
+
+    def spy(cls, rows, layout, n_experts, every_pair=False):
+        built.append(build(cls, rows, layout, n_experts, every_pair))
+        return built[-1]
+
+    def run():
+        o, report, states = layer(u, SequenceLayout.build(2, 11), conv, ssm, return_states=with_states)
+        loss = (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum()
+        if states is not None:
+            loss = loss + states[0].sum() + states[1].square().sum()
+        grads = torch.autograd.grad(loss, [u, *layer.parameters()])
+        return o, states, grads
+
+    monkeypatch.setattr(expert_segments.ExpertSegments, "build", classmethod(spy))
+    fast = run()
+    assert built and all(s.uniform for s in built)
+    monkeypatch.setattr(expert_segments.ExpertSegments, "build",
+                        classmethod(lambda cls, rows, layout, n, every_pair=False: build(cls, rows, layout, n, False)))
+    slow = run()
+    assert max_rel(fast[0], slow[0]) < F64_TOL
+    if with_states:
+        assert max_rel(fast[1][0], slow[1][0]) < F64_TOL and max_rel(fast[1][1], slow[1][1]) < F64_TOL
+    for a, b in zip(fast[2], slow[2]):
+        assert max_rel(a, b) < F64_TOL
+
+    built.clear()
+    monkeypatch.setattr(expert_segments.ExpertSegments, "build", classmethod(spy))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, :3] = 0
+    layer(u, SequenceLayout.build(2, 11, attention_mask=mask))
+    assert built and not any(s.uniform for s in built)

@@ -104,3 +104,52 @@ def test_gather_rows_matches_index_select(M):
     want = torch.autograd.grad((table.index_select(0, index) * g).sum(), table)[0]
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert (got[3] == 0).all()
+
+
+@pytest.mark.parametrize("L", [1, 2, 7])
+@pytest.mark.parametrize("K", [1, 4])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("with_window", [False, True])
+def test_uniform_segments_take_the_batch_path_with_equal_values_and_gradients(L, K, with_bias, with_window):
+    """``uniform=True`` (S segments of L rows each, as in ``state_update="all"`` training): forward,
+    final windows and every gradient equal the reference's."""
+    G, C, S = 3, 5, 6
+    M = S * L
+    x = torch.randn(M, C, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(G, C, K, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(G, C, dtype=torch.float64, requires_grad=True) if with_bias else None
+    window = torch.randn(S, K - 1, C, dtype=torch.float64, requires_grad=True) if with_window else None
+    cu = (torch.arange(S + 1) * L).to(torch.int32)
+    group = torch.randint(0, G, (S,)).repeat_interleave(L)
+    out, final = segment_causal_conv(x, w, b, group, cu, initial_window=window, output_final_window=True, uniform=True)
+    ref, ref_final = segment_causal_conv_reference(x, w, b, group, cu, window)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, ref_final, rtol=0, atol=0)
+    g, g_final = torch.randn_like(out), torch.randn_like(final)
+    leaves = [t for t in (x, w, b, window) if t is not None]
+    got = torch.autograd.grad((out * g).sum() + (final * g_final).sum(), leaves)
+    want = torch.autograd.grad((ref * g).sum() + (ref_final * g_final).sum(), leaves)
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_uniform_path_keeps_the_mixed_precision_rule():
+    """bf16 rows with fp32 taps: the output is fp32 (the promoted dtype) on both paths, equal
+    to each other, and the input's gradient comes back in bf16."""
+    S, L, C, K = 4, 9, 6, 4
+    x = torch.randn(S * L, C).to(torch.bfloat16).requires_grad_()
+    w, b = torch.randn(2, C, K), torch.randn(2, C)
+    cu = (torch.arange(S + 1) * L).to(torch.int32)
+    group = torch.tensor([0, 0, 1, 1]).repeat_interleave(L)
+    fast, _ = segment_causal_conv(x, w, b, group, cu, uniform=True)
+    slow, _ = segment_causal_conv(x, w, b, group, cu)
+    assert fast.dtype == slow.dtype == torch.float32
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
+    (gx,) = torch.autograd.grad(fast.sum(), x)
+    assert gx.dtype == torch.bfloat16
+
+
+def test_a_uniform_promise_that_cannot_hold_is_refused():
+    x, w = torch.randn(10, 3), torch.randn(1, 3, 4)
+    with pytest.raises(ValueError, match="do not split into 3 segments"):
+        segment_causal_conv(x, w, None, torch.zeros(10, dtype=torch.long), torch.tensor([0, 3, 6, 10]), uniform=True)

@@ -15,6 +15,10 @@ a scan may pad to when it cannot read the boundaries back (``torch.compile``, ``
 Their outputs are computed (fixed shapes) and never used.
 
 Everything is computed on the device with fixed shapes: no host synchronisation.
+
+A batch whose rows hold every (token, expert) pair, without padding or packed documents (as in
+``state_update="all"`` training), has uniform segments: E * batch of exactly T rows, no padding
+segments. ``uniform`` says so, and the conv and the scan then treat the rows as a plain batch.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ExpertSegments:
         max_length: a bound on every segment's length (T).
         n_experts, n_documents: E and the documents of the batch.
         first_document, last_document: (batch,) each row's first and last document.
+        uniform: every segment is exactly ``max_length`` rows (see the module docstring).
     """
 
     segment: torch.Tensor
@@ -51,14 +56,24 @@ class ExpertSegments:
     n_documents: int
     first_document: torch.Tensor
     last_document: torch.Tensor
+    uniform: bool = False
 
     @classmethod
-    def build(cls, rows: ExpertDispatch, layout: SequenceLayout, n_experts: int) -> "ExpertSegments":
-        """Segments of ``rows`` (dispatched tokens of ``layout``'s batch, sorted by expert)."""
+    def build(cls, rows: ExpertDispatch, layout: SequenceLayout, n_experts: int,
+              every_pair: bool = False) -> "ExpertSegments":
+        """Segments of ``rows`` (dispatched tokens of ``layout``'s batch, sorted by expert).
+        ``every_pair``: the rows hold every (token, expert) pair of the batch."""
         E, T = n_experts, max(layout.length, 1)
         device = rows.token.device
         M = rows.token.numel()
         n_docs = layout.n_documents
+        if (every_pair and layout.valid is None and layout.cu_seqlens is None and layout.length > 0
+                and M == E * layout.batch * layout.length):
+            S = E * n_docs  # M == S * T: segment s = e * batch + b holds rows [s*T, (s+1)*T)
+            segment = torch.arange(M, device=device) // T
+            cu = (torch.arange(S + 1, device=device) * T).to(torch.int32)
+            return cls(segment, cu, torch.arange(S, device=device) // n_docs, T, E, n_docs,
+                       layout.first_document(device), layout.last_document(device), uniform=True)
         doc = layout.document_of_token(device).index_select(0, rows.token)
         # Rows from offsets[-1] on are padding: the j-th block of T of them is one segment.
         pad_block = (torch.arange(M, device=device) - rows.offsets[-1].long()).clamp(min=0) // T

@@ -145,15 +145,22 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             return sequence
         return torch.cat([experts.flatten(1), sequence.flatten(1).to(experts.dtype)], dim=1)
 
-    def _expert_rows(self, expert: torch.Tensor, dtype: torch.dtype) -> ExpertRows:
+    def _expert_rows(self, expert: torch.Tensor, dtype: torch.dtype, uniform: bool = False) -> ExpertRows:
         """Each row's expert's dt bias, decay rate, skip, norm weight and z bias, in one gather.
-        expert: (M,) int64 in [0, E). They are fp32 parameters even in bf16 models."""
+        expert: (M,) int64 in [0, E). They are fp32 parameters even in bf16 models.
+        ``uniform``: the rows are E equal blocks, one per expert in order (uniform segments),
+        so the copies are a broadcast whose backward is a plain sum (no scatter-add)."""
         P = self.head_dim
         parts = [self.dt_bias[:, None], torch.exp(self.A_log)[:, None], self.D, self.norm_weight]
         if self.z_bias is not None:
             parts.append(self.z_bias)
         table = torch.cat([p.to(dtype) for p in parts], dim=1)  # (E, 2 + 2P [+ P])
-        rows = gather_rows(table, expert).split([1, 1, P, P, P][: len(parts)], dim=1)
+        if uniform:
+            E, M = table.shape[0], expert.numel()
+            per_row = table[:, None].expand(E, M // E, table.shape[1]).reshape(M, table.shape[1])
+        else:
+            per_row = gather_rows(table, expert)
+        rows = per_row.split([1, 1, P, P, P][: len(parts)], dim=1)
         z_bias = rows[4] if self.z_bias is not None else None
         return ExpertRows(rows[0].squeeze(1), rows[1].squeeze(1), rows[2], rows[3], z_bias)
 
@@ -210,7 +217,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         routing = self.route(flat, valid)
         assign = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
         rows, routed_rows = self._scan_rows(assign, valid, n)
-        segments = ExpertSegments.build(rows, layout, self.n_experts)
+        segments = ExpertSegments.build(rows, layout, self.n_experts, every_pair=self._rows_hold_every_pair)
         expert_window, sequence_window = self._split_windows(conv_state)
         shared, sequence_final = self._sequence_features(flat, valid, layout, sequence_window, return_states)
         normed, states = self._mix(flat, rows, segments, expert_window, ssm_state, return_states, policy, shared)
@@ -270,14 +277,20 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         """
         n = values.shape[0]
         tokens = dispatch_by_expert(torch.zeros(n, 1, dtype=torch.long, device=values.device), valid, 1)
-        segments = ExpertSegments.build(tokens, layout, 1)
+        segments = ExpertSegments.build(tokens, layout, 1, every_pair=True)
         initial = None if window is None else segments.scatter_states(window[:, None])
         rows, final = segment_causal_conv(
             values.index_select(0, tokens.token), self.shared_conv_weight[None], self.shared_conv_bias[None],
             torch.zeros_like(tokens.token), segments.cu_seqlens, segments.segment, initial, return_states,
+            uniform=segments.uniform,
         )
         out = rows.new_zeros(n, rows.shape[1]).index_copy(0, tokens.token, rows)  # tokens.token: a permutation
         return out, (None if final is None else segments.gather_states(final)[:, 0])
+
+    @property
+    def _rows_hold_every_pair(self) -> bool:
+        """Whether the conv and scan rows are every (token, expert) pair: ``"all"``, or k = E."""
+        return not self.routed or self.experts_per_token == self.n_experts
 
     def _scan_rows(self, assign: ExpertDispatch, valid, n: int) -> tuple[ExpertDispatch, torch.Tensor | None]:
         """The rows the experts' convs and scans run on, and where the routed rows are among them.
@@ -286,7 +299,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         (None). ``"all"`` with k < E: every valid token for every expert, sorted the same way,
         and (n*k,) the position of each routed row among them."""
         E = self.n_experts
-        if self.routed or self.experts_per_token == E:
+        if self.routed or self.experts_per_token == E:  # k = E: every pair is routed anyway
             return assign, None
         device = assign.token.device
         every = dispatch_by_expert(torch.arange(E, device=device).expand(n, E), valid, E)
@@ -311,12 +324,12 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         if self.conv_weight is not None:
             xBC, conv_final = segment_causal_conv(
                 xBC, self.conv_weight, self.conv_bias, expert, segments.cu_seqlens, segments.segment,
-                segments.scatter_states(conv_state), return_states,
+                segments.scatter_states(conv_state), return_states, uniform=segments.uniform,
             )
         shared_bc = None if shared.bc is None else shared.bc.index_select(0, rows.token)
         x, B, C = self._features(F.silu(xBC), shared_bc)
         # Step sizes and decays in fp32 (fp64 when the layer runs in fp64, as the identity tests do).
-        params = self._expert_rows(expert, compute_dtype_for(flat))
+        params = self._expert_rows(expert, compute_dtype_for(flat), uniform=segments.uniform)
         y, ssm_final = self._scan(x, B, C, step_size(dt_raw, params.dt_bias), params, segments, ssm_state,
                                   return_states, policy)
         normed = self._read_out(y, z, params)
@@ -344,7 +357,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         no two rows into one address."""
         E = self.n_experts
         w_in = _cast(weight, flat)
-        if self.routed and self.experts_per_token < E:
+        if not self._rows_hold_every_pair:
             return grouped_linear(flat.index_select(0, rows.token), w_in, rows.offsets, impl=policy.expert_matmul)
         every = torch.matmul(flat, w_in.reshape(-1, w_in.shape[-1]).T)  # (n, E*F)
         return every.view(-1, w_in.shape[1]).index_select(0, rows.token * E + expert)
@@ -372,14 +385,19 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             initial = (initial.to(cdt) * segment_scale[:, None, None])[:, None]  # (S, 1, N, P)
         # fp16 cannot hold the folded values of slow experts (down to FOLD_FLOOR): scan in fp32.
         scan_dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
-        one_head = lambda t: t.to(scan_dtype)[None, :, None]  # noqa: E731  (M, ...) -> (1, M, 1, ...)
+        # Uniform segments are a plain batch of S sequences; otherwise one packed row with cu_seqlens.
+        batch_of = (segments.cu_seqlens.numel() - 1, segments.max_length) if segments.uniform else (1, x.shape[0])
+        one_head = lambda t: t.to(scan_dtype).view(*batch_of, 1, *t.shape[1:])  # noqa: E731  (M, ...) -> (.., .., 1, ...)
+        if segments.uniform:
+            packing = dict(cu_seqlens=None, max_seqlen=None)
+        else:
+            packing = dict(cu_seqlens=segments.cu_seqlens, max_seqlen=segments.max_length if tracing() else None)
         y, final = mosse_scan(
-            one_head(x), (dt * scale)[None, :, None], -torch.ones(1, dtype=cdt, device=x.device),
+            one_head(x), (dt * scale).view(*batch_of, 1), -torch.ones(1, dtype=cdt, device=x.device),
             one_head(B), one_head(C), None, initial, return_states,
-            cu_seqlens=segments.cu_seqlens, impl=policy.scan_impl, chunk_size=policy.chunk_size,
-            max_seqlen=segments.max_length if tracing() else None, fast_path_options=policy.triton_options(),
+            impl=policy.scan_impl, chunk_size=policy.chunk_size, fast_path_options=policy.triton_options(), **packing,
         )
-        y = y[0, :, 0].to(cdt) / scale[:, None] + params.skip_D * x.to(cdt)
+        y = y.reshape(x.shape).to(cdt) / scale[:, None] + params.skip_D * x.to(cdt)
         if final is not None:
             final = final[:, 0] / segment_scale[:, None, None]
         return y, final

@@ -11,6 +11,11 @@ How, with fixed shapes and no host read: the rows are copied into a longer buffe
 every segment is preceded by its own K-1 window rows, so no tap ever reaches into another
 segment, and each row reads its K-row window from there (:func:`conv_at_rows`, the same rule
 the one-token decode step applies to its cached window).
+
+When the caller knows that every segment has the same length L (every token routed to every
+expert, no padding, one document per batch row: ``state_update="all"`` training), the rows are
+a plain (S, L, C) batch: each tap is then a shifted slice times its segment's taps, with no
+per-row gathers of rows or weights (:class:`_UniformConv`). Same result, far less memory traffic.
 """
 
 from __future__ import annotations
@@ -144,6 +149,57 @@ def conv_at_rows(buffer: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return _WindowConv.apply(buffer, weight, bias, group, row_at)
 
 
+class _UniformConv(torch.autograd.Function):
+    """out[s, t] = bias[s] + sum_k weight[s, :, k] * buffer[s, t + k]: the conv of S segments of
+    equal length T, each after its K-1 window rows (buffer (S, T+K-1, C), weight (S, C, K)).
+
+    A Function so that the backward keeps only the buffer (autograd would also keep K-1 zero
+    padded gradient buffers); the backward's slice adds touch distinct rows per tap."""
+
+    @staticmethod
+    def forward(ctx, buffer, weight, bias):
+        K = weight.shape[-1]
+        T = buffer.shape[1] - (K - 1)
+        out = None
+        for k in range(K):
+            term = buffer[:, k:k + T] * weight[:, None, :, k]
+            out = term if out is None else out + term
+        if bias is not None:
+            out = out + bias[:, None, :]
+        ctx.save_for_backward(buffer, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        buffer, weight = ctx.saved_tensors
+        K = weight.shape[-1]
+        T = grad.shape[1]
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        grad_buffer = torch.zeros(buffer.shape, dtype=acc, device=buffer.device)
+        grad_weight = torch.empty(weight.shape, dtype=acc, device=weight.device)
+        for k in range(K):
+            grad_buffer[:, k:k + T] += grad * weight[:, None, :, k]
+            grad_weight[:, :, k] = (grad * buffer[:, k:k + T]).sum(1, dtype=acc)
+        grad_bias = grad.sum(1, dtype=acc).to(weight.dtype) if ctx.has_bias else None
+        return grad_buffer.to(buffer.dtype), grad_weight.to(weight.dtype), grad_bias
+
+
+def _uniform_segment_conv(x, weight, bias, group, S, initial_window, output_final_window):
+    """:func:`segment_causal_conv` when the M rows are S segments of M // S rows each."""
+    M, C = x.shape
+    K = weight.shape[-1]
+    rows = x.view(S, M // S, C)
+    window = rows.new_zeros(S, K - 1, C) if initial_window is None else initial_window.to(x.dtype)
+    buffer = torch.cat([window, rows], dim=1)  # (S, K-1 + L, C)
+    seg_group = group.view(S, M // S)[:, 0]
+    seg_bias = None if bias is None else bias.index_select(0, seg_group)
+    out = _UniformConv.apply(buffer, weight.index_select(0, seg_group), seg_bias).reshape(M, C)
+    final = buffer[:, buffer.shape[1] - (K - 1):] if output_final_window else None
+    return out, final
+
+
 def segment_causal_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -153,6 +209,7 @@ def segment_causal_conv(
     segment: torch.Tensor | None = None,
     initial_window: torch.Tensor | None = None,
     output_final_window: bool = False,
+    uniform: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal depthwise conv along the rows of each segment, each row with its group's taps.
 
@@ -171,6 +228,9 @@ def segment_causal_conv(
         initial_window: (S, K-1, C) inputs before each segment (oldest first), or None.
         output_final_window: also return each segment's last K-1 inputs (its window included,
             so a short or empty segment passes its window on).
+        uniform: the caller's promise that all S segments have M // S rows (``cu_seqlens`` is
+            then not read), which takes the gather-free path. A wrong promise gives wrong
+            results; it is checked only where that costs no host read (M % S).
     Returns:
         out (M, C) in the promoted dtype of x and weight, and the final windows (S, K-1, C) in
         x's dtype, or None.
@@ -192,6 +252,10 @@ def segment_causal_conv(
         final = initial_window if initial_window is not None else x.new_zeros(S, K - 1, C)
         return x.new_zeros(0, C, dtype=torch.promote_types(x.dtype, weight.dtype)), (
             final.to(x.dtype) if output_final_window else None)
+    if uniform:
+        if M % S:
+            raise ValueError(f"segment_causal_conv: uniform segments, but {M} rows do not split into {S} segments")
+        return _uniform_segment_conv(x, weight, bias, group, S, initial_window, output_final_window)
     seg = segment_ids(cu, M) if segment is None else segment
     # The buffer: segment s at rows [cu[s] + s*(K-1), cu[s+1] + (s+1)*(K-1)), its window first.
     row_at = torch.arange(M, device=x.device) + (seg + 1) * (K - 1)

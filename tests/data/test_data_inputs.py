@@ -97,7 +97,7 @@ def write_inputs(kind: str, folder):
         if kind.endswith(".gz"):
             lines = gzip.compress(lines)
         elif kind.endswith(".zst"):
-            import zstandard
+            zstandard = pytest.importorskip("zstandard")
 
             lines = zstandard.ZstdCompressor().compress(lines)
         path.write_bytes(lines)
@@ -110,7 +110,7 @@ def write_inputs(kind: str, folder):
                        row_group_size=5)
         return [str(folder / "data.parquet")], {"text_field": "content"}, DOCS
     if kind == "dataset":
-        import datasets
+        datasets = pytest.importorskip("datasets")
 
         datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(folder / "saved"))
         return [str(folder / "saved")], {}, DOCS

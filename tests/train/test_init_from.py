@@ -37,7 +37,7 @@ def test_init_from_copies_weights_and_starts_fresh(source, make_cfg, monkeypatch
     monkeypatch.setattr(loop, "build_optimizer", spy)
     result = train(make_cfg("tuned", max_steps=1, init_from=source.out))
     src = _weights(source.out)
-    assert all(torch.equal(seen["weights"][k], v) for k, v in src.items())  # start == source, bit for bit
+    assert all(torch.equal(seen["weights"][k].cpu(), v) for k, v in src.items())  # start == source, bit for bit
     assert seen["optimizer_state"] == 0  # a fresh optimizer
     state = ckpt.read_trainer_state(result.out)
     assert state["step"] == 1 and result.step == 1  # counted from 0

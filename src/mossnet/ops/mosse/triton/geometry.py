@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ...segments import segment_ids
+
 
 @triton.jit
 def seq_bounds(s, cu_ptr, cuch_ptr, T, NC, IS_VARLEN: tl.constexpr):
@@ -79,7 +81,10 @@ class Geometry:
         cu_ch = torch.nn.functional.pad(nch.cumsum(0), (1, 0))
         self.U = triton.cdiv(self.total, L) + self.n_seqs  # upper bound: no host sync
         gid = torch.arange(self.U, device=device)
-        seq = torch.searchsorted(cu_ch[1:], gid, right=True).clamp_(max=self.n_seqs - 1)
+        # The sequence of each program: searchsorted(cu_ch[1:], gid, right=True) clamped to the last
+        # sequence, as a histogram + cumsum (Inductor in torch 2.11 cannot lower searchsorted on a
+        # sliced boundary tensor, so torch.compile on CUDA failed here).
+        seq = segment_ids(cu_ch, self.U)
         ts = cu[seq] + (gid - cu_ch[seq]) * L
         te = torch.minimum(ts + L, cu[seq + 1])  # te <= ts for surplus programs
         self.cu = cu.to(torch.int32)

@@ -13,8 +13,10 @@ matmul over the rows; the conv (:func:`~mossnet.ops.conv.segment_causal_conv`) a
 (one head, ``cu_seqlens`` over the segments) run on them directly, carried conv windows and SSM
 states entering and leaving per segment. ``"all"`` is the case where every token is routed to
 every expert; packed documents, padding and chunked prefill with a cache are segment
-boundaries and initial states. One generated token (``decode=True``) takes the step: the
-same conv-window, step-size and read-out functions on the k routed experts' cached state.
+boundaries and initial states. Without those, "all" (or k = E) rows are uniform segments, and
+the conv, scan and read-out take them as a plain batch. One generated token (``decode=True``)
+takes the step: the same conv-window, step-size and read-out functions on the k routed experts'
+cached state.
 
 The ablation switches of spec section 7 change where the short conv runs, inside this one
 forward. ``ssm_conv_placement="shared"``: one conv of u over the full sequence of every
@@ -146,10 +148,9 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         return torch.cat([experts.flatten(1), sequence.flatten(1).to(experts.dtype)], dim=1)
 
     def _expert_rows(self, expert: torch.Tensor, dtype: torch.dtype, uniform: bool = False) -> ExpertRows:
-        """Each row's expert's dt bias, decay rate, skip, norm weight and z bias, in one gather.
-        expert: (M,) int64 in [0, E). They are fp32 parameters even in bf16 models.
-        ``uniform``: the rows are E equal blocks, one per expert in order (uniform segments),
-        so the copies are a broadcast whose backward is a plain sum (no scatter-add)."""
+        """Each row's expert's dt bias, decay rate, skip, norm weight and z bias (fp32 parameters
+        even in bf16 models), in one gather; expert: (M,) int64 in [0, E). ``uniform``: the rows
+        are E equal blocks in expert order, so a broadcast whose backward is a sum, not a scatter."""
         P = self.head_dim
         parts = [self.dt_bias[:, None], torch.exp(self.A_log)[:, None], self.D, self.norm_weight]
         if self.z_bias is not None:
@@ -227,12 +228,24 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             normed = normed.index_select(0, routed_rows)
         # Read-out: each routed row (n*k, P) times its gate -> W_o of its expert -> summed onto the tokens.
         gates = routing.top_gates.reshape(-1).index_select(0, assign.slot)
-        w_out = self.out_proj if torch.is_autocast_enabled() else self.out_proj.to(u.dtype)
         yhat = (normed * gates[:, None]).to(u.dtype)
-        out_rows = grouped_linear(yhat, w_out, assign.offsets, impl=policy.expert_matmul)  # (n*k, d_model)
-        o = out_rows.new_zeros(n, d_model).index_add(0, assign.token, out_rows).view(batch, T, d_model)
+        o = self._read_out_sum(yhat, assign, n, segments.uniform and routed_rows is None, policy)
+        o = o.view(batch, T, d_model)
         report = RouterReport.of(routing, assign.counts) if self.router is not None else None
         return o, report, states
+
+    def _read_out_sum(self, yhat: torch.Tensor, assign: ExpertDispatch, n: int, every_token_in_order: bool,
+                      policy: ExecutionPolicy) -> torch.Tensor:
+        """o (n, d_model) = sum over each token's rows (n*k, P) of W_o[expert] @ row. When the rows
+        are E blocks of all n tokens in order (k = E, uniform segments), the sum over experts is the
+        inner dimension of one (n, E*P) x (E*P, d_model) matmul: no (n*k, d_model) scatter-add."""
+        w_out = self.out_proj if torch.is_autocast_enabled() else self.out_proj.to(yhat.dtype)  # (E, d_model, P)
+        if every_token_in_order:
+            E, d_model, P = w_out.shape
+            per_token = yhat.view(E, n, P).transpose(0, 1).reshape(n, E * P)
+            return F.linear(per_token, w_out.permute(1, 0, 2).reshape(d_model, E * P))
+        out_rows = grouped_linear(yhat, w_out, assign.offsets, impl=policy.expert_matmul)  # (n*k, d_model)
+        return out_rows.new_zeros(n, out_rows.shape[1]).index_add(0, assign.token, out_rows)
 
     def _sequence_features(self, flat, valid, layout: SequenceLayout, window, return_states):
         """The features shared by all experts, convolved over the full sequence (no-op by default).
@@ -266,10 +279,9 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
     def _sequence_conv(self, values, valid, layout: SequenceLayout, window, return_states):
         """The depthwise causal conv over each document's valid tokens in time order: padding
         enters no conv, a document starts from zeros, a row's first document continues from
-        its carried window and its last one's inputs are its final window.
-
-        The tokens are cut into segments as one expert that every valid token is routed to:
-        the routed conv's machinery (:class:`ExpertSegments`, :func:`segment_causal_conv`).
+        its carried window and its last one's inputs are its final window. The tokens are cut
+        into segments as one expert that every valid token is routed to (the routed conv's
+        machinery: :class:`ExpertSegments`, :func:`segment_causal_conv`).
 
         values: (n, channels); window: (batch, K-1, channels) or None. Returns the conv output
         (n, channels) (padding tokens get values that nothing reads) and the final window
@@ -288,8 +300,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         return out, (None if final is None else segments.gather_states(final)[:, 0])
 
     @property
-    def _rows_hold_every_pair(self) -> bool:
-        """Whether the conv and scan rows are every (token, expert) pair: ``"all"``, or k = E."""
+    def _rows_hold_every_pair(self) -> bool:  # the conv and scan rows: "all", or k = E
         return not self.routed or self.experts_per_token == self.n_experts
 
     def _scan_rows(self, assign: ExpertDispatch, valid, n: int) -> tuple[ExpertDispatch, torch.Tensor | None]:

@@ -28,10 +28,16 @@ def test_matches_per_segment_conv1d(M, K, with_bias, with_window):
     cu = random_segments(M, S)
     seg = torch.searchsorted(cu[1:].long(), torch.arange(M), right=True)
     group = torch.randint(0, G, (S,))[seg]  # one group per segment, as in the MoSSE
-    out, final = segment_causal_conv(x, w, b, group, cu, initial_window=window, output_final_window=True)
+    assert_matches_reference(x, w, b, group, cu, window)
+
+
+def assert_matches_reference(x, w, b, group, cu, window, uniform=False):
+    """Output, final windows (copies of inputs: exact) and every gradient equal the reference's."""
+    out, final = segment_causal_conv(x, w, b, group, cu, initial_window=window, output_final_window=True,
+                                     uniform=uniform)
     ref, ref_final = segment_causal_conv_reference(x, w, b, group, cu, window)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(final, ref_final, rtol=0, atol=0)  # copies of inputs
+    torch.testing.assert_close(final, ref_final, rtol=0, atol=0)
     g, g_final = torch.randn_like(out), torch.randn_like(final)
     leaves = [t for t in (x, w, b, window) if t is not None]
     got = torch.autograd.grad((out * g).sum() + (final * g_final).sum(), leaves)
@@ -121,16 +127,7 @@ def test_uniform_segments_take_the_batch_path_with_equal_values_and_gradients(L,
     window = torch.randn(S, K - 1, C, dtype=torch.float64, requires_grad=True) if with_window else None
     cu = (torch.arange(S + 1) * L).to(torch.int32)
     group = torch.randint(0, G, (S,)).repeat_interleave(L)
-    out, final = segment_causal_conv(x, w, b, group, cu, initial_window=window, output_final_window=True, uniform=True)
-    ref, ref_final = segment_causal_conv_reference(x, w, b, group, cu, window)
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(final, ref_final, rtol=0, atol=0)
-    g, g_final = torch.randn_like(out), torch.randn_like(final)
-    leaves = [t for t in (x, w, b, window) if t is not None]
-    got = torch.autograd.grad((out * g).sum() + (final * g_final).sum(), leaves)
-    want = torch.autograd.grad((ref * g).sum() + (ref_final * g_final).sum(), leaves)
-    for a, r in zip(got, want):
-        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    assert_matches_reference(x, w, b, group, cu, window, uniform=True)
 
 
 def test_uniform_path_keeps_the_mixed_precision_rule():

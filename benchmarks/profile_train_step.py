@@ -63,7 +63,8 @@ def main() -> None:
     print(f"{args.model}: {total / args.steps / 1e3:.1f} ms of kernels per step, {args.batch}x{args.seq} tokens")
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.top]:
         share = e.self_device_time_total / total
-        print(f"{e.self_device_time_total / args.steps / 1e3:8.2f} ms {share:6.1%} {e.count // args.steps:6d}x  {e.key[:110]}")
+        per_step = e.self_device_time_total / args.steps / 1e3
+        print(f"{per_step:8.2f} ms {share:6.1%} {e.count // args.steps:6d}x  {e.key[:110]}")
 
 
 if __name__ == "__main__":

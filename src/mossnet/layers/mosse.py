@@ -396,9 +396,9 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             initial = (initial.to(cdt) * segment_scale[:, None, None])[:, None]  # (S, 1, N, P)
         # fp16 cannot hold the folded values of slow experts (down to FOLD_FLOOR): scan in fp32.
         scan_dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
-        # Uniform segments are a plain batch of S sequences; otherwise one packed row with cu_seqlens.
+        # (M, ...) -> (S, T, 1, ...): uniform segments, a plain batch; else (1, M, 1, ...) with cu_seqlens.
         batch_of = (segments.cu_seqlens.numel() - 1, segments.max_length) if segments.uniform else (1, x.shape[0])
-        one_head = lambda t: t.to(scan_dtype).view(*batch_of, 1, *t.shape[1:])  # noqa: E731  (M, ...) -> (.., .., 1, ...)
+        one_head = lambda t: t.to(scan_dtype).view(*batch_of, 1, *t.shape[1:])  # noqa: E731
         if segments.uniform:
             packing = dict(cu_seqlens=None, max_seqlen=None)
         else:

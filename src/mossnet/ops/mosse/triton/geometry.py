@@ -82,8 +82,8 @@ class Geometry:
         self.U = triton.cdiv(self.total, L) + self.n_seqs  # upper bound: no host sync
         gid = torch.arange(self.U, device=device)
         # The sequence of each program: searchsorted(cu_ch[1:], gid, right=True) clamped to the last
-        # sequence, as a histogram + cumsum (Inductor in torch 2.11 cannot lower searchsorted on a
-        # sliced boundary tensor, so torch.compile on CUDA failed here).
+        # sequence, counted as a histogram + cumsum (Inductor in torch 2.11 cannot lower
+        # searchsorted on a sliced boundary tensor, so torch.compile needs this form).
         seq = segment_ids(cu_ch, self.U)
         ts = cu[seq] + (gid - cu_ch[seq]) * L
         te = torch.minimum(ts + L, cu[seq + 1])  # te <= ts for surplus programs

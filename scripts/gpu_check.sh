@@ -52,6 +52,13 @@ status=0
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/env.txt"
 
+# Another process on the card (a study, a benchmark) makes the tests fail with out-of-memory and
+# CUBLAS errors, and makes every timing wrong: say so first, and in the summary.
+busy=$(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null | grep -c .)
+if [ "${busy:-0}" -gt 0 ]; then
+  echo "WARNING: $busy other process(es) on the GPU; tests may fail and timings are not clean" | tee -a "$OUT/summary.txt"
+fi
+
 xdist=""
 if python3 -c "import xdist" 2>/dev/null; then xdist="-n ${PYTEST_WORKERS:-8}"; fi
 

@@ -160,12 +160,12 @@ class _UniformConv(torch.autograd.Function):
     def forward(ctx, buffer, weight, bias):
         K = weight.shape[-1]
         T = buffer.shape[1] - (K - 1)
-        out = None
-        for k in range(K):
-            term = buffer[:, k:k + T] * weight[:, None, :, k]
-            out = term if out is None else out + term
+        # One pass per tap, accumulating in place (no K product tensors), in the promoted dtype.
+        out = buffer[:, :T] * weight[:, None, :, 0]
+        for k in range(1, K):
+            out.addcmul_(buffer[:, k:k + T], weight[:, None, :, k])
         if bias is not None:
-            out = out + bias[:, None, :]
+            out += bias[:, None, :]
         ctx.save_for_backward(buffer, weight)
         ctx.has_bias = bias is not None
         return out
@@ -180,7 +180,7 @@ class _UniformConv(torch.autograd.Function):
         grad_buffer = torch.zeros(buffer.shape, dtype=acc, device=buffer.device)
         grad_weight = torch.empty(weight.shape, dtype=acc, device=weight.device)
         for k in range(K):
-            grad_buffer[:, k:k + T] += grad * weight[:, None, :, k]
+            grad_buffer[:, k:k + T].addcmul_(grad, weight[:, None, :, k])
             grad_weight[:, :, k] = (grad * buffer[:, k:k + T]).sum(1, dtype=acc)
         grad_bias = grad.sum(1, dtype=acc).to(weight.dtype) if ctx.has_bias else None
         return grad_buffer.to(buffer.dtype), grad_weight.to(weight.dtype), grad_bias

@@ -13,7 +13,8 @@ import torch
 from mossnet.layers.mosse_rules import conv_window_shape
 from mossnet.layers.sequence_layout import SequenceLayout
 from mosse_reference import full_sequence_conv, mosse_reference
-from test_mosse_vs_reference import TRITON_DEVICE, assert_matches_reference, make_layer, padded
+from test_mosse_vs_reference import (TRITON_DEVICE, assert_matches_reference, assert_model_matches_reference_layers,
+                                     make_layer, padded)
 
 SWITCHES = {
     "shared_conv": dict(ssm_conv_placement="shared"),
@@ -120,31 +121,9 @@ def test_shared_conv_sees_true_neighbours_under_routing(tiny_config):
 def test_model_loss_and_grads_match_reference_layers(make_model, state_update):
     """All three switches on (shared conv, shared B/C, no MLP): every MoSSE of the model
     replaced by the reference gives the same loss, aux loss and gradients, padding included."""
-    from mossnet.layers.mosse import MoSSE
-
     model = make_model(chunk_size=16, state_update=state_update, ssm_conv_placement="shared", ssm_share_bc=True,
                        mlp_experts=0).train()
-    ids = torch.randint(0, 64, (2, 29))
-    mask = torch.ones_like(ids)
-    mask[0, :6] = 0
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        out = model(ids, attention_mask=mask, labels=ids)
-        out.loss.backward()
-        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    out, grads = run()
-    for m in (m for m in model.modules() if isinstance(m, MoSSE)):
-        m.forward = (lambda m: lambda u, layout, conv, ssm, rs, policy=None: (
-            lambda r: (r[0], r[2], r[3]))(mosse_reference(m, u, layout, conv, ssm, rs, impl="chunked")))(m)
-    out_r, grads_r = run()
-    torch.testing.assert_close(out.loss, out_r.loss, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(out.aux_loss, out_r.aux_loss, rtol=1e-6, atol=1e-6)
-    assert grads.keys() == grads_r.keys() and any("shared_conv_weight" in n for n in grads)
-    for name in grads_r:
-        err = float((grads[name] - grads_r[name]).abs().max() / grads_r[name].abs().max().clamp_min(1e-30))
-        assert err < 1e-4, name
+    assert_model_matches_reference_layers(model, "shared_conv_weight")
 
 
 @pytest.mark.skipif(TRITON_DEVICE is None, reason="needs CUDA, or TRITON_INTERPRET=1 for the Triton interpreter")

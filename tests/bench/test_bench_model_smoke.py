@@ -3,21 +3,9 @@ and writes a complete JSON report (the real numbers come from a GPU run; see BEN
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_model.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARK = "bench_model"  # the ``bench`` fixture (conftest.py) loads it
 
 
 def test_bench_model_tiny_cpu(bench, tmp_path, capsys):

@@ -4,26 +4,16 @@ rather than crash on (out of memory, a child that dies or runs out of time, bad 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from mossnet.errors import OptionError
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_scaling.py"
+BENCHMARK = "bench_scaling"  # the ``bench`` fixture (conftest.py) loads it
 TINY = ["--tiny", "--device", "cpu", "--warmup", "0", "--steps", "1"]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_scaling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tiny_cpu_run_writes_every_row(bench, tmp_path, capsys):

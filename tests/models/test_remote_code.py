@@ -67,6 +67,7 @@ def test_auto_class_and_pipeline_without_import(model_dir, tmp_path):
 @pytest.mark.slow
 def test_lm_eval_hf_backend_loads_the_directory(model_dir, tmp_path):
     """lm-eval's own CLI (`--model hf`), on a two-document local task: no plugin, no import."""
+    pytest.importorskip("lm_eval")
     data = tmp_path / "docs.jsonl"
     data.write_text("\n".join(json.dumps({"q": f"the cat {i}", "choices": [" sat", " mat"], "label": i % 2})
                               for i in range(2)) + "\n")

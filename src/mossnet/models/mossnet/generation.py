@@ -90,6 +90,14 @@ class MossNetGenerationMixin(GenerationMixin):
             inputs["logits_to_keep"] = logits_to_keep
         return inputs
 
+    def _validate_generation_mode(self, generation_mode, generation_config, *args, **kwargs):
+        """Our refusal first: some transformers 5.x releases (5.17 among them) refuse assisted
+        decoding of any stateful model here, with a message that does not say why; others do
+        not check at all (then ``_prepare_cache_for_generation`` below refuses)."""
+        check_generation_options(generation_config, assisted=generation_mode == GenerationMode.ASSISTED_GENERATION)
+        parent = getattr(super(), "_validate_generation_mode", None)
+        return parent(generation_mode, generation_config, *args, **kwargs) if parent is not None else None
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, *args, **kwargs):
         """Refuse, before any work, what the recurrent cache cannot do (prompt-lookup and
         assisted decoding, key/value cache kinds); the cache itself is created by the first

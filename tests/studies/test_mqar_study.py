@@ -36,11 +36,14 @@ def test_specs_carry_warmup_and_eval_points(tmp_path):
     assert old.warmup_steps == 20 and old.eval_points == 0  # the defaults of the CPU grid
 
 
-def test_a_run_records_its_settings_and_curve(tmp_path):
+def test_a_run_records_its_settings_and_curve(tmp_path, capsys):
     (spec,) = make_specs(tmp_path, archs=("llama",), widths=(16,), pairs=(2,), lrs=(1e-3,), seq_len=12,
                          vocab_size=16, steps=6, batch_size=4, n_layers=1, eval_examples=8, warmup_steps=2,
                          eval_points=3, device="cpu", threads=1)
     r = execute_mqar(spec)
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in progress] == ["2/6", "4/6", "6/6"]  # one log line per curve point
+    assert all(f"accuracy {acc:.3f}" in line for line, (_, acc) in zip(progress, r["accuracy_curve"]))
     assert r["warmup_steps"] == 2 and r["weight_decay"] == 0.1 and r["eval_points"] == 3
     assert [ex for ex, _ in r["accuracy_curve"]] == [8, 16, 24]  # examples seen at steps 2, 4, 6
     assert all(0.0 <= acc <= 1.0 for _, acc in r["accuracy_curve"])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,29 +282,47 @@ def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, de
     held-out examples at ``curve_steps``."""
     log = TrainLog(slice_curves={name: [] for name in held_out.sets})
     at = set(curve_steps(spec.steps, spec.eval_points))
+    start = time.perf_counter()
     model.train()
-    for step in range(spec.steps):
-        set_rate(step)
-        value = train_step(*training_batch(spec, step))
-        if not math.isfinite(value):
-            break
-        log.losses.append(value)
-        if step + 1 not in at:
-            continue
-        t0 = time.perf_counter()
-        model.eval()
-        scores = held_out.score(model, device, autocast, CURVE_EXAMPLES)
-        examples = (step + 1) * spec.batch_size
-        log.curve.append([examples, _accuracy(scores)])
-        for name, (c, n, _) in scores.items():
-            log.slice_curves[name].append([examples, c / max(n, 1)])
-        stop = _stops(spec, scores, held_out, model, device, autocast)
-        model.train()
-        log.eval_s += time.perf_counter() - t0
-        if stop:
-            log.stopped_at = step + 1
-            break
+    # The next batch is drawn on a second thread while this step runs (torch's generators release
+    # the GIL); a batch is a pure function of (spec, step), so the stream is the same either way.
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        upcoming = prefetch.submit(training_batch, spec, 0)
+        for step in range(spec.steps):
+            batch = upcoming.result()
+            if step + 1 < spec.steps:
+                upcoming = prefetch.submit(training_batch, spec, step + 1)
+            set_rate(step)
+            value = train_step(*batch)
+            if not math.isfinite(value):
+                print(f"step {step + 1}: non-finite loss {value}; stopping", flush=True)
+                break
+            log.losses.append(value)
+            if step + 1 not in at:
+                continue
+            t0 = time.perf_counter()
+            model.eval()
+            scores = held_out.score(model, device, autocast, CURVE_EXAMPLES)
+            examples = (step + 1) * spec.batch_size
+            log.curve.append([examples, _accuracy(scores)])
+            for name, (c, n, _) in scores.items():
+                log.slice_curves[name].append([examples, c / max(n, 1)])
+            stop = _stops(spec, scores, held_out, model, device, autocast)
+            model.train()
+            log.eval_s += time.perf_counter() - t0
+            print(_progress_line(spec, step + 1, value, scores, time.perf_counter() - start), flush=True)
+            if stop:
+                log.stopped_at = step + 1
+                print(f"stopped early: {spec.stop_slice} reached {spec.stop_accuracy}", flush=True)
+                break
     return log
+
+
+def _progress_line(spec: MQARRunSpec, step: int, loss: float, scores, elapsed_s: float) -> str:
+    """One line of the run's log per curve point (runs are long, and the log is all one sees)."""
+    slices = " ".join(f"{name} {c / max(n, 1):.3f}" for name, (c, n, _) in scores.items())
+    return (f"step {step}/{spec.steps}  loss {loss:.4f}  accuracy {_accuracy(scores):.3f} ({slices})  "
+            f"{elapsed_s:.0f} s, {step / max(elapsed_s, 1e-9):.1f} steps/s")
 
 
 def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:

@@ -33,8 +33,8 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu_studies}" STUDIES="${STUDIES:-out/studies}"
 mkdir -p "$OUT" "$STUDIES"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-# An MQAR run on Zoology's mixture holds ~10 GB (256 x 256 x 8,192 logits, their fp32 log-softmax and
-# gradient): six share an 80 GB card (nine ran it out of memory); fragments are returned between runs.
+# MQAR runs compute logits at the queried positions only (mossnet.studies.mqar.query_logits): with the
+# full 256 x 256 x 8,192 logits a run held ~10 GB and nine ran an 80 GB card out of memory.
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 DEADLINE=$(( $(date +%s) + ${STUDY_TIMEOUT:-540} ))
 # ~5M active parameters (spec-shaped: E=4 SSM experts of top-2, P=64, N=32, 4 MLP experts).
@@ -48,9 +48,9 @@ args_of() {  # the `mossnet compare` arguments of one study
         --lr 3e-3 --lr-sweep "${DEC_SWEEP:-1e-3,1e-2}" --data "${DATA:-}" --budget-tokens "${BUDGET:-10000000}" \
         --batch-size 8 --seq-len 1024 --eval-points 6 --eval-tokens 65536 --probe-tokens 65536 \
         --jobs "${DEC_JOBS:-10}" --cuda-graph --model "${MODEL[@]}" ;;
-    mqar_gate) echo --study mqar_gate --widths 64 --seeds "${GATE_SEEDS:-1}" --jobs "${GATE_JOBS:-6}" ;;
+    mqar_gate) echo --study mqar_gate --widths 64 --seeds "${GATE_SEEDS:-1}" --jobs "${GATE_JOBS:-9}" ;;
     mqar_rank) echo --study mqar_rank --widths "${RANK_WIDTH:-64}" --state-dims "${RANK_STATES:-16,64}" \
-        --seeds 3 --mqar-steps "${RANK_STEPS:-3000}" --jobs "${RANK_JOBS:-6}" --cuda-graph ;;
+        --seeds 3 --mqar-steps "${RANK_STEPS:-3000}" --jobs "${RANK_JOBS:-9}" --cuda-graph ;;
     lm) echo --study lm --archs "${LM_ARCHS:-mossnet,single_head,single_head_moe,llama}" --seeds 2 \
         --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 --jobs "${LM_JOBS:-4}" --cuda-graph "${LM[@]}" ;;
     lm_mamba2) echo --study lm --archs mamba2 --seeds 2 --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 \

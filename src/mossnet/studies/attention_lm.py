@@ -161,6 +161,10 @@ class AttentionLM(nn.Module):
             nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layers) if out else std)
 
     def forward(self, input_ids: torch.Tensor, **_) -> AttentionLMOutput:
+        return AttentionLMOutput(logits=self.final_hidden(input_ids) @ self.embed.weight.T)
+
+    def final_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, T, d_model): the normalised states the tied output layer reads."""
         T = input_ids.shape[1]
         if self.pos is not None and T > self.config.max_positions:
             raise ValueError(f"sequence of {T} tokens is longer than max_positions {self.config.max_positions}")
@@ -170,4 +174,4 @@ class AttentionLM(nn.Module):
         h = F.dropout(h, self.config.dropout, self.training)
         for block in self.layers:
             h = block(h)
-        return AttentionLMOutput(logits=self.norm_f(h) @ self.embed.weight.T)
+        return self.norm_f(h)

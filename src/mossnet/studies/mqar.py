@@ -126,7 +126,7 @@ def build_model(spec: MQARRunSpec):
         cfg = MossNetConfig(vocab_size=spec.vocab_size, d_model=spec.d_model, n_layers=spec.n_layers, **spec.model)
         return cfg, model_class("mossnet"), "mossnet"
     ref = reference_config(spec.d_model, spec.vocab_size, spec.n_layers)
-    return build_config(spec.arch, ref, seq_len=spec.seq_len), model_class(spec.arch), spec.arch
+    return build_config(spec.arch, ref, seq_len=max_len(spec)), model_class(spec.arch), spec.arch
 
 
 def llama_plain_config(vocab_size: int, d_model: int, n_layers: int, seq_len: int):
@@ -152,10 +152,62 @@ def describe(kind: str, model, config, seq_len: int) -> dict[str, Any]:
             "d_model": config.d_model, "n_layers": config.n_layers}
 
 
-def _logits_and_aux(model, input_ids):
-    out = model(input_ids=input_ids)
-    aux = getattr(out, "aux_loss", None)
-    return out.logits, aux
+def query_positions(labels, max_queries: int):
+    """(batch, max_queries) int64: each row's labelled positions in order, then 0 for the unused
+    slots (position 0 holds the first key, never a label, so a slot pointing there is ignored).
+
+    Elementwise ops, a cumsum and a scatter: a static shape a CUDA graph can capture, and so no
+    check of its own. Rows must hold at most ``max_queries`` labels (:func:`checked_batch`)."""
+    import torch
+
+    labelled = labels != IGNORE_INDEX
+    slot = torch.where(labelled, labelled.cumsum(1) - 1, max_queries)  # unlabelled -> a spare column
+    positions = labels.new_zeros(labels.shape[0], max_queries + 1)
+    positions.scatter_(1, slot, torch.arange(labels.shape[1], device=labels.device).expand_as(labels))
+    return positions[:, :max_queries]
+
+
+def _final_hidden(model, input_ids):
+    """(final normalised hidden states (batch, T, d), output weight (vocab, d), router aux loss
+    or None): what the model's own forward computes before its output layer."""
+    if hasattr(model, "final_hidden"):  # the study's AttentionLM (tied embedding)
+        return model.final_hidden(input_ids), model.embed.weight, None
+    out = model.base_model(input_ids=input_ids)  # transformers' convention: the model under the head
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise ValueError(f"{type(model).__name__}'s output layer has a bias; the query logits assume none")
+    aux = model.router_loss(out.router_reports) if hasattr(model, "router_loss") else None
+    return out.last_hidden_state, head.weight, aux
+
+
+def query_logits(model, input_ids, labels, max_queries: int):
+    """(logits (batch, max_queries, vocab), their labels (batch, max_queries), router aux loss or
+    None). Only the queried positions go through the output layer: on Zoology's mixture that is
+    64 of 256 positions per row at most, and the (batch, T, 8,192) logits, their fp32 copy and
+    gradient were most of a run's time and memory. Equal to the full forward's logits at those
+    positions (tests/studies/test_mqar_study.py)."""
+    import torch.nn.functional as F
+
+    hidden, weight, aux = _final_hidden(model, input_ids)
+    positions = query_positions(labels, max_queries)
+    picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+    return F.linear(picked.to(weight.dtype), weight), labels.gather(1, positions), aux
+
+
+def max_queries(spec: MQARRunSpec) -> int:
+    """The most queries a training row of the run can hold: its largest number of pairs."""
+    return max(n for _, n, _ in train_slices(spec))
+
+
+def checked_batch(spec: MQARRunSpec, step: int) -> tuple:
+    """:func:`training_batch`, refused if a row holds more labels than :func:`max_queries` (the
+    loss would silently drop the extra ones); on the CPU, before the batch reaches the device."""
+    x, y = training_batch(spec, step)
+    most = int((y != IGNORE_INDEX).sum(1).max())
+    if most > max_queries(spec):
+        raise ValueError(f"a training row of step {step} holds {most} queries, more than the "
+                         f"{max_queries(spec)} the run's slices allow")
+    return x, y
 
 
 CURVE_EXAMPLES = 256  # held-out examples scored at each intermediate point of the accuracy curve
@@ -173,7 +225,7 @@ def _evaluate(model, xs, ys, device, autocast) -> tuple[int, int, float]:
         for i in range(0, len(xs), 128):
             x, y = xs[i:i + 128].to(device), ys[i:i + 128].to(device)
             with autocast():
-                logits, _ = _logits_and_aux(model, x)
+                logits, y, _ = query_logits(model, x, y, int((y != IGNORE_INDEX).sum(1).max()))
             logits = logits.float()
             c, n = recall_accuracy(logits, y)
             correct, count = correct + c, count + n
@@ -194,17 +246,17 @@ def examples_to(curve: list[list[float]], threshold: float = 0.9) -> int | None:
     return next((int(ex) for ex, acc in curve if acc >= threshold), None)
 
 
-def _query_loss(model, input_ids, labels, autocast):
+def _query_loss(model, input_ids, labels, autocast, queries: int):
     """(loss to differentiate, cross-entropy on the query positions, routers' aux loss or None)."""
     import torch.nn.functional as F
 
     with autocast():
-        logits, aux = _logits_and_aux(model, input_ids)
+        logits, labels, aux = query_logits(model, input_ids, labels, queries)
     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
     return (ce + aux.float() if aux is not None else ce), ce, aux
 
 
-def _train_step(model, opt, device, dtype: str, cuda_graph: bool):
+def _train_step(model, opt, device, dtype: str, cuda_graph: bool, queries: int):
     """``step(x, y) -> query cross-entropy`` (a float): one AdamW step with clipping at 1.0, eager
     or replayed from a CUDA graph (``mossnet.train.cuda_graph_step``; the same step, tested equal)."""
     import torch
@@ -216,7 +268,7 @@ def _train_step(model, opt, device, dtype: str, cuda_graph: bool):
         from mossnet.train.cuda_graph_step import CapturedTrainStep
 
         captured = CapturedTrainStep(
-            model, opt, lambda ids, labels: (*_query_loss(model, ids, labels, autocast), {}), grad_clip=1.0)
+            model, opt, lambda ids, labels: (*_query_loss(model, ids, labels, autocast, queries), {}), grad_clip=1.0)
 
         def graph_step(x, y) -> float:
             stats, _ = captured(x[None], y[None])  # (grad_accum=1, batch, seq)
@@ -225,7 +277,7 @@ def _train_step(model, opt, device, dtype: str, cuda_graph: bool):
         return graph_step
 
     def eager_step(x, y) -> float:
-        total, ce, _ = _query_loss(model, x.to(device), y.to(device), autocast)
+        total, ce, _ = _query_loss(model, x.to(device), y.to(device), autocast, queries)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -287,11 +339,11 @@ def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, de
     # The next batch is drawn on a second thread while this step runs (torch's generators release
     # the GIL); a batch is a pure function of (spec, step), so the stream is the same either way.
     with ThreadPoolExecutor(max_workers=1) as prefetch:
-        upcoming = prefetch.submit(training_batch, spec, 0)
+        upcoming = prefetch.submit(checked_batch, spec, 0)
         for step in range(spec.steps):
             batch = upcoming.result()
             if step + 1 < spec.steps:
-                upcoming = prefetch.submit(training_batch, spec, step + 1)
+                upcoming = prefetch.submit(checked_batch, spec, step + 1)
             set_rate(step)
             value = train_step(*batch)
             if not math.isfinite(value):
@@ -341,7 +393,7 @@ def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:
     model = cls(config).to(device)
     info = describe(kind, model, config, max_len(spec))
     opt = build_optimizer(model, spec.lr, spec.weight_decay, (0.9, 0.95))
-    train_step = _train_step(model, opt, device, spec.dtype, spec.cuda_graph)
+    train_step = _train_step(model, opt, device, spec.dtype, spec.cuda_graph, max_queries(spec))
     held_out = HeldOut(spec)
     if spec.stop_slice and spec.stop_slice not in held_out.sets:
         raise ValueError(f"stop_slice {spec.stop_slice!r} is not a slice of this run ({sorted(held_out.sets)})")

@@ -12,7 +12,7 @@
 #   seed 0, then all variants on 3 seeds at their inherited rate; probes on 65,536 val tokens.
 # mqar_calibration: the attention gate (mqar_gate: Zoology's attention and the ladder toward our
 #   Llama, d=64, lr 3e-4,1e-3,3e-3, <= 4,000 steps of 256 on Zoology's mixture, stops at 0.99 on
-#   128x8), then, only if Zoology's attention passes (MQAR_FORCE_RANK=1 overrides), the ranking
+#   128x8; GATE_STEPS raises the cap: Zoology trains ~45,000), then, only if Zoology's attention passes (MQAR_FORCE_RANK=1 overrides), the ranking
 #   (mqar_rank: single head, dense 2 heads, MossNet without MLP at 2 matched state sizes, lr
 #   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 3,000 steps of 256).
 # Each sitting writes compact JSON under $OUT: <study>.json (settings + every run's result, no
@@ -48,7 +48,8 @@ args_of() {  # the `mossnet compare` arguments of one study
         --lr 3e-3 --lr-sweep "${DEC_SWEEP:-1e-3,1e-2}" --data "${DATA:-}" --budget-tokens "${BUDGET:-10000000}" \
         --batch-size 8 --seq-len 1024 --eval-points 6 --eval-tokens 65536 --probe-tokens 65536 \
         --jobs "${DEC_JOBS:-10}" --cuda-graph --model "${MODEL[@]}" ;;
-    mqar_gate) echo --study mqar_gate --widths 64 --seeds "${GATE_SEEDS:-1}" --jobs "${GATE_JOBS:-9}" ;;
+    mqar_gate) echo --study mqar_gate --widths 64 --seeds "${GATE_SEEDS:-1}" --mqar-steps "${GATE_STEPS:-4000}" \
+        --jobs "${GATE_JOBS:-9}" ;;
     mqar_rank) echo --study mqar_rank --widths "${RANK_WIDTH:-64}" --state-dims "${RANK_STATES:-16,64}" \
         --seeds 3 --mqar-steps "${RANK_STEPS:-3000}" --jobs "${RANK_JOBS:-9}" --cuda-graph ;;
     lm) echo --study lm --archs "${LM_ARCHS:-mossnet,single_head,single_head_moe,llama}" --seeds 2 \

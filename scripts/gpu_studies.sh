@@ -15,6 +15,9 @@
 #   128x8; GATE_STEPS raises the cap: Zoology trains ~45,000), then, only if Zoology's attention passes (MQAR_FORCE_RANK=1 overrides), the ranking
 #   (mqar_rank: single head, dense 2 heads, MossNet without MLP at 2 matched state sizes, lr
 #   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 3,000 steps of 256).
+# A fresh machine (a later session) picks up where an earlier one stopped: RESTORE=<dir> unpacks
+# <dir>/<study>.tgz (what an earlier call brought back) before the study runs, so its recorded runs
+# are skipped; an LM run cut short starts over (its checkpoints never come back).
 # Each sitting writes compact JSON under $OUT: <study>.json (settings + every run's result, no
 # weights), <study>.md (the report), <study>.png, the log, and <study>.tgz (the study's text files).
 #
@@ -71,6 +74,9 @@ run_study() {  # run one study until the call's deadline, then pack its results 
   read -r -a args <<< "$(args_of "$study")" || { echo "unknown study $study"; return 2; }
   left=$(( DEADLINE - $(date +%s) ))
   (( left > 30 )) || { echo "no time left for $study in this call"; return 1; }
+  if [ -n "${RESTORE:-}" ] && [ -f "$RESTORE/$study.tgz" ] && [ ! -d "$STUDIES/$study/runs" ]; then
+    tar xzf "$RESTORE/$study.tgz" -C "$STUDIES" && echo "restored the recorded runs of $RESTORE/$study.tgz"
+  fi
   echo "mossnet compare ${args[*]} --out $STUDIES/$study" | tee -a "$OUT/commands.txt"
   timeout "$left" python3 -m mossnet.cli.main compare "${args[@]}" --out "$STUDIES/$study" > "$OUT/$study.log" 2>&1
   local rc=$?

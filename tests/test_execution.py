@@ -129,3 +129,16 @@ def test_triton_environment_is_read_by_the_policy_only():
     readers = _files_mentioning(r"environ\.get\(\s*[\"']MOSSNET_TRITON_", set())
     assert all(f.startswith("ops/mosse/triton") for f in readers), readers
     assert "MOSSNET_TRITON_AUTOTUNE" in (SRC / "execution.py").read_text()
+
+
+def test_triton_options_carry_every_triton_setting():
+    """What the layer hands the Triton scan (``fast_path_options``) is exactly the policy's Triton
+    settings, the bf16 chunk states included, under ``TritonScanOptions``' field names."""
+    import dataclasses
+
+    from mossnet.ops.mosse.triton.options import TritonScanOptions  # imports no Triton
+
+    policy = ExecutionPolicy(triton_lowp=False, triton_autotune=False, triton_specialize=True, triton_state_bf16=True)
+    options = TritonScanOptions(**policy.triton_options())
+    assert options == TritonScanOptions(specialize=True, autotune=False, lowp=False, state_bf16=True)
+    assert {f.name for f in dataclasses.fields(TritonScanOptions)} == set(policy.triton_options())

@@ -53,6 +53,10 @@ class ExecutionPolicy:
         triton_lowp: half-precision dot operands for bf16/fp16 inputs in the Triton scan.
         triton_autotune: tune the Triton kernels' block sizes once per shape.
         triton_specialize: let Triton specialise kernels on the divisibility of T.
+        triton_state_bf16: keep the Triton scan's chunk states (and their gradients) in bf16
+            between its passes, halving that memory traffic. Off: fp32, as the spec keeps the
+            state (the carried and final states are fp32 either way). BENCHMARKS.md has its
+            measured error.
         decode_graph: replay one-token decode steps from a captured CUDA graph (CUDA, eval,
             no gradients).
         decode_graph_compile: run that step through ``torch.compile`` before capturing it.
@@ -68,6 +72,7 @@ class ExecutionPolicy:
     triton_lowp: bool = True
     triton_autotune: bool = True
     triton_specialize: bool = False
+    triton_state_bf16: bool = False
     decode_graph: bool = True
     decode_graph_compile: bool = False
     validate_token_ids: bool = True
@@ -124,7 +129,8 @@ class ExecutionPolicy:
 
     def triton_options(self) -> dict:
         """The Triton settings, under the keyword names a fast path may accept."""
-        return {"lowp": self.triton_lowp, "autotune": self.triton_autotune, "specialize": self.triton_specialize}
+        return {"lowp": self.triton_lowp, "autotune": self.triton_autotune, "specialize": self.triton_specialize,
+                "state_bf16": self.triton_state_bf16}
 
     def describe(self, device: torch.device) -> list[tuple[str, str]]:
         """(label, value) rows: what this policy resolves to on ``device`` (``mossnet info``)."""
@@ -146,7 +152,8 @@ class ExecutionPolicy:
             ("mosse_step (decode)", "routed step: only the chosen experts' weights and states"),
             ("expert matmuls (bf16)", f"{matmul} (policy: {self.expert_matmul})"),
             ("fused read-out", _describe_fused(self.fused_ops, device)),
-            ("triton kernels", f"lowp={self.triton_lowp} autotune={self.triton_autotune} specialize={self.triton_specialize}"),
+            ("triton kernels", f"lowp={self.triton_lowp} autotune={self.triton_autotune} "
+                               f"specialize={self.triton_specialize} state_bf16={self.triton_state_bf16}"),
             ("decode graph (CUDA)", graph),
             ("token id check on CUDA", "on" if self.validate_token_ids else "off"),
         ]

@@ -287,6 +287,20 @@ def test_autotuned_launch_matches():
 
 
 @needs_backend
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bf16_chunk_states(dtype):
+    """``state_bf16``: the chunk states and their gradients pass between the kernels in bf16. The
+    same function, rounded once per chunk; the final state and dh0 stay fp32. (Whether it may
+    become the default is measured at T >= 1000 by ``benchmarks/bench_state_bf16.py``.)"""
+    from mossnet.ops.mosse.triton.function import kernel_choices
+
+    options = TritonScanOptions(autotune=False, state_bf16=True)
+    assert kernel_choices(options, dtype).state_dtype == torch.bfloat16
+    inputs = make_inputs(2, 70, 2, 16, 32, with_d=True, with_init=True, seed=3, dtype=dtype)
+    check(inputs, chunk_size=16, metric=rel_rms, tol=2e-2, options=options)
+
+
+@needs_backend
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_small(dtype):
     check(make_inputs(2, 70, 2, 16, 32, with_d=True, with_init=True, seed=1, dtype=dtype),

@@ -19,6 +19,7 @@ One file per stage, each holding its kernels, their tuning candidates and their 
 * :mod:`.options`  the execution choices (:class:`~.options.TritonScanOptions`) and the one
   function that reads their defaults from the environment. It imports no Triton.
 
-The state and every accumulation are fp32; inputs may be fp32, fp16 or bf16. This package
+Every accumulation is fp32, and so are the chunk states between passes unless
+``TritonScanOptions.state_bf16`` stores them in bf16; inputs may be fp32, fp16 or bf16. This package
 file imports nothing, so ``mossnet.ops.mosse.triton.options`` loads where Triton is absent.
 """

@@ -60,6 +60,7 @@ def kernel_choices(options: TritonScanOptions, dtype: torch.dtype) -> KernelChoi
         half_operands=half and (dtype == torch.float16 or not interpreting()),
         autotune=options.autotune and not interpreting(),
         specialize=options.specialize,
+        state_dtype=torch.bfloat16 if options.state_bf16 else torch.float32,
     )
 
 

@@ -66,8 +66,9 @@ def bwd_dqk_kernel(
             np_off = offs_n[:, None] * P + offs_p[None, :]
             xn = tl.load(x_ptr + lp_off, mask=lp_mask, other=0.0)
             dyn = tl.load(dy_ptr + lp_off, mask=lp_mask, other=0.0)
-            hm = tl.load(h_ptr + hbase + np_off, mask=mn[:, None] & mp[None, :], other=0.0)
-            dhm = tl.load(dh_ptr + hbase + np_off, mask=mn[:, None] & mp[None, :], other=0.0)
+            # the states are stored in fp32 or bf16 (KernelChoices.state_dtype); fp32 from here on
+            hm = tl.load(h_ptr + hbase + np_off, mask=mn[:, None] & mp[None, :], other=0.0).to(tl.float32)
+            dhm = tl.load(dh_ptr + hbase + np_off, mask=mn[:, None] & mp[None, :], other=0.0).to(tl.float32)
             # dy x^T on the input dtype (exact products); the products with the fp32 states stay
             # fp32/tf32 even for half inputs: dA sums da over every token and rounding the states
             # to bf16 here cost it ~1e-2 relative RMS (measured on the H200).

@@ -8,9 +8,9 @@ that decides execution elsewhere passes ``options`` explicitly, or replaces this
 
 Example:
     >>> TritonScanOptions()
-    TritonScanOptions(specialize=False, autotune=True, lowp=True)
+    TritonScanOptions(specialize=False, autotune=True, lowp=True, state_bf16=False)
     >>> options_from_env({"MOSSNET_TRITON_AUTOTUNE": "0", "MOSSNET_TRITON_LOWP": "0"})
-    TritonScanOptions(specialize=False, autotune=False, lowp=False)
+    TritonScanOptions(specialize=False, autotune=False, lowp=False, state_bf16=False)
 """
 
 from __future__ import annotations
@@ -35,11 +35,15 @@ class TritonScanOptions:
             scores and states for the tensor cores, as mamba_ssm and fla do. Off: every product
             in tf32. fp32 inputs ignore it. The CPU interpreter keeps bf16 products in fp32 (it
             cannot multiply bf16 tiles).
+        state_bf16: store the chunk states h_c and their gradients dh_c in bf16 between the
+            passes (each pass still accumulates in fp32 registers); the final state and dh0
+            stay fp32. Off by default: the spec keeps the state in fp32.
     """
 
     specialize: bool = False
     autotune: bool = True
     lowp: bool = True
+    state_bf16: bool = False
 
 
 def options_from_env(environ: Mapping[str, str] | None = None) -> TritonScanOptions:

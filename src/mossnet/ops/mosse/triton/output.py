@@ -56,7 +56,7 @@ def fwd_o_kernel(
         h = tl.load(
             h_ptr + (tl.cast(g, tl.int64) * E + e) * N * P + offs_n[:, None] * P + offs_p[None, :],
             mask=mn[:, None] & mp[None, :], other=0.0,
-        )
+        ).to(tl.float32)  # stored in fp32 or bf16 (KernelChoices.state_dtype)
         if LOWP:
             y = tl.dot(Qn, h.to(Qn.dtype))
         else:
@@ -121,7 +121,7 @@ def bwd_dx_kernel(
         Bn = tl.load(B_ptr + te_[:, None] * N + offs_n[None, :], mask=(mt & routed)[:, None] & mn[None, :], other=0.0)
         dyn = tl.load(dy_ptr + lp_off, mask=lp_mask, other=0.0)
         dhm = tl.load(dh_ptr + (tl.cast(g, tl.int64) * E + e) * N * P + offs_n[:, None] * P + offs_p[None, :],
-                      mask=mn[:, None] & mp[None, :], other=0.0)
+                      mask=mn[:, None] & mp[None, :], other=0.0).to(tl.float32)
         if LOWP:
             dx = tl.dot(Bn, dhm.to(Bn.dtype))
         else:

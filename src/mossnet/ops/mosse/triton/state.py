@@ -145,11 +145,11 @@ def fwd_h(x, dt, A, B, h0, geo: Geometry, choices: KernelChoices, store_final: b
         x: (batch, T, E, P). dt: (batch, T, E). A: (E,). B: (batch, T, E, N). All contiguous.
         h0: (n_seqs, E, N, P) initial states, or None for zeros.
     Returns:
-        h (U, E, N, P) fp32, slot g the state at the start of global chunk g; and the final
-        states (n_seqs, E, N, P) fp32, or None.
+        h (U, E, N, P) in ``choices.state_dtype``, slot g the state at the start of global
+        chunk g; and the final states (n_seqs, E, N, P) fp32, or None.
     """
     E, P, N = x.shape[2], x.shape[3], B.shape[-1]
-    h = torch.empty(geo.U, E, N, P, dtype=torch.float32, device=x.device)
+    h = torch.empty(geo.U, E, N, P, dtype=choices.state_dtype, device=x.device)
     hT = torch.empty(geo.n_seqs, E, N, P, dtype=torch.float32, device=x.device) if store_final else h
     args = (x, dt, A, B, h0 if h0 is not None else h, h, hT, geo.cu, geo.cu_ch, geo.T, geo.NC, E, N, P)
     consts = dict(HAS_INIT=h0 is not None, STORE_FINAL=store_final, IS_VARLEN=geo.varlen,
@@ -165,11 +165,11 @@ def bwd_dh(dy, dt, A, C, dhT, with_dh0: bool, geo: Geometry, choices: KernelChoi
         dy: (batch, T, E, P). dt: (batch, T, E). A: (E,). C: (batch, T, E, N). All contiguous.
         dhT: (n_seqs, E, N, P) gradient of the final states, or None for zeros.
     Returns:
-        dh (U, E, N, P) fp32, slot g the gradient w.r.t. the state at the end of chunk g; and
-        dh0 (n_seqs, E, N, P) fp32, or None.
+        dh (U, E, N, P) in ``choices.state_dtype``, slot g the gradient w.r.t. the state at the
+        end of chunk g; and dh0 (n_seqs, E, N, P) fp32, or None.
     """
     E, P, N = dy.shape[2], dy.shape[3], C.shape[-1]
-    dh = torch.empty(geo.U, E, N, P, dtype=torch.float32, device=dy.device)
+    dh = torch.empty(geo.U, E, N, P, dtype=choices.state_dtype, device=dy.device)
     dh0 = torch.empty(geo.n_seqs, E, N, P, dtype=torch.float32, device=dy.device) if with_dh0 else None
     dhT = dhT.contiguous() if dhT is not None else None
     args = (dy, dt, A, C, dhT if dhT is not None else dh, dh, dh0 if dh0 is not None else dh,

@@ -33,6 +33,8 @@ class KernelChoices:
         autotune: time the configs (once per key); False runs the first config.
         specialize: Triton's integer specialisation of T, NC, E.
         dtype: the dtype of the inputs x, B, C (part of the tuning key).
+        state_dtype: the dtype the chunk states and their gradients are stored in between
+            passes (float32, or bfloat16 with ``TritonScanOptions.state_bf16``).
     """
 
     dtype: torch.dtype
@@ -40,6 +42,7 @@ class KernelChoices:
     half_operands: bool
     autotune: bool
     specialize: bool
+    state_dtype: torch.dtype = torch.float32
 
 
 def _pow2_at_least_16(n: int) -> int:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layout_gate import MODELS  # noqa: E402  (one definition of the benchmark models)
+from bench_layout_gate import MODELS, add_training_arguments  # noqa: E402  (one definition of the models)
 
 POLICIES = ("reference", "auto")
 
@@ -125,13 +125,7 @@ def measure(model_name: str, batch: int, seq: int, steps: int, repeats: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="base,converted")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--converted-batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=None)
+    add_training_arguments(ap, steps=10)
     args = ap.parse_args()
     import torch
 

@@ -66,16 +66,21 @@ def measure(model_name: str, batch: int, seq: int, steps: int) -> dict:
             "peak_gb": torch.cuda.max_memory_allocated() / 2**30}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trees", default="after=src", help="NAME=SRC_DIR,... (each a MossNet src/ directory)")
+def add_training_arguments(ap: argparse.ArgumentParser, steps: int) -> None:
+    """The options every training-speed comparison of these models takes."""
     ap.add_argument("--models", default="base,converted")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--converted-batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trees", default="after=src", help="NAME=SRC_DIR,... (each a MossNet src/ directory)")
+    add_training_arguments(ap, steps=20)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

@@ -24,9 +24,14 @@ MAX_WIDTH = 1024  # one row per register tile; wider rows take the reference pat
 
 
 @triton.jit
-def _row_terms(y_ptr, s_ptr, x_ptr, d_ptr, z_ptr, zb_ptr, w_ptr, rows, cols, mask, row_ok,
-               sy, sx, sd, sz, szb, sw, HAS_ZB: tl.constexpr):
-    """The inputs of a (BLOCK_M, BLOCK_P) tile in fp32, the unfolded y and the gate's input."""
+def _row_terms(y_ptr, s_ptr, x_ptr, d_ptr, z_ptr, zb_ptr, w_ptr, M, P, sy, sx, sd, sz, szb, sw,
+               HAS_ZB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's (BLOCK_M, BLOCK_P) tile: its offsets and masks, the inputs in fp32, the
+    unfolded y and the gate's input z (+ z_bias)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_P)
+    row_ok = rows < M
+    mask = row_ok[:, None] & (cols[None, :] < P)
     r = rows[:, None]
     c = cols[None, :]
     yf = tl.load(y_ptr + r * sy + c, mask=mask, other=0.0).to(tl.float32)
@@ -38,22 +43,18 @@ def _row_terms(y_ptr, s_ptr, x_ptr, d_ptr, z_ptr, zb_ptr, w_ptr, rows, cols, mas
         z += tl.load(zb_ptr + r * szb + c, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + r * sw + c, mask=mask, other=0.0).to(tl.float32)
     y = yf / s[:, None] + d * x
-    return yf, s, x, d, z, w, y
+    return r * P + c, rows, row_ok, mask, yf, s, x, d, z, w, y
 
 
 @triton.jit
 def read_out_fwd_kernel(y_ptr, s_ptr, x_ptr, d_ptr, z_ptr, zb_ptr, w_ptr, out_ptr, M, P, eps,
                         sy, sx, sd, sz, szb, sw,
                         HAS_ZB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_P)
-    row_ok = rows < M
-    mask = row_ok[:, None] & (cols[None, :] < P)
-    _, _, _, _, z, w, y = _row_terms(y_ptr, s_ptr, x_ptr, d_ptr, z_ptr, zb_ptr, w_ptr, rows, cols, mask, row_ok,
-                                     sy, sx, sd, sz, szb, sw, HAS_ZB)
+    out_off, _, _, mask, _, _, _, _, z, w, y = _row_terms(
+        y_ptr, s_ptr, x_ptr, d_ptr, z_ptr, zb_ptr, w_ptr, M, P, sy, sx, sd, sz, szb, sw, HAS_ZB, BLOCK_M, BLOCK_P)
     a = y * (z * tl.sigmoid(z))
     rstd = 1.0 / tl.sqrt(tl.sum(a * a, axis=1) / P + eps)
-    tl.store(out_ptr + rows[:, None] * P + cols[None, :], a * rstd[:, None] * w, mask=mask)
+    tl.store(out_ptr + out_off, a * rstd[:, None] * w, mask=mask)
 
 
 @triton.jit
@@ -61,13 +62,8 @@ def read_out_bwd_kernel(y_ptr, s_ptr, x_ptr, d_ptr, z_ptr, zb_ptr, w_ptr, dout_p
                         dy_ptr, ds_ptr, dx_ptr, dd_ptr, dz_ptr, dw_ptr, M, P, eps,
                         sy, sx, sd, sz, szb, sw,
                         HAS_ZB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_P)
-    row_ok = rows < M
-    mask = row_ok[:, None] & (cols[None, :] < P)
-    yf, s, x, d, z, w, y = _row_terms(y_ptr, s_ptr, x_ptr, d_ptr, z_ptr, zb_ptr, w_ptr, rows, cols, mask, row_ok,
-                                      sy, sx, sd, sz, szb, sw, HAS_ZB)
-    out_off = rows[:, None] * P + cols[None, :]
+    out_off, rows, row_ok, mask, yf, s, x, d, z, w, y = _row_terms(
+        y_ptr, s_ptr, x_ptr, d_ptr, z_ptr, zb_ptr, w_ptr, M, P, sy, sx, sd, sz, szb, sw, HAS_ZB, BLOCK_M, BLOCK_P)
     dout = tl.load(dout_ptr + out_off, mask=mask, other=0.0).to(tl.float32)
     sig = tl.sigmoid(z)
     gate = z * sig

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layout_gate import MODELS, add_training_arguments  # noqa: E402  (one definition of the models)
+from bench_layout_gate import MODELS, add_training_arguments, seconds_per_step  # noqa: E402  (one definition of the models)
 
 POLICIES = ("reference", "auto")
 
@@ -66,20 +66,6 @@ def eager_step(model, optimizer):
     return step
 
 
-def timed(step, ids, steps: int) -> float:
-    """Seconds per step over ``steps`` steps, after two warm-up steps (the first captures)."""
-    import torch
-
-    for _ in range(2):
-        step(ids[..., :-1], ids[..., 1:])
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step(ids[..., :-1], ids[..., 1:])
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps
-
-
 def kernel_launches(step, ids) -> int:
     from torch.profiler import ProfilerActivity, profile
 
@@ -108,7 +94,7 @@ def measure(model_name: str, batch: int, seq: int, steps: int, repeats: int) -> 
         seconds: dict[str, list[float]] = {p: [] for p in POLICIES}
         for _ in range(repeats):
             for policy in POLICIES:  # alternate, so drift hits both alike
-                seconds[policy].append(timed(steppers[policy], ids, steps))
+                seconds[policy].append(seconds_per_step(steppers[policy], ids, steps))
         for policy in POLICIES:
             median = statistics.median(seconds[policy])
             row = {"tokens_per_s": batch * seq / median, "step_ms": 1e3 * median, "runs_s": seconds[policy],

@@ -54,16 +54,24 @@ def measure(model_name: str, batch: int, seq: int, steps: int) -> dict:
 
     step = CapturedTrainStep(model, optimizer, loss_fn, grad_clip=1.0)
     ids = torch.randint(0, config.vocab_size, (1, batch, seq + 1), device="cuda")
-    for _ in range(4):  # two eager warm-up steps, the capture, one replay
+    seconds = steps * seconds_per_step(step, ids, steps)
+    return {"tokens_per_s": steps * batch * seq / seconds, "step_ms": 1e3 * seconds / steps,
+            "peak_gb": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def seconds_per_step(step, ids, steps: int) -> float:
+    """Mean seconds of ``steps`` calls of ``step(inputs, labels)`` on ``ids`` (1, batch, seq + 1),
+    after four untimed calls (a captured step: two eager warm-ups, the capture, one replay)."""
+    import torch
+
+    for _ in range(4):
         step(ids[..., :-1], ids[..., 1:])
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
         step(ids[..., :-1], ids[..., 1:])
     torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return {"tokens_per_s": steps * batch * seq / seconds, "step_ms": 1e3 * seconds / steps,
-            "peak_gb": torch.cuda.max_memory_allocated() / 2**30}
+    return (time.perf_counter() - t0) / steps
 
 
 def add_training_arguments(ap: argparse.ArgumentParser, steps: int) -> None:

@@ -23,6 +23,7 @@ from mossnet.convert.llama import mossnet_config_for
 from mossnet.convert.pipeline import build_student
 from mossnet.execution import ExecutionPolicy
 from mossnet.layers.sequence_layout import SequenceLayout
+from mossnet.ops.mosse.read_out import unfold_output
 
 
 def capture_y(mixer, u, policy):
@@ -35,10 +36,10 @@ def capture_y(mixer, u, policy):
         captured["rows"] = rows
         return mix(flat, rows, *args, **kwargs)
 
-    def spy_scan(*args, **kwargs):
-        y, final = scan(*args, **kwargs)
-        captured["y"] = y
-        return y, final
+    def spy_scan(x, B, C, dt, params, *args, **kwargs):
+        y_folded, scale, final = scan(x, B, C, dt, params, *args, **kwargs)
+        captured["y"] = unfold_output(y_folded.reshape(x.shape), scale, x, params.skip_D)
+        return y_folded, scale, final
 
     mixer._mix, mixer._scan = spy_mix, spy_scan
     try:

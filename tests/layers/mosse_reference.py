@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mossnet.execution import ExecutionPolicy
 from mossnet.layers.router import RouterReport
 from mossnet.ops.mosse import mosse_scan
 
@@ -196,7 +197,8 @@ def mosse_reference(layer, u, layout, conv_state=None, ssm_state=None, return_st
     E, P, N = layer.n_experts, layer.head_dim, layer.state_dim
     n = batch * T
     valid = torch.ones(n, dtype=torch.bool, device=u.device) if layout.valid is None else layout.valid.reshape(n)
-    routing = layer.route(u.reshape(n, d_model), None if layout.valid is None else valid)
+    routing = layer.route(u.reshape(n, d_model), None if layout.valid is None else valid,
+                          ExecutionPolicy(fused_ops="reference"))
     chosen = torch.zeros(n, E, dtype=torch.bool, device=u.device).scatter(1, routing.top_idx, True)
     visit = (chosen if layer.routed else torch.ones_like(chosen)) & valid[:, None]
     visit = visit.view(batch, T, E)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mossnet.layers.mosse import MoSSE
 from mossnet.layers.sequence_layout import SequenceLayout
 from mossnet.ops.mosse import mosse_scan
+from mossnet.ops.mosse.read_out import unfold_output
 from mosse_helpers import randomize_mosse_
 from mosse_reference import mosse_reference
 
@@ -60,8 +61,7 @@ def run_layer(layer, u, valid=None, conv=None, ssm=None, return_states=False):
 
     def spy_scan(x, B, C, dt, params, *args, **kwargs):
         y_folded, scale, final = scan(x, B, C, dt, params, *args, **kwargs)
-        cdt = scale.dtype  # the read-out's first line: unfold, add the skip term
-        captured["y"] = y_folded.reshape(x.shape).to(cdt) / scale[:, None] + params.skip_D * x.to(cdt)
+        captured["y"] = unfold_output(y_folded.reshape(x.shape), scale, x, params.skip_D)
         return y_folded, scale, final
 
     layer._mix, layer._scan = spy_mix, spy_scan

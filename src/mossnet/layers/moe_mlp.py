@@ -67,7 +67,7 @@ class MoEMLP(nn.Module):
         if self.n_experts == 1:
             out = self.dense(u)
         else:
-            routing = self.router(u, valid)
+            routing = self.router(u, valid, policy)
             d = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
             hidden = grouped_linear(u[d.token], self.gate_up, d.offsets, impl=policy.expert_matmul)
             gate, up = hidden.chunk(2, dim=-1)
@@ -90,7 +90,7 @@ class MoEMLP(nn.Module):
         """
         if self.n_experts == 1 or u.shape[0] * self.router.top_k > policy.decode_direct_max_pairs:
             return self.forward(u, policy=policy)[0]
-        routing = self.router(u)
+        routing = self.router(u, policy=policy)
         idx = routing.top_idx  # (n, k)
         hidden = gathered_linear(u[:, None, :].expand(-1, idx.shape[1], -1), self.gate_up, idx)
         gate, up = hidden.chunk(2, dim=-1)
@@ -104,7 +104,7 @@ class MoEMLP(nn.Module):
 def moe_mlp_reference(mlp: MoEMLP, u: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Token by token, expert by expert: the obvious computation, for tests."""
     out = torch.zeros_like(u)
-    routing = mlp.router(u, valid)
+    routing = mlp.router(u, valid, DEFAULT_POLICY.replace(fused_ops="reference"))
     H = mlp.down.shape[-1]
     for i in range(u.shape[0]):
         if valid is not None and not valid[i]:

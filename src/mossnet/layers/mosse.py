@@ -102,10 +102,10 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         self.register_parameter("bc_proj", nn.Parameter(torch.empty(2 * N, d_model)) if self.share_bc else None)
 
     # ----------------------------------------------------------------- small shared rules
-    def route(self, u: torch.Tensor, valid: torch.Tensor | None) -> RouterOutput:
+    def route(self, u: torch.Tensor, valid: torch.Tensor | None, policy: ExecutionPolicy) -> RouterOutput:
         """u: (n, d_model). A single expert takes every valid token with gate 1."""
         if self.router is not None:
-            return self.router(u, valid)
+            return self.router(u, valid, policy)
         n = u.shape[0]
         ones = u.new_ones(n, 1, dtype=torch.float32)
         gates = ones if valid is None else ones * valid[:, None]
@@ -216,7 +216,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         n = batch * T
         flat = u.reshape(n, d_model)
         valid = None if layout.valid is None else layout.valid.reshape(n)
-        routing = self.route(flat, valid)
+        routing = self.route(flat, valid, policy)
         assign = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
         rows, routed_rows = self._scan_rows(assign, valid, n)
         segments = ExpertSegments.build(rows, layout, self.n_experts, every_pair=self._rows_hold_every_pair)

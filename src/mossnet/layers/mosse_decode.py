@@ -36,7 +36,7 @@ class MoSSEDecodeStep:
         """
         batch = u.shape[0]
         E, P, N = self.n_experts, self.head_dim, self.state_dim
-        routing = self.route(u, None)
+        routing = self.route(u, None, policy)
         if self.routed:
             idx, gates = routing.top_idx, routing.top_gates  # (batch, k)
         else:  # every expert's state moves; the router still gates the outputs

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..execution import DEFAULT_POLICY, ExecutionPolicy
+from ..ops.moe.routing import softmax_top_k
+
 
 @dataclass
 class RouterOutput:
@@ -58,16 +61,14 @@ class Router(nn.Module):
         self.top_k = top_k
         self.renormalize = renormalize and top_k > 1
 
-    def forward(self, u: torch.Tensor, valid: torch.Tensor | None = None) -> RouterOutput:
-        """u: (n, D); valid: (n,) bool or None."""
+    def forward(self, u: torch.Tensor, valid: torch.Tensor | None = None,
+                policy: ExecutionPolicy | None = None) -> RouterOutput:
+        """u: (n, D); valid: (n,) bool or None; policy: its ``fused_ops`` picks the softmax top-k."""
         cdt = torch.promote_types(u.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         with torch.autocast(device_type=u.device.type, enabled=False):
             logits = u.to(cdt) @ self.weight.to(cdt).T
-        probs = torch.softmax(logits, dim=-1)
-        # A stable descending sort keeps the lower index first among equal probabilities.
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-        top_p, top_idx = sorted_probs[:, : self.top_k], order[:, : self.top_k]
-        gates = top_p / top_p.sum(-1, keepdim=True) if self.renormalize else top_p
+        impl = (DEFAULT_POLICY if policy is None else policy).fused_ops
+        probs, top_idx, gates = softmax_top_k(logits, self.top_k, self.renormalize, impl=impl)
         if valid is not None:
             gates = gates * valid[:, None].to(gates.dtype)
         return RouterOutput(logits, probs, top_idx, gates, valid)

@@ -1,6 +1,7 @@
-"""The MoSSE layer with the fused read-out (``fused_ops="triton"``) against the same layer with
-the PyTorch reference: output and every parameter's gradient, routed and every-pair rows, with
-padding. On CUDA, or on the CPU under ``TRITON_INTERPRET=1``; skipped otherwise."""
+"""The MoSSE layer and the MoE MLP with the fused kernels (``fused_ops="triton"``: the router's
+softmax top-k, the MoSSE read-out) against the same layers with the PyTorch references: output
+and every parameter's gradient, routed and every-pair rows, with padding. On CUDA, or on the CPU
+under ``TRITON_INTERPRET=1``; skipped otherwise."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mosse_helpers import randomize_mosse_
 
 from mossnet import MossNetConfig
 from mossnet.execution import ExecutionPolicy
+from mossnet.layers.moe_mlp import MoEMLP
 from mossnet.layers.mosse import MoSSE
 from mossnet.layers.sequence_layout import SequenceLayout
 
@@ -47,3 +49,29 @@ def test_a_layer_with_the_fused_read_out_equals_the_reference_layer(state_update
     assert results["triton"][1].keys() == results["reference"][1].keys()
     for name, want in results["reference"][1].items():
         torch.testing.assert_close(results["triton"][1][name], want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _outputs_and_grads(module, run):
+    results = {}
+    for impl in ("reference", "triton"):
+        module.zero_grad()
+        out = run(ExecutionPolicy(fused_ops=impl, scan_impl="chunked"))
+        (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)).sum().backward()
+        results[impl] = out.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return results
+
+
+@needs_kernels
+@pytest.mark.parametrize("k", [1, 2])
+def test_an_moe_mlp_with_the_fused_router_equals_the_reference(k):
+    torch.manual_seed(1)
+    mlp = MoEMLP(32, 48, n_experts=4, top_k=k, renormalize=True, shared_expert=False).to(DEVICE)
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.normal_(std=0.3)
+    u = torch.randn(29, 32, device=DEVICE)
+    valid = torch.rand(29, device=DEVICE) > 0.2
+    results = _outputs_and_grads(mlp, lambda policy: mlp(u, valid, policy=policy)[0])
+    torch.testing.assert_close(results["triton"][0], results["reference"][0], rtol=1e-5, atol=1e-6)
+    for name, want in results["reference"][1].items():
+        torch.testing.assert_close(results["triton"][1][name], want, rtol=1e-4, atol=1e-6, msg=name)

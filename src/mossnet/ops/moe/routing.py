@@ -1,0 +1,48 @@
+"""Softmax top-k over router logits (spec section 2.1): the PyTorch reference and the choice of
+the fused Triton kernel (``routing_triton.py``) by the policy's ``fused_ops``.
+
+For each token: probs = softmax(logits); the k most probable experts, best first, ties to the
+lower expert index; their gates, the chosen probabilities renormalised to sum to 1 when
+``renormalize`` (else the probabilities themselves).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mossnet.ops.fused import choose, why_triton_cannot_run
+
+MAX_EXPERTS = 256  # one row of experts per register tile; more take the reference
+
+
+def softmax_top_k_reference(logits: torch.Tensor, k: int, renormalize: bool):
+    """logits: (n, E) float. Returns probs (n, E), top_idx (n, k) int64 and gates (n, k), in
+    logits' dtype."""
+    probs = torch.softmax(logits, dim=-1)
+    # A stable descending sort keeps the lower index first among equal probabilities.
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    top_p, top_idx = sorted_probs[:, :k], order[:, :k]
+    gates = top_p / top_p.sum(-1, keepdim=True) if renormalize else top_p
+    return probs, top_idx, gates
+
+
+def why_not_fused(logits: torch.Tensor) -> str | None:
+    """None when the fused kernel can run on these logits; else the reason."""
+    reason = why_triton_cannot_run(logits)
+    if reason is not None:
+        return reason
+    if logits.dtype != torch.float32:
+        return f"the router computes in {logits.dtype}; the kernel computes in float32"
+    if logits.shape[-1] > MAX_EXPERTS:
+        return f"{logits.shape[-1]} experts are more than the kernel's {MAX_EXPERTS}"
+    return None
+
+
+def softmax_top_k(logits: torch.Tensor, k: int, renormalize: bool, impl: str = "auto"):
+    """:func:`softmax_top_k_reference` through ``impl`` ("auto", "reference" or "triton"; see
+    :mod:`mossnet.ops.fused`)."""
+    if not choose("the fused router softmax top-k", impl, why_not_fused(logits), logits.is_cuda):
+        return softmax_top_k_reference(logits, k, renormalize)
+    from .routing_triton import softmax_top_k_triton
+
+    return softmax_top_k_triton(logits, k, renormalize)

@@ -1,0 +1,124 @@
+"""Softmax top-k over router logits in one Triton kernel each way (reference and contract:
+:func:`mossnet.ops.moe.routing.softmax_top_k_reference`).
+
+In PyTorch the router's softmax, stable sort, slicing and renormalisation are about eight
+launches forward and ten backward, on (n, E) tensors of a few experts: launch-bound work. Here
+one program handles a block of tokens, all E experts of each in registers; the top k are found
+by k passes of max-then-lowest-index (the sort's tie rule), so k is a compile-time constant.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tile(n, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_E)
+    row_ok = rows < n
+    return rows, cols, row_ok, row_ok[:, None] & (cols[None, :] < E)
+
+
+@triton.jit
+def softmax_top_k_fwd_kernel(logits_ptr, probs_ptr, idx_ptr, gates_ptr, n, E,
+                             K: tl.constexpr, RENORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    rows, cols, row_ok, mask = _tile(n, E, BLOCK_T, BLOCK_E)
+    off = rows[:, None] * E + cols[None, :]
+    logits = tl.load(logits_ptr + off, mask=mask, other=-float("inf"))
+    e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+    e = tl.where(mask, e, 0.0)
+    probs = e / tl.sum(e, axis=1)[:, None]
+    tl.store(probs_ptr + off, probs, mask=mask)
+    total = tl.zeros([BLOCK_T], dtype=tl.float32)
+    if RENORM:  # the chosen probabilities' sum, first: one more pass over E registers
+        work = tl.where(mask, probs, -1.0)
+        for _ in tl.static_range(K):
+            best = tl.max(work, axis=1)
+            pick = tl.min(tl.where(work == best[:, None], cols[None, :], BLOCK_E), axis=1)
+            total += best
+            work = tl.where(cols[None, :] == pick[:, None], -1.0, work)
+    work = tl.where(mask, probs, -1.0)
+    for j in tl.static_range(K):
+        best = tl.max(work, axis=1)
+        pick = tl.min(tl.where(work == best[:, None], cols[None, :], BLOCK_E), axis=1)
+        tl.store(idx_ptr + rows * K + j, pick.to(tl.int64), mask=row_ok)
+        gate = best / total if RENORM else best
+        tl.store(gates_ptr + rows * K + j, gate, mask=row_ok)
+        work = tl.where(cols[None, :] == pick[:, None], -1.0, work)
+
+
+@triton.jit
+def softmax_top_k_bwd_kernel(probs_ptr, idx_ptr, gates_ptr, dprobs_ptr, dgates_ptr, dlogits_ptr, n, E,
+                             K: tl.constexpr, RENORM: tl.constexpr, HAS_DPROBS: tl.constexpr,
+                             BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    rows, cols, row_ok, mask = _tile(n, E, BLOCK_T, BLOCK_E)
+    off = rows[:, None] * E + cols[None, :]
+    probs = tl.load(probs_ptr + off, mask=mask, other=0.0)
+    if HAS_DPROBS:
+        dp = tl.load(dprobs_ptr + off, mask=mask, other=0.0)
+    else:
+        dp = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
+    # gates g_j = p_j / S (RENORM, S = the chosen p's sum) or p_j: dp_j += (dg_j - sum_i dg_i g_i) / S, or dg_j
+    dot = tl.zeros([BLOCK_T], dtype=tl.float32)
+    total = tl.zeros([BLOCK_T], dtype=tl.float32)
+    if RENORM:
+        for j in tl.static_range(K):
+            g = tl.load(gates_ptr + rows * K + j, mask=row_ok, other=0.0)
+            dot += g * tl.load(dgates_ptr + rows * K + j, mask=row_ok, other=0.0)
+            pick = tl.load(idx_ptr + rows * K + j, mask=row_ok, other=0).to(tl.int32)
+            total += tl.sum(tl.where(cols[None, :] == pick[:, None], probs, 0.0), axis=1)
+    for j in tl.static_range(K):
+        pick = tl.load(idx_ptr + rows * K + j, mask=row_ok, other=0).to(tl.int32)
+        dg = tl.load(dgates_ptr + rows * K + j, mask=row_ok, other=0.0)
+        grad = (dg - dot) / total if RENORM else dg
+        dp += tl.where(cols[None, :] == pick[:, None], grad[:, None], 0.0)
+    dlogits = probs * (dp - tl.sum(dp * probs, axis=1)[:, None])
+    tl.store(dlogits_ptr + off, dlogits, mask=mask)
+
+
+def _grid(n: int, E: int):
+    block_e = triton.next_power_of_2(E)
+    block_t = max(1, min(128, 2048 // block_e))
+    return (triton.cdiv(n, block_t),), block_t, block_e
+
+
+class SoftmaxTopKTriton(torch.autograd.Function):
+    """(probs, top_idx, gates) = softmax_top_k(logits, k, renormalize); fp32 logits."""
+
+    @staticmethod
+    def forward(ctx, logits, k: int, renormalize: bool):
+        logits = logits.contiguous()
+        n, E = logits.shape
+        probs = torch.empty_like(logits)
+        idx = torch.empty(n, k, dtype=torch.int64, device=logits.device)
+        gates = torch.empty(n, k, dtype=logits.dtype, device=logits.device)
+        grid, block_t, block_e = _grid(n, E)
+        if n:
+            softmax_top_k_fwd_kernel[grid](logits, probs, idx, gates, n, E, K=k, RENORM=renormalize,
+                                           BLOCK_T=block_t, BLOCK_E=block_e)
+        ctx.save_for_backward(probs, idx, gates)
+        ctx.renormalize = renormalize
+        ctx.mark_non_differentiable(idx)
+        return probs, idx, gates
+
+    @staticmethod
+    def backward(ctx, dprobs, _didx, dgates):
+        probs, idx, gates = ctx.saved_tensors
+        n, E = probs.shape
+        k = idx.shape[1]
+        dgates = torch.zeros_like(gates) if dgates is None else dgates.contiguous()
+        dlogits = torch.empty_like(probs)
+        grid, block_t, block_e = _grid(n, E)
+        if n:
+            softmax_top_k_bwd_kernel[grid](probs, idx, gates, dprobs.contiguous() if dprobs is not None else probs,
+                                           dgates, dlogits, n, E, K=k, RENORM=ctx.renormalize,
+                                           HAS_DPROBS=dprobs is not None, BLOCK_T=block_t, BLOCK_E=block_e)
+        return dlogits, None, None
+
+
+def softmax_top_k_triton(logits: torch.Tensor, k: int, renormalize: bool):
+    """The fused softmax top-k (module docstring); arguments as the reference takes them."""
+    return SoftmaxTopKTriton.apply(logits, k, renormalize)

@@ -1,0 +1,70 @@
+"""The fused router softmax top-k (Triton) against its PyTorch reference: probabilities, chosen
+experts (ties to the lower index), gates, and the gradient through probabilities and gates.
+On CUDA, or on the CPU under ``TRITON_INTERPRET=1``; the dispatcher's rules run everywhere."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mossnet.errors import ConfigError
+from mossnet.ops.moe.routing import softmax_top_k, softmax_top_k_reference, why_not_fused
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+try:
+    import triton  # noqa: F401
+
+    DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu" if INTERPRET else None
+except ImportError:
+    DEVICE = None
+needs_kernels = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
+
+
+def run(impl: str, logits: torch.Tensor, k: int, renormalize: bool, seed: int = 0):
+    leaf = logits.detach().clone().requires_grad_()
+    probs, idx, gates = softmax_top_k(leaf, k, renormalize, impl=impl)
+    g = torch.Generator().manual_seed(seed)
+    w_p = torch.randn(probs.shape, generator=g).to(probs.device)
+    w_g = torch.randn(gates.shape, generator=g).to(gates.device)
+    ((probs * w_p).sum() + (gates * w_g).sum()).backward()
+    return probs.detach(), idx, gates.detach(), leaf.grad
+
+
+@needs_kernels
+@pytest.mark.parametrize("n, E, k", [(1, 4, 2), (37, 4, 2), (200, 9, 9), (33, 8, 1), (64, 5, 3), (130, 16, 4)])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_fused_equals_the_reference(n, E, k, renormalize):
+    logits = torch.randn(n, E, generator=torch.Generator().manual_seed(n * E + k)).to(DEVICE) * 2
+    want = run("reference", logits, k, renormalize)
+    got = run("triton", logits, k, renormalize)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-7)  # probs
+    assert torch.equal(got[1], want[1]) and got[1].dtype == torch.int64  # experts, best first
+    torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=1e-7)  # gates
+    torch.testing.assert_close(got[3], want[3], rtol=1e-5, atol=1e-6)  # d logits (fp32 sums in another order)
+
+
+@needs_kernels
+def test_ties_go_to_the_lower_expert():
+    logits = torch.tensor([[0.0, 1.0, 1.0, 0.0], [2.0, 2.0, 2.0, 2.0], [1.0, 0.0, 1.0, 1.0]], device=DEVICE)
+    _, idx, _ = softmax_top_k(logits, 2, True, impl="triton")
+    assert idx.tolist() == [[1, 2], [0, 1], [0, 2]]
+    assert torch.equal(idx, softmax_top_k_reference(logits, 2, True)[1])
+
+
+@needs_kernels
+def test_no_tokens():
+    probs, idx, gates = softmax_top_k(torch.zeros(0, 4, device=DEVICE), 2, True, impl="triton")
+    assert probs.shape == (0, 4) and idx.shape == (0, 2) and gates.shape == (0, 2)
+
+
+def test_reference_policy_and_refusals():
+    logits = torch.randn(6, 4)
+    want = softmax_top_k_reference(logits, 2, True)
+    for got, ref in zip(softmax_top_k(logits, 2, True, impl="reference"), want):
+        assert torch.equal(got, ref)
+    assert why_not_fused(logits.double()) is not None  # fp64 routers take the reference
+    if DEVICE is None:
+        with pytest.raises(ConfigError, match="fused router softmax top-k cannot run here"):
+            softmax_top_k(logits, 2, True, impl="triton")

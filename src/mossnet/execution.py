@@ -45,9 +45,10 @@ class ExecutionPolicy:
         expert_matmul: ``grouped_linear`` implementation: "auto", "grouped_mm" (CUTLASS,
             bf16 on sm90+), "all_experts" (every expert on every row, then pick: fixed shapes,
             traceable, no host sync) or "loop" (one matmul per expert; reads group sizes).
-        fused_ops: the fused Triton kernels around the scan (today the MoSSE read-out,
-            ``ops/mosse/read_out.py``): "auto" (on CUDA where they can run, else the PyTorch
-            reference), "reference" or "triton" (an error where they cannot run).
+        fused_ops: the fused Triton kernels around the scan (the routers' softmax top-k,
+            ``ops/moe/routing.py``, and the MoSSE read-out, ``ops/mosse/read_out.py``; the
+            rule in ``ops/fused.py``): "auto" (on CUDA where they can run, else the PyTorch
+            references), "reference" or "triton" (an error where they cannot run).
         decode_direct_max_pairs: the MoE-MLP decode applies each token's experts directly up to
             this many (token, expert) pairs, and sorts them into groups above it.
         triton_lowp: half-precision dot operands for bf16/fp16 inputs in the Triton scan.
@@ -151,7 +152,7 @@ class ExecutionPolicy:
             ("mosse_scan (training / prefill)", f"{scan} (policy: {self.scan_impl}, chunk {self.chunk_size}){note}"),
             ("mosse_step (decode)", "routed step: only the chosen experts' weights and states"),
             ("expert matmuls (bf16)", f"{matmul} (policy: {self.expert_matmul})"),
-            ("fused read-out", _describe_fused(self.fused_ops, device)),
+            ("fused ops (router top-k, read-out)", _describe_fused(self.fused_ops, device)),
             ("triton kernels", f"lowp={self.triton_lowp} autotune={self.triton_autotune} "
                                f"specialize={self.triton_specialize} state_bf16={self.triton_state_bf16}"),
             ("decode graph (CUDA)", graph),
@@ -160,12 +161,11 @@ class ExecutionPolicy:
 
 
 def _describe_fused(fused_ops: str, device: torch.device) -> str:
-    from mossnet.ops.mosse.read_out import why_not_fused
+    from mossnet.ops.fused import why_triton_cannot_run
 
     if fused_ops == "reference":
         return "PyTorch reference (policy: reference)"
-    probe = torch.empty(1, 1, device=device)
-    reason = why_not_fused(probe, probe.new_empty(1))
+    reason = why_triton_cannot_run(torch.empty(1, device=device))
     return f"Triton (policy: {fused_ops})" if reason is None else f"PyTorch reference ({reason}; policy: {fused_ops})"
 
 

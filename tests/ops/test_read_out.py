@@ -1,6 +1,6 @@
 """The fused MoSSE read-out (Triton) against its PyTorch reference: forward and every gradient,
 odd widths and row counts, with and without the z bias, strided parameter rows, fp32 and bf16
-(the layer with each: tests/layers/test_mosse_fused.py).
+(the layer with each: tests/layers/test_fused_layers.py).
 
 The kernels run on CUDA, or on the CPU under Triton's interpreter:
 

@@ -106,3 +106,17 @@ def test_the_policy_checks_fused_ops():
     assert ExecutionPolicy().fused_ops == "auto"
     with pytest.raises(ConfigError, match="fused_ops must be one of"):
         ExecutionPolicy(fused_ops="fast")
+
+
+def test_a_trace_takes_the_reference_quietly(monkeypatch, caplog):
+    """Under torch.compile / torch.export the reference is traced: "auto" says nothing, even on
+    CUDA; the tracing check comes before any cached import check."""
+    from mossnet.ops import fused
+
+    monkeypatch.setattr(fused, "tracing", lambda: True)
+    inputs = make_inputs(4, 8, torch.float32, True)
+    assert why_not_fused(inputs["x"], inputs["scale"]) == fused.TRACING
+    with caplog.at_level("INFO", logger="mossnet.ops.fused"):
+        assert fused.choose("op", "auto", fused.TRACING, on_cuda=True) is False
+    assert not caplog.records
+    torch.testing.assert_close(read_out(**inputs, eps=1e-5), read_out_reference(**inputs, eps=1e-5))

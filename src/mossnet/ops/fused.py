@@ -17,6 +17,7 @@ from mossnet.errors import ConfigError
 from mossnet.execution import FUSED_OPS, tracing
 
 log = logging.getLogger(__name__)
+TRACING = "inside torch.compile or torch.export (the reference is traced instead)"
 
 
 @functools.cache
@@ -29,7 +30,10 @@ def _triton_missing() -> str | None:
 
 
 def why_triton_cannot_run(t: torch.Tensor) -> str | None:
-    """None when a Triton kernel can run on tensors like ``t``; else the reason."""
+    """None when a Triton kernel can run on tensors like ``t``; else the reason. Tracing is
+    asked first, so that a trace never reaches the cached import check."""
+    if tracing():
+        return TRACING
     missing = _triton_missing()
     if missing is not None:
         return missing
@@ -37,8 +41,6 @@ def why_triton_cannot_run(t: torch.Tensor) -> str | None:
 
     if t.device.type != "cuda" and not (interpreting() and t.device.type == "cpu"):
         return f"tensors are on {t.device.type}, not CUDA"
-    if tracing():
-        return "inside torch.compile or torch.export (the reference is traced instead)"
     return None
 
 
@@ -58,6 +60,6 @@ def choose(op: str, impl: str, reason: str | None, on_cuda: bool) -> bool:
         return True
     if impl == "triton":
         raise ConfigError(f"fused_ops='triton': {op} cannot run here: {reason}")
-    if on_cuda:
+    if on_cuda and reason != TRACING:  # a trace runs the reference by design: nothing to say
         _say_once(op, reason)
     return False

@@ -23,9 +23,20 @@ DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu" if INT
 needs_kernels = pytest.mark.skipif(DEVICE is None, reason="needs CUDA, or TRITON_INTERPRET=1")
 
 
+def _outputs_and_grads(module, run):
+    results = {}
+    for impl in ("reference", "triton"):
+        module.zero_grad()
+        out = run(ExecutionPolicy(fused_ops=impl, scan_impl="chunked"))
+        (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)).sum().backward()
+        results[impl] = out.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return results
+
+
 @needs_kernels
-@pytest.mark.parametrize("state_update, k", [("routed", 2), ("all", 4)])
-def test_a_layer_with_the_fused_read_out_equals_the_reference_layer(state_update, k):
+@pytest.mark.parametrize("state_update, k, padded", [("routed", 2, True), ("all", 4, True), ("all", 4, False)])
+def test_a_mosse_layer_with_the_fused_kernels_equals_the_reference_layer(state_update, k, padded):
+    """Without padding, "all" takes the uniform-segment path (its parameter rows are a broadcast)."""
     cfg = MossNetConfig.from_preset("tiny", d_model=32, ssm_experts=4, ssm_top_k=k, state_update=state_update,
                                     ssm_head_dim=16, ssm_state_dim=8, ssm_z_bias=True)
     torch.manual_seed(0)
@@ -36,29 +47,16 @@ def test_a_layer_with_the_fused_read_out_equals_the_reference_layer(state_update
         layer.z_bias.normal_(std=0.5)  # zero at init: make its path count
     layer = layer.to(DEVICE)
     u = torch.randn(2, 19, 32, device=DEVICE)
-    valid = torch.ones(2, 19, dtype=torch.long, device=DEVICE)
-    valid[1, :5] = 0  # left padding
+    valid = None
+    if padded:
+        valid = torch.ones(2, 19, dtype=torch.long, device=DEVICE)
+        valid[1, :5] = 0  # left padding
     layout = SequenceLayout.build(2, 19, valid)
-    results = {}
-    for impl in ("reference", "triton"):
-        layer.zero_grad()
-        out = layer(u, layout, policy=ExecutionPolicy(fused_ops=impl, scan_impl="chunked"))[0]
-        (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)).sum().backward()
-        results[impl] = out.detach(), {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+    results = _outputs_and_grads(layer, lambda policy: layer(u, layout, policy=policy)[0])
     torch.testing.assert_close(results["triton"][0], results["reference"][0], rtol=1e-5, atol=1e-5)
     assert results["triton"][1].keys() == results["reference"][1].keys()
     for name, want in results["reference"][1].items():
         torch.testing.assert_close(results["triton"][1][name], want, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def _outputs_and_grads(module, run):
-    results = {}
-    for impl in ("reference", "triton"):
-        module.zero_grad()
-        out = run(ExecutionPolicy(fused_ops=impl, scan_impl="chunked"))
-        (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)).sum().backward()
-        results[impl] = out.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
-    return results
 
 
 @needs_kernels

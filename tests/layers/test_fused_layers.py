@@ -73,3 +73,34 @@ def test_an_moe_mlp_with_the_fused_router_equals_the_reference(k):
     torch.testing.assert_close(results["triton"][0], results["reference"][0], rtol=1e-5, atol=1e-6)
     for name, want in results["reference"][1].items():
         torch.testing.assert_close(results["triton"][1][name], want, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@needs_kernels
+@pytest.mark.parametrize("state_update, k, z_bias", [("routed", 2, True), ("routed", 1, False), ("all", 4, True)])
+def test_the_fused_decode_step_equals_the_pytorch_step(state_update, k, z_bias):
+    """Three tokens in a row, each advancing the cache in place: the outputs and both states."""
+    cfg = MossNetConfig.from_preset("tiny", d_model=32, ssm_experts=4, ssm_top_k=k, state_update=state_update,
+                                    ssm_head_dim=16, ssm_state_dim=8, ssm_z_bias=z_bias)
+    torch.manual_seed(0)
+    layer = MoSSE(cfg)
+    layer.reset_parameters(cfg)
+    randomize_mosse_(layer, a_log_max=1.0)
+    if z_bias:
+        with torch.no_grad():
+            layer.z_bias.normal_(std=0.5)
+    layer = layer.to(DEVICE)
+    E, P, N, K = 4, 16, 8, layer.conv_kernel
+    g = torch.Generator().manual_seed(2)
+    states = {impl: (torch.randn(3, E, K - 1, P + 2 * N, generator=g).to(DEVICE),
+                     torch.randn(3, E, N, P, generator=g).to(DEVICE)) for impl in ("seed",)}
+    conv0, ssm0 = states["seed"]
+    caches = {impl: (conv0.clone(), ssm0.clone()) for impl in ("reference", "triton")}
+    with torch.no_grad():
+        for _ in range(3):
+            u = torch.randn(3, 1, 32, generator=g).to(DEVICE)
+            outs = {impl: layer(u, None, *caches[impl], decode=True,
+                                policy=ExecutionPolicy(fused_ops=impl))[0] for impl in ("reference", "triton")}
+            torch.testing.assert_close(outs["triton"], outs["reference"], rtol=1e-5, atol=1e-5)
+            for got, want in zip(caches["triton"], caches["reference"]):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(caches["triton"][1], ssm0)  # the states did move

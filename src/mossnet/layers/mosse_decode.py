@@ -4,7 +4,9 @@
 parameters and helpers; it holds only what differs from the sequence forward: the cached conv
 windows and SSM states are read and advanced in place for the k routed experts (every expert's
 with ``state_update="all"``), through the same step-size, feature and read-out functions as the
-forward (tests check step == forward).
+forward (tests check step == forward). On CUDA, inference of the default layer takes one fused
+Triton kernel from the projections to the gated outputs instead (the policy's ``fused_ops``;
+``tests/layers/test_fused_layers.py`` checks it against this PyTorch step).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 
 from ..execution import ExecutionPolicy
 from ..ops.conv import conv_at_rows
+from ..ops.fused import choose, why_triton_cannot_run
 from ..ops.moe.gathered_linear import gathered_linear
 from ..ops.mosse.naive import compute_dtype_for, ssm_step
 from .mosse_rules import SequenceFeatures, step_size
@@ -46,6 +49,14 @@ class MoSSEDecodeStep:
         expert_window, sequence_window = self._split_windows(conv_state)
         shared = self._decode_sequence_features(u, sequence_window)
         z, xBC, dt_raw = self._decode_project(u, shared.conv_u, idx)
+        if choose("the fused MoSSE decode step", policy.fused_ops, self._why_no_fused_step(u, conv_state, ssm_state),
+                  u.is_cuda):
+            from ..ops.mosse.triton.decode_step import decode_step_triton
+
+            yhat = decode_step_triton(xBC, z, dt_raw, idx, gates, expert_window, ssm_state, self.conv_weight,
+                                      self.conv_bias, self.dt_bias, self.A_log, self.D, self.norm_weight, self.z_bias,
+                                      self.eps)
+            return gathered_linear(yhat.to(self.out_proj.dtype), self.out_proj, idx).sum(1)
         params = self._expert_rows(idx.reshape(-1), compute_dtype_for(u)).unflatten(batch, chosen)
         if self.conv_weight is not None:
             xBC = self._decode_expert_conv(xBC, expert_window, idx)
@@ -59,6 +70,22 @@ class MoSSEDecodeStep:
 
         yhat = self._read_out(y, z, params) * gates[..., None]
         return gathered_linear(yhat.to(self.out_proj.dtype), self.out_proj, idx).sum(1)  # (batch, d_model)
+
+    def _why_no_fused_step(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> str | None:
+        """None when the fused step (``ops/mosse/triton/decode_step.py``) computes this step;
+        else why the PyTorch step below does."""
+        reason = why_triton_cannot_run(u)
+        if reason is not None:
+            return reason
+        if torch.is_grad_enabled() and any(p.requires_grad for p in (self.in_proj, self.D)):
+            return "gradients are on (the fused step is inference-only)"
+        if self.shared_conv or self.share_bc or self.conv_weight is None or self.conv_bias is None:
+            return "a section-7 switch or a layer without its conv bias (the fused step covers the default layer)"
+        if not (conv_state.is_contiguous() and ssm_state.is_contiguous()):
+            return "the cache's states are not contiguous"
+        if max(self.head_dim, self.state_dim) > 256:
+            return f"P or N over 256 (P={self.head_dim}, N={self.state_dim})"
+        return None
 
     def _decode_project(self, u: torch.Tensor, conv_u: torch.Tensor | None, idx: torch.Tensor):
         """z (batch, k, P), xBC (batch, k, C), dt_raw (batch, k, 1) of the chosen experts

@@ -26,3 +26,17 @@ def test_without_cuda_it_stops_with_one_line():
                           text=True, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.strip() == "bench_fused.py: needs a CUDA device (the fused kernels are GPU kernels)"
+
+
+def test_the_measurements_run_on_a_tiny_model(bench, monkeypatch):
+    """The eager training and eager decode measurements, on the CPU with a tiny model (the
+    captured kinds need CUDA): the JSON rows the GPU run will write, with both policies."""
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    monkeypatch.setitem(bench.MODELS, "tiny", dict(preset="tiny"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    row = bench.measure("tiny", batch=2, seq=16, steps=1, repeats=1, kinds=("eager",))
+    assert set(row) >= {"eager/reference", "eager/auto", "eager/speedup"}
+    assert row["eager/auto"]["policy"]["fused_ops"] == "auto"
+    assert row["eager/reference"]["policy"]["fused_ops"] == "reference"
+    decode = bench.measure_decode("tiny", prompt_len=8, steps=2, repeats=1, graphs=(False,))
+    assert decode["decode_eager/auto"]["ms_per_step"] > 0 and decode["decode_eager/reference"]["ms_per_step"] > 0

@@ -23,6 +23,20 @@ DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu" if INT
 needs_kernels = pytest.mark.skipif(DEVICE is None, reason="needs CUDA, or TRITON_INTERPRET=1")
 
 
+def make_layer(state_update: str, k: int, z_bias: bool) -> MoSSE:
+    """A MoSSE of 4 experts (P 16, N 8, d_model 32) with every parameter away from its init."""
+    cfg = MossNetConfig.from_preset("tiny", d_model=32, ssm_experts=4, ssm_top_k=k, state_update=state_update,
+                                    ssm_head_dim=16, ssm_state_dim=8, ssm_z_bias=z_bias)
+    torch.manual_seed(0)
+    layer = MoSSE(cfg)
+    layer.reset_parameters(cfg)
+    randomize_mosse_(layer, a_log_max=1.0)
+    if z_bias:
+        with torch.no_grad():
+            layer.z_bias.normal_(std=0.5)  # zero at init: make its path count
+    return layer.to(DEVICE)
+
+
 def _outputs_and_grads(module, run):
     results = {}
     for impl in ("reference", "triton"):
@@ -37,15 +51,7 @@ def _outputs_and_grads(module, run):
 @pytest.mark.parametrize("state_update, k, padded", [("routed", 2, True), ("all", 4, True), ("all", 4, False)])
 def test_a_mosse_layer_with_the_fused_kernels_equals_the_reference_layer(state_update, k, padded):
     """Without padding, "all" takes the uniform-segment path (its parameter rows are a broadcast)."""
-    cfg = MossNetConfig.from_preset("tiny", d_model=32, ssm_experts=4, ssm_top_k=k, state_update=state_update,
-                                    ssm_head_dim=16, ssm_state_dim=8, ssm_z_bias=True)
-    torch.manual_seed(0)
-    layer = MoSSE(cfg)
-    layer.reset_parameters(cfg)
-    randomize_mosse_(layer, a_log_max=1.0)
-    with torch.no_grad():
-        layer.z_bias.normal_(std=0.5)  # zero at init: make its path count
-    layer = layer.to(DEVICE)
+    layer = make_layer(state_update, k, z_bias=True)
     u = torch.randn(2, 19, 32, device=DEVICE)
     valid = None
     if padded:
@@ -79,16 +85,7 @@ def test_an_moe_mlp_with_the_fused_router_equals_the_reference(k):
 @pytest.mark.parametrize("state_update, k, z_bias", [("routed", 2, True), ("routed", 1, False), ("all", 4, True)])
 def test_the_fused_decode_step_equals_the_pytorch_step(state_update, k, z_bias):
     """Three tokens in a row, each advancing the cache in place: the outputs and both states."""
-    cfg = MossNetConfig.from_preset("tiny", d_model=32, ssm_experts=4, ssm_top_k=k, state_update=state_update,
-                                    ssm_head_dim=16, ssm_state_dim=8, ssm_z_bias=z_bias)
-    torch.manual_seed(0)
-    layer = MoSSE(cfg)
-    layer.reset_parameters(cfg)
-    randomize_mosse_(layer, a_log_max=1.0)
-    if z_bias:
-        with torch.no_grad():
-            layer.z_bias.normal_(std=0.5)
-    layer = layer.to(DEVICE)
+    layer = make_layer(state_update, k, z_bias)
     E, P, N, K = 4, 16, 8, layer.conv_kernel
     g = torch.Generator().manual_seed(2)
     states = {impl: (torch.randn(3, E, K - 1, P + 2 * N, generator=g).to(DEVICE),

@@ -117,6 +117,15 @@ def test_a_trace_takes_the_reference_quietly(monkeypatch, caplog):
     inputs = make_inputs(4, 8, torch.float32, True)
     assert why_not_fused(inputs["x"], inputs["scale"]) == fused.TRACING
     with caplog.at_level("INFO", logger="mossnet.ops.fused"):
-        assert fused.choose("op", "auto", fused.TRACING, on_cuda=True) is False
+        assert fused.choose("op", "auto", lambda: fused.TRACING, on_cuda=True) is False
     assert not caplog.records
     torch.testing.assert_close(read_out(**inputs, eps=1e-5), read_out_reference(**inputs, eps=1e-5))
+
+
+def test_the_reference_policy_never_asks_where_the_kernels_could_run():
+    from mossnet.ops import fused
+
+    def asked():
+        raise AssertionError("the reason was asked under fused_ops='reference'")
+
+    assert fused.choose("op", "reference", asked, on_cuda=True) is False

@@ -49,8 +49,8 @@ class MoSSEDecodeStep:
         expert_window, sequence_window = self._split_windows(conv_state)
         shared = self._decode_sequence_features(u, sequence_window)
         z, xBC, dt_raw = self._decode_project(u, shared.conv_u, idx)
-        if choose("the fused MoSSE decode step", policy.fused_ops, self._why_no_fused_step(u, conv_state, ssm_state),
-                  u.is_cuda):
+        if choose("the fused MoSSE decode step", policy.fused_ops,
+                  lambda: self._why_no_fused_step(u, conv_state, ssm_state), u.is_cuda):
             from ..ops.mosse.triton.decode_step import decode_step_triton
 
             yhat = decode_step_triton(xBC, z, dt_raw, idx, gates, expert_window, ssm_state, self.conv_weight,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Callable
 
 import torch
 
@@ -49,13 +50,15 @@ def _say_once(op: str, reason: str) -> None:
     log.info("mossnet: %s runs its PyTorch reference: %s", op, reason)
 
 
-def choose(op: str, impl: str, reason: str | None, on_cuda: bool) -> bool:
-    """True: run the fused kernel of ``op``; False: its reference. ``reason`` is why the kernel
-    cannot run here (None: it can)."""
+def choose(op: str, impl: str, why_not: Callable[[], str | None], on_cuda: bool) -> bool:
+    """True: run the fused kernel of ``op``; False: its reference. ``why_not()`` says why the
+    kernel cannot run here (None: it can); it is not asked under "reference" (every router, layer
+    and decode step asks this, so the policy that never fuses pays nothing for the question)."""
     if impl not in FUSED_OPS:
         raise ConfigError(f"fused_ops must be one of {FUSED_OPS}, got {impl!r}")
     if impl == "reference":
         return False
+    reason = why_not()
     if reason is None:
         return True
     if impl == "triton":

@@ -185,7 +185,7 @@ def query_logits(model, input_ids, labels, max_queries: int):
     None). Only the queried positions go through the output layer: on Zoology's mixture that is
     64 of 256 positions per row at most, and the (batch, T, 8,192) logits, their fp32 copy and
     gradient were most of a run's time and memory. Equal to the full forward's logits at those
-    positions (tests/studies/test_mqar_study.py)."""
+    positions (tests/studies/test_mqar_queries.py)."""
     import torch.nn.functional as F
 
     hidden, weight, aux = _final_hidden(model, input_ids)

@@ -41,7 +41,7 @@ def why_not_fused(logits: torch.Tensor) -> str | None:
 def softmax_top_k(logits: torch.Tensor, k: int, renormalize: bool, impl: str = "auto"):
     """:func:`softmax_top_k_reference` through ``impl`` ("auto", "reference" or "triton"; see
     :mod:`mossnet.ops.fused`)."""
-    if not choose("the fused router softmax top-k", impl, why_not_fused(logits), logits.is_cuda):
+    if not choose("the fused router softmax top-k", impl, lambda: why_not_fused(logits), logits.is_cuda):
         return softmax_top_k_reference(logits, k, renormalize)
     from .routing_triton import softmax_top_k_triton
 

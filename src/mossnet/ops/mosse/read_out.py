@@ -56,7 +56,7 @@ def read_out(y_folded, scale, x, skip_D, z, z_bias, norm_weight, eps: float, imp
     """The read-out through ``impl``: "reference", "triton" (an error where it cannot run) or
     "auto" (Triton where it can run, else the reference; the reason logged once at INFO, so a
     CPU run stays quiet). Arguments as :func:`read_out_reference`."""
-    if not choose("the fused MoSSE read-out", impl, why_not_fused(x, scale), x.is_cuda):
+    if not choose("the fused MoSSE read-out", impl, lambda: why_not_fused(x, scale), x.is_cuda):
         return read_out_reference(y_folded, scale, x, skip_D, z, z_bias, norm_weight, eps)
     from .triton.read_out import read_out_triton
 

@@ -12,7 +12,10 @@
 #   seed 0, then all variants on 3 seeds at their inherited rate; probes on 65,536 val tokens.
 # mqar_calibration: the attention gate (mqar_gate: Zoology's attention and the ladder toward our
 #   Llama, d=64, lr 3e-4,1e-3,3e-3, <= 4,000 steps of 256 on Zoology's mixture, stops at 0.99 on
-#   128x8; GATE_STEPS raises the cap: Zoology trains ~45,000), then, only if Zoology's attention passes (MQAR_FORCE_RANK=1 overrides), the ranking
+#   128x8; GATE_STEPS raises the cap: Zoology trains ~45,000); if Zoology's attention fails there,
+#   mqar_gate_long (the four MLP-free rungs at lr 3e-3 and 1e-2, <= 6,000 steps: LONG_RUNGS, LONG_LRS,
+#   LONG_STEPS; Zoology's own sweep reaches 1e-2); then, only if Zoology's attention passes
+#   (MQAR_FORCE_RANK=1 overrides), the ranking
 #   (mqar_rank: single head, dense 2 heads, MossNet without MLP at 2 matched state sizes, lr
 #   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 3,000 steps of 256).
 # A fresh machine (a later session) picks up where an earlier one stopped: RESTORE=<dir> unpacks
@@ -53,6 +56,8 @@ args_of() {  # the `mossnet compare` arguments of one study
         --jobs "${DEC_JOBS:-10}" --cuda-graph --model "${MODEL[@]}" ;;
     mqar_gate) echo --study mqar_gate --widths 64 --seeds "${GATE_SEEDS:-1}" --mqar-steps "${GATE_STEPS:-4000}" \
         --jobs "${GATE_JOBS:-9}" ;;
+    mqar_gate_long) echo --study mqar_gate --widths 64 --seeds 1 --archs "${LONG_RUNGS:-zoology,no_dropout,rope,rmsnorm}" \
+        --lrs "${LONG_LRS:-3e-3,1e-2}" --mqar-steps "${LONG_STEPS:-6000}" --jobs "${GATE_JOBS:-9}" ;;
     mqar_rank) echo --study mqar_rank --widths "${RANK_WIDTH:-64}" --state-dims "${RANK_STATES:-16,64}" \
         --seeds 3 --mqar-steps "${RANK_STEPS:-3000}" --jobs "${RANK_JOBS:-9}" --cuda-graph ;;
     lm) echo --study lm --archs "${LM_ARCHS:-mossnet,single_head,single_head_moe,llama}" --seeds 2 \
@@ -102,6 +107,12 @@ for study in ${1//,/ }; do
       python3 -m mossnet.studies.mqar_calibration "$STUDIES/mqar_gate" > "$OUT/mqar_gate_verdict.txt"
       verdict=$?
       cat "$OUT/mqar_gate_verdict.txt"
+      if [ "$verdict" != 0 ]; then  # the gate's rule: raise the cap (and the rate) before a rung is read as blocking
+        run_study mqar_gate_long
+        python3 -m mossnet.studies.mqar_calibration "$STUDIES/mqar_gate_long" > "$OUT/mqar_gate_long_verdict.txt"
+        verdict=$?
+        cat "$OUT/mqar_gate_long_verdict.txt"
+      fi
       if [ "$verdict" = 0 ] || [ "${MQAR_FORCE_RANK:-0}" = 1 ]; then
         run_study mqar_rank
       else
@@ -110,7 +121,7 @@ for study in ${1//,/ }; do
     decomposition|lm|lm_mamba2|ablations)
       [ -n "${DATA:-}" ] || { echo "$study needs DATA=<prepared corpus>"; exit 2; }
       run_study "$study" ;;
-    mqar|mqar_gate|mqar_rank) run_study "$study" ;;
+    mqar|mqar_gate|mqar_gate_long|mqar_rank) run_study "$study" ;;
     *) echo "unknown study $study (decomposition, mqar_calibration; earlier: lm, lm_mamba2, ablations, mqar)"
        exit 2 ;;
   esac

@@ -48,7 +48,7 @@ from ..ops.mosse.naive import compute_dtype_for
 from ..ops.mosse.read_out import read_out
 from .expert_segments import ExpertSegments
 from .mosse_decode import MoSSEDecodeStep
-from .mosse_rules import ExpertRows, SequenceFeatures, _cast, fold_scale, step_size
+from .mosse_rules import ExpertRows, SequenceFeatures, _cast, fold_scale, scan_input_dtype, step_size
 from .norm import gated_rms_norm
 from .router import Router, RouterOutput, RouterReport
 from .sequence_layout import SequenceLayout
@@ -397,8 +397,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         initial = segments.scatter_states(ssm_state)
         if initial is not None:
             initial = (initial.to(cdt) * segment_scale[:, None, None])[:, None]  # (S, 1, N, P)
-        # fp16 cannot hold the folded values of slow experts (down to FOLD_FLOOR): scan in fp32.
-        scan_dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
+        scan_dtype = scan_input_dtype(x)
         # (M, ...) -> (S, T, 1, ...): uniform segments, a plain batch; else (1, M, 1, ...) with cu_seqlens.
         batch_of = (segments.cu_seqlens.numel() - 1, segments.max_length) if segments.uniform else (1, x.shape[0])
         one_head = lambda t: t.to(scan_dtype).view(*batch_of, 1, *t.shape[1:])  # noqa: E731

@@ -27,6 +27,25 @@ def step_size(dt_raw: torch.Tensor, dt_bias: torch.Tensor) -> torch.Tensor:
     return F.softplus(dt_raw.squeeze(-1).to(dt_bias.dtype) + dt_bias)
 
 
+def scan_input_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the sequence forward hands x, B and C to the scan in.
+
+    Under bf16 autocast on x's device: bf16. The conv and SiLU before it run in fp32 (their
+    weights are fp32 and gathers are not autocast ops), but the spec's scan contract takes bf16
+    inputs with an fp32 state, and only half inputs reach the GPU kernels' tensor cores (fp32
+    inputs are multiplied in IEEE fp32). fp16 never: the decay folding (``FOLD_FLOOR``) makes
+    values fp16 cannot hold, so fp16 inputs scan in fp32. Otherwise x's own dtype.
+
+    The one-token step keeps x, B, C in fp32 (it is the spec's fp32 reference, within the bf16
+    bound of this forward)."""
+    if x.dtype == torch.float16:
+        return torch.float32
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+        if torch.get_autocast_dtype(x.device.type) == torch.bfloat16:
+            return torch.bfloat16
+    return x.dtype
+
+
 def conv_window_shape(config) -> tuple[int, ...]:
     """One layer's carried conv state for one sequence (the cache's ``conv_states[l]`` without
     the batch dim).

@@ -41,7 +41,7 @@ from torch import nn
 from transformers import initialization as init
 
 from ..execution import DEFAULT_POLICY, ExecutionPolicy, tracing
-from ..ops.conv import gather_rows, segment_causal_conv
+from ..ops.conv import gather_rows, segment_causal_conv, segment_conv_silu
 from ..ops.moe import ExpertDispatch, dispatch_by_expert, grouped_linear
 from ..ops.mosse import mosse_scan
 from ..ops.mosse.naive import compute_dtype_for
@@ -334,12 +334,14 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         z, xBC, dt_raw = self._project_rows(flat, shared.conv_u, rows, expert, policy)
         conv_final = None
         if self.conv_weight is not None:
-            xBC, conv_final = segment_causal_conv(
+            activated, conv_final = segment_conv_silu(
                 xBC, self.conv_weight, self.conv_bias, expert, segments.cu_seqlens, segments.segment,
-                segments.scatter_states(conv_state), return_states, uniform=segments.uniform,
+                segments.scatter_states(conv_state), return_states, uniform=segments.uniform, impl=policy.fused_ops,
             )
+        else:
+            activated = F.silu(xBC)
         shared_bc = None if shared.bc is None else shared.bc.index_select(0, rows.token)
-        x, B, C = self._features(F.silu(xBC), shared_bc)
+        x, B, C = self._features(activated, shared_bc)
         # Step sizes and decays in fp32 (fp64 when the layer runs in fp64, as the identity tests do).
         params = self._expert_rows(expert, compute_dtype_for(flat), uniform=segments.uniform)
         y_folded, scale, ssm_final = self._scan(x, B, C, step_size(dt_raw, params.dt_bias), params, segments,

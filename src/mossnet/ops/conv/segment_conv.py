@@ -269,6 +269,48 @@ def segment_causal_conv(
     return out, final
 
 
+def why_not_fused_conv_silu(x: torch.Tensor, weight: torch.Tensor, initial_window, output_final_window: bool,
+                            segment) -> str | None:
+    """None when the fused conv + SiLU (``conv_silu_triton.py``) computes this call; else why the
+    PyTorch composition does."""
+    from mossnet.ops.fused import why_triton_cannot_run
+
+    reason = why_triton_cannot_run(x)
+    if reason is not None:
+        return reason
+    from .conv_silu_triton import MAX_TAPS
+
+    if initial_window is not None or output_final_window:
+        return "carried conv windows (a prompt continued from, or filling, a cache: inference)"
+    if segment is None:
+        return "the caller gave no per-row segment ids"
+    if x.dtype == torch.float64 or weight.dtype == torch.float64:
+        return "float64 tensors"
+    if weight.shape[-1] > MAX_TAPS:
+        return f"a conv of {weight.shape[-1]} taps (the kernel unrolls at most {MAX_TAPS})"
+    return None
+
+
+def segment_conv_silu(x, weight, bias, group, cu_seqlens, segment=None, initial_window=None,
+                      output_final_window: bool = False, uniform: bool = False, impl: str = "auto"):
+    """``SiLU`` of :func:`segment_causal_conv` (same arguments), and its final windows.
+
+    ``impl`` (the policy's ``fused_ops``): "auto" runs one Triton kernel each way where it can
+    (:func:`why_not_fused_conv_silu`: CUDA, no carried windows) and the PyTorch composition
+    elsewhere; "reference" always the composition; "triton" the kernel or an error.
+    Returns (M, C) in the promoted dtype of x and weight, and the final windows or None."""
+    from mossnet.ops.fused import choose
+
+    if choose("the fused segment conv + SiLU", impl,
+              lambda: why_not_fused_conv_silu(x, weight, initial_window, output_final_window, segment), x.is_cuda):
+        from .conv_silu_triton import conv_silu_triton
+
+        return conv_silu_triton(x, weight, bias, group, cu_seqlens, segment), None
+    out, final = segment_causal_conv(x, weight, bias, group, cu_seqlens, segment, initial_window,
+                                     output_final_window, uniform)
+    return F.silu(out), final
+
+
 def segment_causal_conv_reference(x, weight, bias, group, cu_seqlens, initial_window=None):
     """The obvious version: ``F.conv1d`` on each segment alone (its first row's group), after
     its initial window (zeros without one). Slow, host-synchronising; for tests. Returns out

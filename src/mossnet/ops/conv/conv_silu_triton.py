@@ -1,0 +1,176 @@
+"""The MoSSE's segment conv and the SiLU after it, in Triton: one launch forward, three backward.
+
+    out[i] = SiLU(bias[g] + sum_k weight[g, :, k] * x[i - (K-1) + k]),   g = group[i],
+
+where a row before the start of row i's segment reads as zero (no carried window: training, and
+the first chunk of a prompt). In PyTorch (:func:`~.segment_conv.segment_causal_conv`, then
+``F.silu``) the rows are first copied into a buffer with K-1 zero rows before every segment,
+and each tap is a gather of rows and of per-row weights: about 3K + 4 launches forward, each
+reading and writing (M, C) tensors, and 6K + 5 backward. Here each program reads its rows'
+windows straight from x (the segment start says where zeros begin) and writes the activated
+output; nothing of (M, C) is saved but x.
+
+Backward, from the output gradient:
+1. ``_grad_pre_kernel``: recomputes the conv, gives d_pre = d_out * SiLU'(pre) (stored, (M, C)
+   fp32: every row's dx needs its K-1 successors' d_pre), and the block's share of the bias
+   and weight gradients, summed over its rows per group, then added atomically into (G, C[, K])
+   fp32 buffers. Rows are sorted by group, so a block spans few groups (a loop over them).
+2. ``_grad_x_kernel``: dx[j] = sum_k weight[g_j, :, k] * d_pre[j + K-1-k] over the successors in
+   j's segment.
+
+Reference: the PyTorch composition above; ``tests/ops/test_conv_silu.py`` compares the output
+and every gradient. Summation order of the weight gradient depends on the schedule (atomics),
+as the reference's ``index_add`` does on CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_M = 32
+BLOCK_C = 64
+MAX_TAPS = 8  # K is unrolled in the kernels
+
+
+@triton.jit
+def _conv_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, g, start, C, sx,
+               K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """pre (BLOCK_M, BLOCK_C) fp32: the conv of the tile's rows (zeros before each row's segment)."""
+    mask = row_ok[:, None] & col_ok[None, :]
+    if HAS_BIAS:
+        acc = tl.load(b_ptr + g[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for k in tl.static_range(K):
+        src = rows - (K - 1 - k)
+        ok = row_ok & (src >= start)
+        v = tl.load(x_ptr + src[:, None] * sx + cols[None, :], mask=ok[:, None] & col_ok[None, :],
+                    other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + (g[:, None] * C + cols[None, :]) * K + k, mask=mask, other=0.0).to(tl.float32)
+        acc += v * w
+    return acc
+
+
+@triton.jit
+def _tile_rows(pid_m, pid_c, seg_ptr, cu_ptr, group_ptr, M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < M
+    col_ok = cols < C
+    seg = tl.load(seg_ptr + rows, mask=row_ok, other=0)
+    start = tl.load(cu_ptr + seg, mask=row_ok, other=0)
+    end = tl.load(cu_ptr + seg + 1, mask=row_ok, other=0)
+    g = tl.load(group_ptr + rows, mask=row_ok, other=0)
+    return rows, cols, row_ok, col_ok, start, end, g
+
+
+@triton.jit
+def conv_silu_fwd_kernel(x_ptr, w_ptr, b_ptr, seg_ptr, cu_ptr, group_ptr, out_ptr, M, C, sx,
+                         K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows, cols, row_ok, col_ok, start, _, g = _tile_rows(tl.program_id(0), tl.program_id(1), seg_ptr, cu_ptr,
+                                                         group_ptr, M, C, BLOCK_M, BLOCK_C)
+    pre = _conv_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, g, start, C, sx, K, HAS_BIAS, BLOCK_M,
+                     BLOCK_C)
+    out = pre * tl.sigmoid(pre)
+    tl.store(out_ptr + rows[:, None] * C + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _grad_pre_kernel(x_ptr, w_ptr, b_ptr, seg_ptr, cu_ptr, group_ptr, dout_ptr, dpre_ptr, dw_ptr, db_ptr,
+                     M, C, sx, K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows, cols, row_ok, col_ok, start, _, g = _tile_rows(tl.program_id(0), tl.program_id(1), seg_ptr, cu_ptr,
+                                                         group_ptr, M, C, BLOCK_M, BLOCK_C)
+    mask = row_ok[:, None] & col_ok[None, :]
+    pre = _conv_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, g, start, C, sx, K, HAS_BIAS, BLOCK_M,
+                     BLOCK_C)
+    sig = tl.sigmoid(pre)
+    dout = tl.load(dout_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dpre = dout * sig * (1.0 + pre * (1.0 - sig))
+    dpre = tl.where(mask, dpre, 0.0)
+    tl.store(dpre_ptr + rows[:, None] * C + cols[None, :], dpre, mask=mask)
+    # The block's rows are sorted by group: sum them per group present, one atomic add per group.
+    g_lo = tl.min(tl.where(row_ok, g, 2147483647), axis=0)
+    g_hi = tl.max(tl.where(row_ok, g, -1), axis=0)
+    for gg in range(g_lo, g_hi + 1):
+        mine = (g == gg) & row_ok
+        d_mine = tl.where(mine[:, None], dpre, 0.0)
+        if HAS_BIAS:
+            tl.atomic_add(db_ptr + gg * C + cols, tl.sum(d_mine, axis=0), mask=col_ok)
+        for k in tl.static_range(K):
+            src = rows - (K - 1 - k)
+            ok = mine & (src >= start)
+            v = tl.load(x_ptr + src[:, None] * sx + cols[None, :], mask=ok[:, None] & col_ok[None, :],
+                        other=0.0).to(tl.float32)
+            tl.atomic_add(dw_ptr + (gg * C + cols) * K + k, tl.sum(d_mine * v, axis=0), mask=col_ok)
+
+
+@triton.jit
+def _grad_x_kernel(w_ptr, seg_ptr, cu_ptr, group_ptr, dpre_ptr, dx_ptr, M, C,
+                   K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows, cols, row_ok, col_ok, _, end, g = _tile_rows(tl.program_id(0), tl.program_id(1), seg_ptr, cu_ptr,
+                                                       group_ptr, M, C, BLOCK_M, BLOCK_C)
+    mask = row_ok[:, None] & col_ok[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for k in tl.static_range(K):
+        dst = rows + (K - 1 - k)  # the output row that reads this row through tap k
+        ok = row_ok & (dst < end)
+        d = tl.load(dpre_ptr + dst[:, None] * C + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + (g[:, None] * C + cols[None, :]) * K + k, mask=mask, other=0.0).to(tl.float32)
+        acc += d * w
+    tl.store(dx_ptr + rows[:, None] * C + cols[None, :], acc, mask=mask)
+
+
+def _grid(M: int, C: int):
+    return (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
+
+
+class ConvSiLUTriton(torch.autograd.Function):
+    """out = SiLU(segment conv of x); see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, group, cu_seqlens, segment):
+        M, C = x.shape
+        K = weight.shape[-1]
+        x = x if x.stride(1) == 1 else x.contiguous()
+        w = weight.contiguous()
+        b = bias.contiguous() if bias is not None else w
+        cu = cu_seqlens.to(torch.int64).contiguous()
+        seg, grp = segment.contiguous(), group.contiguous()
+        out = torch.empty(M, C, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+        if M:
+            conv_silu_fwd_kernel[_grid(M, C)](x, w, b, seg, cu, grp, out, M, C, x.stride(0), K=K,
+                                              HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C)
+        ctx.save_for_backward(x, w, b, seg, cu, grp)
+        ctx.has_bias = bias is not None
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        x, w, b, seg, cu, grp = ctx.saved_tensors
+        M, C = x.shape
+        G, _, K = w.shape
+        dout = dout.contiguous()
+        dpre = torch.empty(M, C, dtype=torch.float32, device=x.device)
+        dw = torch.zeros(G, C, K, dtype=torch.float32, device=x.device)
+        db = torch.zeros(G, C, dtype=torch.float32, device=x.device)
+        dx = torch.empty(M, C, dtype=torch.float32, device=x.device)
+        if M:
+            _grad_pre_kernel[_grid(M, C)](x, w, b, seg, cu, grp, dout, dpre, dw, db, M, C, x.stride(0), K=K,
+                                          HAS_BIAS=ctx.has_bias, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C)
+            _grad_x_kernel[_grid(M, C)](w, seg, cu, grp, dpre, dx, M, C, K=K, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C)
+        x_dtype, w_dtype = ctx.dtypes
+        return dx.to(x_dtype), dw.to(w_dtype), (db.to(w_dtype) if ctx.has_bias else None), None, None, None
+
+
+def conv_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: torch.Tensor,
+                     cu_seqlens: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """SiLU of :func:`~.segment_conv.segment_causal_conv` without carried windows, fused.
+
+    x: (M, C) rows with unit column stride; weight (G, C, K), K <= MAX_TAPS; bias (G, C) or None;
+    group, segment: (M,) int64; cu_seqlens: (S+1,). Returns (M, C) in the promoted dtype."""
+    return ConvSiLUTriton.apply(x, weight, bias, group, cu_seqlens, segment)

@@ -13,11 +13,11 @@
 # mqar_calibration: the attention gate (mqar_gate: Zoology's attention and the ladder toward our
 #   Llama, d=64, lr 3e-4,1e-3,3e-3, <= 4,000 steps of 256 on Zoology's mixture, stops at 0.99 on
 #   128x8; GATE_STEPS raises the cap: Zoology trains ~45,000); if Zoology's attention fails there,
-#   mqar_gate_long (the four MLP-free rungs at lr 3e-3 and 1e-2, <= 6,000 steps: LONG_RUNGS, LONG_LRS,
-#   LONG_STEPS; Zoology's own sweep reaches 1e-2); then, only if Zoology's attention passes
-#   (MQAR_FORCE_RANK=1 overrides), the ranking
+#   mqar_gate_long (Zoology's rung and RMSNorm at lr 1e-2, the top of Zoology's own sweep, <= 4,000
+#   steps: LONG_RUNGS, LONG_LRS, LONG_STEPS; both passed on 2026-12-06); then, only if Zoology's
+#   attention passes (MQAR_FORCE_RANK=1 overrides), the ranking
 #   (mqar_rank: single head, dense 2 heads, MossNet without MLP at 2 matched state sizes, lr
-#   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 3,000 steps of 256).
+#   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 6,000 steps of 256).
 # A fresh machine (a later session) picks up where an earlier one stopped: RESTORE=<dir> unpacks
 # <dir>/<study>.tgz (what an earlier call brought back) before the study runs, so its recorded runs
 # are skipped; an LM run cut short starts over (its checkpoints never come back).
@@ -56,10 +56,10 @@ args_of() {  # the `mossnet compare` arguments of one study
         --jobs "${DEC_JOBS:-10}" --cuda-graph --model "${MODEL[@]}" ;;
     mqar_gate) echo --study mqar_gate --widths 64 --seeds "${GATE_SEEDS:-1}" --mqar-steps "${GATE_STEPS:-4000}" \
         --jobs "${GATE_JOBS:-9}" ;;
-    mqar_gate_long) echo --study mqar_gate --widths 64 --seeds 1 --archs "${LONG_RUNGS:-zoology,no_dropout,rope,rmsnorm}" \
-        --lrs "${LONG_LRS:-3e-3,1e-2}" --mqar-steps "${LONG_STEPS:-6000}" --jobs "${GATE_JOBS:-9}" ;;
+    mqar_gate_long) echo --study mqar_gate --widths 64 --seeds 1 --archs "${LONG_RUNGS:-zoology,rmsnorm}" \
+        --lrs "${LONG_LRS:-1e-2}" --mqar-steps "${LONG_STEPS:-4000}" --jobs "${GATE_JOBS:-9}" ;;
     mqar_rank) echo --study mqar_rank --widths "${RANK_WIDTH:-64}" --state-dims "${RANK_STATES:-16,64}" \
-        --seeds 3 --mqar-steps "${RANK_STEPS:-3000}" --jobs "${RANK_JOBS:-9}" --cuda-graph ;;
+        --seeds 3 --mqar-steps "${RANK_STEPS:-6000}" --jobs "${RANK_JOBS:-9}" --cuda-graph ;;
     lm) echo --study lm --archs "${LM_ARCHS:-mossnet,single_head,single_head_moe,llama}" --seeds 2 \
         --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 --jobs "${LM_JOBS:-4}" --cuda-graph "${LM[@]}" ;;
     lm_mamba2) echo --study lm --archs mamba2 --seeds 2 --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 \

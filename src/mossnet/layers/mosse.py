@@ -331,7 +331,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             (per-expert conv windows or None, ssm_state) if ``return_states`` else None.
         """
         expert = rows.expert.clamp(max=self.n_experts - 1)  # padding rows borrow expert E-1's parameters
-        z, xBC, dt_raw = self._project_rows(flat, shared.conv_u, rows, expert, policy)
+        z, xBC, dt_raw = self._project_rows(flat, shared.conv_u, rows, expert, policy, segments.uniform)
         conv_final = None
         if self.conv_weight is not None:
             activated, conv_final = segment_conv_silu(
@@ -352,29 +352,34 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             return normed, None
         return normed, (segments.gather_states(conv_final), segments.gather_states(ssm_final))
 
-    def _project_rows(self, flat, conv_u, rows: ExpertDispatch, expert: torch.Tensor, policy: ExecutionPolicy):
+    def _project_rows(self, flat, conv_u, rows: ExpertDispatch, expert: torch.Tensor, policy: ExecutionPolicy,
+                      in_order: bool):
         """z (M, P), the conv features xBC (M, C) and dt_raw (M, 1) of the rows: all projected
         from u, or, with the shared conv (``conv_u`` (n, d_model) given), xBC from conv(u)."""
         if conv_u is None:
-            return self._split(self._project(flat, self.in_proj, rows, expert, policy))
+            return self._split(self._project(flat, self.in_proj, rows, expert, policy, in_order))
         P, w = self.head_dim, self.in_proj
-        z_dt = self._project(flat, torch.cat([w[:, :P], w[:, -1:]], dim=1), rows, expert, policy)
-        xBC = self._project(conv_u, w[:, P:-1].contiguous(), rows, expert, policy)
+        z_dt = self._project(flat, torch.cat([w[:, :P], w[:, -1:]], dim=1), rows, expert, policy, in_order)
+        xBC = self._project(conv_u, w[:, P:-1].contiguous(), rows, expert, policy, in_order)
         z, dt_raw = z_dt.split([P, 1], dim=-1)
         return z, xBC, dt_raw
 
     def _project(self, flat: torch.Tensor, weight: torch.Tensor, rows: ExpertDispatch, expert: torch.Tensor,
-                 policy: ExecutionPolicy):
+                 policy: ExecutionPolicy, in_order: bool):
         """(M, F') projections of the rows by ``weight`` (E, F', d_model). When the rows hold
         every (token, expert) pair (``"all"``, or k = E) one dense matmul over all experts does
         the same FLOPs as the grouped one and its rows are picked afterwards: the (M, F')
         outputs are gathered instead of the wider (M, d_model) inputs, and the backward adds
-        no two rows into one address."""
+        no two rows into one address. ``in_order`` (uniform segments): the rows are E blocks of
+        all n tokens in order, so the pick is a transpose, a copy each way instead of a gather
+        and a scatter-add."""
         E = self.n_experts
         w_in = _cast(weight, flat)
         if not self._rows_hold_every_pair:
             return grouped_linear(flat.index_select(0, rows.token), w_in, rows.offsets, impl=policy.expert_matmul)
         every = torch.matmul(flat, w_in.reshape(-1, w_in.shape[-1]).T)  # (n, E*F)
+        if in_order:
+            return every.view(flat.shape[0], E, -1).transpose(0, 1).reshape(-1, w_in.shape[1])
         return every.view(-1, w_in.shape[1]).index_select(0, rows.token * E + expert)
 
     def _scan(self, x, B, C, dt, params: ExpertRows, segments: ExpertSegments, ssm_state, return_states,

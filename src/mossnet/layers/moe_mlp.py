@@ -92,9 +92,10 @@ class MoEMLP(nn.Module):
             return self.forward(u, policy=policy)[0]
         routing = self.router(u, policy=policy)
         idx = routing.top_idx  # (n, k)
-        hidden = gathered_linear(u[:, None, :].expand(-1, idx.shape[1], -1), self.gate_up, idx)
+        fused = policy.fused_ops
+        hidden = gathered_linear(u[:, None, :].expand(-1, idx.shape[1], -1), self.gate_up, idx, fused)
         gate, up = hidden.chunk(2, dim=-1)
-        rows = gathered_linear(F.silu(gate) * up, self.down, idx)  # (n, k, D)
+        rows = gathered_linear(F.silu(gate) * up, self.down, idx, fused)  # (n, k, D)
         out = (rows * routing.top_gates[..., None].to(rows.dtype)).sum(1)
         if self.shared is not None:
             out = out + self.shared(u)

@@ -48,7 +48,7 @@ class MoSSEDecodeStep:
         chosen = idx.shape[1]
         expert_window, sequence_window = self._split_windows(conv_state)
         shared = self._decode_sequence_features(u, sequence_window)
-        z, xBC, dt_raw = self._decode_project(u, shared.conv_u, idx)
+        z, xBC, dt_raw = self._decode_project(u, shared.conv_u, idx, policy.fused_ops)
         if choose("the fused MoSSE decode step", policy.fused_ops,
                   lambda: self._why_no_fused_step(u, conv_state, ssm_state), u.is_cuda):
             from ..ops.mosse.triton.decode_step import decode_step_triton
@@ -56,7 +56,7 @@ class MoSSEDecodeStep:
             yhat = decode_step_triton(xBC, z, dt_raw, idx, gates, expert_window, ssm_state, self.conv_weight,
                                       self.conv_bias, self.dt_bias, self.A_log, self.D, self.norm_weight, self.z_bias,
                                       self.eps)
-            return gathered_linear(yhat.to(self.out_proj.dtype), self.out_proj, idx).sum(1)
+            return gathered_linear(yhat.to(self.out_proj.dtype), self.out_proj, idx, policy.fused_ops).sum(1)
         params = self._expert_rows(idx.reshape(-1), compute_dtype_for(u)).unflatten(batch, chosen)
         if self.conv_weight is not None:
             xBC = self._decode_expert_conv(xBC, expert_window, idx)
@@ -69,7 +69,7 @@ class MoSSEDecodeStep:
         ssm_state.scatter_(1, idx[:, :, None, None].expand(-1, -1, N, P), new_state.to(ssm_state.dtype))
 
         yhat = self._read_out(y, z, params) * gates[..., None]
-        return gathered_linear(yhat.to(self.out_proj.dtype), self.out_proj, idx).sum(1)  # (batch, d_model)
+        return gathered_linear(yhat.to(self.out_proj.dtype), self.out_proj, idx, policy.fused_ops).sum(1)
 
     def _why_no_fused_step(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> str | None:
         """None when the fused step (``ops/mosse/triton/decode_step.py``) computes this step;
@@ -87,17 +87,18 @@ class MoSSEDecodeStep:
             return f"P or N over 256 (P={self.head_dim}, N={self.state_dim})"
         return None
 
-    def _decode_project(self, u: torch.Tensor, conv_u: torch.Tensor | None, idx: torch.Tensor):
+    def _decode_project(self, u: torch.Tensor, conv_u: torch.Tensor | None, idx: torch.Tensor, fused: str):
         """z (batch, k, P), xBC (batch, k, C), dt_raw (batch, k, 1) of the chosen experts
         ``idx`` (batch, k); xBC from ``conv_u`` (batch, d_model) with the shared conv. Only the
-        chosen experts' projections are read (no copy of their weights on the CPU)."""
+        chosen experts' projections are read (in place: on the CPU, and on CUDA with ``fused``,
+        the policy's fused_ops)."""
         chosen = idx.shape[1]
         rows = lambda t: t.to(self.in_proj.dtype)[:, None, :].expand(-1, chosen, -1)  # noqa: E731
         if conv_u is None:
-            return self._split(gathered_linear(rows(u), self.in_proj, idx))
+            return self._split(gathered_linear(rows(u), self.in_proj, idx, fused))
         P, w = self.head_dim, self.in_proj
-        z, dt_raw = gathered_linear(rows(u), torch.cat([w[:, :P], w[:, -1:]], dim=1), idx).split([P, 1], dim=-1)
-        return z, gathered_linear(rows(conv_u), w[:, P:-1], idx), dt_raw
+        z, dt_raw = gathered_linear(rows(u), torch.cat([w[:, :P], w[:, -1:]], dim=1), idx, fused).split([P, 1], dim=-1)
+        return z, gathered_linear(rows(conv_u), w[:, P:-1], idx, fused), dt_raw
 
     def _decode_expert_conv(self, xBC: torch.Tensor, window: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The per-expert conv of one token: xBC (batch, k, C) of the chosen experts ``idx``

@@ -38,11 +38,14 @@ def why_triton_cannot_run(t: torch.Tensor) -> str | None:
     missing = _triton_missing()
     if missing is not None:
         return missing
-    from mossnet.ops.mosse.triton.function import interpreting
+    from mossnet.ops.mosse.triton.function import _interpreter_fault, interpreting
 
-    if t.device.type != "cuda" and not (interpreting() and t.device.type == "cpu"):
+    if t.device.type == "cuda":
+        return None
+    if not (interpreting() and t.device.type == "cpu"):
         return f"tensors are on {t.device.type}, not CUDA"
-    return None
+    fault = _interpreter_fault()  # loops with run-time bounds, which some kernels have
+    return None if fault is None else f"Triton's CPU interpreter cannot run the kernels here ({fault})"
 
 
 @functools.cache

@@ -1,6 +1,7 @@
 """The fused segment conv + SiLU (Triton) against its PyTorch composition (segment conv, then
 ``F.silu``): output and every gradient, odd row counts and widths, empty and short segments,
-segments and groups crossing the kernel's row blocks, no bias, bf16 rows with fp32 taps.
+segments and groups crossing the kernel's row blocks, no bias, bf16 rows with fp32 taps, carried
+windows in and out.
 
 The kernels run on CUDA, or on the CPU under Triton's interpreter:
 
@@ -130,15 +131,41 @@ def test_auto_without_kernels_is_the_composition():
 
 
 @needs_kernels
-def test_carried_windows_take_the_composition():
-    """Inference with a cache carries windows in and out: "auto" runs the composition and returns
-    the final windows; "triton" refuses with the reason."""
+@pytest.mark.parametrize("lengths", [[9, 0, 4, 1, 2, 40], [3], [0, 2]])
+def test_carried_windows_in_and_out(lengths):
+    """A prompt continued from a cache: each segment starts from its window, and the final
+    windows (a short or empty segment passes its window's tail on) equal the composition's;
+    x and the taps still get their gradients."""
+    K = 4
+    inputs, group, cu, seg = make_rows(lengths, 70, 3, K, device=DEVICE)
+    g = torch.Generator().manual_seed(7)
+    window = torch.randn(len(lengths), K - 1, 70, generator=g).to(DEVICE)
+
+    def composed(**a):
+        out, final = segment_causal_conv_reference(a["x"], a["weight"], a["bias"], group, cu, window)
+        composed.final = final
+        return F.silu(out)
+
+    def fused(**a):
+        out, final = segment_conv_silu(**a, group=group, cu_seqlens=cu, segment=seg, initial_window=window,
+                                       output_final_window=True, impl="triton")
+        fused.final = final
+        return out
+
+    ref, ref_grads = outputs_and_grads(composed, inputs)
+    got, got_grads = outputs_and_grads(fused, inputs)
+    assert_close(got, ref, 1e-5)
+    torch.testing.assert_close(fused.final, composed.final.to(fused.final.dtype))
+    for name in ref_grads:
+        assert_close(got_grads[name], ref_grads[name], 1e-5)
+
+
+@needs_kernels
+def test_a_window_that_needs_a_gradient_takes_the_composition():
     inputs, group, cu, seg = make_rows([9, 0, 4], 6, 2, 4, device=DEVICE)
-    window = torch.randn(3, 3, 6, device=DEVICE)
-    got, final = segment_conv_silu(**inputs, group=group, cu_seqlens=cu, segment=seg, initial_window=window,
-                                   output_final_window=True, impl="auto")
-    ref, ref_final = segment_causal_conv_reference(inputs["x"], inputs["weight"], inputs["bias"], group, cu, window)
-    torch.testing.assert_close(got, F.silu(ref))
-    torch.testing.assert_close(final, ref_final)
+    window = torch.randn(3, 3, 6, device=DEVICE, requires_grad=True)
+    out, _ = segment_conv_silu(**inputs, group=group, cu_seqlens=cu, segment=seg, initial_window=window, impl="auto")
+    out.sum().backward()
+    assert window.grad is not None and window.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="carried conv windows"):
         segment_conv_silu(**inputs, group=group, cu_seqlens=cu, segment=seg, initial_window=window, impl="triton")

@@ -2,8 +2,8 @@
 
     out[i] = SiLU(bias[g] + sum_k weight[g, :, k] * x[i - (K-1) + k]),   g = group[i],
 
-where a row before the start of row i's segment reads as zero (no carried window: training, and
-the first chunk of a prompt). In PyTorch (:func:`~.segment_conv.segment_causal_conv`, then
+where a row before the start of row i's segment reads the segment's carried window (zeros without
+one: training, and the first chunk of a prompt). In PyTorch (:func:`~.segment_conv.segment_causal_conv`, then
 ``F.silu``) the rows are first copied into a buffer with K-1 zero rows before every segment,
 and each tap is a gather of rows and of per-row weights: about 3K + 4 launches forward, each
 reading and writing (M, C) tensors, and 6K + 5 backward. Here each program reads its rows'
@@ -11,6 +11,8 @@ windows straight from x (the segment start says where zeros begin) and writes th
 output; nothing of (M, C) is saved but x.
 
 Backward, from the output gradient:
+No gradient flows into carried windows (the dispatcher sends that case to the reference).
+
 1. ``_grad_pre_kernel``: recomputes the conv, gives d_pre = d_out * SiLU'(pre) (stored, (M, C)
    fp32: every row's dx needs its K-1 successors' d_pre), and the block's share of the bias
    and weight gradients, summed over its rows per group, then added atomically into (G, C[, K])
@@ -35,19 +37,34 @@ MAX_TAPS = 8  # K is unrolled in the kernels
 
 
 @triton.jit
-def _conv_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, g, start, C, sx,
-               K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """pre (BLOCK_M, BLOCK_C) fp32: the conv of the tile's rows (zeros before each row's segment)."""
+def _tap(x_ptr, win_ptr, rows, cols, row_ok, col_ok, seg, start, C, sx, k, K: tl.constexpr,
+         HAS_WINDOW: tl.constexpr):
+    """(BLOCK_M, BLOCK_C) fp32: what tap k of each row reads, x[row - (K-1-k)] inside the row's
+    segment and, before its start, the segment's carried window (zeros without one)."""
+    src = rows - (K - 1 - k)
+    inside = row_ok & (src >= start)
+    v = tl.load(x_ptr + src[:, None] * sx + cols[None, :], mask=inside[:, None] & col_ok[None, :],
+                other=0.0).to(tl.float32)
+    if HAS_WINDOW:  # window row (position in segment) + k: the concatenation window || segment
+        before = row_ok & (src < start)
+        w_row = rows - start + k
+        v += tl.load(win_ptr + (seg[:, None] * (K - 1) + w_row[:, None]) * C + cols[None, :],
+                     mask=before[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _conv_tile(x_ptr, win_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, g, seg, start, C, sx,
+               K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_C: tl.constexpr):
+    """pre (BLOCK_M, BLOCK_C) fp32: the conv of the tile's rows."""
     mask = row_ok[:, None] & col_ok[None, :]
     if HAS_BIAS:
         acc = tl.load(b_ptr + g[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     for k in tl.static_range(K):
-        src = rows - (K - 1 - k)
-        ok = row_ok & (src >= start)
-        v = tl.load(x_ptr + src[:, None] * sx + cols[None, :], mask=ok[:, None] & col_ok[None, :],
-                    other=0.0).to(tl.float32)
+        v = _tap(x_ptr, win_ptr, rows, cols, row_ok, col_ok, seg, start, C, sx, k, K, HAS_WINDOW)
         w = tl.load(w_ptr + (g[:, None] * C + cols[None, :]) * K + k, mask=mask, other=0.0).to(tl.float32)
         acc += v * w
     return acc
@@ -63,29 +80,30 @@ def _tile_rows(pid_m, pid_c, seg_ptr, cu_ptr, group_ptr, M, C, BLOCK_M: tl.const
     start = tl.load(cu_ptr + seg, mask=row_ok, other=0)
     end = tl.load(cu_ptr + seg + 1, mask=row_ok, other=0)
     g = tl.load(group_ptr + rows, mask=row_ok, other=0)
-    return rows, cols, row_ok, col_ok, start, end, g
+    return rows, cols, row_ok, col_ok, seg, start, end, g
 
 
 @triton.jit
-def conv_silu_fwd_kernel(x_ptr, w_ptr, b_ptr, seg_ptr, cu_ptr, group_ptr, out_ptr, M, C, sx,
-                         K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows, cols, row_ok, col_ok, start, _, g = _tile_rows(tl.program_id(0), tl.program_id(1), seg_ptr, cu_ptr,
-                                                         group_ptr, M, C, BLOCK_M, BLOCK_C)
-    pre = _conv_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, g, start, C, sx, K, HAS_BIAS, BLOCK_M,
-                     BLOCK_C)
+def conv_silu_fwd_kernel(x_ptr, win_ptr, w_ptr, b_ptr, seg_ptr, cu_ptr, group_ptr, out_ptr, M, C, sx,
+                         K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows, cols, row_ok, col_ok, seg, start, _, g = _tile_rows(tl.program_id(0), tl.program_id(1), seg_ptr,
+                                                              cu_ptr, group_ptr, M, C, BLOCK_M, BLOCK_C)
+    pre = _conv_tile(x_ptr, win_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, g, seg, start, C, sx, K, HAS_BIAS,
+                     HAS_WINDOW, BLOCK_M, BLOCK_C)
     out = pre * tl.sigmoid(pre)
     tl.store(out_ptr + rows[:, None] * C + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
-def _grad_pre_kernel(x_ptr, w_ptr, b_ptr, seg_ptr, cu_ptr, group_ptr, dout_ptr, dpre_ptr, dw_ptr, db_ptr,
-                     M, C, sx, K: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _grad_pre_kernel(x_ptr, win_ptr, w_ptr, b_ptr, seg_ptr, cu_ptr, group_ptr, dout_ptr, dpre_ptr, dw_ptr, db_ptr,
+                     M, C, sx, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows, cols, row_ok, col_ok, start, _, g = _tile_rows(tl.program_id(0), tl.program_id(1), seg_ptr, cu_ptr,
-                                                         group_ptr, M, C, BLOCK_M, BLOCK_C)
+    rows, cols, row_ok, col_ok, seg, start, _, g = _tile_rows(tl.program_id(0), tl.program_id(1), seg_ptr,
+                                                              cu_ptr, group_ptr, M, C, BLOCK_M, BLOCK_C)
     mask = row_ok[:, None] & col_ok[None, :]
-    pre = _conv_tile(x_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, g, start, C, sx, K, HAS_BIAS, BLOCK_M,
-                     BLOCK_C)
+    pre = _conv_tile(x_ptr, win_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, g, seg, start, C, sx, K, HAS_BIAS,
+                     HAS_WINDOW, BLOCK_M, BLOCK_C)
     sig = tl.sigmoid(pre)
     dout = tl.load(dout_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     dpre = dout * sig * (1.0 + pre * (1.0 - sig))
@@ -100,18 +118,15 @@ def _grad_pre_kernel(x_ptr, w_ptr, b_ptr, seg_ptr, cu_ptr, group_ptr, dout_ptr, 
         if HAS_BIAS:
             tl.atomic_add(db_ptr + gg * C + cols, tl.sum(d_mine, axis=0), mask=col_ok)
         for k in tl.static_range(K):
-            src = rows - (K - 1 - k)
-            ok = mine & (src >= start)
-            v = tl.load(x_ptr + src[:, None] * sx + cols[None, :], mask=ok[:, None] & col_ok[None, :],
-                        other=0.0).to(tl.float32)
+            v = _tap(x_ptr, win_ptr, rows, cols, mine, col_ok, seg, start, C, sx, k, K, HAS_WINDOW)
             tl.atomic_add(dw_ptr + (gg * C + cols) * K + k, tl.sum(d_mine * v, axis=0), mask=col_ok)
 
 
 @triton.jit
 def _grad_x_kernel(w_ptr, seg_ptr, cu_ptr, group_ptr, dpre_ptr, dx_ptr, M, C,
                    K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows, cols, row_ok, col_ok, _, end, g = _tile_rows(tl.program_id(0), tl.program_id(1), seg_ptr, cu_ptr,
-                                                       group_ptr, M, C, BLOCK_M, BLOCK_C)
+    rows, cols, row_ok, col_ok, _, _, end, g = _tile_rows(tl.program_id(0), tl.program_id(1), seg_ptr, cu_ptr,
+                                                          group_ptr, M, C, BLOCK_M, BLOCK_C)
     mask = row_ok[:, None] & col_ok[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     for k in tl.static_range(K):
@@ -128,30 +143,31 @@ def _grid(M: int, C: int):
 
 
 class ConvSiLUTriton(torch.autograd.Function):
-    """out = SiLU(segment conv of x); see the module docstring."""
+    """out = SiLU(segment conv of x); see the module docstring. The carried windows get no gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, group, cu_seqlens, segment):
+    def forward(ctx, x, weight, bias, group, cu_seqlens, segment, window):
         M, C = x.shape
         K = weight.shape[-1]
         x = x if x.stride(1) == 1 else x.contiguous()
         w = weight.contiguous()
         b = bias.contiguous() if bias is not None else w
+        win = window.to(x.dtype).contiguous() if window is not None else x
         cu = cu_seqlens.to(torch.int64).contiguous()
         seg, grp = segment.contiguous(), group.contiguous()
         out = torch.empty(M, C, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+        flags = dict(K=K, HAS_BIAS=bias is not None, HAS_WINDOW=window is not None, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C)
         if M:
-            conv_silu_fwd_kernel[_grid(M, C)](x, w, b, seg, cu, grp, out, M, C, x.stride(0), K=K,
-                                              HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C)
-        ctx.save_for_backward(x, w, b, seg, cu, grp)
-        ctx.has_bias = bias is not None
+            conv_silu_fwd_kernel[_grid(M, C)](x, win, w, b, seg, cu, grp, out, M, C, x.stride(0), **flags)
+        ctx.save_for_backward(x, win, w, b, seg, cu, grp)
+        ctx.flags = flags
         ctx.dtypes = (x.dtype, weight.dtype)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        x, w, b, seg, cu, grp = ctx.saved_tensors
+        x, win, w, b, seg, cu, grp = ctx.saved_tensors
         M, C = x.shape
         G, _, K = w.shape
         dout = dout.contiguous()
@@ -160,17 +176,41 @@ class ConvSiLUTriton(torch.autograd.Function):
         db = torch.zeros(G, C, dtype=torch.float32, device=x.device)
         dx = torch.empty(M, C, dtype=torch.float32, device=x.device)
         if M:
-            _grad_pre_kernel[_grid(M, C)](x, w, b, seg, cu, grp, dout, dpre, dw, db, M, C, x.stride(0), K=K,
-                                          HAS_BIAS=ctx.has_bias, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C)
+            _grad_pre_kernel[_grid(M, C)](x, win, w, b, seg, cu, grp, dout, dpre, dw, db, M, C, x.stride(0),
+                                          **ctx.flags)
             _grad_x_kernel[_grid(M, C)](w, seg, cu, grp, dpre, dx, M, C, K=K, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C)
         x_dtype, w_dtype = ctx.dtypes
-        return dx.to(x_dtype), dw.to(w_dtype), (db.to(w_dtype) if ctx.has_bias else None), None, None, None
+        db = db.to(w_dtype) if ctx.flags["HAS_BIAS"] else None
+        return dx.to(x_dtype), dw.to(w_dtype), db, None, None, None, None
+
+
+def final_windows(x: torch.Tensor, cu_seqlens: torch.Tensor, window: torch.Tensor | None, K: int) -> torch.Tensor:
+    """(S, K-1, C) each segment's last K-1 inputs of ``window || segment`` (a short or empty
+    segment passes the tail of its window on), in x's dtype. x (M, C); window (S, K-1, C) or None."""
+    cu = cu_seqlens.to(torch.long)
+    S, C = cu.numel() - 1, x.shape[1]
+    length = (cu[1:] - cu[:-1])[:, None]  # (S, 1)
+    j = torch.arange(K - 1, device=x.device)[None, :]
+    at = length + j  # index into window || segment
+    from_rows = at >= K - 1
+    rows = x.index_select(0, (cu[:-1, None] + at - (K - 1)).clamp(0, max(x.shape[0] - 1, 0)).reshape(-1)) \
+        if x.shape[0] else x.new_zeros(S * (K - 1), C)
+    rows = rows.view(S, K - 1, C)
+    if window is None:
+        return torch.where(from_rows[..., None], rows, torch.zeros((), dtype=x.dtype, device=x.device))
+    carried = window.to(x.dtype).gather(1, at.clamp(max=K - 2)[..., None].expand(-1, -1, C))
+    return torch.where(from_rows[..., None], rows, carried)
 
 
 def conv_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: torch.Tensor,
-                     cu_seqlens: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
-    """SiLU of :func:`~.segment_conv.segment_causal_conv` without carried windows, fused.
+                     cu_seqlens: torch.Tensor, segment: torch.Tensor, initial_window: torch.Tensor | None = None,
+                     output_final_window: bool = False):
+    """SiLU of :func:`~.segment_conv.segment_causal_conv`, fused, and the final windows.
 
     x: (M, C) rows with unit column stride; weight (G, C, K), K <= MAX_TAPS; bias (G, C) or None;
-    group, segment: (M,) int64; cu_seqlens: (S+1,). Returns (M, C) in the promoted dtype."""
-    return ConvSiLUTriton.apply(x, weight, bias, group, cu_seqlens, segment)
+    group, segment: (M,) int64; cu_seqlens: (S+1,); initial_window (S, K-1, C) or None (no
+    gradient flows into it). Returns (M, C) in the promoted dtype, and the final windows (S, K-1,
+    C) in x's dtype or None."""
+    out = ConvSiLUTriton.apply(x, weight, bias, group, cu_seqlens, segment, initial_window)
+    final = final_windows(x, cu_seqlens, initial_window, weight.shape[-1]) if output_final_window else None
+    return out, final

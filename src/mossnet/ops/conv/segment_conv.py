@@ -280,14 +280,14 @@ def why_not_fused_conv_silu(x: torch.Tensor, weight: torch.Tensor, initial_windo
         return reason
     from .conv_silu_triton import MAX_TAPS
 
-    if initial_window is not None or output_final_window:
-        return "carried conv windows (a prompt continued from, or filling, a cache: inference)"
+    if initial_window is not None and initial_window.requires_grad and torch.is_grad_enabled():
+        return "gradients into the carried conv windows (the kernel gives them none)"
     if segment is None:
         return "the caller gave no per-row segment ids"
     if x.dtype == torch.float64 or weight.dtype == torch.float64:
         return "float64 tensors"
-    if weight.shape[-1] > MAX_TAPS:
-        return f"a conv of {weight.shape[-1]} taps (the kernel unrolls at most {MAX_TAPS})"
+    if not 2 <= weight.shape[-1] <= MAX_TAPS:
+        return f"a conv of {weight.shape[-1]} taps (the kernel takes 2 to {MAX_TAPS})"
     return None
 
 
@@ -296,8 +296,8 @@ def segment_conv_silu(x, weight, bias, group, cu_seqlens, segment=None, initial_
     """``SiLU`` of :func:`segment_causal_conv` (same arguments), and its final windows.
 
     ``impl`` (the policy's ``fused_ops``): "auto" runs one Triton kernel each way where it can
-    (:func:`why_not_fused_conv_silu`: CUDA, no carried windows) and the PyTorch composition
-    elsewhere; "reference" always the composition; "triton" the kernel or an error.
+    (:func:`why_not_fused_conv_silu`: CUDA, no gradient into carried windows) and the PyTorch
+    composition elsewhere; "reference" always the composition; "triton" the kernel or an error.
     Returns (M, C) in the promoted dtype of x and weight, and the final windows or None."""
     from mossnet.ops.fused import choose
 
@@ -305,7 +305,7 @@ def segment_conv_silu(x, weight, bias, group, cu_seqlens, segment=None, initial_
               lambda: why_not_fused_conv_silu(x, weight, initial_window, output_final_window, segment), x.is_cuda):
         from .conv_silu_triton import conv_silu_triton
 
-        return conv_silu_triton(x, weight, bias, group, cu_seqlens, segment), None
+        return conv_silu_triton(x, weight, bias, group, cu_seqlens, segment, initial_window, output_final_window)
     out, final = segment_causal_conv(x, weight, bias, group, cu_seqlens, segment, initial_window,
                                      output_final_window, uniform)
     return F.silu(out), final

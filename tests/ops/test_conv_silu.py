@@ -13,26 +13,15 @@ The dispatcher's refusals and fallbacks are tested everywhere.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from kernel_device import DEVICE, needs_kernels
 from mossnet.errors import ConfigError
 from mossnet.ops.conv import segment_causal_conv_reference, segment_conv_silu
 from mossnet.ops.segments import segment_ids
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-try:
-    import triton  # noqa: F401
-
-    HAVE_TRITON = True
-except ImportError:
-    HAVE_TRITON = False
-DEVICE = ("cuda" if torch.cuda.is_available() and not INTERPRET else "cpu" if INTERPRET else None) if HAVE_TRITON \
-    else None
-needs_kernels = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
 
 
 def make_rows(lengths, C: int, G: int, K: int, dtype=torch.float32, bias: bool = True, seed: int = 0,

@@ -8,24 +8,13 @@ weights, fp32 and bf16 weights), and the dispatcher's refusals.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
+from kernel_device import DEVICE, needs_kernels
 from mossnet.errors import ConfigError
 from mossnet.ops.moe.gathered_linear import gathered_linear
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-try:
-    import triton  # noqa: F401
-
-    HAVE_TRITON = True
-except ImportError:
-    HAVE_TRITON = False
-DEVICE = ("cuda" if torch.cuda.is_available() and not INTERPRET else "cpu" if INTERPRET else None) if HAVE_TRITON \
-    else None
-needs_kernels = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
 
 
 def by_hand(x, weight, idx):

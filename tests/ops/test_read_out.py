@@ -12,25 +12,14 @@ The dispatcher's refusals and fallbacks are tested everywhere.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
+from kernel_device import DEVICE, INTERPRET, needs_kernels
 from mossnet.errors import ConfigError
 from mossnet.execution import ExecutionPolicy
 from mossnet.ops.mosse.read_out import read_out, read_out_reference, why_not_fused
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-try:
-    import triton  # noqa: F401
-
-    HAVE_TRITON = True
-except ImportError:
-    HAVE_TRITON = False
-DEVICE = ("cuda" if torch.cuda.is_available() and not INTERPRET else "cpu" if INTERPRET else None) if HAVE_TRITON \
-    else None
-needs_kernels = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
 NAMES = ("y_folded", "scale", "x", "skip_D", "z", "z_bias", "norm_weight")
 
 

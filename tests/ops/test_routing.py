@@ -4,22 +4,13 @@ On CUDA, or on the CPU under ``TRITON_INTERPRET=1``; the dispatcher's rules run 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
+from kernel_device import DEVICE, needs_kernels
 from mossnet.errors import ConfigError
 from mossnet.ops.moe.routing import softmax_top_k, softmax_top_k_reference, why_not_fused
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-try:
-    import triton  # noqa: F401
-
-    DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu" if INTERPRET else None
-except ImportError:
-    DEVICE = None
-needs_kernels = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
 
 
 def run(impl: str, logits: torch.Tensor, k: int, renormalize: bool, seed: int = 0):

@@ -2,17 +2,18 @@
 
     out[i] = SiLU(bias[g] + sum_k weight[g, :, k] * x[i - (K-1) + k]),   g = group[i],
 
-where a row before the start of row i's segment reads the segment's carried window (zeros without
-one: training, and the first chunk of a prompt). In PyTorch (:func:`~.segment_conv.segment_causal_conv`, then
-``F.silu``) the rows are first copied into a buffer with K-1 zero rows before every segment,
-and each tap is a gather of rows and of per-row weights: about 3K + 4 launches forward, each
-reading and writing (M, C) tensors, and 6K + 5 backward. Here each program reads its rows'
-windows straight from x (the segment start says where zeros begin) and writes the activated
-output; nothing of (M, C) is saved but x.
+where a row before the start of row i's segment reads that segment's carried window (zeros
+without one: training, and the first chunk of a prompt). In PyTorch
+(:func:`~.segment_conv.segment_causal_conv`, then ``F.silu``) the rows are first copied into a
+buffer with K-1 window rows before every segment, and each tap is a gather of rows and of per-row
+weights: about 3K + 4 launches forward, each reading and writing (M, C) tensors, and 6K + 5
+backward. Here each program reads its rows' windows straight from x and the carried windows
+(the segment start says where one ends and the other begins) and writes the activated output;
+nothing of (M, C) is saved but x. The final windows, when asked for, are one small gather
+(:func:`final_windows`).
 
-Backward, from the output gradient:
-No gradient flows into carried windows (the dispatcher sends that case to the reference).
-
+Backward, from the output gradient (no gradient flows into carried windows; the dispatcher
+sends a window that needs one to the reference):
 1. ``_grad_pre_kernel``: recomputes the conv, gives d_pre = d_out * SiLU'(pre) (stored, (M, C)
    fp32: every row's dx needs its K-1 successors' d_pre), and the block's share of the bias
    and weight gradients, summed over its rows per group, then added atomically into (G, C[, K])
@@ -20,9 +21,9 @@ No gradient flows into carried windows (the dispatcher sends that case to the re
 2. ``_grad_x_kernel``: dx[j] = sum_k weight[g_j, :, k] * d_pre[j + K-1-k] over the successors in
    j's segment.
 
-Reference: the PyTorch composition above; ``tests/ops/test_conv_silu.py`` compares the output
-and every gradient. Summation order of the weight gradient depends on the schedule (atomics),
-as the reference's ``index_add`` does on CUDA.
+Reference: the PyTorch composition above; ``tests/ops/test_conv_silu.py`` compares the output,
+the final windows and every gradient. Summation order of the weight gradient depends on the
+schedule (atomics), as the reference's ``index_add`` does on CUDA.
 """
 
 from __future__ import annotations

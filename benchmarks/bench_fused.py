@@ -9,7 +9,8 @@ timings is reported with the kernel launches of one eager step (``torch.profiler
 events). The step is forward + backward + clipping + fused AdamW in bf16 autocast. Models are
 those of ``bench_layout_gate.py``: ``base`` (routed) and ``converted`` (dense, k = E = 9, 30
 layers, d 576). Decode (``--decode-model``): ms per greedy step at batch 1 after a 2,048-token
-prompt, eager and replayed from the decode graph (no compile), the policies alternating.
+prompt, eager and replayed from the decode graph (no compile), the policies alternating; and the
+eager prefill of that prompt (filling a cache), the policies alternating.
 """
 
 from __future__ import annotations
@@ -164,10 +165,42 @@ def measure_decode(model_name: str, prompt_len: int, steps: int, repeats: int, g
     return result
 
 
+def prefill_ms(model, prompt_len: int, repeats: int) -> float:
+    """Median ms of one eager prefill of a ``prompt_len``-token prompt at batch 1 that fills a
+    cache (bf16 autocast, no gradients, the last position's logits), under the model's policy."""
+    import torch
+
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), device=DEVICE)
+    times = []
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        for i in range(repeats + 1):  # the first call warms up (and tunes) the kernels
+            _sync()
+            t0 = time.perf_counter()
+            model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+            _sync()
+            if i:
+                times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def measure_prefill(model_name: str, prompt_len: int, repeats: int) -> dict:
+    """Batch-1 eager prefill ms, fused_ops reference vs auto, alternating."""
+    model, _ = build(model_name)
+    model.eval()
+    base = model.execution_policy
+    runs: dict[str, list[float]] = {p: [] for p in POLICIES}
+    for _ in range(repeats):
+        for policy in POLICIES:
+            model.execution_policy = base.replace(fused_ops=policy)
+            runs[policy].append(prefill_ms(model, prompt_len, 3))
+    return {"model": model_name, "prompt_len": prompt_len,
+            **{f"prefill/{p}": {"ms": statistics.median(runs[p]), "runs_ms": runs[p]} for p in POLICIES}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_training_arguments(ap, steps=10)
-    ap.add_argument("--decode-model", default="base", help="batch-1 decode timing of this model ('' to skip)")
+    ap.add_argument("--decode-model", default="base", help="batch-1 decode and prefill timing of this model ('' to skip)")
     ap.add_argument("--prompt-len", type=int, default=2048)
     ap.add_argument("--decode-steps", type=int, default=64)
     args = ap.parse_args()
@@ -195,6 +228,11 @@ def main() -> None:
         print(f"{args.decode_model} decode at batch 1: eager {d['decode_eager/reference']['ms_per_step']:.2f} -> "
               f"{d['decode_eager/auto']['ms_per_step']:.2f} ms/step, graph {d['decode_graph/reference']['ms_per_step']:.2f}"
               f" -> {d['decode_graph/auto']['ms_per_step']:.2f} ms/step (reference -> fused)", flush=True)
+        prefill = measure_prefill(args.decode_model, args.prompt_len, args.repeats)
+        print(f"{args.decode_model} eager prefill of {args.prompt_len} tokens at batch 1: "
+              f"{prefill['prefill/reference']['ms']:.2f} -> {prefill['prefill/auto']['ms']:.2f} ms (reference -> fused)",
+              flush=True)
+        decode.append(prefill)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": torch.cuda.get_device_name(),
               "torch": torch.__version__, "rows": rows, "decode": decode}
     if args.out:

@@ -40,3 +40,5 @@ def test_the_measurements_run_on_a_tiny_model(bench, monkeypatch):
     assert row["eager/reference"]["policy"]["fused_ops"] == "reference"
     decode = bench.measure_decode("tiny", prompt_len=8, steps=2, repeats=1, graphs=(False,))
     assert decode["decode_eager/auto"]["ms_per_step"] > 0 and decode["decode_eager/reference"]["ms_per_step"] > 0
+    prefill = bench.measure_prefill("tiny", prompt_len=8, repeats=1)
+    assert prefill["prefill/auto"]["ms"] > 0 and prefill["prefill/reference"]["ms"] > 0

@@ -121,6 +121,20 @@ def test_auto_without_kernels_is_the_composition():
 
 @needs_kernels
 @pytest.mark.parametrize("lengths", [[9, 0, 4, 1, 2, 40], [3], [0, 2]])
+def test_final_windows_without_a_carried_one(lengths):
+    """A prefill that fills a cache: the final windows of zero-started segments (a short or empty
+    segment's window is padded with zeros)."""
+    inputs, group, cu, seg = make_rows(lengths, 33, 3, 4, device=DEVICE)
+    with torch.no_grad():
+        got, final = segment_conv_silu(**inputs, group=group, cu_seqlens=cu, segment=seg, output_final_window=True,
+                                       impl="triton")
+        ref, ref_final = segment_causal_conv_reference(inputs["x"], inputs["weight"], inputs["bias"], group, cu)
+    assert_close(got, F.silu(ref), 1e-5)
+    torch.testing.assert_close(final, ref_final)
+
+
+@needs_kernels
+@pytest.mark.parametrize("lengths", [[9, 0, 4, 1, 2, 40], [3], [0, 2]])
 def test_carried_windows_in_and_out(lengths):
     """A prompt continued from a cache: each segment starts from its window, and the final
     windows (a short or empty segment passes its window's tail on) equal the composition's;

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mossnet.ops.fused import choose, why_triton_cannot_run
+
 from ..segments import segment_ids
 
 
@@ -269,12 +271,9 @@ def segment_causal_conv(
     return out, final
 
 
-def why_not_fused_conv_silu(x: torch.Tensor, weight: torch.Tensor, initial_window, output_final_window: bool,
-                            segment) -> str | None:
+def why_not_fused_conv_silu(x: torch.Tensor, weight: torch.Tensor, initial_window, segment) -> str | None:
     """None when the fused conv + SiLU (``conv_silu_triton.py``) computes this call; else why the
     PyTorch composition does."""
-    from mossnet.ops.fused import why_triton_cannot_run
-
     reason = why_triton_cannot_run(x)
     if reason is not None:
         return reason
@@ -299,10 +298,8 @@ def segment_conv_silu(x, weight, bias, group, cu_seqlens, segment=None, initial_
     (:func:`why_not_fused_conv_silu`: CUDA, no gradient into carried windows) and the PyTorch
     composition elsewhere; "reference" always the composition; "triton" the kernel or an error.
     Returns (M, C) in the promoted dtype of x and weight, and the final windows or None."""
-    from mossnet.ops.fused import choose
-
     if choose("the fused segment conv + SiLU", impl,
-              lambda: why_not_fused_conv_silu(x, weight, initial_window, output_final_window, segment), x.is_cuda):
+              lambda: why_not_fused_conv_silu(x, weight, initial_window, segment), x.is_cuda):
         from .conv_silu_triton import conv_silu_triton
 
         return conv_silu_triton(x, weight, bias, group, cu_seqlens, segment, initial_window, output_final_window)

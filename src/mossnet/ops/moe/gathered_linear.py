@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from mossnet.execution import tracing
+from mossnet.ops.fused import choose, why_triton_cannot_run
 
 
 def _views_usable(x: torch.Tensor, idx: torch.Tensor) -> bool:
@@ -22,8 +23,6 @@ def _views_usable(x: torch.Tensor, idx: torch.Tensor) -> bool:
 def why_not_fused(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     """None when the fused kernel (``gathered_linear_triton.py``) computes this product; else why
     the PyTorch product does."""
-    from mossnet.ops.fused import why_triton_cannot_run
-
     reason = why_triton_cannot_run(x)
     if reason is not None:
         return reason
@@ -68,8 +67,6 @@ def gathered_linear(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, im
         >>> torch.allclose(y[0, 1], w[3] @ x[0, 1]) and torch.allclose(y[1, 0], w[0] @ x[1, 0])
         True
     """
-    from mossnet.ops.fused import choose
-
     if choose("the fused decode expert product", impl, lambda: why_not_fused(x, weight), x.is_cuda):
         from .gathered_linear_triton import gathered_linear_triton
 

@@ -209,7 +209,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_fused.py: needs a CUDA device (the fused kernels are GPU kernels)")
     rows = []
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):  # --models '': decode and prefill only
         if name not in MODELS:
             sys.exit(f"bench_fused.py: unknown model {name!r}; choose from {sorted(MODELS)}")
         batch = args.converted_batch if name == "converted" else args.batch

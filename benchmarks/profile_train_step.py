@@ -60,11 +60,16 @@ def main() -> None:
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.self_device_time_total for e in events)
-    print(f"{args.model}: {total / args.steps / 1e3:.1f} ms of kernels per step, {args.batch}x{args.seq} tokens")
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.top]:
-        share = e.self_device_time_total / total
-        per_step = e.self_device_time_total / args.steps / 1e3
-        print(f"{per_step:8.2f} ms {share:6.1%} {e.count // args.steps:6d}x  {e.key[:110]}")
+    launches = sum(e.count for e in events) // args.steps
+    print(f"{args.model}: {total / args.steps / 1e3:.1f} ms of kernels per step, {launches} kernels, "
+          f"{args.batch}x{args.seq} tokens")
+    # By time (where the GPU works), then by count (what a launch-bound eager step pays for).
+    for title, key in (("by time", lambda e: -e.self_device_time_total), ("by launches", lambda e: -e.count)):
+        print(f"-- top {args.top} {title}")
+        for e in sorted(events, key=key)[: args.top]:
+            share = e.self_device_time_total / total
+            per_step = e.self_device_time_total / args.steps / 1e3
+            print(f"{per_step:8.2f} ms {share:6.1%} {e.count // args.steps:6d}x  {e.key[:110]}")
 
 
 if __name__ == "__main__":

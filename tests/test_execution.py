@@ -71,9 +71,9 @@ def test_policy_is_passed_down_to_every_layer(make_model, monkeypatch):
         seen["scan"].add(impl)
         return scan(*args, impl=impl, **kwargs)
 
-    def spy_grouped(*args, impl="auto"):
+    def spy_grouped(*args, impl="auto", **kwargs):
         seen["matmul"].add(impl)
-        return grouped(*args, impl=impl)
+        return grouped(*args, impl=impl, **kwargs)
 
     monkeypatch.setattr(mosse_module, "mosse_scan", spy_scan)
     monkeypatch.setattr(mosse_module, "grouped_linear", spy_grouped)

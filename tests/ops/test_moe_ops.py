@@ -22,6 +22,8 @@ def test_dispatch_sorts_stably_and_drops_padding(n, k, E, with_padding):
     assert torch.equal(d.counts, want_counts)
     assert d.offsets.dtype == torch.int32 and torch.equal(d.offsets.long(), want_counts.cumsum(0))
     assert int(d.offsets[-1]) == n_kept
+    # The flag grouped_linear trusts to skip its mask: set only where nothing can be dropped.
+    assert d.every_row_routed == (valid is None)
 
     # Rows before offsets[-1] are the valid assignments, grouped by expert, in token order.
     expert, token, slot = d.expert[:n_kept], d.token[:n_kept], d.slot[:n_kept]
@@ -92,3 +94,42 @@ def test_grouped_mm_path_on_cuda():
     out = grouped_linear(x, w, offsets)
     ref = grouped_linear_reference(x.float(), w.float(), expert_of_row)
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def _grouped_mm_runs_here() -> bool:
+    from mossnet.ops.moe.grouped_linear import _grouped_mm
+
+    try:
+        _grouped_mm(torch.randn(2, 8), torch.randn(1, 8, 8), torch.tensor([2], dtype=torch.int32))
+    except (RuntimeError, NotImplementedError):  # builds without a CPU grouped GEMM
+        return False
+    return True
+
+
+@pytest.mark.parametrize("impl", ["loop", "all_experts", "grouped_mm_cpu"])
+def test_every_row_routed_skips_the_mask_and_changes_nothing(impl):
+    """With no dropped rows the result and both gradients are those of the masked product, and
+    the select over the output (and its backward) is gone."""
+    from mossnet.bench.launches import count_launches
+    from mossnet.ops.moe.grouped_linear import _IMPLS
+
+    if impl == "grouped_mm_cpu":
+        if not _grouped_mm_runs_here():
+            pytest.skip("torch._grouped_mm has no CPU kernel in this build")
+        impl = "grouped_mm"
+    torch.manual_seed(0)
+    counts = [3, 0, 6]  # an empty group; every row routed
+    x = torch.randn(sum(counts), 16, requires_grad=True)
+    w = torch.randn(len(counts), 8, 16, requires_grad=True)
+    offsets = torch.tensor(counts).cumsum(0).to(torch.int32)
+    g = torch.randn(sum(counts), 8)
+    results, ops = {}, {}
+    for flag in (False, True):
+        def step(flag=flag):
+            out = _IMPLS[impl](x, w, offsets, flag)
+            results[flag] = (out.detach(), *torch.autograd.grad((out * g).sum(), (x, w)))
+        ops[flag] = count_launches(step, torch.device("cpu"))["cpu_ops"]
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b)
+    if impl != "loop":  # the loop writes into zeros: it has no mask to skip
+        assert ops[True] < ops[False]

@@ -245,7 +245,8 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             E, d_model, P = w_out.shape
             per_token = yhat.view(E, n, P).transpose(0, 1).reshape(n, E * P)
             return F.linear(per_token, w_out.permute(1, 0, 2).reshape(d_model, E * P))
-        out_rows = grouped_linear(yhat, w_out, assign.offsets, impl=policy.expert_matmul)  # (n*k, d_model)
+        out_rows = grouped_linear(yhat, w_out, assign.offsets, impl=policy.expert_matmul,
+                                  every_row_routed=assign.every_row_routed)  # (n*k, d_model)
         return out_rows.new_zeros(n, out_rows.shape[1]).index_add(0, assign.token, out_rows)
 
     def _sequence_features(self, flat, valid, layout: SequenceLayout, window, return_states):
@@ -376,7 +377,8 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         E = self.n_experts
         w_in = _cast(weight, flat)
         if not self._rows_hold_every_pair:
-            return grouped_linear(flat.index_select(0, rows.token), w_in, rows.offsets, impl=policy.expert_matmul)
+            return grouped_linear(flat.index_select(0, rows.token), w_in, rows.offsets, impl=policy.expert_matmul,
+                                  every_row_routed=rows.every_row_routed)
         every = torch.matmul(flat, w_in.reshape(-1, w_in.shape[-1]).T)  # (n, E*F)
         if in_order:
             return every.view(flat.shape[0], E, -1).transpose(0, 1).reshape(-1, w_in.shape[1])

@@ -24,6 +24,8 @@ class ExpertDispatch:
         offsets: (n_experts,) int32 cumulative row ends per expert (``torch._grouped_mm``'s
             convention); rows from ``offsets[-1]`` on are dropped.
         counts: (n_experts,) tokens per expert (the load statistic), int64.
+        every_row_routed: no row was dropped (no padding tokens): ``offsets[-1] == n*k``,
+            known without reading the device.
     """
 
     token: torch.Tensor
@@ -31,6 +33,7 @@ class ExpertDispatch:
     slot: torch.Tensor
     offsets: torch.Tensor
     counts: torch.Tensor
+    every_row_routed: bool = False
 
 
 def dispatch_by_expert(expert_idx: torch.Tensor, valid: torch.Tensor | None, n_experts: int) -> ExpertDispatch:
@@ -56,4 +59,5 @@ def dispatch_by_expert(expert_idx: torch.Tensor, valid: torch.Tensor | None, n_e
     counts.scatter_add_(0, flat, torch.ones_like(flat))
     counts = counts[:n_experts]
     offsets = torch.cumsum(counts, 0).to(torch.int32)
-    return ExpertDispatch(token=slot // k, expert=expert_sorted, slot=slot, offsets=offsets, counts=counts)
+    return ExpertDispatch(token=slot // k, expert=expert_sorted, slot=slot, offsets=offsets, counts=counts,
+                          every_row_routed=valid is None)

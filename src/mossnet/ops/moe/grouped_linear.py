@@ -68,7 +68,7 @@ def _pad8(n: int) -> int:
     return (n + 7) // 8 * 8
 
 
-def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, every_row_routed: bool = False) -> torch.Tensor:
     M, d_in = x.shape
     d_out = weight.shape[1]
     pad_in, pad_out = _pad8(d_in) - d_in, _pad8(d_out) - d_out
@@ -79,24 +79,26 @@ def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) ->
     if not compiling() and x.data_ptr() % 16:
         x = x.clone()
     out = torch._grouped_mm(x, weight.transpose(1, 2), offs=offsets)
-    # Rows past the last offset are left unwritten by the kernel (whatever the memory held, NaN
-    # included): select zeros there rather than multiplying by 0.
-    keep = torch.arange(M, device=x.device) < offsets[-1]
-    out = torch.where(keep[:, None], out, out.new_zeros(()))
+    if not every_row_routed:
+        # Rows past the last offset are left unwritten by the kernel (whatever the memory held,
+        # NaN included): select zeros there rather than multiplying by 0.
+        keep = torch.arange(M, device=x.device) < offsets[-1]
+        out = torch.where(keep[:, None], out, out.new_zeros(()))
     return out[:, :d_out] if pad_out else out
 
 
-def _all_experts_then_pick(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _all_experts_then_pick(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
+                           every_row_routed: bool = False) -> torch.Tensor:
     M, E = x.shape[0], weight.shape[0]
     rows = torch.arange(M, device=x.device)
     # searchsorted(offsets, rows, right=True) as a comparison count (ONNX has no searchsorted).
     expert_of_row = (rows[:, None] >= offsets.to(torch.int64)[None, :]).sum(1)  # E past the end
     every = torch.matmul(x, weight.transpose(1, 2))  # (E, M, D_out)
     out = every[expert_of_row.clamp(max=E - 1), rows]
-    return out * (expert_of_row < E)[:, None].to(out.dtype)
+    return out if every_row_routed else out * (expert_of_row < E)[:, None].to(out.dtype)
 
 
-def _loop(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _loop(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, every_row_routed: bool = False) -> torch.Tensor:
     out = x.new_zeros(x.shape[0], weight.shape[1])
     start = 0
     for e, end in enumerate(offsets.tolist()):
@@ -109,7 +111,8 @@ def _loop(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch
 _IMPLS = {"grouped_mm": _grouped_mm, "all_experts": _all_experts_then_pick, "loop": _loop}
 
 
-def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, impl: str = "auto",
+                   every_row_routed: bool = False) -> torch.Tensor:
     """Rows of group g are multiplied by ``weight[g].T``.
 
     Args:
@@ -117,6 +120,10 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
         weight: (E, D_out, D_in), one ``nn.Linear``-style matrix per expert.
         offsets: (E,) int32 cumulative ends of each expert's rows.
         impl: "auto" | "grouped_mm" | "all_experts" | "loop" (see the module docstring).
+        every_row_routed: the caller knows that ``offsets[-1] == M`` (no padding rows were
+            dropped: a batch without padding). The result is then not masked, which saves a
+            select over the whole (M, D_out) output and its gradient. Must stay true: with
+            dropped rows it would return whatever the grouped GEMM left in them.
     Returns:
         (M, D_out); rows past ``offsets[-1]`` are zero.
 
@@ -131,7 +138,7 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
         x, weight = x.to(dtype), weight.to(dtype)
     elif weight.dtype != x.dtype:
         weight = weight.to(x.dtype)
-    return _IMPLS[resolve_expert_matmul(impl, x, weight)](x, weight, offsets)
+    return _IMPLS[resolve_expert_matmul(impl, x, weight)](x, weight, offsets, every_row_routed)
 
 
 def grouped_linear_reference(x: torch.Tensor, weight: torch.Tensor, expert_of_row: torch.Tensor) -> torch.Tensor:

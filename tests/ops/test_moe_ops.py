@@ -94,6 +94,11 @@ def test_grouped_mm_path_on_cuda():
     out = grouped_linear(x, w, offsets)
     ref = grouped_linear_reference(x.float(), w.float(), expert_of_row)
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+    # Every row routed (the training step's case): no mask, the same rows.
+    routed = torch.tensor([10, 10, 40], dtype=torch.int32, device="cuda")
+    out = grouped_linear(x, w, routed, every_row_routed=True)
+    ref = grouped_linear_reference(x.float(), w.float(), torch.cat([torch.zeros(10), torch.full((30,), 2)]).long().cuda())
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
 
 
 def _grouped_mm_runs_here() -> bool:

@@ -10,7 +10,7 @@ instead, so these wrappers take the per-layer states as tensors and return new o
 Both run the model's own code (the one-token decode step, ``MossNetModel._decode_step``, and the
 chunked-scan forward), so the exported graph computes exactly what eager generation computes.
 Shapes, per layer l: conv_states[l] (batch, E, K-1, P+2N) by default (the spec section 7 switches
-change it: ``mossnet.layers.mosse.conv_window_shape``) and ssm_states[l] (batch, E, N, P), fp32.
+change it: ``mossnet.layers.mosse_rules.conv_window_shape``) and ssm_states[l] (batch, E, N, P), fp32.
 ``initial_states`` and the ONNX manifest take them from the model's own cache, so every switch
 exports with its own layout.
 """

@@ -15,7 +15,7 @@ from ...layers.mosse_rules import conv_window_shape
 class MossNetCache:
     """conv_states[l]: (batch, *conv_window_shape(config)), by default each expert's window
     (batch, E, K-1, P+2N), with ``ssm_conv_placement="shared"`` one window of u (batch, K-1,
-    d_model) (see :func:`~mossnet.layers.mosse.conv_window_shape`); ssm_states[l]: (batch, E,
+    d_model) (see :func:`~mossnet.layers.mosse_rules.conv_window_shape`); ssm_states[l]: (batch, E,
     N, P); both fp32.
 
     Example:

@@ -70,10 +70,13 @@ class MoEMLP(nn.Module):
             routing = self.router(u, valid, policy)
             d = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
             matmul = dict(impl=policy.expert_matmul, every_row_routed=d.every_row_routed)
-            hidden = grouped_linear(u[d.token], self.gate_up, d.offsets, **matmul)
+            # index_select, not u[d.token]: the gradient of advanced indexing is an accumulating
+            # index_put, which CUDA implements by sorting the indices first (several launches);
+            # index_select's is one index_add.
+            hidden = grouped_linear(u.index_select(0, d.token), self.gate_up, d.offsets, **matmul)
             gate, up = hidden.chunk(2, dim=-1)
             rows = grouped_linear(F.silu(gate) * up, self.down, d.offsets, **matmul)
-            rows = rows * routing.top_gates.reshape(-1)[d.slot, None].to(rows.dtype)
+            rows = rows * routing.top_gates.reshape(-1).index_select(0, d.slot)[:, None].to(rows.dtype)
             out = u.new_zeros(u.shape[0], rows.shape[-1], dtype=rows.dtype).index_add(0, d.token, rows)
             report = RouterReport.of(routing, d.counts)
         if self.shared is not None:

@@ -99,7 +99,7 @@ def _all_experts_then_pick(x: torch.Tensor, weight: torch.Tensor, offsets: torch
 
 
 def _loop(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, every_row_routed: bool = False) -> torch.Tensor:
-    out = x.new_zeros(x.shape[0], weight.shape[1])
+    out = x.new_zeros(x.shape[0], weight.shape[1])  # dropped rows stay zero: no mask to skip
     start = 0
     for e, end in enumerate(offsets.tolist()):
         if end > start:
@@ -122,8 +122,8 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
         impl: "auto" | "grouped_mm" | "all_experts" | "loop" (see the module docstring).
         every_row_routed: the caller knows that ``offsets[-1] == M`` (no padding rows were
             dropped: a batch without padding). The result is then not masked, which saves a
-            select over the whole (M, D_out) output and its gradient. Must stay true: with
-            dropped rows it would return whatever the grouped GEMM left in them.
+            select over the whole (M, D_out) output and its gradient. Pass True only when that
+            holds: with dropped rows the result would hold whatever the grouped GEMM left there.
     Returns:
         (M, D_out); rows past ``offsets[-1]`` are zero.
 

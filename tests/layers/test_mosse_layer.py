@@ -413,3 +413,37 @@ def test_uniform_segments_equal_the_packed_path(tiny_config, monkeypatch, state_
     mask[1, :3] = 0
     layer(u, SequenceLayout.build(2, 11, attention_mask=mask))
     assert built and not any(s.uniform for s in built)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_segments_of_a_batch_without_padding_skip_the_padding_rule(packed):
+    """Rows that are all routed (``every_row_routed``) give the same segments without the
+    padding rule as with it."""
+    import dataclasses
+
+    from mossnet.layers.expert_segments import ExpertSegments
+    from mossnet.layers.sequence_layout import SequenceLayout
+    from mossnet.ops.moe import dispatch_by_expert
+
+    torch.manual_seed(0)
+    batch, T, E, k = 3, 11, 4, 2
+    idx = torch.stack([torch.randperm(E)[:k] for _ in range(batch * T)])
+    rows = dispatch_by_expert(idx, None, E)
+    assert rows.every_row_routed
+    # packed: documents restart their positions at 0 (the layout's packed-document rule)
+    positions = torch.tensor([list(range(5)) + list(range(6)), list(range(11)),
+                              list(range(3)) + list(range(3)) + list(range(5))])
+    layout = SequenceLayout.build(batch, T, position_ids=positions if packed else None)
+    assert (layout.n_documents > batch) == packed
+    fast = ExpertSegments.build(rows, layout, E)
+    slow = ExpertSegments.build(dataclasses.replace(rows, every_row_routed=False), layout, E)
+    for field in ("segment", "cu_seqlens", "expert_of_segment"):
+        assert torch.equal(getattr(fast, field), getattr(slow, field)), field
+    # And they are right: one segment per (expert, document) pair, rows in segment order.
+    doc = layout.document_of_token(torch.device("cpu"))[rows.token]
+    pairs = {}
+    for seg, e, d in zip(fast.segment.tolist(), rows.expert.tolist(), doc.tolist()):
+        assert fast.expert_of_segment[seg] == e
+        assert pairs.setdefault((e, d), seg) == seg
+    assert len(set(pairs.values())) == len(pairs)
+    assert torch.equal(fast.cu_seqlens.diff().long(), torch.bincount(fast.segment, minlength=fast.cu_seqlens.numel() - 1))

@@ -75,10 +75,12 @@ class ExpertSegments:
             return cls(segment, cu, torch.arange(S, device=device) // n_docs, T, E, n_docs,
                        layout.first_document(device), layout.last_document(device), uniform=True)
         doc = layout.document_of_token(device).index_select(0, rows.token)
-        # Rows from offsets[-1] on are padding: the j-th block of T of them is one segment.
-        pad_block = (torch.arange(M, device=device) - rows.offsets[-1].long()).clamp(min=0) // T
-        segment = torch.where(rows.expert < E, rows.expert * n_docs + doc, E * n_docs + pad_block)
-        S = E * n_docs + M // T
+        segment = rows.expert * n_docs + doc
+        if not rows.every_row_routed:
+            # Rows from offsets[-1] on are padding: the j-th block of T of them is one segment.
+            pad_block = (torch.arange(M, device=device) - rows.offsets[-1].long()).clamp(min=0) // T
+            segment = torch.where(rows.expert < E, segment, E * n_docs + pad_block)
+        S = E * n_docs + M // T  # the padding segments exist (empty) either way: one shape rule
         # scatter_add_, not bincount (which reads its maximum back to the host).
         sizes = torch.zeros(S, dtype=torch.long, device=device).scatter_add_(0, segment, torch.ones_like(segment))
         cu = F.pad(torch.cumsum(sizes, 0), (1, 0)).to(torch.int32)

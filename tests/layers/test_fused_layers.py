@@ -5,10 +5,9 @@ under ``TRITON_INTERPRET=1``; skipped otherwise."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_device import DEVICE, needs_kernels
 from mosse_helpers import randomize_mosse_
 
 from mossnet import MossNetConfig
@@ -18,9 +17,6 @@ from mossnet.layers.mosse import MoSSE
 from mossnet.layers.sequence_layout import SequenceLayout
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (CPU CI)")
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu" if INTERPRET else None
-needs_kernels = pytest.mark.skipif(DEVICE is None, reason="needs CUDA, or TRITON_INTERPRET=1")
 
 
 def make_layer(state_update: str, k: int, z_bias: bool) -> MoSSE:

@@ -15,6 +15,7 @@ from mossnet import MossNetForCausalLM
 from mossnet.execution import ExecutionPolicy
 from mossnet.layers.mosse import MoSSE
 from mossnet.layers.sequence_layout import SequenceLayout
+from kernel_device import DEVICE as TRITON_DEVICE
 from mosse_helpers import randomize_mosse_
 from mosse_reference import mosse_reference
 
@@ -267,9 +268,6 @@ def assert_model_matches_reference_layers(model, some_gradient: str):
 
 
 # ---------------------------------------------------------------- Triton (GPU, or interpreter)
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else ("cpu" if INTERPRET else None)
 
 
 @pytest.mark.skipif(TRITON_DEVICE is None, reason="needs CUDA, or TRITON_INTERPRET=1 for the Triton interpreter")

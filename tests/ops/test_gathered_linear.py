@@ -16,7 +16,6 @@ from mossnet.errors import ConfigError
 from mossnet.ops.moe.gathered_linear import gathered_linear
 
 
-
 def by_hand(x, weight, idx):
     """out[i, j] = weight[idx[i, j]] @ x[i, j], one product at a time, in fp64."""
     n, k = idx.shape

@@ -28,13 +28,7 @@ from mossnet.ops.mosse.triton import function  # noqa: E402
 from mossnet.ops.mosse.triton.function import mosse_scan_triton, why_unavailable  # noqa: E402
 from mossnet.ops.mosse.triton.options import TritonScanOptions  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if torch.cuda.is_available() and not INTERPRET:
-    DEVICE = "cuda"
-elif INTERPRET:
-    DEVICE = "cpu"
-else:
-    DEVICE = None
+from kernel_device import DEVICE  # noqa: E402
 
 needs_backend = pytest.mark.skipif(
     DEVICE is None, reason="needs a CUDA device, or TRITON_INTERPRET=1 to run the kernels on the CPU"

@@ -73,20 +73,30 @@ def test_padding_gets_zero_gates():
     assert (out.top_gates[~valid] == 0).all() and (out.top_gates[valid] > 0).all()
 
 
-def test_losses_by_hand():
-    """L_aux = E * sum_e f_e P_e over valid tokens; L_z = mean logsumexp(logits)^2."""
+@pytest.mark.parametrize("padding", [True, False])
+def test_losses_by_hand(padding):
+    """L_aux = E * sum_e f_e P_e over valid tokens; L_z = mean logsumexp(logits)^2; and their
+    gradients. Without padding (valid=None) the losses take a shorter path: same values."""
     E, k = 4, 2
     r = make_router(E, k)
-    u = torch.randn(12, 8)
-    valid = torch.rand(12) > 0.3
+    u = torch.randn(12, 8, generator=torch.Generator().manual_seed(4))
+    valid = torch.rand(12, generator=torch.Generator().manual_seed(5)) > 0.3 if padding else None
+    keep = valid if padding else torch.ones(12, dtype=torch.bool)
     out = r(u, valid)
-    counts = torch.bincount(out.top_idx[valid].flatten(), minlength=E)
+    counts = torch.bincount(out.top_idx[keep].flatten(), minlength=E)
     aux, z = out.losses(counts)
-    n = int(valid.sum())
+    (d_aux,) = torch.autograd.grad(aux, r.weight, retain_graph=True)
+    (d_z,) = torch.autograd.grad(z, r.weight)
+
+    logits = u @ r.weight.T
+    n = int(keep.sum())
     f = counts.float() / (k * n)
-    P = out.probs[valid].mean(0)
-    torch.testing.assert_close(aux, E * (f * P).sum())
-    torch.testing.assert_close(z, torch.logsumexp(out.logits[valid], -1).pow(2).mean())
+    want_aux = E * (f * torch.softmax(logits, -1)[keep].mean(0)).sum()
+    want_z = torch.logsumexp(logits[keep], -1).pow(2).mean()
+    torch.testing.assert_close(aux, want_aux)
+    torch.testing.assert_close(z, want_z)
+    torch.testing.assert_close(d_aux, torch.autograd.grad(want_aux, r.weight, retain_graph=True)[0])
+    torch.testing.assert_close(d_z, torch.autograd.grad(want_z, r.weight)[0])
 
 
 def test_aux_loss_is_one_at_perfect_balance():

@@ -1,5 +1,5 @@
 """The fused router softmax top-k (Triton) against its PyTorch reference: probabilities, chosen
-experts (ties to the lower index), gates, and the gradient through probabilities and gates.
+experts (ties to the lower index), gates, the log-sum-exp, and the gradient through all three.
 On CUDA, or on the CPU under ``TRITON_INTERPRET=1``; the dispatcher's rules run everywhere."""
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from mossnet.ops.moe.routing import softmax_top_k, softmax_top_k_reference, why_
 
 
 
-def run(impl: str, logits: torch.Tensor, k: int, renormalize: bool, seed: int = 0):
+def run(impl: str, logits: torch.Tensor, k: int, renormalize: bool, seed: int = 0, used=("probs", "gates", "lse")):
+    """Outputs and d logits of a random linear function of the outputs named in ``used`` (the
+    others get no gradient, as when a caller ignores them)."""
     leaf = logits.detach().clone().requires_grad_()
-    probs, idx, gates = softmax_top_k(leaf, k, renormalize, impl=impl)
+    probs, idx, gates, lse = softmax_top_k(leaf, k, renormalize, impl=impl)
     g = torch.Generator().manual_seed(seed)
-    w_p = torch.randn(probs.shape, generator=g).to(probs.device)
-    w_g = torch.randn(gates.shape, generator=g).to(gates.device)
-    ((probs * w_p).sum() + (gates * w_g).sum()).backward()
-    return probs.detach(), idx, gates.detach(), leaf.grad
+    outputs = {"probs": probs, "gates": gates, "lse": lse}
+    loss = sum((outputs[name] * torch.randn(outputs[name].shape, generator=g).to(leaf.device)).sum() for name in used)
+    loss.backward()
+    return probs.detach(), idx, gates.detach(), leaf.grad, lse.detach()
 
 
 @needs_kernels
@@ -34,20 +36,31 @@ def test_fused_equals_the_reference(n, E, k, renormalize):
     assert torch.equal(got[1], want[1]) and got[1].dtype == torch.int64  # experts, best first
     torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=1e-7)  # gates
     torch.testing.assert_close(got[3], want[3], rtol=1e-5, atol=1e-6)  # d logits (fp32 sums in another order)
+    torch.testing.assert_close(got[4], want[4], rtol=1e-6, atol=1e-6)  # lse
+
+
+@needs_kernels
+@pytest.mark.parametrize("used", [("lse",), ("gates",), ("probs", "lse"), ("gates", "lse")])
+def test_gradient_through_any_subset_of_outputs(used):
+    # The router's LM path uses only the gates; the losses use probs and lse.
+    logits = torch.randn(45, 8, generator=torch.Generator().manual_seed(3)).to(DEVICE) * 3
+    want = run("reference", logits, 2, True, used=used)
+    got = run("triton", logits, 2, True, used=used)
+    torch.testing.assert_close(got[3], want[3], rtol=1e-5, atol=1e-6)
 
 
 @needs_kernels
 def test_ties_go_to_the_lower_expert():
     logits = torch.tensor([[0.0, 1.0, 1.0, 0.0], [2.0, 2.0, 2.0, 2.0], [1.0, 0.0, 1.0, 1.0]], device=DEVICE)
-    _, idx, _ = softmax_top_k(logits, 2, True, impl="triton")
+    _, idx, _, _ = softmax_top_k(logits, 2, True, impl="triton")
     assert idx.tolist() == [[1, 2], [0, 1], [0, 2]]
     assert torch.equal(idx, softmax_top_k_reference(logits, 2, True)[1])
 
 
 @needs_kernels
 def test_no_tokens():
-    probs, idx, gates = softmax_top_k(torch.zeros(0, 4, device=DEVICE), 2, True, impl="triton")
-    assert probs.shape == (0, 4) and idx.shape == (0, 2) and gates.shape == (0, 2)
+    probs, idx, gates, lse = softmax_top_k(torch.zeros(0, 4, device=DEVICE), 2, True, impl="triton")
+    assert probs.shape == (0, 4) and idx.shape == (0, 2) and gates.shape == (0, 2) and lse.shape == (0,)
 
 
 def test_reference_policy_and_refusals():

@@ -110,7 +110,8 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         ones = u.new_ones(n, 1, dtype=torch.float32)
         gates = ones if valid is None else ones * valid[:, None]
         idx = torch.zeros(n, 1, dtype=torch.long, device=u.device)
-        return RouterOutput(ones.log(), ones, idx, gates, valid)
+        logits = ones.log()  # zeros: one expert of probability 1, so lse = 0
+        return RouterOutput(logits, ones, idx, gates, valid, logits[:, 0])
 
     def _split(self, proj: torch.Tensor):
         """(..., F) -> z (..., P), xBC (..., C), dt_raw (..., 1)."""

@@ -16,7 +16,8 @@ class RouterOutput:
     """What one router decided for n tokens.
 
     logits, probs: (n, E) fp32. top_idx: (n, k) chosen experts, best first. top_gates: (n, k)
-    gates g (zero for padding tokens). valid: (n,) bool or None.
+    gates g (zero for padding tokens). valid: (n,) bool or None. lse: (n,) logsumexp of the
+    logits (the z-loss's input).
     """
 
     logits: torch.Tensor
@@ -24,6 +25,7 @@ class RouterOutput:
     top_idx: torch.Tensor
     top_gates: torch.Tensor
     valid: torch.Tensor | None
+    lse: torch.Tensor
 
     def dense_gates(self, n_experts: int) -> torch.Tensor:
         """(n, E) gates with zeros for unchosen experts."""
@@ -37,12 +39,23 @@ class RouterOutput:
         """
         n, E = self.probs.shape
         k = self.top_idx.shape[1]
-        weight = torch.ones(n, device=self.probs.device) if self.valid is None else self.valid.float()
-        n_valid = weight.sum().clamp(min=1.0)
-        fraction = counts.float() / (k * n_valid)
-        mean_prob = (self.probs * weight[:, None]).sum(0) / n_valid
-        aux = E * (fraction * mean_prob).sum()
-        z = (torch.logsumexp(self.logits, dim=-1).pow(2) * weight).sum() / n_valid
+        with torch.autocast(device_type=self.probs.device.type, enabled=False):  # losses in fp32, as the router
+            return self._losses(counts, n, E, k)
+
+    def _losses(self, counts: torch.Tensor, n: int, E: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.valid is None:
+            # Every token counts: plain means, no weight vector (a dozen fewer launches per router,
+            # and every layer has one or two routers).
+            n_valid = max(n, 1)
+            mean_prob = self.probs.sum(0) / n_valid
+            z = torch.dot(self.lse, self.lse) / n_valid
+        else:
+            weight = self.valid.to(self.probs.dtype)
+            n_valid = weight.sum().clamp(min=1.0)
+            mean_prob = (self.probs * weight[:, None]).sum(0) / n_valid
+            z = (self.lse.pow(2) * weight).sum() / n_valid
+        fraction = counts.to(self.probs.dtype) / (k * n_valid)
+        aux = E * torch.dot(fraction, mean_prob)
         return aux, z
 
 
@@ -68,10 +81,10 @@ class Router(nn.Module):
         with torch.autocast(device_type=u.device.type, enabled=False):
             logits = u.to(cdt) @ self.weight.to(cdt).T
         impl = (DEFAULT_POLICY if policy is None else policy).fused_ops
-        probs, top_idx, gates = softmax_top_k(logits, self.top_k, self.renormalize, impl=impl)
+        probs, top_idx, gates, lse = softmax_top_k(logits, self.top_k, self.renormalize, impl=impl)
         if valid is not None:
             gates = gates * valid[:, None].to(gates.dtype)
-        return RouterOutput(logits, probs, top_idx, gates, valid)
+        return RouterOutput(logits, probs, top_idx, gates, valid, lse)
 
 
 @dataclass

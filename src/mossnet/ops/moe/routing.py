@@ -3,7 +3,8 @@ the fused Triton kernel (``routing_triton.py``) by the policy's ``fused_ops``.
 
 For each token: probs = softmax(logits); the k most probable experts, best first, ties to the
 lower expert index; their gates, the chosen probabilities renormalised to sum to 1 when
-``renormalize`` (else the probabilities themselves).
+``renormalize`` (else the probabilities themselves); and the log-sum-exp of the logits, which the
+router's z-loss squares.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ MAX_EXPERTS = 256  # one row of experts per register tile; more take the referen
 
 
 def softmax_top_k_reference(logits: torch.Tensor, k: int, renormalize: bool):
-    """logits: (n, E) float. Returns probs (n, E), top_idx (n, k) int64 and gates (n, k), in
-    logits' dtype."""
+    """logits: (n, E) float. Returns probs (n, E), top_idx (n, k) int64, gates (n, k) and
+    lse (n,) = logsumexp(logits), in logits' dtype."""
     probs = torch.softmax(logits, dim=-1)
     # A stable descending sort keeps the lower index first among equal probabilities.
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
     top_p, top_idx = sorted_probs[:, :k], order[:, :k]
     gates = top_p / top_p.sum(-1, keepdim=True) if renormalize else top_p
-    return probs, top_idx, gates
+    return probs, top_idx, gates, torch.logsumexp(logits, dim=-1)
 
 
 def why_not_fused(logits: torch.Tensor) -> str | None:

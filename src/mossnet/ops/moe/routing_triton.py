@@ -5,6 +5,8 @@ In PyTorch the router's softmax, stable sort, slicing and renormalisation are ab
 launches forward and ten backward, on (n, E) tensors of a few experts: launch-bound work. Here
 one program handles a block of tokens, all E experts of each in registers; the top k are found
 by k passes of max-then-lowest-index (the sort's tie rule), so k is a compile-time constant.
+The row's log-sum-exp (the z-loss's input) comes out of the same pass: torch.logsumexp alone is
+about nine launches forward.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ def _tile(n, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
 
 
 @triton.jit
-def softmax_top_k_fwd_kernel(logits_ptr, probs_ptr, idx_ptr, gates_ptr, n, E,
+def softmax_top_k_fwd_kernel(logits_ptr, probs_ptr, idx_ptr, gates_ptr, lse_ptr, n, E,
                              K: tl.constexpr, RENORM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
     rows, cols, row_ok, mask = _tile(n, E, BLOCK_T, BLOCK_E)
     off = rows[:, None] * E + cols[None, :]
     logits = tl.load(logits_ptr + off, mask=mask, other=-float("inf"))
-    e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+    top = tl.max(logits, axis=1)
+    e = tl.exp(logits - top[:, None])
     e = tl.where(mask, e, 0.0)
-    probs = e / tl.sum(e, axis=1)[:, None]
+    denom = tl.sum(e, axis=1)
+    probs = e / denom[:, None]
     tl.store(probs_ptr + off, probs, mask=mask)
+    tl.store(lse_ptr + rows, top + tl.log(denom), mask=row_ok)
     total = tl.zeros([BLOCK_T], dtype=tl.float32)
     if RENORM:  # the chosen probabilities' sum, first: one more pass over E registers
         work = tl.where(mask, probs, -1.0)
@@ -51,8 +56,8 @@ def softmax_top_k_fwd_kernel(logits_ptr, probs_ptr, idx_ptr, gates_ptr, n, E,
 
 
 @triton.jit
-def softmax_top_k_bwd_kernel(probs_ptr, idx_ptr, gates_ptr, dprobs_ptr, dgates_ptr, dlogits_ptr, n, E,
-                             K: tl.constexpr, RENORM: tl.constexpr, HAS_DPROBS: tl.constexpr,
+def softmax_top_k_bwd_kernel(probs_ptr, idx_ptr, gates_ptr, dprobs_ptr, dgates_ptr, dlse_ptr, dlogits_ptr, n, E,
+                             K: tl.constexpr, RENORM: tl.constexpr, HAS_DPROBS: tl.constexpr, HAS_DLSE: tl.constexpr,
                              BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
     rows, cols, row_ok, mask = _tile(n, E, BLOCK_T, BLOCK_E)
     off = rows[:, None] * E + cols[None, :]
@@ -76,6 +81,8 @@ def softmax_top_k_bwd_kernel(probs_ptr, idx_ptr, gates_ptr, dprobs_ptr, dgates_p
         grad = (dg - dot) / total if RENORM else dg
         dp += tl.where(cols[None, :] == pick[:, None], grad[:, None], 0.0)
     dlogits = probs * (dp - tl.sum(dp * probs, axis=1)[:, None])
+    if HAS_DLSE:  # d lse / d logits = probs
+        dlogits += probs * tl.load(dlse_ptr + rows, mask=row_ok, other=0.0)[:, None]
     tl.store(dlogits_ptr + off, dlogits, mask=mask)
 
 
@@ -86,7 +93,7 @@ def _grid(n: int, E: int):
 
 
 class SoftmaxTopKTriton(torch.autograd.Function):
-    """(probs, top_idx, gates) = softmax_top_k(logits, k, renormalize); fp32 logits."""
+    """(probs, top_idx, gates, lse) = softmax_top_k(logits, k, renormalize); fp32 logits."""
 
     @staticmethod
     def forward(ctx, logits, k: int, renormalize: bool):
@@ -95,17 +102,18 @@ class SoftmaxTopKTriton(torch.autograd.Function):
         probs = torch.empty_like(logits)
         idx = torch.empty(n, k, dtype=torch.int64, device=logits.device)
         gates = torch.empty(n, k, dtype=logits.dtype, device=logits.device)
+        lse = torch.empty(n, dtype=logits.dtype, device=logits.device)
         grid, block_t, block_e = _grid(n, E)
         if n:
-            softmax_top_k_fwd_kernel[grid](logits, probs, idx, gates, n, E, K=k, RENORM=renormalize,
+            softmax_top_k_fwd_kernel[grid](logits, probs, idx, gates, lse, n, E, K=k, RENORM=renormalize,
                                            BLOCK_T=block_t, BLOCK_E=block_e)
         ctx.save_for_backward(probs, idx, gates)
         ctx.renormalize = renormalize
         ctx.mark_non_differentiable(idx)
-        return probs, idx, gates
+        return probs, idx, gates, lse
 
     @staticmethod
-    def backward(ctx, dprobs, _didx, dgates):
+    def backward(ctx, dprobs, _didx, dgates, dlse):
         probs, idx, gates = ctx.saved_tensors
         n, E = probs.shape
         k = idx.shape[1]
@@ -113,9 +121,11 @@ class SoftmaxTopKTriton(torch.autograd.Function):
         dlogits = torch.empty_like(probs)
         grid, block_t, block_e = _grid(n, E)
         if n:
+            # An absent gradient gets a placeholder pointer (never read: its HAS_ flag is off).
             softmax_top_k_bwd_kernel[grid](probs, idx, gates, dprobs.contiguous() if dprobs is not None else probs,
-                                           dgates, dlogits, n, E, K=k, RENORM=ctx.renormalize,
-                                           HAS_DPROBS=dprobs is not None, BLOCK_T=block_t, BLOCK_E=block_e)
+                                           dgates, dlse.contiguous() if dlse is not None else probs, dlogits, n, E,
+                                           K=k, RENORM=ctx.renormalize, HAS_DPROBS=dprobs is not None,
+                                           HAS_DLSE=dlse is not None, BLOCK_T=block_t, BLOCK_E=block_e)
         return dlogits, None, None
 
 

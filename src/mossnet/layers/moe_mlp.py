@@ -8,7 +8,9 @@ from torch import nn
 
 from ..execution import DEFAULT_POLICY, ExecutionPolicy
 from ..ops.moe import dispatch_by_expert, grouped_linear
+from ..ops.moe.combine import combine
 from ..ops.moe.gathered_linear import gathered_linear
+from ..ops.moe.swiglu import swiglu
 from .router import Router, RouterReport
 
 
@@ -20,12 +22,12 @@ class SwiGLU(nn.Module):
         self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
         self.down = nn.Linear(hidden, d_model, bias=False)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, fused_ops: str = "auto") -> torch.Tensor:
+        """``fused_ops``: the policy's choice for the activation (:func:`~mossnet.ops.moe.swiglu.swiglu`)."""
         # The fp32 residual meets weights loaded in bf16 (from_pretrained(dtype=bf16), no autocast):
         # run in the weights' dtype. A no-op for fp32 weights and under autocast's fp32 masters.
         u = u.to(self.gate_up.weight.dtype)
-        gate, up = self.gate_up(u).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.down(swiglu(self.gate_up(u), fused_ops))
 
 
 class MoEMLP(nn.Module):
@@ -64,8 +66,9 @@ class MoEMLP(nn.Module):
             return self._decode_tokens(u, policy), None
         keep = None if valid is None else valid[:, None].to(u.dtype)
         report = None
+        fused = policy.fused_ops
         if self.n_experts == 1:
-            out = self.dense(u)
+            out = self.dense(u, fused)
         else:
             routing = self.router(u, valid, policy)
             d = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
@@ -74,13 +77,11 @@ class MoEMLP(nn.Module):
             # index_put, which CUDA implements by sorting the indices first (several launches);
             # index_select's is one index_add.
             hidden = grouped_linear(u.index_select(0, d.token), self.gate_up, d.offsets, **matmul)
-            gate, up = hidden.chunk(2, dim=-1)
-            rows = grouped_linear(F.silu(gate) * up, self.down, d.offsets, **matmul)
-            rows = rows * routing.top_gates.reshape(-1).index_select(0, d.slot)[:, None].to(rows.dtype)
-            out = u.new_zeros(u.shape[0], rows.shape[-1], dtype=rows.dtype).index_add(0, d.token, rows)
+            rows = grouped_linear(swiglu(hidden, fused), self.down, d.offsets, **matmul)
+            out = combine(rows, routing.top_gates, d, fused)  # gated sum of each token's k rows
             report = RouterReport.of(routing, d.counts)
         if self.shared is not None:
-            out = out + self.shared(u)
+            out = out + self.shared(u, fused)
         if keep is not None:
             out = out * keep.to(out.dtype)
         return out, report
@@ -98,11 +99,10 @@ class MoEMLP(nn.Module):
         idx = routing.top_idx  # (n, k)
         fused = policy.fused_ops
         hidden = gathered_linear(u[:, None, :].expand(-1, idx.shape[1], -1), self.gate_up, idx, fused)
-        gate, up = hidden.chunk(2, dim=-1)
-        rows = gathered_linear(F.silu(gate) * up, self.down, idx, fused)  # (n, k, D)
+        rows = gathered_linear(swiglu(hidden, fused), self.down, idx, fused)  # (n, k, D)
         out = (rows * routing.top_gates[..., None].to(rows.dtype)).sum(1)
         if self.shared is not None:
-            out = out + self.shared(u)
+            out = out + self.shared(u, fused)
         return out
 
 

@@ -1,0 +1,43 @@
+"""The combine step of a routed layer: each token's k expert outputs, weighted by their gates and
+summed back onto the token (spec section 3), from rows sorted by expert (:mod:`.dispatch`).
+The PyTorch reference and the choice of the fused Triton kernel (``combine_triton.py``) by the
+policy's ``fused_ops``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mossnet.ops.fused import choose, why_triton_cannot_run
+
+from .dispatch import ExpertDispatch
+
+
+def combine_reference(rows: torch.Tensor, gates: torch.Tensor, d: ExpertDispatch) -> torch.Tensor:
+    """rows: (n*k, D) expert outputs in the dispatch's (expert-sorted) order; gates: (n, k).
+    Returns out (n, D) in rows' dtype, out[t] = sum_j gates[t, j] * (row of assignment (t, j)):
+    a scatter-add onto the tokens (padding tokens have zero gates and zero rows)."""
+    n = gates.shape[0]
+    weighted = rows * gates.reshape(-1).index_select(0, d.slot)[:, None].to(rows.dtype)
+    return rows.new_zeros(n, rows.shape[1]).index_add(0, d.token, weighted)
+
+
+def why_not_fused(rows: torch.Tensor, gates: torch.Tensor) -> str | None:
+    """None when the fused kernel can run on these tensors; else the reason."""
+    reason = why_triton_cannot_run(rows)
+    if reason is not None:
+        return reason
+    if rows.dtype == torch.float64 or gates.dtype == torch.float64:
+        return "float64 rows or gates take the reference (the kernel sums in float32)"
+    return None
+
+
+def combine(rows: torch.Tensor, gates: torch.Tensor, d: ExpertDispatch, impl: str = "auto") -> torch.Tensor:
+    """:func:`combine_reference` through ``impl`` ("auto", "reference" or "triton"; see
+    :mod:`mossnet.ops.fused`). The kernel gathers each token's k rows instead of scattering
+    into them (no atomics, no zero-filled output, the same sum in any run) and sums in fp32."""
+    if not choose("the fused expert combine", impl, lambda: why_not_fused(rows, gates), rows.is_cuda):
+        return combine_reference(rows, gates, d)
+    from .combine_triton import combine_triton
+
+    return combine_triton(rows, gates, d.slot)

@@ -1,0 +1,94 @@
+"""The expert combine in one Triton kernel each way (reference and contract:
+:func:`mossnet.ops.moe.combine.combine_reference`).
+
+    out[t] = sum_j gates[t, j] * rows[position[t * k + j]]
+
+``position`` inverts the dispatch's sort (``slot``): it says where assignment (t, j) landed
+among the expert-sorted rows. With it, each program gathers its tokens' k rows, so the forward is
+one pass with no zero fill and no atomics, where PyTorch takes a gate gather, a cast, a product,
+a zero fill and an atomic scatter-add. The backward is one pass too: it writes each assignment's
+row gradient, gates[t, j] * d_out[t], and reduces the gate gradient <row, d_out[t]> in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_T = 16
+BLOCK_D = 128
+
+
+@triton.jit
+def combine_fwd_kernel(rows_ptr, gates_ptr, pos_ptr, out_ptr, n, D, K: tl.constexpr,
+                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    tok_ok = tok < n
+    mask = tok_ok[:, None] & (cols < D)[None, :]
+    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    for j in tl.static_range(K):
+        at = tok.to(tl.int64) * K + j
+        p = tl.load(pos_ptr + at, mask=tok_ok, other=0).to(tl.int64)
+        g = tl.load(gates_ptr + at, mask=tok_ok, other=0.0).to(tl.float32)
+        row = tl.load(rows_ptr + p[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += g[:, None] * row
+    tl.store(out_ptr + tok[:, None].to(tl.int64) * D + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def combine_bwd_kernel(rows_ptr, gates_ptr, pos_ptr, dout_ptr, drows_ptr, dgates_ptr, n, D, K: tl.constexpr,
+                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    tok_ok = tok < n
+    for j in tl.static_range(K):
+        at = tok.to(tl.int64) * K + j
+        p = tl.load(pos_ptr + at, mask=tok_ok, other=0).to(tl.int64)
+        g = tl.load(gates_ptr + at, mask=tok_ok, other=0.0).to(tl.float32)
+        dg = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            mask = tok_ok[:, None] & (cols < D)[None, :]
+            dout = tl.load(dout_ptr + tok[:, None].to(tl.int64) * D + cols[None, :], mask=mask, other=0.0)
+            dout = dout.to(tl.float32)
+            row = tl.load(rows_ptr + p[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            dg += tl.sum(dout * row, axis=1)
+            tl.store(drows_ptr + p[:, None] * D + cols[None, :], (g[:, None] * dout).to(drows_ptr.dtype.element_ty),
+                     mask=mask)
+        tl.store(dgates_ptr + at, dg.to(dgates_ptr.dtype.element_ty), mask=tok_ok)
+
+
+class CombineTriton(torch.autograd.Function):
+    """out (n, D) = combine(rows (n*k, D), gates (n, k), position (n*k,)); see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, rows, gates, position):
+        rows, gates = rows.contiguous(), gates.contiguous()
+        n, k = gates.shape
+        D = rows.shape[1]
+        out = rows.new_empty(n, D)
+        if n and D:
+            grid = (triton.cdiv(n, BLOCK_T), triton.cdiv(D, BLOCK_D))
+            combine_fwd_kernel[grid](rows, gates, position, out, n, D, K=k, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
+        ctx.save_for_backward(rows, gates, position)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        rows, gates, position = ctx.saved_tensors
+        n, k = gates.shape
+        D = rows.shape[1]
+        drows = torch.empty_like(rows)  # every row is some assignment's: all are written
+        dgates = torch.empty_like(gates)
+        if n and D:
+            combine_bwd_kernel[(triton.cdiv(n, BLOCK_T),)](rows, gates, position, dout.contiguous(), drows, dgates,
+                                                            n, D, K=k, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
+        return drows, dgates, None
+
+
+def combine_triton(rows: torch.Tensor, gates: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """The fused combine: rows (n*k, D) in dispatch order, gates (n, k), the dispatch's slot
+    (n*k,) (sorted row -> flattened assignment). Returns (n, D) in rows' dtype."""
+    position = torch.empty_like(slot).scatter_(0, slot, torch.arange(slot.numel(), device=slot.device))
+    return CombineTriton.apply(rows, gates, position)

@@ -45,9 +45,11 @@ class ExecutionPolicy:
         expert_matmul: ``grouped_linear`` implementation: "auto", "grouped_mm" (CUTLASS,
             bf16 on sm90+), "all_experts" (every expert on every row, then pick: fixed shapes,
             traceable, no host sync) or "loop" (one matmul per expert; reads group sizes).
-        fused_ops: the fused Triton kernels around the scan (the routers' softmax top-k,
-            ``ops/moe/routing.py``, and the MoSSE read-out, ``ops/mosse/read_out.py``; the
-            rule in ``ops/fused.py``): "auto" (on CUDA where they can run, else the PyTorch
+        fused_ops: the fused Triton kernels around the scan and the expert products (the
+            routers' softmax top-k, ``ops/moe/routing.py``; the MoSSE conv + SiLU and read-out,
+            ``ops/conv``, ``ops/mosse/read_out.py``; the MLP's SwiGLU and the experts' combine,
+            ``ops/moe/swiglu.py``, ``ops/moe/combine.py``; the decode expert products; the rule
+            in ``ops/fused.py``): "auto" (on CUDA where they can run, else the PyTorch
             references), "reference" or "triton" (an error where they cannot run).
         decode_direct_max_pairs: the MoE-MLP decode applies each token's experts directly up to
             this many (token, expert) pairs, and sorts them into groups above it.

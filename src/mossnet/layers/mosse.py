@@ -43,6 +43,7 @@ from transformers import initialization as init
 from ..execution import DEFAULT_POLICY, ExecutionPolicy, tracing
 from ..ops.conv import gather_rows, segment_causal_conv, segment_conv_silu
 from ..ops.moe import ExpertDispatch, dispatch_by_expert, grouped_linear
+from ..ops.moe.combine import combine
 from ..ops.mosse import mosse_scan
 from ..ops.mosse.naive import compute_dtype_for
 from ..ops.mosse.read_out import read_out
@@ -228,27 +229,31 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             states = (self._join_windows(states[0], sequence_final), states[1])
         if routed_rows is not None:
             normed = normed.index_select(0, routed_rows)
-        # Read-out: each routed row (n*k, P) times its gate -> W_o of its expert -> summed onto the tokens.
-        gates = routing.top_gates.reshape(-1).index_select(0, assign.slot)
-        yhat = (normed * gates[:, None]).to(u.dtype)
-        o = self._read_out_sum(yhat, assign, n, segments.uniform and routed_rows is None, policy)
+        # Read-out: each routed row (n*k, P) -> W_o of its expert -> times its gate, summed onto the tokens.
+        o = self._read_out_sum(normed, routing.top_gates, assign, n, segments.uniform and routed_rows is None,
+                               u.dtype, policy)
         o = o.view(batch, T, d_model)
         report = RouterReport.of(routing, assign.counts) if self.router is not None else None
         return o, report, states
 
-    def _read_out_sum(self, yhat: torch.Tensor, assign: ExpertDispatch, n: int, every_token_in_order: bool,
-                      policy: ExecutionPolicy) -> torch.Tensor:
-        """o (n, d_model) = sum over each token's rows (n*k, P) of W_o[expert] @ row. When the rows
-        are E blocks of all n tokens in order (k = E, uniform segments), the sum over experts is the
-        inner dimension of one (n, E*P) x (E*P, d_model) matmul: no (n*k, d_model) scatter-add."""
-        w_out = self.out_proj if torch.is_autocast_enabled() else self.out_proj.to(yhat.dtype)  # (E, d_model, P)
+    def _read_out_sum(self, normed: torch.Tensor, top_gates: torch.Tensor, assign: ExpertDispatch, n: int,
+                      every_token_in_order: bool, dtype: torch.dtype, policy: ExecutionPolicy) -> torch.Tensor:
+        """o (n, d_model) = sum over each token's k rows of gate * W_o[expert] @ row.
+
+        normed: (n*k, P) rows in dispatch order; top_gates: (n, k) the router's gates. The gate
+        is a scalar per row, so it may come before or after W_o: the grouped path applies it in
+        the combine (:func:`~mossnet.ops.moe.combine.combine`, one fused gather-and-sum). When the
+        rows are E blocks of all n tokens in order (k = E, uniform segments), the sum over experts
+        is the inner dimension of one (n, E*P) x (E*P, d_model) matmul, so the gate comes first."""
+        w_out = self.out_proj if torch.is_autocast_enabled() else self.out_proj.to(dtype)  # (E, d_model, P)
         if every_token_in_order:
             E, d_model, P = w_out.shape
-            per_token = yhat.view(E, n, P).transpose(0, 1).reshape(n, E * P)
+            gated = (normed * top_gates.reshape(-1).index_select(0, assign.slot)[:, None]).to(dtype)
+            per_token = gated.view(E, n, P).transpose(0, 1).reshape(n, E * P)
             return F.linear(per_token, w_out.permute(1, 0, 2).reshape(d_model, E * P))
-        out_rows = grouped_linear(yhat, w_out, assign.offsets, impl=policy.expert_matmul,
+        out_rows = grouped_linear(normed.to(dtype), w_out, assign.offsets, impl=policy.expert_matmul,
                                   every_row_routed=assign.every_row_routed)  # (n*k, d_model)
-        return out_rows.new_zeros(n, out_rows.shape[1]).index_add(0, assign.token, out_rows)
+        return combine(out_rows, top_gates, assign, policy.fused_ops)
 
     def _sequence_features(self, flat, valid, layout: SequenceLayout, window, return_states):
         """The features shared by all experts, convolved over the full sequence (no-op by default).

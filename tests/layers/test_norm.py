@@ -39,7 +39,8 @@ def _rel(a, b):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtypes", list(CASES), ids=lambda d: f"{d[0]}-{d[1]}".replace("torch.", ""))
-@pytest.mark.parametrize("shape", [(3, 7, 33), (5, 576), (1, 1, 1)])
+# A width of 1 is left out: x / sqrt(x^2 + eps) is flat there, so dx is eps-sized noise.
+@pytest.mark.parametrize("shape", [(3, 7, 33), (5, 576), (1, 1, 5)])
 def test_matches_reference_forward_and_backward(device, dtypes, shape):
     x_dtype, w_dtype = dtypes
     fwd_tol, grad_tol = CASES[dtypes]

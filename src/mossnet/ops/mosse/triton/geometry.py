@@ -5,9 +5,11 @@ tokens ``[ts, te)``, starting at the sequence's start plus a multiple of the chu
 
 * Batched layout (no ``cu_seqlens``): every row has T tokens and NC = ceil(T / L) chunks, and
   both lookups are arithmetic (no table).
-* Packed layout (``cu_seqlens``): the table is built on the device with a few tensor ops, never
-  read back to the host (no synchronisation). The parallel kernels' grid is sized by the upper
-  bound U = ceil(total / L) + n_seqs; the surplus programs see ``ts >= te`` and exit at once.
+* Packed layout (``cu_seqlens``): the table is built on the device, never read back to the host
+  (no synchronisation): by :func:`chunk_table_kernel` in one launch, or, inside a trace or for
+  very many sequences, by :func:`chunk_table_reference`'s tensor ops (about twenty launches, paid
+  per layer and step). The parallel kernels' grid is sized by the upper bound
+  U = ceil(total / L) + n_seqs; the surplus programs see ``ts >= te`` and exit at once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ import torch
 import triton
 import triton.language as tl
 
+from mossnet.execution import tracing
+
 from ...segments import segment_ids
+
+MAX_TABLE_SEQS = 2048  # the kernel holds every sequence's bounds in one register tile
+TABLE_BLOCK = 32  # chunk slots per program of the table kernel
 
 
 @triton.jit
@@ -77,20 +84,17 @@ class Geometry:
             self._build_table(cu_seqlens.to(device=device, dtype=torch.int64), L, device)
 
     def _build_table(self, cu: torch.Tensor, L: int, device) -> None:
-        nch = (cu[1:] - cu[:-1] + L - 1) // L  # (n_seqs,) chunks per sequence
-        cu_ch = torch.nn.functional.pad(nch.cumsum(0), (1, 0))
         self.U = triton.cdiv(self.total, L) + self.n_seqs  # upper bound: no host sync
-        gid = torch.arange(self.U, device=device)
-        # The sequence of each program: searchsorted(cu_ch[1:], gid, right=True) clamped to the last
-        # sequence, counted as a histogram + cumsum (Inductor in torch 2.11 cannot lower
-        # searchsorted on a sliced boundary tensor, so torch.compile needs this form).
-        seq = segment_ids(cu_ch, self.U)
-        ts = cu[seq] + (gid - cu_ch[seq]) * L
-        te = torch.minimum(ts + L, cu[seq + 1])  # te <= ts for surplus programs
-        self.cu = cu.to(torch.int32)
-        self.cu_ch = cu_ch.to(torch.int32)
-        self.ts = ts.to(torch.int32)
-        self.te = te.to(torch.int32)
+        if tracing() or self.n_seqs + 1 > MAX_TABLE_SEQS:
+            self.cu, self.cu_ch, self.ts, self.te = chunk_table_reference(cu, L, self.U)
+            return
+        self.cu = torch.empty(self.n_seqs + 1, dtype=torch.int32, device=device)
+        self.cu_ch = torch.empty_like(self.cu)
+        self.ts = torch.empty(self.U, dtype=torch.int32, device=device)
+        self.te = torch.empty_like(self.ts)
+        chunk_table_kernel[(triton.cdiv(self.U, TABLE_BLOCK),)](
+            cu, self.cu, self.cu_ch, self.ts, self.te, self.n_seqs, self.U, L,
+            BLOCK_S=triton.next_power_of_2(self.n_seqs + 1), BLOCK_G=TABLE_BLOCK)
 
     def per_sequence_grid(self, E: int, N: int, P: int):
         """Grid of the sequential state kernels: (sequence, expert, N-block x P-block)."""
@@ -101,3 +105,55 @@ class Geometry:
         if P is None:
             return lambda meta: (self.U, E)
         return lambda meta: (self.U, E, triton.cdiv(P, meta["BLOCK_P"]))
+
+
+def chunk_table_reference(cu: torch.Tensor, L: int, U: int):
+    """The packed chunk table in tensor ops: the definition :func:`chunk_table_kernel` must equal.
+
+    Args:
+        cu: (S+1,) int64 sequence boundaries (empty sequences allowed); L: chunk length;
+            U: chunk slots (at least the chunks of all sequences).
+    Returns:
+        int32 tensors: cu (S+1,); cu_ch (S+1,), the global chunk boundaries of the sequences;
+        ts, te (U,), each slot's token range (``te <= ts`` past the last chunk).
+    """
+    nch = (cu[1:] - cu[:-1] + L - 1) // L  # (S,) chunks per sequence
+    cu_ch = torch.nn.functional.pad(nch.cumsum(0), (1, 0))
+    gid = torch.arange(U, device=cu.device)
+    # The sequence of each slot: searchsorted(cu_ch[1:], gid, right=True) clamped to the last
+    # sequence, counted as a histogram + cumsum (Inductor in torch 2.11 cannot lower
+    # searchsorted on a sliced boundary tensor, so torch.compile needs this form).
+    seq = segment_ids(cu_ch, U)
+    ts = cu[seq] + (gid - cu_ch[seq]) * L
+    te = torch.minimum(ts + L, cu[seq + 1])
+    return cu.to(torch.int32), cu_ch.to(torch.int32), ts.to(torch.int32), te.to(torch.int32)
+
+
+@triton.jit
+def chunk_table_kernel(cu_ptr, cu32_ptr, cu_ch_ptr, ts_ptr, te_ptr, S, U, L,
+                       BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr):
+    """:func:`chunk_table_reference` for BLOCK_G slots per program. Every program rebuilds the
+    chunk boundaries of all S sequences in registers (a cumsum over at most a few thousand
+    values, cheaper than a second launch); the first also writes them out."""
+    s = tl.arange(0, BLOCK_S)
+    in_seq = s < S
+    start = tl.load(cu_ptr + s, mask=in_seq, other=0).to(tl.int64)
+    end = tl.load(cu_ptr + s + 1, mask=in_seq, other=0).to(tl.int64)
+    n_chunks = tl.where(in_seq, (end - start + L - 1) // L, 0)
+    chunk_end = tl.cumsum(n_chunks, axis=0)  # cu_ch[s + 1]
+    if tl.program_id(0) == 0:
+        tl.store(cu_ch_ptr + s + 1, chunk_end.to(tl.int32), mask=in_seq)
+        tl.store(cu_ch_ptr + s, tl.zeros([BLOCK_S], dtype=tl.int32), mask=s == 0)
+        tl.store(cu32_ptr + s, tl.load(cu_ptr + s, mask=s <= S, other=0).to(tl.int32), mask=s <= S)
+    g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    # Each slot's sequence: how many sequences, the last excluded, end at or before it.
+    ended = (chunk_end[None, :] <= g[:, None].to(tl.int64)) & (s[None, :] < S - 1)
+    seq = tl.sum(ended.to(tl.int32), axis=1)
+    first_chunk = tl.sum(tl.where(s[None, :] == seq[:, None], chunk_end - n_chunks, 0), axis=1)
+    slot_ok = g < U
+    seq_start = tl.load(cu_ptr + seq, mask=slot_ok, other=0).to(tl.int64)
+    seq_end = tl.load(cu_ptr + seq + 1, mask=slot_ok, other=0).to(tl.int64)
+    ts = seq_start + (g - first_chunk) * L
+    te = tl.minimum(ts + L, seq_end)
+    tl.store(ts_ptr + g, ts.to(tl.int32), mask=slot_ok)
+    tl.store(te_ptr + g, te.to(tl.int32), mask=slot_ok)

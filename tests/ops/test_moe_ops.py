@@ -8,7 +8,7 @@ import torch
 from mossnet.ops.moe import dispatch_by_expert, grouped_linear, grouped_linear_reference
 
 
-@pytest.mark.parametrize("n,k,E", [(1, 1, 1), (9, 2, 4), (17, 3, 5)])
+@pytest.mark.parametrize("n,k,E", [(1, 1, 1), (9, 2, 4), (17, 3, 5), (40, 2, 255), (30, 3, 300)])
 @pytest.mark.parametrize("with_padding", [False, True])
 def test_dispatch_sorts_stably_and_drops_padding(n, k, E, with_padding):
     idx = torch.stack([torch.randperm(E)[:k] for _ in range(n)])

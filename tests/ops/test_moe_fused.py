@@ -1,5 +1,6 @@
 """The fused MoE-MLP kernels against their PyTorch references, forward and every gradient: the
-SwiGLU activation and the gated combine of expert rows onto tokens. On CUDA, or on the CPU
+SwiGLU activation, the gather of tokens into expert rows and the gated combine of expert rows
+onto tokens. On CUDA, or on the CPU
 under ``TRITON_INTERPRET=1``; the references and the dispatch rules run everywhere."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from kernel_device import DEVICE, needs_kernels
 from mossnet.errors import ConfigError
 from mossnet.ops.moe import dispatch_by_expert
-from mossnet.ops.moe.combine import combine, combine_reference
+from mossnet.ops.moe.combine import combine, combine_reference, gather_token_rows, gather_token_rows_reference
 from mossnet.ops.moe.swiglu import swiglu, swiglu_reference
 
 # Relative RMS error allowed against an fp64 evaluation of the reference: the kernels compute in
@@ -74,6 +75,21 @@ def test_combine_fused_equals_reference(dtype, n, k, E, D, padding):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n,k,E,D", [(1, 1, 1, 1), (19, 2, 4, 33), (40, 3, 5, 130), (64, 2, 8, 576)])
+@pytest.mark.parametrize("padding", [False, True])
+def test_gather_fused_equals_reference(dtype, n, k, E, D, padding):
+    _, _, d = _routed(n, k, E, D, padding, dtype, seed=n + D * k)
+    u = torch.randn(n, D, generator=torch.Generator().manual_seed(D)).to(DEVICE, dtype)
+    got = _grads(lambda x: gather_token_rows(x, d, impl="triton"), [u])
+    want = _grads(lambda x: gather_token_rows_reference(x, d), [u])
+    assert got[0].dtype == want[0].dtype and got[1].dtype == dtype
+    assert torch.equal(got[0], want[0])  # a copy: exact
+    exact = _grads(lambda x: gather_token_rows_reference(x, d), [u.double()])
+    assert _rel(got[1], exact[1]) <= TOL[dtype]
+
+
+@needs_kernels
 def test_combine_is_the_gated_sum_by_hand():
     # Two tokens, k = 2, three experts: out[t] = sum_j g[t, j] * (row of (t, j)).
     idx = torch.tensor([[2, 0], [0, 1]], device=DEVICE)
@@ -91,8 +107,12 @@ def test_references_take_the_reference_policy_and_refuse_triton_where_it_cannot_
     assert torch.equal(swiglu(hidden, impl="reference"), swiglu_reference(hidden))
     rows, gates, d = torch.randn(8, 5), torch.rand(4, 2), dispatch_by_expert(torch.tensor([[0, 1]] * 4), None, 2)
     assert torch.equal(combine(rows, gates, d, impl="reference"), combine_reference(rows, gates, d))
+    u = torch.randn(4, 5)
+    assert torch.equal(gather_token_rows(u, d, impl="reference"), u[d.token])
     if DEVICE is None:
         with pytest.raises(ConfigError, match="fused SwiGLU activation cannot run here"):
             swiglu(hidden, impl="triton")
         with pytest.raises(ConfigError, match="fused expert combine cannot run here"):
             combine(rows, gates, d, impl="triton")
+        with pytest.raises(ConfigError, match="fused token gather cannot run here"):
+            gather_token_rows(u, d, impl="triton")

@@ -35,6 +35,9 @@ def test_dispatch_sorts_stably_and_drops_padding(n, k, E, with_padding):
     # slot points back into the (n, k) table; token = slot // k.
     assert torch.equal(idx.flatten()[slot], expert)
     assert torch.equal(slot // k, token)
+    # position inverts the sort: assignment a sits at sorted row position[a].
+    assert torch.equal(d.slot[d.position], torch.arange(n * k))
+    assert torch.equal(d.position[d.slot], torch.arange(n * k))
     # Dropped rows (padding) sort last under the virtual expert E.
     assert (d.expert[n_kept:] == E).all()
     assert set(d.token[n_kept:].tolist()) == set((~keep).nonzero().flatten().tolist())

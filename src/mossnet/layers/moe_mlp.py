@@ -8,7 +8,7 @@ from torch import nn
 
 from ..execution import DEFAULT_POLICY, ExecutionPolicy
 from ..ops.moe import dispatch_by_expert, grouped_linear
-from ..ops.moe.combine import combine
+from ..ops.moe.combine import combine, gather_token_rows
 from ..ops.moe.gathered_linear import gathered_linear
 from ..ops.moe.swiglu import swiglu
 from .router import Router, RouterReport
@@ -73,10 +73,7 @@ class MoEMLP(nn.Module):
             routing = self.router(u, valid, policy)
             d = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
             matmul = dict(impl=policy.expert_matmul, every_row_routed=d.every_row_routed)
-            # index_select, not u[d.token]: the gradient of advanced indexing is an accumulating
-            # index_put, which CUDA implements by sorting the indices first (several launches);
-            # index_select's is one index_add.
-            hidden = grouped_linear(u.index_select(0, d.token), self.gate_up, d.offsets, **matmul)
+            hidden = grouped_linear(gather_token_rows(u, d, fused), self.gate_up, d.offsets, **matmul)
             rows = grouped_linear(swiglu(hidden, fused), self.down, d.offsets, **matmul)
             out = combine(rows, routing.top_gates, d, fused)  # gated sum of each token's k rows
             report = RouterReport.of(routing, d.counts)

@@ -43,7 +43,7 @@ from transformers import initialization as init
 from ..execution import DEFAULT_POLICY, ExecutionPolicy, tracing
 from ..ops.conv import gather_rows, segment_causal_conv, segment_conv_silu
 from ..ops.moe import ExpertDispatch, dispatch_by_expert, grouped_linear
-from ..ops.moe.combine import combine
+from ..ops.moe.combine import combine, gather_token_rows
 from ..ops.mosse import mosse_scan
 from ..ops.mosse.naive import compute_dtype_for
 from ..ops.mosse.read_out import read_out
@@ -383,8 +383,8 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         E = self.n_experts
         w_in = _cast(weight, flat)
         if not self._rows_hold_every_pair:
-            return grouped_linear(flat.index_select(0, rows.token), w_in, rows.offsets, impl=policy.expert_matmul,
-                                  every_row_routed=rows.every_row_routed)
+            return grouped_linear(gather_token_rows(flat, rows, policy.fused_ops), w_in, rows.offsets,
+                                  impl=policy.expert_matmul, every_row_routed=rows.every_row_routed)
         every = torch.matmul(flat, w_in.reshape(-1, w_in.shape[-1]).T)  # (n, E*F)
         if in_order:
             return every.view(flat.shape[0], E, -1).transpose(0, 1).reshape(-1, w_in.shape[1])

@@ -1,7 +1,14 @@
-"""The combine step of a routed layer: each token's k expert outputs, weighted by their gates and
-summed back onto the token (spec section 3), from rows sorted by expert (:mod:`.dispatch`).
-The PyTorch reference and the choice of the fused Triton kernel (``combine_triton.py``) by the
-policy's ``fused_ops``.
+"""The two moves between tokens and expert rows in a routed layer (:mod:`.dispatch` sorts the
+rows by expert):
+
+* :func:`gather_token_rows`, dispatch: each (token, expert) row gets a copy of its token, in the
+  dtype the expert products run in;
+* :func:`combine`: each token's k expert outputs, weighted by their gates and summed back onto
+  the token (spec section 3).
+
+Each is the other's transpose, so each one's backward is the other's forward. The PyTorch
+references and the choice of the fused Triton kernels (``combine_triton.py``) by the policy's
+``fused_ops``.
 """
 
 from __future__ import annotations
@@ -11,6 +18,24 @@ import torch
 from mossnet.ops.fused import choose, why_triton_cannot_run
 
 from .dispatch import ExpertDispatch
+from .grouped_linear import product_dtype
+
+
+def gather_token_rows_reference(u: torch.Tensor, d: ExpertDispatch) -> torch.Tensor:
+    """u: (n, D) tokens. Returns (n*k, D): row p is u[d.token[p]], in :func:`~.grouped_linear.
+    product_dtype` (the gather then the cast; the gather's gradient is a scatter-add)."""
+    return u.index_select(0, d.token).to(product_dtype(u))
+
+
+def gather_token_rows(u: torch.Tensor, d: ExpertDispatch, impl: str = "auto") -> torch.Tensor:
+    """:func:`gather_token_rows_reference` through ``impl`` ("auto", "reference" or "triton").
+    The kernel casts while it copies (no full-width copy in u's dtype first), and its backward
+    sums each token's k row gradients by gathering them (no zero fill, no atomic scatter-add)."""
+    if not choose("the fused token gather", impl, lambda: why_not_fused(u, u), u.is_cuda):
+        return gather_token_rows_reference(u, d)
+    from .combine_triton import gather_token_rows_triton
+
+    return gather_token_rows_triton(u, d.token, d.position, product_dtype(u))
 
 
 def combine_reference(rows: torch.Tensor, gates: torch.Tensor, d: ExpertDispatch) -> torch.Tensor:
@@ -40,4 +65,4 @@ def combine(rows: torch.Tensor, gates: torch.Tensor, d: ExpertDispatch, impl: st
         return combine_reference(rows, gates, d)
     from .combine_triton import combine_triton
 
-    return combine_triton(rows, gates, d.slot)
+    return combine_triton(rows, gates, d.position)

@@ -1,5 +1,6 @@
-"""The expert combine in one Triton kernel each way (reference and contract:
-:func:`mossnet.ops.moe.combine.combine_reference`).
+"""The expert combine and the token gather in one Triton kernel each way (references and
+contracts: :func:`mossnet.ops.moe.combine.combine_reference`,
+:func:`mossnet.ops.moe.combine.gather_token_rows_reference`).
 
     out[t] = sum_j gates[t, j] * rows[position[t * k + j]]
 
@@ -8,6 +9,9 @@ among the expert-sorted rows. With it, each program gathers its tokens' k rows, 
 one pass with no zero fill and no atomics, where PyTorch takes a gate gather, a cast, a product,
 a zero fill and an atomic scatter-add. The backward is one pass too: it writes each assignment's
 row gradient, gates[t, j] * d_out[t], and reduces the gate gradient <row, d_out[t]> in fp32.
+
+The token gather (rows[p] = u[token[p]], cast to the products' dtype) is the combine's transpose
+with unit gates: its backward is the combine's forward kernel without gates.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ BLOCK_D = 128
 
 
 @triton.jit
-def combine_fwd_kernel(rows_ptr, gates_ptr, pos_ptr, out_ptr, n, D, K: tl.constexpr,
+def combine_fwd_kernel(rows_ptr, gates_ptr, pos_ptr, out_ptr, n, D, K: tl.constexpr, HAS_GATES: tl.constexpr,
                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -31,9 +35,10 @@ def combine_fwd_kernel(rows_ptr, gates_ptr, pos_ptr, out_ptr, n, D, K: tl.conste
     for j in tl.static_range(K):
         at = tok.to(tl.int64) * K + j
         p = tl.load(pos_ptr + at, mask=tok_ok, other=0).to(tl.int64)
-        g = tl.load(gates_ptr + at, mask=tok_ok, other=0.0).to(tl.float32)
         row = tl.load(rows_ptr + p[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        acc += g[:, None] * row
+        if HAS_GATES:
+            row *= tl.load(gates_ptr + at, mask=tok_ok, other=0.0).to(tl.float32)[:, None]
+        acc += row
     tl.store(out_ptr + tok[:, None].to(tl.int64) * D + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -70,7 +75,8 @@ class CombineTriton(torch.autograd.Function):
         out = rows.new_empty(n, D)
         if n and D:
             grid = (triton.cdiv(n, BLOCK_T), triton.cdiv(D, BLOCK_D))
-            combine_fwd_kernel[grid](rows, gates, position, out, n, D, K=k, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
+            combine_fwd_kernel[grid](rows, gates, position, out, n, D, K=k, HAS_GATES=True,
+                                     BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
         ctx.save_for_backward(rows, gates, position)
         return out
 
@@ -87,8 +93,54 @@ class CombineTriton(torch.autograd.Function):
         return drows, dgates, None
 
 
-def combine_triton(rows: torch.Tensor, gates: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-    """The fused combine: rows (n*k, D) in dispatch order, gates (n, k), the dispatch's slot
-    (n*k,) (sorted row -> flattened assignment). Returns (n, D) in rows' dtype."""
-    position = torch.empty_like(slot).scatter_(0, slot, torch.arange(slot.numel(), device=slot.device))
+def combine_triton(rows: torch.Tensor, gates: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """The fused combine: rows (n*k, D) in dispatch order, gates (n, k), the dispatch's
+    ``position`` (n*k,) (flattened assignment -> sorted row). Returns (n, D) in rows' dtype."""
     return CombineTriton.apply(rows, gates, position)
+
+
+@triton.jit
+def gather_fwd_kernel(u_ptr, token_ptr, rows_ptr, M, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    r_ok = r < M
+    mask = r_ok[:, None] & (cols < D)[None, :]
+    t = tl.load(token_ptr + r, mask=r_ok, other=0).to(tl.int64)
+    row = tl.load(u_ptr + t[:, None] * D + cols[None, :], mask=mask, other=0.0)
+    tl.store(rows_ptr + r[:, None].to(tl.int64) * D + cols[None, :], row.to(rows_ptr.dtype.element_ty), mask=mask)
+
+
+class GatherTokenRowsTriton(torch.autograd.Function):
+    """rows (n*k, D) = u[token].to(dtype); the backward sums each token's k row gradients."""
+
+    @staticmethod
+    def forward(ctx, u, token, position, dtype):
+        u = u.contiguous()
+        n, D = u.shape
+        M = token.numel()
+        rows = torch.empty(M, D, dtype=dtype, device=u.device)
+        if M and D:
+            grid = (triton.cdiv(M, BLOCK_T), triton.cdiv(D, BLOCK_D))
+            gather_fwd_kernel[grid](u, token, rows, M, D, BLOCK_M=BLOCK_T, BLOCK_D=BLOCK_D)
+        ctx.save_for_backward(position)
+        ctx.n, ctx.u_dtype = n, u.dtype
+        return rows
+
+    @staticmethod
+    def backward(ctx, drows):
+        (position,) = ctx.saved_tensors
+        n, D = ctx.n, drows.shape[1]
+        k = position.numel() // max(n, 1)
+        du = torch.empty(n, D, dtype=ctx.u_dtype, device=drows.device)
+        if n and D:
+            grid = (triton.cdiv(n, BLOCK_T), triton.cdiv(D, BLOCK_D))
+            combine_fwd_kernel[grid](drows.contiguous(), drows, position, du, n, D, K=k, HAS_GATES=False,
+                                     BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
+        return du, None, None, None
+
+
+def gather_token_rows_triton(u: torch.Tensor, token: torch.Tensor, position: torch.Tensor,
+                             dtype: torch.dtype) -> torch.Tensor:
+    """The fused gather: u (n, D), the dispatch's token and position (n*k,), the products'
+    dtype. Returns (n*k, D) in ``dtype``. Every token has exactly k rows (dropless dispatch)."""
+    return GatherTokenRowsTriton.apply(u, token, position, dtype)

@@ -8,6 +8,7 @@ sorts last and lies beyond ``offsets[-1]``: they are never computed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,12 @@ class ExpertDispatch:
     offsets: torch.Tensor
     counts: torch.Tensor
     every_row_routed: bool = False
+
+    @functools.cached_property
+    def position(self) -> torch.Tensor:
+        """(n*k,) the inverse of the sort: the sorted row of each flattened (token, slot)
+        assignment. Computed once, on first use, for the fused gather and combine."""
+        return torch.empty_like(self.slot).scatter_(0, self.slot, torch.arange(self.slot.numel(), device=self.slot.device))
 
 
 def dispatch_by_expert(expert_idx: torch.Tensor, valid: torch.Tensor | None, n_experts: int) -> ExpertDispatch:

@@ -64,6 +64,15 @@ def resolve_expert_matmul(impl: str, x: torch.Tensor, weight: torch.Tensor) -> s
     return "loop"
 
 
+def product_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the expert products of rows like ``x`` run in: autocast's on CUDA under autocast
+    (the products are matmuls, which autocast lowers), else x's own. The one place this is decided
+    for :func:`grouped_linear`, so that a gather feeding it can produce that dtype directly."""
+    if torch.is_autocast_enabled() and x.is_cuda:
+        return torch.get_autocast_dtype("cuda")
+    return x.dtype
+
+
 def _pad8(n: int) -> int:
     return (n + 7) // 8 * 8
 
@@ -133,11 +142,8 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
         >>> torch.allclose(y[:2], x[:2] @ w[0].T) and torch.allclose(y[2:4], x[2:4] @ w[1].T) and bool((y[4] == 0).all())
         True
     """
-    if torch.is_autocast_enabled() and x.is_cuda:
-        dtype = torch.get_autocast_dtype("cuda")
-        x, weight = x.to(dtype), weight.to(dtype)
-    elif weight.dtype != x.dtype:
-        weight = weight.to(x.dtype)
+    dtype = product_dtype(x)
+    x, weight = x.to(dtype), weight.to(dtype)
     return _IMPLS[resolve_expert_matmul(impl, x, weight)](x, weight, offsets, every_row_routed)
 
 

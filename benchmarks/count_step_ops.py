@@ -84,7 +84,8 @@ class _Census(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _count_triton_launches(census: _Census) -> None:
+def _count_triton_launches(census: _Census):
+    """Count the interpreter's kernel launches into ``census``; returns the function that undoes it."""
     from triton.runtime import interpreter
 
     run = interpreter.InterpretedFunction.run
@@ -99,6 +100,7 @@ def _count_triton_launches(census: _Census) -> None:
             census.in_kernel -= 1
 
     interpreter.InterpretedFunction.run = counted
+    return lambda: setattr(interpreter.InterpretedFunction, "run", run)
 
 
 def count(model_name: str, batch: int, seq: int) -> tuple[_Census, int]:
@@ -111,10 +113,6 @@ def count(model_name: str, batch: int, seq: int) -> tuple[_Census, int]:
         from triton_interpreter_fix import fix_interpreter_for_numpy2
 
         fix_interpreter_for_numpy2()
-    grouped = importlib.import_module("mossnet.ops.moe.grouped_linear")
-    if hasattr(torch, "_grouped_mm"):  # the CUDA choice: one grouped GEMM per product (torch's CPU version)
-        grouped._grouped_mm_usable = lambda x, weight: True
-
     spec = dict(MODELS[model_name])
     preset = spec.pop("preset", None)
     spec.update(SMALL_WIDTHS)
@@ -127,8 +125,7 @@ def count(model_name: str, batch: int, seq: int) -> tuple[_Census, int]:
     ids = torch.randint(0, config.vocab_size, (batch, seq + 1))
 
     census = _Census()
-    if interpreting:
-        _count_triton_launches(census)
+    undo_launch_count = _count_triton_launches(census) if interpreting else (lambda: None)
 
     def step(counting: bool) -> None:
         with torch.autograd.set_detect_anomaly(counting, check_nan=False):
@@ -140,9 +137,19 @@ def count(model_name: str, batch: int, seq: int) -> tuple[_Census, int]:
             loss.backward()
         model.zero_grad(set_to_none=True)
 
-    step(False)  # first-call work (kernel compiles, caches) stays out of the count
-    with census:
-        step(True)
+    # The CUDA choice for the expert products: one grouped GEMM each (torch's CPU version). The
+    # switch is module state, so it is undone before returning (callers share the process).
+    grouped = importlib.import_module("mossnet.ops.moe.grouped_linear")
+    usable = grouped._grouped_mm_usable
+    if hasattr(torch, "_grouped_mm"):
+        grouped._grouped_mm_usable = lambda x, weight: x.dtype != torch.float64
+    try:
+        step(False)  # first-call work (kernel compiles, caches) stays out of the count
+        with census:
+            step(True)
+    finally:
+        grouped._grouped_mm_usable = usable
+        undo_launch_count()
     return census, config.n_layers
 
 

@@ -3,6 +3,10 @@ them, forward and backward."""
 
 from __future__ import annotations
 
+import importlib
+
+import torch
+
 BENCHMARK = "count_step_ops"
 
 
@@ -17,6 +21,16 @@ def test_census_attributes_every_norm_and_router_line(bench):
     assert any("layers/router.py" in site for site in backward)
     assert not any(site.startswith("triton kernel") for site in forward)  # no interpreter here
     assert sum(forward.values()) > 0 and sum(backward.values()) > 0
+
+
+def test_the_census_leaves_the_expert_matmul_choice_as_it_was(bench):
+    # It forces the grouped GEMM for its step; later code in the process must not inherit that.
+    module = importlib.import_module("mossnet.ops.moe.grouped_linear")
+    before = module._grouped_mm_usable
+    bench.count("base", batch=1, seq=4)
+    assert module._grouped_mm_usable is before
+    x, w = torch.randn(6, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    module.grouped_linear(x, w, torch.tensor([3, 6], dtype=torch.int32))  # the CPU choice again, fp64 included
 
 
 def test_main_prints_the_tables(bench, capsys):

@@ -322,8 +322,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
             return assign, None
         device = assign.token.device
         every = dispatch_by_expert(torch.arange(E, device=device).expand(n, E), valid, E)
-        position = torch.empty_like(every.slot).scatter_(0, every.slot, torch.arange(n * E, device=device))
-        return every, position[assign.token * E + assign.expert.clamp(max=E - 1)]
+        return every, every.position[assign.token * E + assign.expert.clamp(max=E - 1)]
 
     def _mix(self, flat, rows: ExpertDispatch, segments: ExpertSegments, conv_state, ssm_state, return_states,
              policy: ExecutionPolicy, shared: SequenceFeatures):

@@ -31,7 +31,7 @@ def gather_token_rows(u: torch.Tensor, d: ExpertDispatch, impl: str = "auto") ->
     """:func:`gather_token_rows_reference` through ``impl`` ("auto", "reference" or "triton").
     The kernel casts while it copies (no full-width copy in u's dtype first), and its backward
     sums each token's k row gradients by gathering them (no zero fill, no atomic scatter-add)."""
-    if not choose("the fused token gather", impl, lambda: why_not_fused(u, u), u.is_cuda):
+    if not choose("the fused token gather", impl, lambda: why_not_fused(u), u.is_cuda):
         return gather_token_rows_reference(u, d)
     from .combine_triton import gather_token_rows_triton
 
@@ -47,13 +47,14 @@ def combine_reference(rows: torch.Tensor, gates: torch.Tensor, d: ExpertDispatch
     return rows.new_zeros(n, rows.shape[1]).index_add(0, d.token, weighted)
 
 
-def why_not_fused(rows: torch.Tensor, gates: torch.Tensor) -> str | None:
-    """None when the fused kernel can run on these tensors; else the reason."""
-    reason = why_triton_cannot_run(rows)
+def why_not_fused(*tensors: torch.Tensor) -> str | None:
+    """None when the fused kernels can run on these tensors (the first decides the device);
+    else the reason."""
+    reason = why_triton_cannot_run(tensors[0])
     if reason is not None:
         return reason
-    if rows.dtype == torch.float64 or gates.dtype == torch.float64:
-        return "float64 rows or gates take the reference (the kernel sums in float32)"
+    if any(t.dtype == torch.float64 for t in tensors):
+        return "float64 inputs take the reference (the kernels compute in float32)"
     return None
 
 

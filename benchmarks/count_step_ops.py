@@ -103,8 +103,10 @@ def _count_triton_launches(census: _Census):
     return lambda: setattr(interpreter.InterpretedFunction, "run", run)
 
 
-def count(model_name: str, batch: int, seq: int) -> tuple[_Census, int]:
-    """The census of one training step of ``model_name`` at small widths; and its layer count."""
+def count(model_name: str, batch: int, seq: int, prefill: bool = False) -> tuple[_Census, int]:
+    """The census of one training step of ``model_name`` at small widths (``prefill``: of one
+    inference forward that returns the generation cache, as ``generate``'s prefill runs it); and
+    its layer count."""
     from mossnet import MossNetConfig, MossNetForCausalLM
 
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
@@ -128,6 +130,12 @@ def count(model_name: str, batch: int, seq: int) -> tuple[_Census, int]:
     undo_launch_count = _count_triton_launches(census) if interpreting else (lambda: None)
 
     def step(counting: bool) -> None:
+        if prefill:
+            model.eval()
+            with torch.no_grad():
+                census.phase = "forward"
+                model(input_ids=ids[:, :-1], use_cache=True)
+            return
         with torch.autograd.set_detect_anomaly(counting, check_nan=False):
             census.phase = "forward"
             out = model(input_ids=ids[:, :-1], output_router_stats=True)
@@ -159,11 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--prefill", action="store_true",
+                    help="count an inference forward that builds the generation cache instead of a training step")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("count_step_ops: TRITON_INTERPRET is not 1, so the Triton kernels' references are counted instead")
-    census, n_layers = count(args.model, args.batch, args.seq)
-    for phase in ("forward", "backward"):
+    census, n_layers = count(args.model, args.batch, args.seq, prefill=args.prefill)
+    for phase in ("forward",) if args.prefill else ("forward", "backward"):
         ops = sum(v for (p, site), v in census.by_site.items() if p == phase and not site.startswith("triton"))
         kernels = sum(v for (p, site), v in census.by_site.items() if p == phase and site.startswith("triton"))
         print(f"{phase}: {ops} aten compute ops + {kernels} Triton launches")

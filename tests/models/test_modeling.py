@@ -37,6 +37,23 @@ def test_forward_outputs(make_model):
     assert out.loss is None and out.logits.shape == (2, 9, 64) and out.aux_loss is not None
 
 
+def test_generation_calls_skip_the_router_losses(make_model):
+    """Filling or advancing a generation cache without gradients or labels computes no router
+    losses (aux_loss None); the same call with gradients, or asking for router statistics, still
+    gives the aux loss, equal to the one without a cache."""
+    model = make_model().eval()
+    ids = torch.randint(0, 64, (2, 9))
+    want = model(ids).aux_loss
+    with torch.no_grad():
+        prefill = model(ids, use_cache=True)
+        assert prefill.aux_loss is None
+        assert model(ids[:, :1], cache=prefill.cache).aux_loss is None  # a decode step
+        stats = model(ids, use_cache=True, output_router_stats=True)
+        torch.testing.assert_close(stats.aux_loss, want)
+        torch.testing.assert_close(model(ids, use_cache=False).aux_loss, want)  # no cache: still reported
+    torch.testing.assert_close(model(ids, use_cache=True).aux_loss, want)
+
+
 def test_aux_loss_by_hand_with_padding(make_model):
     """aux_loss = aux_coef * mean_routers(E sum_e f_e P_e) + z_coef * mean_routers(mean lse^2),
     over the valid tokens only, from the returned router logits; the loads too."""

@@ -172,3 +172,40 @@ def test_a_window_that_needs_a_gradient_takes_the_composition():
     assert window.grad is not None and window.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="carried conv windows"):
         segment_conv_silu(**inputs, group=group, cu_seqlens=cu, segment=seg, initial_window=window, impl="triton")
+
+
+@needs_kernels
+@pytest.mark.parametrize("K", [2, 4])
+@pytest.mark.parametrize("C", [33, 200])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("carried", [False, True])
+def test_final_windows_kernel_equals_its_reference(K, C, dtype, carried):
+    """The one-launch final windows (no gradient asked) copy exactly what the PyTorch gather
+    does: rows from x, the carried window's tail for short and empty segments, zeros without
+    one; rows of x with a row stride wider than C."""
+    from mossnet.ops.conv.conv_silu_triton import final_windows, final_windows_reference
+
+    lengths = [9, 0, 4, 1, 2, 40, 0, 3]
+    cu = F.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32).to(DEVICE)
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(sum(lengths), C + 5, generator=g).to(DEVICE, dtype)
+    x = wide[:, :C]  # unit column stride, row stride C + 5
+    window = torch.randn(len(lengths), K - 1, C, generator=g).to(DEVICE) if carried else None
+    with torch.no_grad():
+        got = final_windows(x, cu, window, K)
+    want = final_windows_reference(x, cu, window, K)
+    assert got.dtype == dtype and got.shape == (len(lengths), K - 1, C)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_final_windows_with_gradients_are_differentiable():
+    """Asked for a gradient, final_windows is the differentiable PyTorch gather."""
+    from mossnet.ops.conv.conv_silu_triton import final_windows
+
+    cu = torch.tensor([0, 3, 3, 5], dtype=torch.int32)
+    x = torch.randn(5, 4, requires_grad=True)
+    window = torch.randn(3, 2, 4, requires_grad=True)
+    final_windows(x, cu, window, 3).sum().backward()
+    # Segment 0 (3 rows) takes its last two rows; 1 (empty) its window; 2 (2 rows) its rows.
+    assert x.grad[[1, 2, 3, 4]].eq(1).all() and x.grad[0].eq(0).all()
+    assert window.grad[1].eq(1).all() and window.grad[[0, 2]].eq(0).all()

@@ -23,6 +23,7 @@ segments. ``uniform`` says so, and the conv and the scan then treat the rows as 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,16 @@ class ExpertSegments:
         experts = torch.arange(self.n_experts, device=document.device)
         return experts[None, :] * self.n_documents + document[:, None]
 
+    # One table per segmentation, not per carried state: a layer carries several (conv windows,
+    # SSM states), and each table is a few launches.
+    @functools.cached_property
+    def _first_slots(self) -> torch.Tensor:
+        return self._row_slots(self.first_document).reshape(-1)
+
+    @functools.cached_property
+    def _last_slots(self) -> torch.Tensor:
+        return self._row_slots(self.last_document)
+
     def scatter_states(self, state: torch.Tensor | None) -> torch.Tensor | None:
         """(batch, E, ...) carried states -> (S, ...): each row's state on its first document's
         segments, zeros elsewhere."""
@@ -100,11 +111,11 @@ class ExpertSegments:
             return None
         batch, E = state.shape[:2]
         S = self.cu_seqlens.numel() - 1
-        slots = self._row_slots(self.first_document).reshape(batch * E)
-        return state.new_zeros(S, *state.shape[2:]).index_copy(0, slots, state.reshape(batch * E, *state.shape[2:]))
+        flat = state.reshape(batch * E, *state.shape[2:])
+        return state.new_zeros(S, *state.shape[2:]).index_copy(0, self._first_slots, flat)
 
     def gather_states(self, per_segment: torch.Tensor | None) -> torch.Tensor | None:
         """(S, ...) final states -> (batch, E, ...): each row's last document's."""
         if per_segment is None:
             return None
-        return per_segment[self._row_slots(self.last_document)]
+        return per_segment[self._last_slots]

@@ -87,17 +87,34 @@ class Router(nn.Module):
         return RouterOutput(logits, probs, top_idx, gates, valid, lse)
 
 
-@dataclass
 class RouterReport:
-    """Per-router statistics a layer hands up to the model: the two losses, the per-expert
-    load (tokens dispatched, padding excluded) and the logits (for ``output_router_logits``)."""
+    """Per-router statistics a layer hands up to the model: the per-expert load (tokens
+    dispatched, padding excluded), the logits (for ``output_router_logits``) and the two losses.
 
-    aux: torch.Tensor
-    z: torch.Tensor
-    load: torch.Tensor
-    logits: torch.Tensor
+    The losses are computed on first access, not when the layer runs: inference that fills a
+    generation cache never reads them, and they are a dozen launches per router."""
+
+    def __init__(self, routing: RouterOutput, counts: torch.Tensor):
+        self._routing = routing
+        self.load = counts
+        self.logits = routing.logits
+        self._losses: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def of(cls, routing: RouterOutput, counts: torch.Tensor) -> "RouterReport":
-        aux, z = routing.losses(counts)
-        return cls(aux, z, counts, routing.logits)
+        return cls(routing, counts)
+
+    def _computed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._losses is None:
+            self._losses = self._routing.losses(self.load)
+        return self._losses
+
+    @property
+    def aux(self) -> torch.Tensor:
+        """L_aux, the load-balancing loss (1 at perfect balance)."""
+        return self._computed()[0]
+
+    @property
+    def z(self) -> torch.Tensor:
+        """L_z, the mean squared log-sum-exp of the router logits."""
+        return self._computed()[1]

@@ -46,7 +46,9 @@ class MossNetModelOutput(ModelOutput):
 @dataclass
 class MossNetCausalLMOutput(ModelOutput):
     """loss: cross-entropy + aux_loss (what to backpropagate). lm_loss: cross-entropy alone.
-    aux_loss: router_aux_loss_coef * L_aux + router_z_loss_coef * L_z (spec section 4).
+    aux_loss: router_aux_loss_coef * L_aux + router_z_loss_coef * L_z (spec section 4); None
+    when the call fills or advances a generation cache without labels, gradients or router
+    statistics (generation never reads it).
     router_load: {router name: (E,) tokens per expert} and router_logits: {name: (n, E)},
     when ``output_router_stats=True``."""
 
@@ -351,7 +353,7 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
         if graph_decode_applicable(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, labels,
                                    output_hidden_states, output_router_stats, logits_to_keep, policy):
             logits = graph_decode(self, input_ids, cache, policy)
-            return MossNetCausalLMOutput(logits=logits, aux_loss=self.router_loss({}), cache=cache)
+            return MossNetCausalLMOutput(logits=logits, cache=cache)
         if self._prefills_in_blocks(input_ids, inputs_embeds, position_ids, cache, use_cache, labels,
                                     output_hidden_states, output_router_stats):
             h, cache = self._prefill_in_blocks(input_ids, inputs_embeds, attention_mask, cache, logits_to_keep, policy)
@@ -367,7 +369,10 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
 
-        aux_loss = self.router_loss(out.router_reports)
+        # A cache filled without gradients or labels is generation's prefill: nothing reads the
+        # router losses there, so they are not computed (a dozen launches per router).
+        generating = out.cache is not None and labels is None and not output_router_stats and not torch.is_grad_enabled()
+        aux_loss = None if generating else self.router_loss(out.router_reports)
         loss = lm_loss = None
         if labels is not None:
             lm_loss = self.lm_loss(logits, labels, attention_mask)

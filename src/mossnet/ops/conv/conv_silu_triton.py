@@ -185,9 +185,51 @@ class ConvSiLUTriton(torch.autograd.Function):
         return dx.to(x_dtype), dw.to(w_dtype), db, None, None, None, None
 
 
+@triton.jit
+def final_windows_kernel(x_ptr, win_ptr, cu_ptr, out_ptr, C, sx, K: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
+    """One program per (segment, block of channels): the segment's last K-1 inputs of
+    ``window || segment``, each read from x or from the carried window (zeros without one).
+    The window is in x's dtype."""
+    s = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    start = tl.load(cu_ptr + s).to(tl.int64)
+    length = tl.load(cu_ptr + s + 1).to(tl.int64) - start
+    for j in tl.static_range(K - 1):
+        at = length + j  # position in window || segment
+        from_rows = at >= K - 1
+        v = tl.load(x_ptr + (start + at - (K - 1)) * sx + cols, mask=col_ok & from_rows, other=0.0)
+        if HAS_WINDOW:
+            carried = tl.load(win_ptr + (s * (K - 1) + tl.minimum(at, K - 2)) * C + cols,
+                              mask=col_ok & (at < K - 1), other=0.0)
+            v = tl.where(from_rows, v, carried)
+        tl.store(out_ptr + (s * (K - 1) + j) * C + cols, v, mask=col_ok)
+
+
 def final_windows(x: torch.Tensor, cu_seqlens: torch.Tensor, window: torch.Tensor | None, K: int) -> torch.Tensor:
     """(S, K-1, C) each segment's last K-1 inputs of ``window || segment`` (a short or empty
-    segment passes the tail of its window on), in x's dtype. x (M, C); window (S, K-1, C) or None."""
+    segment passes the tail of its window on), in x's dtype. x (M, C) with unit column stride;
+    window (S, K-1, C) or None.
+
+    One launch (:func:`final_windows_kernel`) when no gradient is asked of it (a prefill filling
+    the generation cache); otherwise :func:`final_windows_reference`, a dozen differentiable ops."""
+    S, C = cu_seqlens.numel() - 1, x.shape[1]
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or (window is not None and window.requires_grad))
+    if wants_grad or K < 2 or S == 0 or x.stride(1) != 1:
+        return final_windows_reference(x, cu_seqlens, window, K)
+    out = torch.empty(S, K - 1, C, dtype=x.dtype, device=x.device)
+    # The window is cast on the host: the same rounding as the reference's on every backend.
+    win = window.to(x.dtype).contiguous() if window is not None else out  # out: an unread stand-in
+    block_c = min(triton.next_power_of_2(C), 128)
+    final_windows_kernel[(S, triton.cdiv(C, block_c))](x, win, cu_seqlens, out, C, x.stride(0), K=K,
+                                                       HAS_WINDOW=window is not None, BLOCK_C=block_c)
+    return out
+
+
+def final_windows_reference(x: torch.Tensor, cu_seqlens: torch.Tensor, window: torch.Tensor | None,
+                            K: int) -> torch.Tensor:
+    """:func:`final_windows` in PyTorch ops (differentiable in x and the window)."""
     cu = cu_seqlens.to(torch.long)
     S, C = cu.numel() - 1, x.shape[1]
     length = (cu[1:] - cu[:-1])[:, None]  # (S, 1)

@@ -16,7 +16,9 @@ class MossNetCache:
     """conv_states[l]: (batch, *conv_window_shape(config)), by default each expert's window
     (batch, E, K-1, P+2N), with ``ssm_conv_placement="shared"`` one window of u (batch, K-1,
     d_model) (see :func:`~mossnet.layers.mosse_rules.conv_window_shape`); ssm_states[l]: (batch, E,
-    N, P); both fp32.
+    N, P); both fp32. ``seen_tokens`` counts the tokens the states have absorbed; a cache with
+    ``seen_tokens == 0`` holds zeros (the model then starts its layers from zeros without
+    reading it), so states written into a cache by hand go through :meth:`from_states`.
 
     Example:
         >>> from mossnet import MossNetConfig

@@ -223,10 +223,13 @@ class MossNetModel(MossNetPreTrainedModel):
         h = inputs_embeds.float()
         all_hidden = [] if output_hidden_states else None
         reports: dict[str, RouterReport] = {}
+        # A fresh cache holds zeros, which the layers start from when handed no state: nothing to
+        # scatter into the segments (a few launches per layer of the prefill).
+        carried = cache is not None and cache.seen_tokens > 0
         for i, block in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(h)
-            conv, ssm = (cache.conv_states[i], cache.ssm_states[i]) if cache is not None else (None, None)
+            conv, ssm = (cache.conv_states[i], cache.ssm_states[i]) if carried else (None, None)
             h, mixer_report, mlp_report, states = block(h, layout, conv, ssm, cache is not None, policy=policy)
             if states is not None:
                 cache.conv_states[i].copy_(states[0])

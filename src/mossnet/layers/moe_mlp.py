@@ -71,7 +71,7 @@ class MoEMLP(nn.Module):
             out = self.dense(u, fused)
         else:
             routing = self.router(u, valid, policy)
-            d = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
+            d = dispatch_by_expert(routing.top_idx, valid, self.n_experts, fused)
             matmul = dict(impl=policy.expert_matmul, every_row_routed=d.every_row_routed)
             hidden = grouped_linear(gather_token_rows(u, d, fused), self.gate_up, d.offsets, **matmul)
             rows = grouped_linear(swiglu(hidden, fused), self.down, d.offsets, **matmul)

@@ -219,11 +219,12 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         flat = u.reshape(n, d_model)
         valid = None if layout.valid is None else layout.valid.reshape(n)
         routing = self.route(flat, valid, policy)
-        assign = dispatch_by_expert(routing.top_idx, valid, self.n_experts)
-        rows, routed_rows = self._scan_rows(assign, valid, n)
+        assign = dispatch_by_expert(routing.top_idx, valid, self.n_experts, policy.fused_ops)
+        rows, routed_rows = self._scan_rows(assign, valid, n, policy.fused_ops)
         segments = ExpertSegments.build(rows, layout, self.n_experts, every_pair=self._rows_hold_every_pair)
         expert_window, sequence_window = self._split_windows(conv_state)
-        shared, sequence_final = self._sequence_features(flat, valid, layout, sequence_window, return_states)
+        shared, sequence_final = self._sequence_features(flat, valid, layout, sequence_window, return_states,
+                                                         policy.fused_ops)
         normed, states = self._mix(flat, rows, segments, expert_window, ssm_state, return_states, policy, shared)
         if states is not None:
             states = (self._join_windows(states[0], sequence_final), states[1])
@@ -255,7 +256,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
                                   every_row_routed=assign.every_row_routed)  # (n*k, d_model)
         return combine(out_rows, top_gates, assign, policy.fused_ops)
 
-    def _sequence_features(self, flat, valid, layout: SequenceLayout, window, return_states):
+    def _sequence_features(self, flat, valid, layout: SequenceLayout, window, return_states, fused_ops: str):
         """The features shared by all experts, convolved over the full sequence (no-op by default).
 
         Args:
@@ -267,7 +268,8 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         """
         if self.shared_conv_weight is None:
             return SequenceFeatures(), None
-        conv_out, final = self._sequence_conv(self._sequence_conv_input(flat), valid, layout, window, return_states)
+        conv_out, final = self._sequence_conv(self._sequence_conv_input(flat), valid, layout, window, return_states,
+                                              fused_ops)
         return self._after_sequence_conv(conv_out), final
 
     def _sequence_conv_input(self, u: torch.Tensor) -> torch.Tensor:
@@ -284,7 +286,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         bc = F.silu(F.linear(conv_out, _cast(self.bc_proj, conv_out))) if self.share_bc else None
         return SequenceFeatures(conv_u=conv_out, bc=bc)
 
-    def _sequence_conv(self, values, valid, layout: SequenceLayout, window, return_states):
+    def _sequence_conv(self, values, valid, layout: SequenceLayout, window, return_states, fused_ops: str):
         """The depthwise causal conv over each document's valid tokens in time order: padding
         enters no conv, a document starts from zeros, a row's first document continues from
         its carried window and its last one's inputs are its final window. The tokens are cut
@@ -296,7 +298,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         (batch, K-1, channels) if ``return_states`` (else None).
         """
         n = values.shape[0]
-        tokens = dispatch_by_expert(torch.zeros(n, 1, dtype=torch.long, device=values.device), valid, 1)
+        tokens = dispatch_by_expert(torch.zeros(n, 1, dtype=torch.long, device=values.device), valid, 1, fused_ops)
         segments = ExpertSegments.build(tokens, layout, 1, every_pair=True)
         initial = None if window is None else segments.scatter_states(window[:, None])
         rows, final = segment_causal_conv(
@@ -311,7 +313,8 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
     def _rows_hold_every_pair(self) -> bool:  # the conv and scan rows: "all", or k = E
         return not self.routed or self.experts_per_token == self.n_experts
 
-    def _scan_rows(self, assign: ExpertDispatch, valid, n: int) -> tuple[ExpertDispatch, torch.Tensor | None]:
+    def _scan_rows(self, assign: ExpertDispatch, valid, n: int,
+                   fused_ops: str) -> tuple[ExpertDispatch, torch.Tensor | None]:
         """The rows the experts' convs and scans run on, and where the routed rows are among them.
 
         Routed (or k = E, where every expert is chosen anyway): the routed rows themselves
@@ -321,7 +324,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         if self.routed or self.experts_per_token == E:  # k = E: every pair is routed anyway
             return assign, None
         device = assign.token.device
-        every = dispatch_by_expert(torch.arange(E, device=device).expand(n, E), valid, E)
+        every = dispatch_by_expert(torch.arange(E, device=device).expand(n, E), valid, E, fused_ops)
         return every, every.position[assign.token * E + assign.expert.clamp(max=E - 1)]
 
     def _mix(self, flat, rows: ExpertDispatch, segments: ExpertSegments, conv_state, ssm_state, return_states,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mossnet.ops.fused import choose, why_triton_cannot_run
+
 
 @dataclass
 class ExpertDispatch:
@@ -43,8 +45,45 @@ class ExpertDispatch:
         return torch.empty_like(self.slot).scatter_(0, self.slot, torch.arange(self.slot.numel(), device=self.slot.device))
 
 
-def dispatch_by_expert(expert_idx: torch.Tensor, valid: torch.Tensor | None, n_experts: int) -> ExpertDispatch:
-    """Sort assignments by expert.
+def dispatch_by_expert(expert_idx: torch.Tensor, valid: torch.Tensor | None, n_experts: int,
+                       impl: str = "auto") -> ExpertDispatch:
+    """Sort assignments by expert: :func:`dispatch_by_expert_reference` through ``impl`` ("auto",
+    "reference" or "triton"; the policy's ``fused_ops``). The kernel is a counting sort in three
+    launches (:mod:`.dispatch_triton`) for fewer than 256 experts, with the inverse permutation
+    (``position``) as a by-product; the result is the same, exactly.
+
+    Example:
+        >>> d = dispatch_by_expert(torch.tensor([[1, 0], [1, 2]]), None, 3)
+        >>> d.token.tolist(), d.expert.tolist(), d.offsets.tolist()
+        ([0, 0, 1, 1], [0, 1, 1, 2], [1, 3, 4])
+    """
+    if not choose("the counting-sort dispatch", impl, lambda: _why_not_counting_sort(expert_idx, n_experts),
+                  expert_idx.is_cuda):
+        return dispatch_by_expert_reference(expert_idx, valid, n_experts)
+    from .dispatch_triton import counting_sort_by_expert
+
+    expert_sorted, slot, token, position, counts, offsets = counting_sort_by_expert(
+        expert_idx.contiguous(), None if valid is None else valid.contiguous(), n_experts)
+    dispatch = ExpertDispatch(token=token, expert=expert_sorted, slot=slot, offsets=offsets, counts=counts,
+                              every_row_routed=valid is None)
+    dispatch.__dict__["position"] = position  # the cached_property's value: the kernel wrote it
+    return dispatch
+
+
+def _why_not_counting_sort(expert_idx: torch.Tensor, n_experts: int) -> str | None:
+    reason = why_triton_cannot_run(expert_idx)
+    if reason is not None:
+        return reason
+    if n_experts >= 256:
+        return f"{n_experts} experts (the counting sort's table holds fewer than 256)"
+    if expert_idx.numel() == 0:
+        return "no assignments"
+    return None
+
+
+def dispatch_by_expert_reference(expert_idx: torch.Tensor, valid: torch.Tensor | None,
+                                 n_experts: int) -> ExpertDispatch:
+    """Sort assignments by expert, stably (a token's rows stay in time order in its expert).
 
     Args:
         expert_idx: (n, k) int expert of each assignment.
@@ -52,7 +91,7 @@ def dispatch_by_expert(expert_idx: torch.Tensor, valid: torch.Tensor | None, n_e
         n_experts: E.
 
     Example:
-        >>> d = dispatch_by_expert(torch.tensor([[1, 0], [1, 2]]), None, 3)
+        >>> d = dispatch_by_expert_reference(torch.tensor([[1, 0], [1, 2]]), None, 3)
         >>> d.token.tolist(), d.expert.tolist(), d.offsets.tolist()
         ([0, 0, 1, 1], [0, 1, 1, 2], [1, 3, 4])
     """

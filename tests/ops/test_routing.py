@@ -72,3 +72,56 @@ def test_reference_policy_and_refusals():
     if DEVICE is None:
         with pytest.raises(ConfigError, match="fused router softmax top-k cannot run here"):
             softmax_top_k(logits, 2, True, impl="triton")
+
+
+# ------------------------------------------------------------------------------- router losses
+def _loss_inputs(n: int, E: int, k: int, padding: bool, seed: int, device):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, E, generator=g) * 2
+    probs, lse = logits.softmax(-1), torch.logsumexp(logits, -1)
+    counts = torch.bincount(probs.topk(k, -1).indices.flatten(), minlength=E)
+    valid = (torch.rand(n, generator=g) > 0.3) if padding else None
+    if valid is not None:
+        counts = torch.bincount(probs.topk(k, -1).indices[valid].flatten(), minlength=E)
+    return probs.to(device), lse.to(device), counts.to(device), None if valid is None else valid.to(device)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,E,k", [(1, 2, 1), (37, 4, 2), (3000, 9, 9), (513, 33, 3)])
+@pytest.mark.parametrize("padding", [False, True])
+@pytest.mark.parametrize("used", ["both", "aux", "z"])
+def test_router_losses_fused_equal_the_reference(n, E, k, padding, used):
+    """Both losses and the gradients into probs and lse, with padding tokens, more tokens than
+    one block, and one loss unused (its gradient absent)."""
+    from mossnet.ops.moe.routing import router_losses, router_losses_reference
+
+    probs, lse, counts, valid = _loss_inputs(n, E, k, padding, seed=n + E, device=DEVICE)
+
+    def run(fn):
+        p, l = probs.clone().requires_grad_(), lse.clone().requires_grad_()
+        aux, z = fn(p, l)
+        total = {"both": 0.7 * aux + 1.3 * z, "aux": 0.7 * aux, "z": 1.3 * z}[used]
+        total.backward()
+        return aux.detach(), z.detach(), p.grad, l.grad
+
+    got = run(lambda p, l: router_losses(p, l, counts, valid, k, impl="triton"))
+    want = run(lambda p, l: router_losses_reference(p.double(), l.double(), counts, valid, k))
+    for name, a, b in zip(("aux", "z", "dprobs", "dlse"), got, want):
+        if b is None:
+            assert a is None or not a.abs().any(), name
+            continue
+        assert a.dtype == torch.float32, name
+        torch.testing.assert_close(a.double(), b.double(), rtol=2e-6, atol=1e-9, msg=name)
+
+
+def test_router_losses_reference_by_hand():
+    """At perfect balance L_aux is 1; L_z is the mean squared log-sum-exp over valid tokens."""
+    from mossnet.ops.moe.routing import router_losses_reference
+
+    probs = torch.full((4, 2), 0.5)
+    lse = torch.tensor([1.0, 2.0, 3.0, 100.0])
+    aux, z = router_losses_reference(probs, lse, torch.tensor([2, 2]), torch.tensor([True, True, True, False]), 1)
+    assert float(aux) == pytest.approx(4 / 3)  # 3 valid tokens but 4 dispatches counted
+    assert float(z) == pytest.approx((1 + 4 + 9) / 3)
+    aux, _ = router_losses_reference(probs[:2], lse[:2], torch.tensor([1, 1]), None, 1)
+    assert float(aux) == pytest.approx(1.0)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..execution import DEFAULT_POLICY, ExecutionPolicy
-from ..ops.moe.routing import softmax_top_k
+from ..ops.moe.routing import router_losses, softmax_top_k
 
 
 @dataclass
@@ -17,7 +17,7 @@ class RouterOutput:
 
     logits, probs: (n, E) fp32. top_idx: (n, k) chosen experts, best first. top_gates: (n, k)
     gates g (zero for padding tokens). valid: (n,) bool or None. lse: (n,) logsumexp of the
-    logits (the z-loss's input).
+    logits (the z-loss's input). fused_ops: the policy's choice for the losses.
     """
 
     logits: torch.Tensor
@@ -26,37 +26,22 @@ class RouterOutput:
     top_gates: torch.Tensor
     valid: torch.Tensor | None
     lse: torch.Tensor
+    fused_ops: str = "reference"  # how the losses run: the policy's choice, from the router
 
     def dense_gates(self, n_experts: int) -> torch.Tensor:
         """(n, E) gates with zeros for unchosen experts."""
         return self.top_gates.new_zeros(self.top_gates.shape[0], n_experts).scatter(1, self.top_idx, self.top_gates)
 
     def losses(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Load-balancing and z losses over the valid tokens (spec section 4).
+        """Load-balancing and z losses over the valid tokens (spec section 4; the reference is
+        :func:`~mossnet.ops.moe.routing.router_losses_reference`).
 
         ``counts`` (E,): dispatches per expert (padding excluded). Returns (L_aux, L_z);
         L_aux equals 1 at perfect balance.
         """
-        n, E = self.probs.shape
         k = self.top_idx.shape[1]
         with torch.autocast(device_type=self.probs.device.type, enabled=False):  # losses in fp32, as the router
-            return self._losses(counts, n, E, k)
-
-    def _losses(self, counts: torch.Tensor, n: int, E: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.valid is None:
-            # Every token counts: plain means, no weight vector (a dozen fewer launches per router,
-            # and every layer has one or two routers).
-            n_valid = max(n, 1)
-            mean_prob = self.probs.sum(0) / n_valid
-            z = torch.dot(self.lse, self.lse) / n_valid
-        else:
-            weight = self.valid.to(self.probs.dtype)
-            n_valid = weight.sum().clamp(min=1.0)
-            mean_prob = (self.probs * weight[:, None]).sum(0) / n_valid
-            z = (self.lse.pow(2) * weight).sum() / n_valid
-        fraction = counts.to(self.probs.dtype) / (k * n_valid)
-        aux = E * torch.dot(fraction, mean_prob)
-        return aux, z
+            return router_losses(self.probs, self.lse, counts, self.valid, k, self.fused_ops)
 
 
 class Router(nn.Module):
@@ -84,7 +69,7 @@ class Router(nn.Module):
         probs, top_idx, gates, lse = softmax_top_k(logits, self.top_k, self.renormalize, impl=impl)
         if valid is not None:
             gates = gates * valid[:, None].to(gates.dtype)
-        return RouterOutput(logits, probs, top_idx, gates, valid, lse)
+        return RouterOutput(logits, probs, top_idx, gates, valid, lse, impl)
 
 
 class RouterReport:

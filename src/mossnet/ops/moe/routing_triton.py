@@ -132,3 +132,95 @@ class SoftmaxTopKTriton(torch.autograd.Function):
 def softmax_top_k_triton(logits: torch.Tensor, k: int, renormalize: bool):
     """The fused softmax top-k (module docstring); arguments as the reference takes them."""
     return SoftmaxTopKTriton.apply(logits, k, renormalize)
+
+
+# ---------------------------------------------------------------------------------- router losses
+# The load-balancing and z losses (reference: mossnet.layers.router.RouterOutput._losses) reduce
+# the router's (n, E) probabilities and (n,) log-sum-exps to two scalars: about ten launches
+# forward and ten backward in PyTorch, per router. Here one program reduces them (n * E is small)
+# and one pass writes both gradients.
+
+
+@triton.jit
+def router_losses_fwd_kernel(probs_ptr, lse_ptr, valid_ptr, counts_ptr, out_ptr, n, E, TOP_K: tl.constexpr,
+                             HAS_VALID: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    cols = tl.arange(0, BLOCK_E)
+    col_ok = cols < E
+    prob_sum = tl.zeros([BLOCK_E], dtype=tl.float32)
+    z_sum = tl.zeros([BLOCK_T], dtype=tl.float32)
+    weight_sum = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for first in range(0, n, BLOCK_T):
+        rows = first + tl.arange(0, BLOCK_T)
+        row_ok = rows < n
+        w = row_ok.to(tl.float32)
+        if HAS_VALID:
+            w = tl.load(valid_ptr + rows, mask=row_ok, other=0).to(tl.float32)
+        p = tl.load(probs_ptr + rows[:, None] * E + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        prob_sum += tl.sum(p * w[:, None], axis=0)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        z_sum += lse * lse * w
+        weight_sum += w
+    n_valid = tl.maximum(tl.sum(weight_sum, axis=0), 1.0)
+    counts = tl.load(counts_ptr + cols, mask=col_ok, other=0).to(tl.float32)
+    aux = E * tl.sum((counts / (TOP_K * n_valid)) * (prob_sum / n_valid), axis=0)
+    tl.store(out_ptr, aux)
+    tl.store(out_ptr + 1, tl.sum(z_sum, axis=0) / n_valid)
+    tl.store(out_ptr + 2, n_valid)
+
+
+@triton.jit
+def router_losses_bwd_kernel(lse_ptr, valid_ptr, counts_ptr, out_ptr, daux_ptr, dz_ptr, dprobs_ptr, dlse_ptr, n, E,
+                             TOP_K: tl.constexpr, HAS_VALID: tl.constexpr, HAS_DAUX: tl.constexpr,
+                             HAS_DZ: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    # d aux / d probs[i, e] = E * counts[e] * w_i / (k * n_valid^2);  d z / d lse[i] = 2 lse[i] w_i / n_valid
+    rows, cols, row_ok, mask = _tile(n, E, BLOCK_T, BLOCK_E)
+    n_valid = tl.load(out_ptr + 2)
+    w = row_ok.to(tl.float32)
+    if HAS_VALID:
+        w = tl.load(valid_ptr + rows, mask=row_ok, other=0).to(tl.float32)
+    daux = tl.load(daux_ptr) if HAS_DAUX else 0.0
+    dz = tl.load(dz_ptr) if HAS_DZ else 0.0
+    counts = tl.load(counts_ptr + cols, mask=cols < E, other=0).to(tl.float32)
+    per_expert = daux * E * counts / (TOP_K * n_valid * n_valid)
+    tl.store(dprobs_ptr + rows[:, None] * E + cols[None, :], w[:, None] * per_expert[None, :], mask=mask)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    tl.store(dlse_ptr + rows, 2.0 * dz * lse * w / n_valid, mask=row_ok)
+
+
+class RouterLossesTriton(torch.autograd.Function):
+    """(aux, z) of fp32 probs (n, E), lse (n,), counts (E,) and valid (n,) bool or None."""
+
+    @staticmethod
+    def forward(ctx, probs, lse, counts, valid, k: int):
+        probs, lse, counts = probs.contiguous(), lse.contiguous(), counts.contiguous()
+        keep = valid.contiguous().view(torch.uint8) if valid is not None else lse  # lse: an unread stand-in
+        n, E = probs.shape
+        out = torch.empty(3, dtype=torch.float32, device=probs.device)  # aux, z, n_valid
+        block_e = triton.next_power_of_2(E)
+        block_t = max(16, min(1024, 4096 // block_e))
+        router_losses_fwd_kernel[(1,)](probs, lse, keep, counts, out, n, E, TOP_K=k, HAS_VALID=valid is not None,
+                                       BLOCK_T=block_t, BLOCK_E=block_e)
+        ctx.save_for_backward(lse, keep, counts, out)
+        ctx.shape, ctx.k, ctx.has_valid = (n, E), k, valid is not None
+        return out[0], out[1]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, daux, dz):
+        lse, keep, counts, out = ctx.saved_tensors
+        n, E = ctx.shape
+        dprobs = torch.empty(n, E, dtype=torch.float32, device=lse.device)
+        dlse = torch.empty_like(lse)
+        grid, block_t, block_e = _grid(n, E)
+        if n:
+            router_losses_bwd_kernel[grid](lse, keep, counts, out, daux if daux is not None else out,
+                                           dz if dz is not None else out, dprobs, dlse, n, E, TOP_K=ctx.k,
+                                           HAS_VALID=ctx.has_valid, HAS_DAUX=daux is not None, HAS_DZ=dz is not None,
+                                           BLOCK_T=block_t, BLOCK_E=block_e)
+        return dprobs, dlse, None, None, None
+
+
+def router_losses_triton(probs: torch.Tensor, lse: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor | None,
+                         k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The router's (L_aux, L_z) in one launch each way (section above)."""
+    return RouterLossesTriton.apply(probs, lse, counts, valid, k)

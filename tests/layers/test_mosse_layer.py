@@ -447,3 +447,31 @@ def test_segments_of_a_batch_without_padding_skip_the_padding_rule(packed):
         assert pairs.setdefault((e, d), seg) == seg
     assert len(set(pairs.values())) == len(pairs)
     assert torch.equal(fast.cu_seqlens.diff().long(), torch.bincount(fast.segment, minlength=fast.cu_seqlens.numel() - 1))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_segment_boundaries_by_search_equal_the_count_a_trace_uses(packed, monkeypatch):
+    """The segment boundaries come from a search over the sorted segment ids, or, inside a trace
+    (ONNX has no searchsorted), from counting each segment's rows: the same boundaries, padding
+    segments and empty segments included."""
+    from mossnet.layers import expert_segments
+    from mossnet.layers.sequence_layout import SequenceLayout
+    from mossnet.ops.moe import dispatch_by_expert
+
+    torch.manual_seed(1)
+    batch, T, E, k = 3, 11, 4, 2
+    idx = torch.stack([torch.randperm(E)[:k] for _ in range(batch * T)])
+    idx[:, 0] = torch.where(idx[:, 0] == 3, 0, idx[:, 0])  # expert 3 rarely chosen
+    mask = torch.ones(batch, T, dtype=torch.long)
+    mask[1, :4] = 0
+    positions = torch.tensor([list(range(5)) + list(range(6)), list(range(11)),
+                              list(range(3)) + list(range(3)) + list(range(5))])
+    layout = SequenceLayout.build(batch, T, attention_mask=mask, position_ids=positions if packed else None)
+    rows = dispatch_by_expert(idx, layout.valid.reshape(-1), E, impl="reference")
+    searched = expert_segments.ExpertSegments.build(rows, layout, E)
+    monkeypatch.setattr(expert_segments, "tracing", lambda: True)
+    counted = expert_segments.ExpertSegments.build(rows, layout, E)
+    assert searched.cu_seqlens.dtype == counted.cu_seqlens.dtype == torch.int32
+    assert torch.equal(searched.cu_seqlens, counted.cu_seqlens)
+    assert torch.equal(searched.cu_seqlens.diff().long(),
+                       torch.bincount(searched.segment, minlength=searched.cu_seqlens.numel() - 1))

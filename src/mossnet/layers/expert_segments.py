@@ -27,8 +27,8 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ..execution import tracing
 from ..ops.moe import ExpertDispatch
 from .sequence_layout import SequenceLayout
 
@@ -82,9 +82,16 @@ class ExpertSegments:
             pad_block = (torch.arange(M, device=device) - rows.offsets[-1].long()).clamp(min=0) // T
             segment = torch.where(rows.expert < E, segment, E * n_docs + pad_block)
         S = E * n_docs + M // T  # the padding segments exist (empty) either way: one shape rule
-        # scatter_add_, not bincount (which reads its maximum back to the host).
-        sizes = torch.zeros(S, dtype=torch.long, device=device).scatter_add_(0, segment, torch.ones_like(segment))
-        cu = F.pad(torch.cumsum(sizes, 0), (1, 0)).to(torch.int32)
+        # The rows are sorted by expert, then by token, and documents are numbered in token order,
+        # so ``segment`` never decreases along the rows (padding segments come last, in order):
+        # segment s starts at the first row whose segment is >= s. One search, no counting pass.
+        # ONNX has no searchsorted, so a trace counts each segment's rows instead (scatter_add_,
+        # not bincount, which reads its maximum back to the host).
+        if tracing():
+            sizes = torch.zeros(S, dtype=torch.long, device=device).scatter_add_(0, segment, torch.ones_like(segment))
+            cu = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)]).to(torch.int32)
+        else:
+            cu = torch.searchsorted(segment, torch.arange(S + 1, device=device), out_int32=True)
         expert_of_segment = (torch.arange(S, device=device) // n_docs).clamp(max=E - 1)
         return cls(segment, cu, expert_of_segment, T, E, n_docs,
                    layout.first_document(device), layout.last_document(device))

@@ -31,11 +31,12 @@ class MossNetCache:
 
     def __init__(self, config, batch_size: int, device=None, dtype: torch.dtype = torch.float32):
         E, P, N = config.ssm_experts, config.ssm_head_dim, config.ssm_state_dim
-        window = conv_window_shape(config)
-        self.conv_states = [
-            torch.zeros(batch_size, *window, device=device, dtype=dtype) for _ in range(config.n_layers)
-        ]
-        self.ssm_states = [torch.zeros(batch_size, E, N, P, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        shapes = [(batch_size, *conv_window_shape(config))] * config.n_layers + [(batch_size, E, N, P)] * config.n_layers
+        # Separate tensors (each layer's state is written in place, and views of one buffer may
+        # not be), zeroed together: one multi-tensor launch on CUDA instead of one fill per tensor.
+        states = [torch.empty(shape, device=device, dtype=dtype) for shape in shapes]
+        torch._foreach_zero_(states)
+        self.conv_states, self.ssm_states = states[: config.n_layers], states[config.n_layers:]
         self.seen_tokens = 0
 
     @classmethod
@@ -56,8 +57,7 @@ class MossNetCache:
         return sum(t.numel() * t.element_size() for t in self.conv_states + self.ssm_states)
 
     def reset(self) -> None:
-        for t in self.conv_states + self.ssm_states:
-            t.zero_()
+        torch._foreach_zero_(self.conv_states + self.ssm_states)
         self.seen_tokens = 0
 
     def reorder(self, beam_idx: torch.LongTensor) -> None:

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# A GPU study that outlives one device call: the lent machine allows 10 minutes a command and
+# kills what a command leaves running, except a process in its own session (setsid), which runs
+# until the machine goes back (30 s after the last call ends). So a study of 25 minutes runs
+# detached, and the calls that follow it only wait and bring its results back; an MQAR run is
+# never cut at a call boundary and started over.
+#
+#   call 1:  OUT=$OUT scripts/gpu_detached.sh start mqar_rank [WAIT]   # launch, then wait WAIT s (default 540)
+#   call 2+: OUT=$OUT scripts/gpu_detached.sh wait mqar_rank [WAIT]    # wait, bring results back
+#
+# Chain the calls at once (an idle machine goes back after 30 s, and the study with it). The
+# study runs from a copy of the tree taken at start (a call re-sends the working tree, and the
+# study's runs import mossnet afresh), with gpu_studies.sh's environment (DATA, RANK_JOBS, ...)
+# passed through, its directories under /tmp/detached. Every 60 s and at the end, $OUT gets the
+# study's text results so far (<study>.tgz, for gpu_studies.sh's RESTORE=) and its logs: a call
+# cut at its limit still brings back what $OUT holds.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+action="${1:?usage: gpu_detached.sh start|wait STUDY [WAIT_SECONDS]}" study="${2:?study name}" wait_s="${3:-540}"
+OUT="${OUT:?set OUT}" ROOT=/tmp/detached
+mkdir -p "$OUT"
+
+bring_back() {
+  [ -d "$ROOT/studies/$study" ] && (cd "$ROOT/studies" && find "$study" -type f -not -path '*trainer_state*' -not -path '*/train/model/*' \
+     \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.txt' -o -name '*.png' -o -name '*.csv' \) \
+     -print0 | tar czf "$OUT/$study.tgz.part" --null -T - && mv "$OUT/$study.tgz.part" "$OUT/$study.tgz")
+  cp "$ROOT"/out/*.log "$ROOT"/out/*.json "$ROOT"/out/*.md "$ROOT/driver.log" "$OUT"/ 2>/dev/null
+  return 0
+}
+
+running() { [ -f "$ROOT/pid" ] && kill -0 "$(cat "$ROOT/pid")" 2>/dev/null; }
+
+case "$action" in
+  start)
+    if running; then echo "a detached study is already running (pid $(cat "$ROOT/pid"))"; exit 2; fi
+    rm -rf "$ROOT"; mkdir -p "$ROOT/out" "$ROOT/studies"
+    mkdir -p "$ROOT/repo"  # the tree and the carried data, not virtual environments or old study runs
+    tar --exclude=./.git --exclude=./.venv --exclude=./.venv-min --exclude=./out/studies --exclude=./runs -cf - . \
+      | tar -xf - -C "$ROOT/repo"
+    (cd "$ROOT/repo" && OUT="$ROOT/out" STUDIES="$ROOT/studies" STUDY_TIMEOUT="${STUDY_TIMEOUT:-3600}" \
+       setsid nohup bash scripts/gpu_studies.sh "$study" > "$ROOT/driver.log" 2>&1 < /dev/null & echo $! > "$ROOT/pid")
+    sleep 1
+    echo "started $study detached (pid $(cat "$ROOT/pid")), under $ROOT" ;;
+  wait) running || echo "no detached study is running (finished, or the machine is fresh)" ;;
+  *) echo "unknown action $action (start, wait)"; exit 2 ;;
+esac
+
+end=$(( $(date +%s) + wait_s ))
+while running && (( $(date +%s) < end )); do
+  sleep $(( end - $(date +%s) < 60 ? end - $(date +%s) : 60 ))
+  bring_back
+done
+bring_back
+echo "--- $study: $(ls "$ROOT/studies/$study"/runs/*/result.json 2>/dev/null | wc -l) runs recorded of" \
+     "$(ls -d "$ROOT/studies/$study"/runs/* 2>/dev/null | wc -l) started; $(running && echo running || echo stopped)"
+tail -n 5 "$ROOT/driver.log" 2>/dev/null
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+exit 0

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The first call of a GPU sitting (docs/GPU_NOTES.md, item 0): the CUDA tests of the code no card
+# has run yet, then MossNet against Llama (training, eager and captured), prefill, the eager
+# step's kernel profile, and the flaky decode-graph test eight times at once. Each step runs only
+# if LIMIT (seconds, default 540) leaves it room, so a short sitting still gets the tests and the
+# first timings; everything lands in $OUT as it finishes.
+#   OUT=/tmp/x LIMIT=500 scripts/gpu_first_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+T0=$(date +%s) LIMIT="${LIMIT:-540}" OUT="${OUT:?set OUT}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
+at() { echo "$1 rc=$2 at $(( $(date +%s) - T0 )) s"; }
+nvidia-smi -L
+TESTS=(tests/ops/test_moe_ops.py tests/ops/test_moe_fused.py tests/ops/test_conv_silu.py tests/ops/test_dispatch_kernel.py
+       tests/ops/test_routing.py tests/layers tests/models/test_generation.py tests/models/test_long_prompt.py
+       tests/models/test_modeling.py)
+l=$(left); timeout $(( l < 170 ? l : 170 )) python3 -m pytest -q -n 8 -p no:cacheprovider "${TESTS[@]}" > "$OUT/tests.txt" 2>&1
+at tests $?; grep -E "passed|failed" "$OUT/tests.txt" | tail -2; grep -E "^FAILED" "$OUT/tests.txt" | head -20
+if (( $(left) > 140 )); then
+  timeout 135 python3 benchmarks/bench_model.py --sections train --hard-budget 125 --out "$OUT/train.json" \
+    --train-models mossnet-base,llama-135m,mossnet-base-graph,llama-135m-graph > "$OUT/train.txt" 2>&1
+  at train $?; grep -E "^\|" "$OUT/train.txt" | tail -8
+fi
+if (( $(left) > 60 )); then
+  timeout 58 python3 benchmarks/bench_model.py --sections prefill --hard-budget 50 --out "$OUT/prefill.json" \
+    > "$OUT/prefill.txt" 2>&1
+  at prefill $?; grep -E "^\|" "$OUT/prefill.txt" | tail -6
+fi
+if (( $(left) > 50 )); then
+  timeout 48 python3 benchmarks/profile_train_step.py --model base > "$OUT/profile.txt" 2>&1
+  at profile $?; head -3 "$OUT/profile.txt"; grep -A12 "by launches" "$OUT/profile.txt"
+fi
+if (( $(left) > 40 )); then
+  for i in $(seq 8); do
+    timeout 38 python3 -m pytest -q -p no:cacheprovider \
+      "tests/models/test_cuda_graph_decode.py::test_graph_decode_equals_eager[True-3]" > "$OUT/flaky$i.txt" 2>&1 &
+  done
+  wait; grep -h -E "Mismatch|Greatest|passed|failed" "$OUT"/flaky*.txt | sort | uniq -c
+fi
+echo "done at $(( $(date +%s) - T0 )) s"

@@ -158,19 +158,24 @@ def test_sync_free_grouped_linear_paths_match_loop(d_in, d_out):
 
 # ---------------------------------------------------------------------------- GPU
 def _eager_and_graph(model, prompt, steps, autocast):
-    """Greedy decode of ``steps`` tokens after ``prompt``, eagerly and through the graph."""
-    results = []
+    """Greedy decode of ``steps`` tokens after ``prompt``, eagerly, then through the graph fed
+    the eager run's tokens (teacher-forced: a last-bit difference in one step's logits cannot
+    flip an argmax and send the two runs down different sequences)."""
+    results, tokens = [], None
     for use_graph in (False, True):
         model.cuda_graph_decode = use_graph
         reset_graph_decoders(model)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             out = model(prompt, use_cache=True)
-            cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+            cache = out.cache
+            fed = [out.logits[:, -1:].argmax(-1)] if tokens is None else tokens
             logits = []
-            for _ in range(steps):
-                step_logits = model(nxt, cache=cache).logits
+            for i in range(steps):
+                step_logits = model(fed[i], cache=cache).logits
                 logits.append(step_logits)
-                nxt = step_logits[:, -1:].argmax(-1)
+                if tokens is None:
+                    fed.append(step_logits[:, -1:].argmax(-1))
+            tokens = fed
         results.append((torch.cat(logits, 1), cache))
         if use_graph:
             assert graph_decoders(model), "the captured path was not taken"

@@ -203,6 +203,34 @@ def test_graph_decode_equals_eager(batch, autocast):
 
 @pytest.mark.gpu
 @gpu
+def test_a_graph_captured_under_autocast_replays_right_in_a_later_autocast_block():
+    """The decode graph captured inside one autocast block and replayed in the next: it must not
+    read the weight casts of the first block's cast cache, which are freed when it ends (here
+    overwritten with NaNs before the second block)."""
+    model = tiny_model().cuda()
+    prompt = torch.randint(0, model.config.vocab_size, (2, 9), device="cuda")
+
+    def decode(tokens):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            cache = model(prompt, use_cache=True).cache
+            return torch.cat([model(t, cache=cache).logits for t in tokens], 1)
+
+    tokens = [torch.randint(0, model.config.vocab_size, (2, 1), device="cuda") for _ in range(4)]
+    model.cuda_graph_decode = False
+    reset_graph_decoders(model)
+    eager = decode(tokens)
+    model.cuda_graph_decode = True
+    decode(tokens[:1])  # captures the graph, in this block
+    assert graph_decoders(model), "the captured path was not taken"
+    junk = [torch.full((1 << 20,), float("nan"), device="cuda") for _ in range(64)]  # take the freed blocks
+    graph = decode(tokens)
+    del junk
+    assert torch.isfinite(graph).all()
+    torch.testing.assert_close(graph, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.slow
 @pytest.mark.parametrize("autocast", [False, True])
 def test_compiled_graph_decode_equals_eager(autocast):

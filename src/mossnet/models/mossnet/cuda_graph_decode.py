@@ -36,6 +36,7 @@ import torch
 
 from ...cuda_graph import capture
 from ...execution import ExecutionPolicy, capturing, tracing
+from ...runtime import autocast_for_capture
 from .cache import MossNetCache
 
 
@@ -133,7 +134,11 @@ class CUDAGraphDecoder:
         if compile:
             step = torch.compile(self._step, dynamic=False)
         self._run = step
-        with torch.cuda.device(device), torch.no_grad():
+        # Under autocast, capture with its cast cache off (PyTorch's CUDA-graph notes ask for it):
+        # with the cache on, the graph would read weight casts that the caller's autocast block
+        # made and frees on exit, so a later block would replay it on freed memory. Off, each
+        # replay casts the weights it uses.
+        with torch.cuda.device(device), torch.no_grad(), autocast_for_capture("cuda", self.autocast[1]):
             self.graph, self.logits = capture(self._call, warmup=max(1, warmup), pool=pool)
         self.static_cache.reset()  # warm-up moved the static state; bind() fills it anyway
         self.model = None  # the graph holds what it needs; no reference cycle through the model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -83,23 +84,21 @@ class RouterReport:
         self._routing = routing
         self.load = counts
         self.logits = routing.logits
-        self._losses: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def of(cls, routing: RouterOutput, counts: torch.Tensor) -> "RouterReport":
         return cls(routing, counts)
 
-    def _computed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._losses is None:
-            self._losses = self._routing.losses(self.load)
-        return self._losses
+    @functools.cached_property
+    def _losses(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._routing.losses(self.load)
 
     @property
     def aux(self) -> torch.Tensor:
         """L_aux, the load-balancing loss (1 at perfect balance)."""
-        return self._computed()[0]
+        return self._losses[0]
 
     @property
     def z(self) -> torch.Tensor:
         """L_z, the mean squared log-sum-exp of the router logits."""
-        return self._computed()[1]
+        return self._losses[1]

@@ -20,11 +20,9 @@ action="${1:?usage: gpu_detached.sh start|wait STUDY [WAIT_SECONDS]}" study="${2
 OUT="${OUT:?set OUT}" ROOT=/tmp/detached
 mkdir -p "$OUT"
 
-bring_back() {
-  [ -d "$ROOT/studies/$study" ] && (cd "$ROOT/studies" && find "$study" -type f -not -path '*trainer_state*' -not -path '*/train/model/*' \
-     \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.txt' -o -name '*.png' -o -name '*.csv' \) \
-     -print0 | tar czf "$OUT/$study.tgz.part" --null -T - && mv "$OUT/$study.tgz.part" "$OUT/$study.tgz")
-  cp "$ROOT"/out/*.log "$ROOT"/out/*.json "$ROOT"/out/*.md "$ROOT/driver.log" "$OUT"/ 2>/dev/null
+bring_back() {  # gpu_studies.sh's own packing, then the logs
+  OUT="$OUT" STUDIES="$ROOT/studies" bash scripts/gpu_studies.sh --pack "$study"
+  cp "$ROOT"/out/*.log "$ROOT/driver.log" "$OUT"/ 2>/dev/null
   return 0
 }
 

@@ -21,6 +21,7 @@
 # A fresh machine (a later session) picks up where an earlier one stopped: RESTORE=<dir> unpacks
 # <dir>/<study>.tgz (what an earlier call brought back) before the study runs, so its recorded runs
 # are skipped; an LM run cut short starts over (its checkpoints never come back).
+# `scripts/gpu_studies.sh --pack STUDY` only packs what STUDY has recorded so far.
 # Each sitting writes compact JSON under $OUT: <study>.json (settings + every run's result, no
 # weights), <study>.md (the report), <study>.png, the log, and <study>.tgz (the study's text files).
 #
@@ -92,13 +93,21 @@ run_study() {  # run one study until the call's deadline, then pack its results 
 
 pack() {  # results only (a run cut short leaves checkpoints of any name behind): text, JSON, plots
   local dir="$STUDIES/$1"
+  [ -d "$dir" ] || return 0
   [ -f "$dir/summary.json" ] && cp "$dir/summary.json" "$OUT/$1.json"
   [ -f "$dir/results.md" ] && cp "$dir/results.md" "$OUT/$1.md"
   for png in "$dir"/*.png; do [ -f "$png" ] && cp "$png" "$OUT/$1.png"; done
+  # Written aside, then renamed: a call cut at its limit brings back the last whole archive.
   (cd "$STUDIES" && find "$1" -type f -not -path '*trainer_state*' -not -path '*/train/model/*' \( -name '*.json' \
      -o -name '*.jsonl' -o -name '*.md' -o -name '*.txt' -o -name '*.png' -o -name '*.csv' -o -name '*.yaml' \) \
-     -print0 | tar czf "$OUT/$1.tgz" --null -T -)
+     -print0 | tar czf "$OUT/$1.tgz.part" --null -T - && mv "$OUT/$1.tgz.part" "$OUT/$1.tgz")
+  return 0
 }
+
+if [ "${1:-}" = --pack ]; then  # only pack a study's results so far (scripts/gpu_detached.sh)
+  pack "${2:?--pack STUDY}"
+  exit 0
+fi
 
 for study in ${1//,/ }; do
   case "$study" in

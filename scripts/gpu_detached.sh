@@ -7,6 +7,8 @@
 #
 #   call 1:  OUT=$OUT scripts/gpu_detached.sh start mqar_rank [WAIT]   # launch, then wait WAIT s (default 540)
 #   call 2+: OUT=$OUT scripts/gpu_detached.sh wait mqar_rank [WAIT]    # wait, bring results back
+# STUDY may list several, comma-separated (mqar_rank,decomposition): they run one after the other,
+# so the card is never idle between them, and each one's results come back as <study>.tgz.
 #
 # Chain the calls at once (an idle machine goes back after 30 s, and the study with it). The
 # study runs from a copy of the tree taken at start (a call re-sends the working tree, and the
@@ -20,8 +22,9 @@ action="${1:?usage: gpu_detached.sh start|wait STUDY [WAIT_SECONDS]}" study="${2
 OUT="${OUT:?set OUT}" ROOT=/tmp/detached
 mkdir -p "$OUT"
 
-bring_back() {  # gpu_studies.sh's own packing, then the logs
-  OUT="$OUT" STUDIES="$ROOT/studies" bash scripts/gpu_studies.sh --pack "$study"
+bring_back() {  # gpu_studies.sh's own packing of each study, then the logs
+  local one
+  for one in ${study//,/ }; do OUT="$OUT" STUDIES="$ROOT/studies" bash scripts/gpu_studies.sh --pack "$one"; done
   cp "$ROOT"/out/*.log "$ROOT/driver.log" "$OUT"/ 2>/dev/null
   return 0
 }
@@ -49,8 +52,10 @@ while running && (( $(date +%s) < end )); do
   bring_back
 done
 bring_back
-echo "--- $study: $(ls "$ROOT/studies/$study"/runs/*/result.json 2>/dev/null | wc -l) runs recorded of" \
-     "$(ls -d "$ROOT/studies/$study"/runs/* 2>/dev/null | wc -l) started; $(running && echo running || echo stopped)"
+for one in ${study//,/ }; do
+  echo "--- $one: $(ls "$ROOT/studies/$one"/runs/*/result.json 2>/dev/null | wc -l) runs recorded of" \
+       "$(ls -d "$ROOT/studies/$one"/runs/* 2>/dev/null | wc -l) started; $(running && echo running || echo stopped)"
+done
 tail -n 5 "$ROOT/driver.log" 2>/dev/null
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 exit 0

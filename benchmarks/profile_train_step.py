@@ -2,6 +2,12 @@
 time, from torch.profiler (bf16 autocast, forward + backward + fused AdamW, random token ids).
 
     python benchmarks/profile_train_step.py --model converted --batch 4 --seq 2048 --top 25
+    python benchmarks/profile_train_step.py --model base --prefill --batch 1   # bench_model's prefill
+
+``--prefill`` profiles the inference forward that fills a generation cache instead (bf16
+weights with the fp32-kept ones, no grad, the last position's logits: ``bench_model.py``'s
+prefill), and also prints its wall time against its kernel time: a wall time far above the
+kernels' sum means the host, not the GPU, sets the speed.
 
 Models are ``bench_layout_gate.MODELS`` (``base``, ``converted``). A diagnosis tool for the kernel
 work: the numbers are per step, after two warm-up steps; the step is eager (not captured), so
@@ -13,12 +19,14 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from bench_layout_gate import MODELS  # noqa: E402
+from bench_model import to_inference  # noqa: E402
 
 
 def main() -> None:
@@ -28,6 +36,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--prefill", action="store_true", help="profile the cache-filling inference forward")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_train_step: needs a CUDA device")
@@ -40,20 +49,33 @@ def main() -> None:
     config = MossNetConfig.from_preset(preset, **spec) if preset else MossNetConfig(**spec)
     torch.manual_seed(0)
     model = MossNetForCausalLM(config).cuda().train()
-    optimizer = build_optimizer(model, 1e-4, 0.1)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), device="cuda")
+    if args.prefill:
+        model = to_inference(model)
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(input_ids=ids[:, :-1]).logits
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        @torch.no_grad()
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1)
+    else:
+        optimizer = build_optimizer(model, 1e-4, 0.1)
 
-    for _ in range(2):
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(input_ids=ids[:, :-1]).logits
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
         step()
     torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) / args.steps * 1e3  # outside the profiler, which slows the host
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(args.steps):
             step()
@@ -61,8 +83,9 @@ def main() -> None:
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.self_device_time_total for e in events)
     launches = sum(e.count for e in events) // args.steps
-    print(f"{args.model}: {total / args.steps / 1e3:.1f} ms of kernels per step, {launches} kernels, "
-          f"{args.batch}x{args.seq} tokens")
+    what = "prefill" if args.prefill else "step"
+    print(f"{args.model}: {total / args.steps / 1e3:.1f} ms of kernels per {what}, {launches} kernels, "
+          f"{args.batch}x{args.seq} tokens; wall {wall_ms:.1f} ms per {what} (unprofiled)")
     # By time (where the GPU works), then by count (what a launch-bound eager step pays for).
     for title, key in (("by time", lambda e: -e.self_device_time_total), ("by launches", lambda e: -e.count)):
         print(f"-- top {args.top} {title}")

@@ -33,6 +33,11 @@ if (( $(left) > 50 )); then
   timeout 48 python3 benchmarks/profile_train_step.py --model base > "$OUT/profile.txt" 2>&1
   at profile $?; head -3 "$OUT/profile.txt"; grep -A12 "by launches" "$OUT/profile.txt"
 fi
+if (( $(left) > 75 )); then  # the prefill's kernels, and its wall time against them (host- or GPU-bound)
+  timeout 35 python3 benchmarks/profile_train_step.py --model base --prefill --batch 1 --steps 5 \
+    > "$OUT/profile_prefill.txt" 2>&1
+  at profile-prefill $?; head -1 "$OUT/profile_prefill.txt"
+fi
 if (( $(left) > 40 )); then
   # Runs 1-4 as CI runs them, 5-8 with deterministic cuBLAS (GPU_NOTES item 0: which suspect).
   runs=$(mktemp -d)

@@ -7,6 +7,7 @@
 #
 #   call 1:  OUT=$OUT scripts/gpu_detached.sh start mqar_rank [WAIT]   # launch, then wait WAIT s (default 540)
 #   call 2+: OUT=$OUT scripts/gpu_detached.sh wait mqar_rank [WAIT]    # wait, bring results back
+# MPS=1 starts CUDA's multi-process service first (see start_mps).
 # STUDY may list several, comma-separated (mqar_rank,decomposition): they run one after the other,
 # so the card is never idle between them, and each one's results come back as <study>.tgz.
 #
@@ -31,10 +32,26 @@ bring_back() {  # gpu_studies.sh's own packing of each study, then the logs
 
 running() { [ -f "$ROOT/pid" ] && kill -0 "$(cat "$ROOT/pid")" 2>/dev/null; }
 
+# MPS=1: the study's runs share the card through CUDA's multi-process service. Without it the
+# GPU time-slices between processes, one context at a time, and the small kernels of a dozen
+# small models leave most of the card idle in each slice; with it their kernels run side by
+# side. A daemon that does not answer a first CUDA call is stopped again, and the runs go on
+# without it. `echo quit | nvidia-cuda-mps-control` stops it (before any timing).
+start_mps() {
+  command -v nvidia-cuda-mps-control > /dev/null || { echo "MPS: nvidia-cuda-mps-control not found; runs time-slice"; return; }
+  setsid nvidia-cuda-mps-control -d || { echo "MPS: the daemon did not start; runs time-slice"; return; }
+  if timeout 60 python3 -c "import torch; assert torch.ones(4, device='cuda').sum().item() == 4"; then
+    echo "MPS: on"
+  else
+    echo quit | nvidia-cuda-mps-control; echo "MPS: a first CUDA call failed under it; stopped, runs time-slice"
+  fi
+}
+
 case "$action" in
   start)
     if running; then echo "a detached study is already running (pid $(cat "$ROOT/pid"))"; exit 2; fi
     rm -rf "$ROOT"; mkdir -p "$ROOT/out" "$ROOT/studies"
+    if [ "${MPS:-0}" = 1 ]; then start_mps; fi
     mkdir -p "$ROOT/repo"  # the tree and the carried data, not virtual environments or old study runs
     tar --exclude=./.git --exclude=./.venv --exclude=./.venv-min --exclude=./out/studies --exclude=./runs -cf - . \
       | tar -xf - -C "$ROOT/repo"

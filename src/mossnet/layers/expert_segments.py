@@ -23,7 +23,6 @@ segments. ``uniform`` says so, and the conv and the scan then treat the rows as 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -58,28 +57,38 @@ class ExpertSegments:
     first_document: torch.Tensor
     last_document: torch.Tensor
     uniform: bool = False
+    layout: SequenceLayout | None = None  # where the tables that every layer shares are kept
 
     @classmethod
     def build(cls, rows: ExpertDispatch, layout: SequenceLayout, n_experts: int,
               every_pair: bool = False) -> "ExpertSegments":
         """Segments of ``rows`` (dispatched tokens of ``layout``'s batch, sorted by expert).
-        ``every_pair``: the rows hold every (token, expert) pair of the batch."""
+        ``every_pair``: the rows hold every (token, expert) pair of the batch.
+
+        What depends on the layout and the shapes alone (the uniform segmentation, the segment
+        boundaries searched for, each segment's expert) is built once per forward and shared
+        by the layers (:meth:`SequenceLayout.shared`); only what depends on the routing is built
+        here per layer."""
         E, T = n_experts, max(layout.length, 1)
         device = rows.token.device
         M = rows.token.numel()
         n_docs = layout.n_documents
+        first, last = layout.first_document(device), layout.last_document(device)
         if (every_pair and layout.valid is None and layout.cu_seqlens is None and layout.length > 0
                 and M == E * layout.batch * layout.length):
             S = E * n_docs  # M == S * T: segment s = e * batch + b holds rows [s*T, (s+1)*T)
-            segment = torch.arange(M, device=device) // T
-            cu = (torch.arange(S + 1, device=device) * T).to(torch.int32)
-            return cls(segment, cu, torch.arange(S, device=device) // n_docs, T, E, n_docs,
-                       layout.first_document(device), layout.last_document(device), uniform=True)
+            segment, cu, expert_of_segment = layout.shared(("uniform segments", E, M, device), lambda: (
+                torch.arange(M, device=device) // T,
+                (torch.arange(S + 1, device=device) * T).to(torch.int32),
+                torch.arange(S, device=device) // n_docs,
+            ))
+            return cls(segment, cu, expert_of_segment, T, E, n_docs, first, last, uniform=True, layout=layout)
         doc = layout.document_of_token(device).index_select(0, rows.token)
         segment = rows.expert * n_docs + doc
         if not rows.every_row_routed:
             # Rows from offsets[-1] on are padding: the j-th block of T of them is one segment.
-            pad_block = (torch.arange(M, device=device) - rows.offsets[-1].long()).clamp(min=0) // T
+            row_index = layout.shared(("row index", M, device), lambda: torch.arange(M, device=device))
+            pad_block = (row_index - rows.offsets[-1].long()).clamp(min=0) // T
             segment = torch.where(rows.expert < E, segment, E * n_docs + pad_block)
         S = E * n_docs + M // T  # the padding segments exist (empty) either way: one shape rule
         # The rows are sorted by expert, then by token, and documents are numbered in token order,
@@ -91,25 +100,36 @@ class ExpertSegments:
             sizes = torch.zeros(S, dtype=torch.long, device=device).scatter_add_(0, segment, torch.ones_like(segment))
             cu = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)]).to(torch.int32)
         else:
-            cu = torch.searchsorted(segment, torch.arange(S + 1, device=device), out_int32=True)
-        expert_of_segment = (torch.arange(S, device=device) // n_docs).clamp(max=E - 1)
-        return cls(segment, cu, expert_of_segment, T, E, n_docs,
-                   layout.first_document(device), layout.last_document(device))
+            starts = layout.shared(("segment index", S + 1, device), lambda: torch.arange(S + 1, device=device))
+            cu = torch.searchsorted(segment, starts, out_int32=True)
+        expert_of_segment = layout.shared(("expert of segment", E, S, device),
+                                          lambda: (torch.arange(S, device=device) // n_docs).clamp(max=E - 1))
+        return cls(segment, cu, expert_of_segment, T, E, n_docs, first, last, layout=layout)
 
     def _row_slots(self, document: torch.Tensor) -> torch.Tensor:
         """(batch, E) segment of (each row's ``document``, expert)."""
         experts = torch.arange(self.n_experts, device=document.device)
         return experts[None, :] * self.n_documents + document[:, None]
 
-    # One table per segmentation, not per carried state: a layer carries several (conv windows,
-    # SSM states), and each table is a few launches.
-    @functools.cached_property
-    def _first_slots(self) -> torch.Tensor:
-        return self._row_slots(self.first_document).reshape(-1)
+    # One table per layout and expert count, not per carried state or layer: a layer carries
+    # several (conv windows, SSM states), every layer of a forward the same, and each table is a
+    # few launches.
+    def _slots(self, which: str) -> torch.Tensor:
+        def make():
+            slots = self._row_slots(self.first_document if which == "first" else self.last_document)
+            return slots.reshape(-1) if which == "first" else slots
 
-    @functools.cached_property
+        if self.layout is None:
+            return make()
+        return self.layout.shared((f"{which} slots", self.n_experts, self.first_document.device), make)
+
+    @property
+    def _first_slots(self) -> torch.Tensor:
+        return self._slots("first")
+
+    @property
     def _last_slots(self) -> torch.Tensor:
-        return self._row_slots(self.last_document)
+        return self._slots("last")
 
     def scatter_states(self, state: torch.Tensor | None) -> torch.Tensor | None:
         """(batch, E, ...) carried states -> (S, ...): each row's state on its first document's

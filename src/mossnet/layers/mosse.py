@@ -220,7 +220,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         valid = None if layout.valid is None else layout.valid.reshape(n)
         routing = self.route(flat, valid, policy)
         assign = dispatch_by_expert(routing.top_idx, valid, self.n_experts, policy.fused_ops)
-        rows, routed_rows = self._scan_rows(assign, valid, n, policy.fused_ops)
+        rows, routed_rows = self._scan_rows(assign, valid, n, layout, policy.fused_ops)
         segments = ExpertSegments.build(rows, layout, self.n_experts, every_pair=self._rows_hold_every_pair)
         expert_window, sequence_window = self._split_windows(conv_state)
         shared, sequence_final = self._sequence_features(flat, valid, layout, sequence_window, return_states,
@@ -297,9 +297,13 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         (n, channels) (padding tokens get values that nothing reads) and the final window
         (batch, K-1, channels) if ``return_states`` (else None).
         """
-        n = values.shape[0]
-        tokens = dispatch_by_expert(torch.zeros(n, 1, dtype=torch.long, device=values.device), valid, 1, fused_ops)
-        segments = ExpertSegments.build(tokens, layout, 1, every_pair=True)
+        n, device = values.shape[0], values.device
+
+        def token_segments():  # the same for every layer of the forward
+            tokens = dispatch_by_expert(torch.zeros(n, 1, dtype=torch.long, device=device), valid, 1, fused_ops)
+            return tokens, ExpertSegments.build(tokens, layout, 1, every_pair=True)
+
+        tokens, segments = layout.shared(("token segments", device), token_segments)
         initial = None if window is None else segments.scatter_states(window[:, None])
         rows, final = segment_causal_conv(
             values.index_select(0, tokens.token), self.shared_conv_weight[None], self.shared_conv_bias[None],
@@ -313,7 +317,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
     def _rows_hold_every_pair(self) -> bool:  # the conv and scan rows: "all", or k = E
         return not self.routed or self.experts_per_token == self.n_experts
 
-    def _scan_rows(self, assign: ExpertDispatch, valid, n: int,
+    def _scan_rows(self, assign: ExpertDispatch, valid, n: int, layout: SequenceLayout,
                    fused_ops: str) -> tuple[ExpertDispatch, torch.Tensor | None]:
         """The rows the experts' convs and scans run on, and where the routed rows are among them.
 
@@ -324,7 +328,8 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         if self.routed or self.experts_per_token == E:  # k = E: every pair is routed anyway
             return assign, None
         device = assign.token.device
-        every = dispatch_by_expert(torch.arange(E, device=device).expand(n, E), valid, E, fused_ops)
+        every = layout.shared(("every pair", E, device), lambda: dispatch_by_expert(
+            torch.arange(E, device=device).expand(n, E), valid, E, fused_ops))  # the same for every layer
         return every, every.position[assign.token * E + assign.expert.clamp(max=E - 1)]
 
     def _mix(self, flat, rows: ExpertDispatch, segments: ExpertSegments, conv_state, ssm_state, return_states,

@@ -7,11 +7,17 @@
   runs on the flattened batch with ``cu_seqlens`` at every row and document start; building
   those boundaries reads them back to the host, so pass ``position_ids`` only when you pack.
   A restart at t = 0 is not a boundary (the row continues from the cache, if any).
+
+One layout is built per forward and handed to every layer, so it is also where the index
+tensors that depend on the layout alone (never on a layer's routing) are kept: the first layer
+that asks builds them (:meth:`SequenceLayout.shared`), and the rest reuse them. A prefill of a
+12-layer model otherwise rebuilt the same few tables in every layer, a dozen launches each time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
 
 import torch
 
@@ -29,6 +35,15 @@ class SequenceLayout:
     cu_seqlens: torch.Tensor | None = None
     first_segment: torch.Tensor | None = None
     last_segment: torch.Tensor | None = None
+    _shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def shared(self, key: Hashable, make: Callable[[], object]) -> object:
+        """``make()``, built once per layout (so once per forward) and reused by every layer
+        that asks with the same ``key``. Only for values that depend on the layout and the
+        key alone, and that no caller modifies in place (index tables)."""
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
 
     @classmethod
     def build(cls, batch: int, length: int, attention_mask=None, position_ids=None) -> "SequenceLayout":
@@ -59,17 +74,21 @@ class SequenceLayout:
         (row by row, in order): each row's first document is ``first_document()[row]``."""
         n = self.batch * self.length
         if self.cu_seqlens is None:
-            return torch.arange(n, device=device) // max(self.length, 1)
-        return (self.first_segment[:, None] + self.doc_id).reshape(n)
+            return self.shared(("document of token", device),
+                               lambda: torch.arange(n, device=device) // max(self.length, 1))
+        return self.shared("document of token", lambda: (self.first_segment[:, None] + self.doc_id).reshape(n))
 
     def first_document(self, device=None) -> torch.Tensor:
         """(batch,) each row's first document (it continues from a carried state)."""
         if self.cu_seqlens is None:
-            return torch.arange(self.batch, device=device)
+            return self._rows(device)
         return self.first_segment
 
     def last_document(self, device=None) -> torch.Tensor:
         """(batch,) each row's last document (its final state is the row's state)."""
         if self.cu_seqlens is None:
-            return torch.arange(self.batch, device=device)
+            return self._rows(device)
         return self.last_segment
+
+    def _rows(self, device) -> torch.Tensor:
+        return self.shared(("rows", device), lambda: torch.arange(self.batch, device=device))

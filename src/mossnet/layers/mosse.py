@@ -428,7 +428,7 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         else:
             packing = dict(cu_seqlens=segments.cu_seqlens, max_seqlen=segments.max_length if tracing() else None)
         y, final = mosse_scan(
-            one_head(x), (dt * scale).view(*batch_of, 1), -torch.ones(1, dtype=cdt, device=x.device),
+            one_head(x), (dt * scale).view(*batch_of, 1), torch.full((1,), -1.0, dtype=cdt, device=x.device),
             one_head(B), one_head(C), None, initial, return_states,
             impl=policy.scan_impl, chunk_size=policy.chunk_size, fast_path_options=policy.triton_options(), **packing,
         )

@@ -18,7 +18,7 @@ nvidia-smi -L
 TESTS=(tests/ops/test_moe_ops.py tests/ops/test_moe_fused.py tests/ops/test_conv_silu.py tests/ops/test_dispatch_kernel.py
        tests/ops/test_routing.py tests/layers tests/models/test_generation.py tests/models/test_long_prompt.py
        tests/models/test_modeling.py tests/models/test_cuda_graph_decode.py)
-l=$(left); timeout $(( l < 170 ? l : 170 )) python3 -m pytest -q -n 8 -p no:cacheprovider -m "not slow" "${TESTS[@]}" > "$OUT/tests.txt" 2>&1
+l=$(left); timeout $(( l < 170 ? l : 170 )) python3 -m pytest -n 8 -p no:cacheprovider -m "not slow" "${TESTS[@]}" > "$OUT/tests.txt" 2>&1
 at tests $?; grep -E "passed|failed" "$OUT/tests.txt" | tail -2; grep -E "^FAILED" "$OUT/tests.txt" | head -20
 if (( $(left) > 60 )); then
   timeout 58 python3 benchmarks/bench_model.py --sections prefill --hard-budget 50 --out "$OUT/prefill.json" \
@@ -42,7 +42,7 @@ if (( $(left) > 70 )); then
   runs=$(mktemp -d)
   conds=(default default default reference reference no-autotune no-autotune default)
   for i in $(seq 8); do
-    env $( (( i == 3 || i == 8 )) && echo CUBLAS_WORKSPACE_CONFIG=:4096:8 ) timeout 65 python3 \
+    env PYTHONUNBUFFERED=1 $( (( i == 3 || i == 8 )) && echo CUBLAS_WORKSPACE_CONFIG=:4096:8 ) timeout 65 python3 \
       benchmarks/diagnose_graph_decode.py --condition "${conds[$((i-1))]}" --repeats 12 > "$runs/$i.txt" 2>&1 &
   done
   wait

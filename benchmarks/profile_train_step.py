@@ -10,7 +10,7 @@ prefill), and also prints its wall time against its kernel time: a wall time far
 kernels' sum means the host, not the GPU, sets the speed.
 
 Models are ``bench_layout_gate.MODELS`` (``base``, ``converted``). A diagnosis tool for the kernel
-work: the numbers are per step, after two warm-up steps; the step is eager (not captured), so
+work: the numbers are per step, after three warm-up steps and the unprofiled timed ones; the step is eager (not captured), so
 launch gaps are not in the kernel times.
 """
 

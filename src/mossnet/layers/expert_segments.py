@@ -56,8 +56,8 @@ class ExpertSegments:
     n_documents: int
     first_document: torch.Tensor
     last_document: torch.Tensor
+    layout: SequenceLayout  # where the tables that every layer shares are kept
     uniform: bool = False
-    layout: SequenceLayout | None = None  # where the tables that every layer shares are kept
 
     @classmethod
     def build(cls, rows: ExpertDispatch, layout: SequenceLayout, n_experts: int,
@@ -82,7 +82,7 @@ class ExpertSegments:
                 (torch.arange(S + 1, device=device) * T).to(torch.int32),
                 torch.arange(S, device=device) // n_docs,
             ))
-            return cls(segment, cu, expert_of_segment, T, E, n_docs, first, last, uniform=True, layout=layout)
+            return cls(segment, cu, expert_of_segment, T, E, n_docs, first, last, layout, uniform=True)
         doc = layout.document_of_token(device).index_select(0, rows.token)
         segment = rows.expert * n_docs + doc
         if not rows.every_row_routed:
@@ -104,32 +104,19 @@ class ExpertSegments:
             cu = torch.searchsorted(segment, starts, out_int32=True)
         expert_of_segment = layout.shared(("expert of segment", E, S, device),
                                           lambda: (torch.arange(S, device=device) // n_docs).clamp(max=E - 1))
-        return cls(segment, cu, expert_of_segment, T, E, n_docs, first, last, layout=layout)
+        return cls(segment, cu, expert_of_segment, T, E, n_docs, first, last, layout)
 
-    def _row_slots(self, document: torch.Tensor) -> torch.Tensor:
-        """(batch, E) segment of (each row's ``document``, expert)."""
-        experts = torch.arange(self.n_experts, device=document.device)
-        return experts[None, :] * self.n_documents + document[:, None]
+    def _state_slots(self, which: str) -> torch.Tensor:
+        """(batch, E) segment of (each row's ``which`` ("first" or "last") document, expert).
+        One table per layout and expert count, not per carried state or layer: a layer carries
+        several (conv windows, SSM states), every layer of a forward the same."""
+        document = self.first_document if which == "first" else self.last_document
 
-    # One table per layout and expert count, not per carried state or layer: a layer carries
-    # several (conv windows, SSM states), every layer of a forward the same, and each table is a
-    # few launches.
-    def _slots(self, which: str) -> torch.Tensor:
         def make():
-            slots = self._row_slots(self.first_document if which == "first" else self.last_document)
-            return slots.reshape(-1) if which == "first" else slots
+            experts = torch.arange(self.n_experts, device=document.device)
+            return experts[None, :] * self.n_documents + document[:, None]
 
-        if self.layout is None:
-            return make()
-        return self.layout.shared((f"{which} slots", self.n_experts, self.first_document.device), make)
-
-    @property
-    def _first_slots(self) -> torch.Tensor:
-        return self._slots("first")
-
-    @property
-    def _last_slots(self) -> torch.Tensor:
-        return self._slots("last")
+        return self.layout.shared((f"{which} slots", self.n_experts, document.device), make)
 
     def scatter_states(self, state: torch.Tensor | None) -> torch.Tensor | None:
         """(batch, E, ...) carried states -> (S, ...): each row's state on its first document's
@@ -139,10 +126,10 @@ class ExpertSegments:
         batch, E = state.shape[:2]
         S = self.cu_seqlens.numel() - 1
         flat = state.reshape(batch * E, *state.shape[2:])
-        return state.new_zeros(S, *state.shape[2:]).index_copy(0, self._first_slots, flat)
+        return state.new_zeros(S, *state.shape[2:]).index_copy(0, self._state_slots("first").reshape(-1), flat)
 
     def gather_states(self, per_segment: torch.Tensor | None) -> torch.Tensor | None:
         """(S, ...) final states -> (batch, E, ...): each row's last document's."""
         if per_segment is None:
             return None
-        return per_segment[self._last_slots]
+        return per_segment[self._state_slots("last")]

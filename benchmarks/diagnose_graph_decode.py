@@ -16,6 +16,10 @@ kernel; failures that also come with ``--condition no-autotune`` rule out a run-
 choice; failures that vanish with deterministic cuBLAS point at run-dependent GEMM sums. Every
 repeat in one process shares the Triton tuning made by the first, so a failure rate that differs
 between processes and within one says which of the two it is.
+
+What it found (2026-12-07, H100): differences under "default", "no-autotune" and deterministic
+cuBLAS, none under "reference": a fused kernel. It was the fused decode step, whose in-place
+window shift and state update raced between warps (BENCHMARKS.md, "Fourth run"; fixed since).
 """
 
 from __future__ import annotations

@@ -108,3 +108,56 @@ def test_the_fused_decode_step_equals_the_pytorch_step(state_update, k, z_bias):
             for got, want in zip(caches["triton"], caches["reference"]):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert not torch.equal(caches["triton"][1], ssm0)  # the states did move
+
+
+@needs_kernels
+def test_a_one_tap_conv_decodes_with_the_pytorch_step():
+    """K = 1 carries no window: the fused step (which shifts one) is not taken under "auto", and
+    "triton" says why instead of writing before the window."""
+    cfg = MossNetConfig.from_preset("tiny", d_model=32, ssm_experts=4, ssm_top_k=2, ssm_head_dim=16,
+                                    ssm_state_dim=8, conv_kernel=1)
+    torch.manual_seed(0)
+    layer = MoSSE(cfg)
+    layer.reset_parameters(cfg)
+    layer = layer.to(DEVICE)
+    u = torch.randn(2, 1, 32, device=DEVICE)
+    caches = {impl: (torch.zeros(2, 4, 0, 32, device=DEVICE), torch.randn(2, 4, 8, 16, generator=torch.Generator()
+                                                                           .manual_seed(1)).to(DEVICE))
+              for impl in ("reference", "auto")}
+    with torch.no_grad():
+        outs = {impl: layer(u, None, *caches[impl], decode=True, policy=ExecutionPolicy(fused_ops=impl))[0]
+                for impl in ("reference", "auto")}
+        with pytest.raises(ValueError, match="one tap"):
+            layer(u, None, *caches["auto"], decode=True, policy=ExecutionPolicy(fused_ops="triton"))
+    torch.testing.assert_close(outs["auto"], outs["reference"])
+    torch.testing.assert_close(caches["auto"][1], caches["reference"][1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (a race between warps)")
+@pytest.mark.parametrize("P, N", [(8, 4), (16, 8)])
+def test_the_fused_decode_step_stays_equal_over_many_steps_on_small_tiles(P, N):
+    """The step updates the window and the state in place, and tiles smaller than the program's
+    threads are held by several warps at once: a store racing ahead of another warp's load
+    made a row's decode go astray now and then (one step in many). Two hundred steps, each
+    against the PyTorch step from the same states."""
+    cfg = MossNetConfig.from_preset("tiny", d_model=32, ssm_experts=4, ssm_top_k=2, ssm_head_dim=P,
+                                    ssm_state_dim=N)
+    torch.manual_seed(0)
+    layer = MoSSE(cfg)
+    layer.reset_parameters(cfg)
+    randomize_mosse_(layer, a_log_max=1.0)
+    layer = layer.cuda()
+    K, batch = layer.conv_kernel, 5
+    conv = torch.randn(batch, 4, K - 1, P + 2 * N, device="cuda")
+    ssm = torch.randn(batch, 4, N, P, device="cuda")
+    with torch.no_grad():
+        for step in range(200):
+            u = torch.randn(batch, 1, 32, device="cuda")
+            want_conv, want_ssm = conv.clone(), ssm.clone()
+            want = layer(u, None, want_conv, want_ssm, decode=True, policy=ExecutionPolicy(fused_ops="reference"))[0]
+            got = layer(u, None, conv, ssm, decode=True, policy=ExecutionPolicy(fused_ops="triton"))[0]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"step {step}: {m}")
+            torch.testing.assert_close(conv, want_conv, rtol=0, atol=0, msg=lambda m: f"window, step {step}: {m}")
+            torch.testing.assert_close(ssm, want_ssm, rtol=1e-5, atol=1e-6, msg=lambda m: f"state, step {step}: {m}")
+            conv, ssm = want_conv, want_ssm  # both paths start the next step from the reference's states

@@ -81,6 +81,8 @@ class MoSSEDecodeStep:
             return "gradients are on (the fused step is inference-only)"
         if self.shared_conv or self.share_bc or self.conv_weight is None or self.conv_bias is None:
             return "a section-7 switch or a layer without its conv bias (the fused step covers the default layer)"
+        if self.conv_kernel < 2:
+            return "a conv of one tap (no window to carry)"
         if not (conv_state.is_contiguous() and ssm_state.is_contiguous()):
             return "the cache's states are not contiguous"
         if max(self.head_dim, self.state_dim) > 256:

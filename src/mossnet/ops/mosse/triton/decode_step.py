@@ -32,15 +32,23 @@ def _softplus(v):
 def decode_step_kernel(xbc_ptr, z_ptr, dtraw_ptr, idx_ptr, gate_ptr, win_ptr, h_ptr,
                        cw_ptr, cb_ptr, dtb_ptr, alog_ptr, d_ptr, nw_ptr, zb_ptr, out_ptr,
                        k, E, P, N, eps, s_xbc, s_z, s_dt,
-                       KW: tl.constexpr, HAS_ZB: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                       KW: tl.constexpr, ROWS: tl.constexpr, HAS_ZB: tl.constexpr, BLOCK_P: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
+    """One program per (batch row, chosen expert). The window and the state are updated in place,
+    and a tile smaller than the program's threads is held by several warps at once: every load of
+    them comes before the barrier, every store after it, so that no warp reads a row or a state
+    that another warp has already overwritten. (Without it, the shifted window and the state were
+    sometimes read after their update, and one row's decode went astray.)"""
     pid = tl.program_id(0)  # = b * k + j
     b = pid // k
     e = tl.load(idx_ptr + pid)
     C = P + 2 * N
     p = tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
+    r = tl.arange(0, ROWS)  # window rows, oldest first (K-1 of them, padded to a power of two)
     mp = p < P
     mn = n < N
+    mr = r < KW - 1
     # three channel groups of the conv: x (P), B (N), C (N)
     ch_x = p
     ch_b = P + n
@@ -49,27 +57,24 @@ def decode_step_kernel(xbc_ptr, z_ptr, dtraw_ptr, idx_ptr, gate_ptr, win_ptr, h_
     new_b = tl.load(xbc_ptr + pid * s_xbc + ch_b, mask=mn, other=0.0).to(win_ptr.dtype.element_ty)
     new_c = tl.load(xbc_ptr + pid * s_xbc + ch_c, mask=mn, other=0.0).to(win_ptr.dtype.element_ty)
     win = win_ptr + (b * E + e) * (KW - 1) * C  # (K-1, C) of this (row, expert)
-    cw = cw_ptr + e * C * KW  # (C, K)
+    cw = cw_ptr + e * C * KW  # (C, K): window row t meets tap t, the new input tap K-1
+    rx = mr[:, None] & mp[None, :]
+    rn = mr[:, None] & mn[None, :]
+    win_x = tl.load(win + r[:, None] * C + ch_x[None, :], mask=rx, other=0.0)  # (ROWS, BLOCK_P)
+    win_b = tl.load(win + r[:, None] * C + ch_b[None, :], mask=rn, other=0.0)
+    win_c = tl.load(win + r[:, None] * C + ch_c[None, :], mask=rn, other=0.0)
     acc_x = tl.load(cb_ptr + e * C + ch_x, mask=mp, other=0.0).to(tl.float32)
     acc_b = tl.load(cb_ptr + e * C + ch_b, mask=mn, other=0.0).to(tl.float32)
     acc_c = tl.load(cb_ptr + e * C + ch_c, mask=mn, other=0.0).to(tl.float32)
     acc_x += tl.load(cw + ch_x * KW + (KW - 1), mask=mp, other=0.0).to(tl.float32) * new_x.to(tl.float32)
     acc_b += tl.load(cw + ch_b * KW + (KW - 1), mask=mn, other=0.0).to(tl.float32) * new_b.to(tl.float32)
     acc_c += tl.load(cw + ch_c * KW + (KW - 1), mask=mn, other=0.0).to(tl.float32) * new_c.to(tl.float32)
-    for t in tl.static_range(KW - 1):  # window row t (oldest first) meets tap t
-        wx = tl.load(win + t * C + ch_x, mask=mp, other=0.0)
-        wb = tl.load(win + t * C + ch_b, mask=mn, other=0.0)
-        wc = tl.load(win + t * C + ch_c, mask=mn, other=0.0)
-        acc_x += tl.load(cw + ch_x * KW + t, mask=mp, other=0.0).to(tl.float32) * wx.to(tl.float32)
-        acc_b += tl.load(cw + ch_b * KW + t, mask=mn, other=0.0).to(tl.float32) * wb.to(tl.float32)
-        acc_c += tl.load(cw + ch_c * KW + t, mask=mn, other=0.0).to(tl.float32) * wc.to(tl.float32)
-        if t > 0:  # shift: row t-1 <- row t (all loads of row t are done above)
-            tl.store(win + (t - 1) * C + ch_x, wx, mask=mp)
-            tl.store(win + (t - 1) * C + ch_b, wb, mask=mn)
-            tl.store(win + (t - 1) * C + ch_c, wc, mask=mn)
-    tl.store(win + (KW - 2) * C + ch_x, new_x, mask=mp)
-    tl.store(win + (KW - 2) * C + ch_b, new_b, mask=mn)
-    tl.store(win + (KW - 2) * C + ch_c, new_c, mask=mn)
+    acc_x += tl.sum(tl.load(cw + ch_x[None, :] * KW + r[:, None], mask=rx, other=0.0).to(tl.float32)
+                    * win_x.to(tl.float32), axis=0)
+    acc_b += tl.sum(tl.load(cw + ch_b[None, :] * KW + r[:, None], mask=rn, other=0.0).to(tl.float32)
+                    * win_b.to(tl.float32), axis=0)
+    acc_c += tl.sum(tl.load(cw + ch_c[None, :] * KW + r[:, None], mask=rn, other=0.0).to(tl.float32)
+                    * win_c.to(tl.float32), axis=0)
     x = acc_x * tl.sigmoid(acc_x)
     Bv = acc_b * tl.sigmoid(acc_b)
     Cv = acc_c * tl.sigmoid(acc_c)
@@ -80,6 +85,16 @@ def decode_step_kernel(xbc_ptr, z_ptr, dtraw_ptr, idx_ptr, gate_ptr, win_ptr, h_
     mnp = mn[:, None] & mp[None, :]
     h = tl.load(h_ptr + h_off, mask=mnp, other=0.0).to(tl.float32)
     h = decay * h + (dt * Bv)[:, None] * x[None, :]
+
+    tl.debug_barrier()  # every load of the window and the state above, every store of them below
+    # The shift: row t goes to row t-1 (row 0 drops out), the new input becomes the last row.
+    shifted = r[:, None] >= 1
+    tl.store(win + (r[:, None] - 1) * C + ch_x[None, :], win_x, mask=rx & shifted)
+    tl.store(win + (r[:, None] - 1) * C + ch_b[None, :], win_b, mask=rn & shifted)
+    tl.store(win + (r[:, None] - 1) * C + ch_c[None, :], win_c, mask=rn & shifted)
+    tl.store(win + (KW - 2) * C + ch_x, new_x, mask=mp)
+    tl.store(win + (KW - 2) * C + ch_b, new_b, mask=mn)
+    tl.store(win + (KW - 2) * C + ch_c, new_c, mask=mn)
     tl.store(h_ptr + h_off, h, mask=mnp)
     y = tl.sum(Cv[:, None] * h, axis=0) + tl.load(d_ptr + e * P + p, mask=mp, other=0.0).to(tl.float32) * x
 
@@ -112,5 +127,6 @@ def decode_step_triton(xBC, z, dt_raw, idx, gates, window, ssm_state, conv_weigh
     decode_step_kernel[(batch * k,)](
         xBC, z, dt_raw, idx.contiguous(), gates.contiguous(), window, ssm_state, *params[:5], params[5], zb, out,
         k, E, P, N, eps, xBC.stride(1), z.stride(1), dt_raw.stride(1),
-        KW=K, HAS_ZB=z_bias is not None, BLOCK_P=triton.next_power_of_2(P), BLOCK_N=triton.next_power_of_2(N))
+        KW=K, ROWS=max(1, triton.next_power_of_2(K - 1)), HAS_ZB=z_bias is not None,
+        BLOCK_P=triton.next_power_of_2(P), BLOCK_N=triton.next_power_of_2(N))
     return out

@@ -35,10 +35,10 @@ def decode_step_kernel(xbc_ptr, z_ptr, dtraw_ptr, idx_ptr, gate_ptr, win_ptr, h_
                        KW: tl.constexpr, ROWS: tl.constexpr, HAS_ZB: tl.constexpr, BLOCK_P: tl.constexpr,
                        BLOCK_N: tl.constexpr):
     """One program per (batch row, chosen expert). The window and the state are updated in place,
-    and a tile smaller than the program's threads is held by several warps at once: every load of
-    them comes before the barrier, every store after it, so that no warp reads a row or a state
-    that another warp has already overwritten. (Without it, the shifted window and the state were
-    sometimes read after their update, and one row's decode went astray.)"""
+    and a tile smaller than the program's threads is held by several warps at once, each loading
+    and storing its copy: every load of them must come before the barrier and every store after
+    it, or a warp may read a row or a state that another warp has already overwritten (a race
+    that sends one row's decode astray now and then)."""
     pid = tl.program_id(0)  # = b * k + j
     b = pid // k
     e = tl.load(idx_ptr + pid)

@@ -1,5 +1,6 @@
 """Where one eager training step of a model spends its GPU time: the top CUDA kernels by total
-time, from torch.profiler (bf16 autocast, forward + backward + fused AdamW, random token ids).
+time, from torch.profiler (bf16 autocast, forward + cross-entropy + backward + the trainer's AdamW
+from ``build_optimizer``, random token ids; no router losses).
 
     python benchmarks/profile_train_step.py --model converted --batch 4 --seq 2048 --top 25
     python benchmarks/profile_train_step.py --model base --prefill --batch 1   # bench_model's prefill
@@ -10,8 +11,8 @@ prefill), and also prints its wall time against its kernel time: a wall time far
 kernels' sum means the host, not the GPU, sets the speed.
 
 Models are ``bench_layout_gate.MODELS`` (``base``, ``converted``). A diagnosis tool for the kernel
-work: the numbers are per step, after three warm-up steps and the unprofiled timed ones; the step is eager (not captured), so
-launch gaps are not in the kernel times.
+work: the numbers are per step, after three warm-up steps and the unprofiled timed ones; the step
+is eager (not captured), so launch gaps are not in the kernel times.
 """
 
 from __future__ import annotations

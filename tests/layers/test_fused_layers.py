@@ -158,6 +158,11 @@ def test_the_fused_decode_step_stays_equal_over_many_steps_on_small_tiles(P, N):
             want = layer(u, None, want_conv, want_ssm, decode=True, policy=ExecutionPolicy(fused_ops="reference"))[0]
             got = layer(u, None, conv, ssm, decode=True, policy=ExecutionPolicy(fused_ops="triton"))[0]
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"step {step}: {m}")
-            torch.testing.assert_close(conv, want_conv, rtol=0, atol=0, msg=lambda m: f"window, step {step}: {m}")
+            # The shift is a copy, exact on both paths; the new row comes from the expert projection,
+            # which the two policies compute with different kernels (an ulp apart).
+            torch.testing.assert_close(conv[:, :, :-1], want_conv[:, :, :-1], rtol=0, atol=0,
+                                       msg=lambda m: f"window, step {step}: {m}")
+            torch.testing.assert_close(conv[:, :, -1], want_conv[:, :, -1], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"window's new row, step {step}: {m}")
             torch.testing.assert_close(ssm, want_ssm, rtol=1e-5, atol=1e-6, msg=lambda m: f"state, step {step}: {m}")
             conv, ssm = want_conv, want_ssm  # both paths start the next step from the reference's states

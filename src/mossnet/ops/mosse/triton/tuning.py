@@ -51,14 +51,24 @@ def _pow2_at_least_16(n: int) -> int:
 
 def fit_config(config: triton.Config, N: int, P: int) -> triton.Config:
     """``config`` with its tiles cut to the problem: BLOCK_P at most P (rounded up to a power of
-    two >= 16); BLOCK_N likewise when the config tiles N, else one tile over all of N."""
+    two >= 16); BLOCK_N likewise when the config tiles N, else one tile over all of N.
+
+    The warps shrink with the tile (a tile cut to half its area runs on half the warps, at
+    least one), so each warp keeps the share of the tile its config was declared and tested
+    with. Keeping the warps of a wider tile made (BLOCK_P=32, num_warps=8) out of fwd_o's
+    (64, 8) at P <= 32: on Triton 3.6 / Hopper that combination gives wrong outputs or an
+    illegal memory access (docs/GPU_NOTES.md), and it is the one no test had run."""
     kwargs = dict(config.kwargs)
+    area_before = kwargs["BLOCK_P"] * kwargs.get("BLOCK_N", 1)
     kwargs["BLOCK_P"] = min(kwargs["BLOCK_P"], _pow2_at_least_16(P))
     if "BLOCK_N" in kwargs:
         kwargs["BLOCK_N"] = min(kwargs["BLOCK_N"], _pow2_at_least_16(N))
+        area_after = kwargs["BLOCK_P"] * kwargs["BLOCK_N"]
     else:
+        area_after = kwargs["BLOCK_P"]
         kwargs["BLOCK_N"] = _pow2_at_least_16(N)
-    return triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    warps = max(1, config.num_warps * area_after // area_before)
+    return triton.Config(kwargs, num_warps=warps, num_stages=config.num_stages)
 
 
 def fit_configs(configs, N: int, P: int) -> list[triton.Config]:

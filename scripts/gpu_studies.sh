@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU studies of RESULTS.md, one lent GPU, one device call at a time (each call <= 10 minutes;
-# every study resumes: recorded runs are skipped, an interrupted LM run continues from its last
-# checkpoint, an interrupted MQAR run starts again).
+# every study resumes: recorded runs are skipped, and an interrupted LM or MQAR run continues from
+# its last checkpoint or resume point (an MQAR run saves one at each accuracy-curve point, every
+# 300 of 6,000 steps) while the machine stays warm; $STUDIES lives on the machine between calls).
 #
 # The two sittings of the decomposition / calibration plan (RESULTS.md, "Decomposition study
 # (planned)" and "MQAR calibration (planned)"):
@@ -20,7 +21,7 @@
 #   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 6,000 steps of 256).
 # A fresh machine (a later session) picks up where an earlier one stopped: RESTORE=<dir> unpacks
 # <dir>/<study>.tgz (what an earlier call brought back) before the study runs, so its recorded runs
-# are skipped; an LM run cut short starts over (its checkpoints never come back).
+# are skipped; a run cut short starts over there (checkpoints and resume points never come back).
 # `scripts/gpu_studies.sh --pack STUDY` only packs what STUDY has recorded so far.
 # Each sitting writes compact JSON under $OUT: <study>.json (settings + every run's result, no
 # weights), <study>.md (the report), <study>.png, the log, and <study>.tgz (the study's text files).
@@ -98,7 +99,8 @@ pack() {  # results only (a run cut short leaves checkpoints of any name behind)
   [ -f "$dir/results.md" ] && cp "$dir/results.md" "$OUT/$1.md"
   for png in "$dir"/*.png; do [ -f "$png" ] && cp "$png" "$OUT/$1.png"; done
   # Written aside, then renamed: a call cut at its limit brings back the last whole archive.
-  (cd "$STUDIES" && find "$1" -type f -not -path '*trainer_state*' -not -path '*/train/model/*' \( -name '*.json' \
+  (cd "$STUDIES" && find "$1" -type f -not -path '*trainer_state*' -not -path '*/train/model/*' -not -path '*/resume/*' \
+     -not -path '*.mossnet-tmp/*' \( -name '*.json' \
      -o -name '*.jsonl' -o -name '*.md' -o -name '*.txt' -o -name '*.png' -o -name '*.csv' -o -name '*.yaml' \) \
      -print0 | tar czf "$OUT/$1.tgz.part" --null -T - && mv "$OUT/$1.tgz.part" "$OUT/$1.tgz")
   return 0

@@ -326,21 +326,26 @@ class TrainLog:
     curve: list[list[float]] = field(default_factory=list)  # [examples, accuracy on CURVE_EXAMPLES per slice]
     slice_curves: dict[str, list[list[float]]] = field(default_factory=dict)
     stopped_at: int | None = None  # the step of an early stop
-    eval_s: float = 0.0
+    eval_s: float = 0.0  # seconds spent scoring the curve, over every segment of the run
+    elapsed_s: float = 0.0  # wall seconds of the training loop, evaluations included, over every segment
+    resumed_at: list[int] = field(default_factory=list)  # the steps this run was resumed at
 
 
-def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, device, autocast) -> TrainLog:
-    """``spec.steps`` steps (fewer after a non-finite loss or an early stop), scoring the curve's
-    held-out examples at ``curve_steps``."""
-    log = TrainLog(slice_curves={name: [] for name in held_out.sets})
+def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, device, autocast,
+           log: TrainLog, first_step: int = 0, save=None) -> TrainLog:
+    """Steps ``first_step`` .. ``spec.steps - 1`` (fewer after a non-finite loss or an early stop),
+    scoring the curve's held-out examples at ``curve_steps`` into ``log`` (which holds the earlier
+    segments of a resumed run) and calling ``save(step, log)`` at every ``resume_steps`` step."""
     at = set(curve_steps(spec.steps, spec.eval_points))
-    start = time.perf_counter()
+    save_at = set(resume_steps(spec)) if save is not None else set()
+    start = time.perf_counter() - log.elapsed_s
     model.train()
     # The next batch is drawn on a second thread while this step runs (torch's generators release
-    # the GIL); a batch is a pure function of (spec, step), so the stream is the same either way.
+    # the GIL); a batch is a pure function of (spec, step), so the stream is the same either way,
+    # and a resumed run draws exactly the batches the uninterrupted one would have.
     with ThreadPoolExecutor(max_workers=1) as prefetch:
-        upcoming = prefetch.submit(checked_batch, spec, 0)
-        for step in range(spec.steps):
+        upcoming = prefetch.submit(checked_batch, spec, first_step)
+        for step in range(first_step, spec.steps):
             batch = upcoming.result()
             if step + 1 < spec.steps:
                 upcoming = prefetch.submit(checked_batch, spec, step + 1)
@@ -350,24 +355,143 @@ def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, de
                 print(f"step {step + 1}: non-finite loss {value}; stopping", flush=True)
                 break
             log.losses.append(value)
-            if step + 1 not in at:
-                continue
-            t0 = time.perf_counter()
-            model.eval()
-            scores = held_out.score(model, device, autocast, CURVE_EXAMPLES)
-            examples = (step + 1) * spec.batch_size
-            log.curve.append([examples, _accuracy(scores)])
-            for name, (c, n, _) in scores.items():
-                log.slice_curves[name].append([examples, c / max(n, 1)])
-            stop = _stops(spec, scores, held_out, model, device, autocast)
-            model.train()
-            log.eval_s += time.perf_counter() - t0
-            print(_progress_line(spec, step + 1, value, scores, time.perf_counter() - start), flush=True)
-            if stop:
-                log.stopped_at = step + 1
-                print(f"stopped early: {spec.stop_slice} reached {spec.stop_accuracy}", flush=True)
-                break
+            if step + 1 in at:
+                t0 = time.perf_counter()
+                model.eval()
+                scores = held_out.score(model, device, autocast, CURVE_EXAMPLES)
+                examples = (step + 1) * spec.batch_size
+                log.curve.append([examples, _accuracy(scores)])
+                for name, (c, n, _) in scores.items():
+                    log.slice_curves[name].append([examples, c / max(n, 1)])
+                stop = _stops(spec, scores, held_out, model, device, autocast)
+                model.train()
+                log.eval_s += time.perf_counter() - t0
+                print(_progress_line(spec, step + 1, value, scores, time.perf_counter() - start), flush=True)
+                if stop:
+                    log.stopped_at = step + 1
+                    print(f"stopped early: {spec.stop_slice} reached {spec.stop_accuracy}", flush=True)
+                    break
+            if step + 1 in save_at:
+                log.elapsed_s = time.perf_counter() - start
+                save(step + 1, log)
+    log.elapsed_s = time.perf_counter() - start
     return log
+
+
+# --------------------------------------------------------------------------------------------
+# Resume points: a run cut short (a GPU call's time limit, a killed process) goes on from its
+# last point instead of starting over. The point holds the model, AdamW's state, the RNG states
+# and the log so far; batches are a pure function of (spec, step), so the resumed run trains on
+# exactly what the uninterrupted one would have. Saved with the checkpoint protocol of
+# ``mossnet.rundir.atomic`` (a point is replaced whole or not at all), in safetensors + JSON.
+
+RESUME_PART = "resume"  # RUN_DIR/resume/state.{json,safetensors}
+RESUME_POINTS = 10  # when the run has no accuracy curve to save at
+
+
+def resume_steps(spec: MQARRunSpec) -> list[int]:
+    """The 1-based steps after which a resume point is saved: the accuracy curve's steps (or
+    ``RESUME_POINTS`` even ones when there is no curve), never the last step (the result follows)."""
+    return [s for s in curve_steps(spec.steps, spec.eval_points or RESUME_POINTS) if s < spec.steps]
+
+
+def _run_dir(spec: MQARRunSpec) -> Path:
+    return Path(spec.result).parent
+
+
+def _settings_key(spec: MQARRunSpec) -> str:
+    import json
+
+    return json.dumps(spec.settings(), sort_keys=True)
+
+
+def save_resume_point(spec: MQARRunSpec, step: int, model, opt, log: TrainLog) -> None:
+    import torch
+
+    from mossnet.rundir import atomic
+    from mossnet.train.optim import float_learning_rates
+    from mossnet.train.tree_codec import capture_rng, dump_tree
+
+    state = {
+        "settings": _settings_key(spec), "step": step,
+        # copies: a tied embedding and LM head share one tensor, which safetensors refuses twice
+        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "optimizer": float_learning_rates(opt.state_dict()), "rng": capture_rng(),
+        "log": {"losses": log.losses, "curve": log.curve, "slice_curves": log.slice_curves,
+                "eval_s": log.eval_s, "elapsed_s": log.elapsed_s, "resumed_at": log.resumed_at},
+    }
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    tmp = atomic.begin_save(_run_dir(spec), announce=_say)
+    try:
+        (tmp / RESUME_PART).mkdir()
+        dump_tree(state, tmp / RESUME_PART / "state")
+        atomic.commit_save(_run_dir(spec), tmp, parts=(RESUME_PART,))
+    except BaseException:
+        atomic.abort_save(tmp)
+        raise
+
+
+def load_resume_point(spec: MQARRunSpec) -> dict[str, Any] | None:
+    """The run's last resume point, or None. One that cannot be read, or that was made with other
+    settings, is removed (with a line in the log) and the run starts over: never a crash, never a
+    point of another run reused."""
+    import shutil
+
+    from mossnet.errors import CheckpointError
+    from mossnet.rundir import atomic
+    from mossnet.train.tree_codec import load_tree
+
+    root = _run_dir(spec)
+    if not root.is_dir():
+        return None
+    atomic.recover(root, announce=_say)
+    where = root / RESUME_PART
+    if not where.is_dir():
+        return None
+    try:
+        state = load_tree(where / "state")
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise CheckpointError(f"{where} holds no step")
+    except (CheckpointError, ValueError, TypeError, KeyError) as err:
+        _say(f"the resume point {where} cannot be read ({err}); starting over")
+        shutil.rmtree(where)
+        return None
+    if state.get("settings") != _settings_key(spec):
+        _say(f"the resume point {where} was made with other settings; starting over")
+        shutil.rmtree(where)
+        return None
+    return state
+
+
+def discard_resume_point(spec: MQARRunSpec) -> None:
+    """Remove the run's resume point (once its result is written)."""
+    import shutil
+
+    shutil.rmtree(_run_dir(spec) / RESUME_PART, ignore_errors=True)
+
+
+def _resume(state: dict[str, Any], model, opt, log: TrainLog) -> int:
+    """Take a resume point into a freshly built run; returns the step to go on from."""
+    from mossnet.train.optim import restore_implementation
+    from mossnet.train.tree_codec import restore_rng
+
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    restore_implementation(opt)  # this run's AdamW flags (eager or captured), a float lr
+    restore_rng(state["rng"])
+    saved = state["log"]
+    log.losses = [float(v) for v in saved["losses"]]
+    log.curve = [list(point) for point in saved["curve"]]
+    log.slice_curves.update({name: [list(p) for p in points] for name, points in saved["slice_curves"].items()})
+    log.eval_s, log.elapsed_s = float(saved["eval_s"]), float(saved["elapsed_s"])
+    log.resumed_at = [*saved["resumed_at"], state["step"]]
+    _say(f"resumed at step {state['step']} from the run's resume point")
+    return state["step"]
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 def _progress_line(spec: MQARRunSpec, step: int, loss: float, scores, elapsed_s: float) -> str:
@@ -393,17 +517,23 @@ def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:
     model = cls(config).to(device)
     info = describe(kind, model, config, max_len(spec))
     opt = build_optimizer(model, spec.lr, spec.weight_decay, (0.9, 0.95))
-    train_step = _train_step(model, opt, device, spec.dtype, spec.cuda_graph, max_queries(spec))
     held_out = HeldOut(spec)
     if spec.stop_slice and spec.stop_slice not in held_out.sets:
         raise ValueError(f"stop_slice {spec.stop_slice!r} is not a slice of this run ({sorted(held_out.sets)})")
+    log = TrainLog(slice_curves={name: [] for name in held_out.sets})
+    point = load_resume_point(spec)
+    first_step = _resume(point, model, opt, log) if point is not None else 0
+    # built after a resume: the captured step takes over the optimizer state as it stands
+    train_step = _train_step(model, opt, device, spec.dtype, spec.cuda_graph, max_queries(spec))
 
     def set_rate(step: int) -> None:  # warmup, then cosine to 10%
         set_lr(opt, lr_at(step, spec.lr, spec.warmup_steps, spec.steps, 0.1))
 
-    t0 = time.perf_counter()
-    log = _train(spec, model, train_step, set_rate, held_out, device, autocast)
-    train_s = time.perf_counter() - t0 - log.eval_s
+    def save(step: int, log: TrainLog) -> None:
+        save_resume_point(spec, step, model, opt, log)
+
+    log = _train(spec, model, train_step, set_rate, held_out, device, autocast, log, first_step, save)
+    train_s = log.elapsed_s - log.eval_s
 
     model.eval()
     scores = held_out.score(model, device, autocast)
@@ -427,6 +557,7 @@ def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:
         "diverged": len(losses) < spec.steps and log.stopped_at is None,
         "train_loss_curve": [[i + 1, losses[i]] for i in range(every - 1, len(losses), every)],
         "train_s": train_s,
+        "resumed_at_steps": log.resumed_at,
         "examples_per_s": spec.batch_size * len(losses) / max(train_s, 1e-9),
         "device": str(device),
         "cuda_graph": spec.cuda_graph,

@@ -77,6 +77,10 @@ def execute(spec: RunSpec) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown run spec {type(spec).__name__}")
     write_json(spec.result, result)
+    if isinstance(spec, MQARRunSpec):  # recorded: its resume point is no longer needed
+        from .mqar import discard_resume_point
+
+        discard_resume_point(spec)
     return result
 
 

@@ -1,0 +1,124 @@
+"""An MQAR run cut short goes on from its last resume point and ends where the uninterrupted run
+ends; a point it cannot use is dropped, and the run starts over."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mossnet.studies import mqar
+from mossnet.studies.mqar import execute_mqar, make_specs, resume_steps
+from mossnet.studies.runner import execute
+
+
+class Cut(Exception):
+    pass
+
+
+def spec_for(tmp_path, arch="llama", eval_points=3):
+    (spec,) = make_specs(tmp_path, archs=(arch,), widths=(16,), pairs=(2,), lrs=(3e-3,), seq_len=12,
+                         vocab_size=16, steps=6, batch_size=4, n_layers=1, eval_examples=8, warmup_steps=2,
+                         eval_points=eval_points, device="cpu", threads=1)
+    return spec
+
+
+def cut_after(monkeypatch, calls: int):
+    """Make the run's training step raise on its call number ``calls + 1``."""
+    build = mqar._train_step
+
+    def counting(*args, **kwargs):
+        step = build(*args, **kwargs)
+        seen = []
+
+        def wrapped(x, y):
+            if len(seen) == calls:
+                raise Cut(f"cut after {calls} steps")
+            seen.append(1)
+            return step(x, y)
+
+        return wrapped
+
+    monkeypatch.setattr(mqar, "_train_step", counting)
+
+
+def comparable(result):
+    return {k: result[k] for k in ("accuracy", "eval_loss", "slices", "accuracy_curve", "train_loss_curve",
+                                   "examples_to_90", "diverged")}
+
+
+def test_resume_steps_follow_the_curve_and_skip_the_last_step(tmp_path):
+    assert resume_steps(spec_for(tmp_path)) == [2, 4]
+    no_curve = dataclasses.replace(spec_for(tmp_path, eval_points=0), steps=20)
+    assert resume_steps(no_curve) == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+
+
+@pytest.mark.parametrize("arch", ["llama", "mossnet"])
+def test_a_cut_run_resumes_and_ends_as_the_uninterrupted_one(tmp_path, monkeypatch, capsys, arch):
+    whole = execute_mqar(spec_for(tmp_path / "whole", arch))
+    spec = spec_for(tmp_path / "cut", arch)
+    with monkeypatch.context() as patch:
+        cut_after(patch, 5)  # points at steps 2 and 4: the sixth step is lost, the fifth redone
+        with pytest.raises(Cut):
+            execute_mqar(spec)
+    capsys.readouterr()
+    resumed = execute(spec)  # the runner: writes the result, then drops the point
+    assert "resumed at step 4" in capsys.readouterr().out
+    assert resumed["resumed_at_steps"] == [4] and whole["resumed_at_steps"] == []
+    assert comparable(resumed) == comparable(whole)
+
+    run_dir = next((tmp_path / "cut" / "runs").iterdir())
+    assert (run_dir / "result.json").is_file() and not (run_dir / "resume").exists()
+
+
+def test_a_point_of_other_settings_or_a_corrupt_one_is_dropped(tmp_path, monkeypatch, capsys):
+    spec = spec_for(tmp_path)
+    with monkeypatch.context() as patch:
+        cut_after(patch, 3)
+        with pytest.raises(Cut):
+            execute_mqar(spec)
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert (run_dir / "resume" / "state.safetensors").is_file()
+    assert mqar.load_resume_point(spec)["step"] == 2
+
+    other = dataclasses.replace(spec, warmup_steps=3)  # same run directory, another schedule
+    assert mqar.load_resume_point(other) is None
+    assert "other settings; starting over" in capsys.readouterr().out
+    assert not (run_dir / "resume").exists()
+
+    with monkeypatch.context() as patch:
+        cut_after(patch, 3)
+        with pytest.raises(Cut):
+            execute_mqar(spec)
+    st = run_dir / "resume" / "state.safetensors"
+    st.write_bytes(st.read_bytes()[:40])  # truncated
+    capsys.readouterr()
+    result = execute_mqar(spec)  # starts over instead of failing
+    out = capsys.readouterr().out
+    assert "cannot be read" in out and "starting over" in out and result["resumed_at_steps"] == []
+
+
+@pytest.mark.gpu
+def test_a_run_replayed_from_a_cuda_graph_resumes(tmp_path, monkeypatch):
+    """The captured step is built after the point is loaded: it takes over AdamW's state as it
+    stands (moved to the device, capturable) and trains on like the uninterrupted run."""
+    import numpy as np
+
+    def cuda_spec(root):
+        (spec,) = make_specs(root, archs=("mossnet",), widths=(32,), pairs=(4,), lrs=(3e-3,), seq_len=32,
+                             vocab_size=32, steps=8, batch_size=16, n_layers=2, eval_examples=32, warmup_steps=2,
+                             eval_points=4, device="cuda", dtype="fp32", cuda_graph=True)
+        return spec
+
+    whole = execute_mqar(cuda_spec(tmp_path / "whole"))
+    spec = cuda_spec(tmp_path / "cut")
+    with monkeypatch.context() as patch:
+        cut_after(patch, 5)  # points at steps 2, 4, 6: resumed at 4
+        with pytest.raises(Cut):
+            execute_mqar(spec)
+    resumed = execute_mqar(spec)
+    assert resumed["resumed_at_steps"] == [4] and resumed["cuda_graph"] is True
+    losses = lambda r: [loss for _, loss in r["train_loss_curve"]]  # noqa: E731
+    np.testing.assert_allclose(losses(resumed), losses(whole), rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose([a for _, a in resumed["accuracy_curve"]], [a for _, a in whole["accuracy_curve"]],
+                               atol=0.02)

@@ -9,6 +9,7 @@ import pytest
 
 from mossnet.cli.main import main as mossnet_main
 from mossnet.studies import mqar_calibration as cal
+from mossnet.studies import report_paired
 from mossnet.studies.mqar import execute_mqar
 from mossnet.studies.mqar_data import slice_key
 from mossnet.studies.specs import MQARRunSpec
@@ -126,3 +127,7 @@ def test_tiny_ranking_end_to_end(tmp_path):
         assert len(states) == 4 and max(states) - min(states) <= 0.25 * max(states)
     report = (out / "results.md").read_text()
     assert "± " in report and "256x64" in report
+    # one seed of a cell: its accuracies alone, no "± 0.000" that would read as a measured spread
+    seed0 = [r for r in results if r["seed"] == 0]
+    table = report_paired.rank_table(seed0)
+    assert "±" not in table and len(table.splitlines()) == 2 + 4, table

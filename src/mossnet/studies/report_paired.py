@@ -174,14 +174,22 @@ def _slice_names(cells) -> list[str]:
     return sorted({n for c in cells.values() for n in c["slices"]}, key=slice_key)
 
 
+def _mean_sd(values: list[float]) -> str:
+    """"mean ± sd", or the value alone for one seed: one seed has no spread, and "± 0.000" would
+    read as a measured one."""
+    mean = sum(values) / len(values)
+    return f"{mean:.3f} ± {_sd(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
 def rank_table(results: list[dict[str, Any]]) -> str:
-    """One row per (model, state size): accuracy per slice, mean ± sd over seeds at the cell's rate."""
+    """One row per (model, state size): accuracy per slice, mean ± sd over seeds at the cell's rate
+    (the value alone where one seed has run)."""
     cells = rank_cells(results)
     names = _slice_names(cells)
     lines = ["| model | state / layer | active params | lr | seeds | " + " | ".join(names) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(names)]
     for (_, state), c in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        accs = " | ".join(f"{sum(a) / len(a):.3f} ± {_sd(a):.3f}" if (a := c["slices"].get(n)) else "" for n in names)
+        accs = " | ".join(_mean_sd(a) if (a := c["slices"].get(n)) else "" for n in names)
         lines.append(f"| {c['label']} | {_bytes(state)} | {_millions(c['active'])} | {c['lr']:g} | "
                      f"{len(c['seeds'])} | {accs} |")
     return "\n".join(lines)

@@ -111,6 +111,8 @@ class ExpertSegments:
         One table per layout and expert count, not per carried state or layer: a layer carries
         several (conv windows, SSM states), every layer of a forward the same."""
         document = self.first_document if which == "first" else self.last_document
+        if document is self.first_document:  # unpacked rows: one document each, first = last
+            which = "first"
 
         def make():
             experts = torch.arange(self.n_experts, device=document.device)

@@ -98,6 +98,23 @@ def test_a_point_of_other_settings_or_a_corrupt_one_is_dropped(tmp_path, monkeyp
     assert "cannot be read" in out and "starting over" in out and result["resumed_at_steps"] == []
 
 
+def test_a_point_that_does_not_fit_the_model_is_dropped(tmp_path, monkeypatch, capsys):
+    """Same settings, other parameters (the model code changed between two calls): the run starts
+    over from its freshly built model instead of failing at every retry."""
+    spec = spec_for(tmp_path)
+    with monkeypatch.context() as patch:
+        cut_after(patch, 3)
+        with pytest.raises(Cut):
+            execute_mqar(spec)
+    point = mqar.load_resume_point(spec)
+    point["model"] = {k: v[..., :1] for k, v in point["model"].items()}
+    monkeypatch.setattr(mqar, "load_resume_point", lambda s: point)
+    capsys.readouterr()
+    result = execute_mqar(spec)
+    assert "does not fit this run" in capsys.readouterr().out and result["resumed_at_steps"] == []
+    assert comparable(result) == comparable(execute_mqar(spec_for(tmp_path / "whole")))
+
+
 @pytest.mark.gpu
 def test_a_run_replayed_from_a_cuda_graph_resumes(tmp_path, monkeypatch):
     """The captured step is built after the point is loaded: it takes over AdamW's state as it

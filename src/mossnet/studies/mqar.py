@@ -471,13 +471,22 @@ def discard_resume_point(spec: MQARRunSpec) -> None:
     shutil.rmtree(_run_dir(spec) / RESUME_PART, ignore_errors=True)
 
 
-def _resume(state: dict[str, Any], model, opt, log: TrainLog) -> int:
-    """Take a resume point into a freshly built run; returns the step to go on from."""
+def _resume(spec: MQARRunSpec, state: dict[str, Any], model, opt, log: TrainLog) -> int:
+    """Take a resume point into a freshly built run; returns the step to go on from (0 when the
+    point does not fit this model, which is then left as built and the point dropped)."""
     from mossnet.train.optim import restore_implementation
     from mossnet.train.tree_codec import restore_rng
 
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        if {k: tuple(v.shape) for k, v in state["model"].items()} != shapes:
+            raise ValueError("its parameters are not this model's")
+        opt.load_state_dict(state["optimizer"])  # checks the groups before it changes anything
+    except (ValueError, KeyError, TypeError) as err:
+        _say(f"the resume point of {spec.name} does not fit this run ({err}); starting over")
+        discard_resume_point(spec)
+        return 0
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
     restore_implementation(opt)  # this run's AdamW flags (eager or captured), a float lr
     restore_rng(state["rng"])
     saved = state["log"]
@@ -522,7 +531,7 @@ def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:
         raise ValueError(f"stop_slice {spec.stop_slice!r} is not a slice of this run ({sorted(held_out.sets)})")
     log = TrainLog(slice_curves={name: [] for name in held_out.sets})
     point = load_resume_point(spec)
-    first_step = _resume(point, model, opt, log) if point is not None else 0
+    first_step = _resume(spec, point, model, opt, log) if point is not None else 0
     # built after a resume: the captured step takes over the optimizer state as it stands
     train_step = _train_step(model, opt, device, spec.dtype, spec.cuda_graph, max_queries(spec))
 

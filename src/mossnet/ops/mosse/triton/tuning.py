@@ -55,9 +55,9 @@ def fit_config(config: triton.Config, N: int, P: int) -> triton.Config:
 
     The warps shrink with the tile (a tile cut to half its area runs on half the warps, at
     least one), so each warp keeps the share of the tile its config was declared and tested
-    with. Keeping the warps of a wider tile made (BLOCK_P=32, num_warps=8) out of fwd_o's
-    (64, 8) at P <= 32: on Triton 3.6 / Hopper that combination gives wrong outputs or an
-    illegal memory access (docs/GPU_NOTES.md), and it is the one no test had run."""
+    with. It must: keeping the warps would make (BLOCK_P=32, num_warps=8) out of fwd_o's
+    (64, 8) at P <= 32, and on Triton 3.6 / Hopper that combination gives wrong outputs or an
+    illegal memory access (docs/GPU_NOTES.md)."""
     kwargs = dict(config.kwargs)
     area_before = kwargs["BLOCK_P"] * kwargs.get("BLOCK_N", 1)
     kwargs["BLOCK_P"] = min(kwargs["BLOCK_P"], _pow2_at_least_16(P))

@@ -139,3 +139,68 @@ def test_a_run_replayed_from_a_cuda_graph_resumes(tmp_path, monkeypatch):
     np.testing.assert_allclose(losses(resumed), losses(whole), rtol=2e-3, atol=2e-4)
     np.testing.assert_allclose([a for _, a in resumed["accuracy_curve"]], [a for _, a in whole["accuracy_curve"]],
                                atol=0.02)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``text`` (Linux /proc)."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="needs Linux /proc")
+def test_a_study_killed_mid_run_is_finished_by_the_same_command(tmp_path):
+    """A GPU sitting's pattern: `mossnet compare` gets SIGTERM at a call's limit. Its runs stop
+    with it (no orphans), and the same command run again resumes each cut run from its point."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "mqar"
+    argv = [sys.executable, "-m", "mossnet.cli.main", "compare", "--study", "mqar", "--out", str(out),
+            "--archs", "llama", "--widths", "16", "--pairs", "2", "--lrs", "1e-3,3e-3", "--mqar-seq-len", "12",
+            "--mqar-vocab", "16", "--mqar-steps", "600", "--mqar-batch-size", "4", "--mqar-layers", "1",
+            "--mqar-eval-examples", "8", "--mqar-eval-points", "30", "--jobs", "2", "--threads", "1",
+            "--device", "cpu"]
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(src) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    study = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("runs/*/resume/state.json"))) < 2:
+            assert study.poll() is None, "the study ended before both runs saved a point"
+            assert time.monotonic() < deadline, "no resume points within 120 s"
+            time.sleep(0.1)
+        study.send_signal(signal.SIGTERM)  # the parent only: it must stop its runs itself
+        assert study.wait(timeout=30) == 128 + signal.SIGTERM
+        time.sleep(0.5)
+        assert _processes_mentioning(str(out)) == [], "runs left running after their study was killed"
+    finally:
+        if study.poll() is None:
+            study.kill()
+        for pid in _processes_mentioning(str(out)):
+            os.kill(pid, signal.SIGKILL)
+    cut = [p.parent.parent.name for p in out.glob("runs/*/resume/state.json")]
+    assert len(cut) == 2 and not list(out.glob("runs/*/result.json"))
+
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for name in cut:
+        run = out / "runs" / name
+        result = __import__("json").loads((run / "result.json").read_text())
+        assert len(result["resumed_at_steps"]) == 1 and 0 < result["resumed_at_steps"][0] < 600
+        assert "resumed at step" in (run / "log.txt").read_text()
+        assert not (run / "resume").exists()
+        assert len(result["accuracy_curve"]) == 30  # the curve of the cut segment and the resumed one, whole

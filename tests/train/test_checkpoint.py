@@ -115,6 +115,50 @@ def test_kill_at_every_rename_leaves_one_whole_checkpoint(tmp_path, monkeypatch,
     assert _step_of(out) == 3
 
 
+@pytest.mark.parametrize("crash_at", range(1, 20))
+def test_kill_at_any_removal_or_rename_leaves_a_folder_the_next_save_recovers(tmp_path, monkeypatch, crash_at):
+    """Fault injection finer than the one above: the n-th removal of any file or folder, or
+    rename, of a save dies, the save folder's own clean-up included. Whatever that leaves, the
+    next reader sees one whole checkpoint (the old or the new), and the next save works and
+    leaves nothing behind (a save folder that lost its mark but kept files would block every
+    later save; a save makes 17 such calls)."""
+    out = tmp_path / "run"
+    _save(out, 1)
+    calls = {"n": 0}
+
+    def counting(fn):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise _Crash
+            return fn(*args, **kwargs)
+        return wrapper
+
+    with monkeypatch.context() as patch:
+        # os.unlink / os.rmdir are what shutil.rmtree and Path.unlink / rmdir call: a crash can
+        # land in the middle of a folder's removal
+        for name in ("replace", "unlink", "rmdir"):
+            patch.setattr(atomic.os, name, counting(getattr(atomic.os, name)))
+        try:
+            _save(out, 2)
+        except _Crash:
+            pass
+    assert _step_of(out) in (1, 2)
+    _save(out, 3)
+    assert _step_of(out) == 3
+    leftovers = [p.name for p in out.iterdir() if "mossnet" in p.name]
+    assert leftovers == [], leftovers
+
+
+def test_an_empty_save_folder_is_removed(tmp_path):
+    """A save killed between creating its folder and marking it leaves an empty folder."""
+    out = tmp_path / "run"
+    _save(out, 1)
+    (out / atomic.TMP).mkdir()
+    _save(out, 2)
+    assert _step_of(out) == 2 and not (out / atomic.TMP).exists()
+
+
 def test_kill_before_the_save_is_complete_keeps_previous(tmp_path, monkeypatch):
     out = tmp_path / "run"
     _save(out, 1)

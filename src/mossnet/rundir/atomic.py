@@ -67,7 +67,7 @@ def abort_save(tmp: Path) -> None:
     """Remove a temporary folder whose save failed before it was complete. A complete one is
     left for ``recover`` to roll forward: some of its parts may already be in place."""
     if (tmp / SAVE_MARK).is_file() and not (tmp / COMPLETE).is_file():
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_save_folder(tmp)
 
 
 def recover(root: str | Path, announce: Announce = _stderr) -> None:
@@ -76,14 +76,19 @@ def recover(root: str | Path, announce: Announce = _stderr) -> None:
     root = Path(root)
     tmp = root / TMP
     if tmp.is_dir():
-        if not (tmp / SAVE_MARK).is_file():
+        entries = {p.name for p in tmp.iterdir()}
+        if not entries:  # a save killed as it began or as it ended: nothing in it to lose
+            tmp.rmdir()
+        elif SAVE_MARK not in entries:
             announce(f"warning: {tmp} is not a MossNet save folder; left as it is")
-        elif (tmp / COMPLETE).is_file():
+        elif COMPLETE in entries:
             announce(f"completing a checkpoint save that was interrupted in {root}")
             _roll_forward(root, tmp, announce)
+        elif entries == {SAVE_MARK}:  # a committed save killed while removing its folder
+            _remove_save_folder(tmp)
         else:
             announce(f"removing an unfinished checkpoint save ({tmp}); the previous checkpoint is kept")
-            shutil.rmtree(tmp)
+            _remove_save_folder(tmp)
     for part in PARTS:
         _drop_old(root, part, announce)
 
@@ -122,8 +127,25 @@ def _roll_forward(root: Path, tmp: Path, announce: Announce | None) -> None:
     fsync_dir(root)
     for part in parts:
         _drop_old(root, part, announce)
-    shutil.rmtree(tmp)
+    _remove_save_folder(tmp)
     fsync_dir(root)
+
+
+def _remove_save_folder(tmp: Path) -> None:
+    """Remove a save folder so that a kill at any point leaves one ``recover`` still knows: the
+    contents first, then the completion mark, then the save mark, then the (empty) folder. A
+    folder that lost its save mark while still holding files would be taken for someone else's
+    and block every later save."""
+    for entry in tmp.iterdir():
+        if entry.name in (SAVE_MARK, COMPLETE):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for mark in (COMPLETE, SAVE_MARK):
+        (tmp / mark).unlink(missing_ok=True)
+    tmp.rmdir()
 
 
 def _drop_old(root: Path, part: str, announce: Announce | None) -> None:

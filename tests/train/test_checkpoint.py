@@ -82,15 +82,10 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("crash_at", range(1, 8))
-def test_kill_at_every_rename_leaves_one_whole_checkpoint(tmp_path, monkeypatch, crash_at):
-    """Fault injection: the process dies before the n-th rename / removal of a commit (all of
-    them come after the save was complete), so the next reader finishes the save: it sees step
-    2, whole, and no leftovers."""
-    out = tmp_path / "run"
-    _save(out, 1)
+def _save_dying_at(out: Path, step: int, crash_at: int, monkeypatch, functions) -> None:
+    """``_save(out, step)``, the process "dying" (an exception) at the ``crash_at``-th call, counted
+    together, of the (owner, name) ``functions``; they are put back before it returns."""
     calls = {"n": 0}
-    real_replace, real_rmtree = atomic.os.replace, atomic.shutil.rmtree
 
     def counting(fn):
         def wrapper(*args, **kwargs):
@@ -100,14 +95,23 @@ def test_kill_at_every_rename_leaves_one_whole_checkpoint(tmp_path, monkeypatch,
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(atomic.os, "replace", counting(real_replace))
-    monkeypatch.setattr(atomic.shutil, "rmtree", counting(real_rmtree))
-    try:
-        _save(out, 2)
-    except _Crash:
-        pass
-    monkeypatch.setattr(atomic.os, "replace", real_replace)
-    monkeypatch.setattr(atomic.shutil, "rmtree", real_rmtree)
+    with monkeypatch.context() as patch:
+        for owner, name in functions:
+            patch.setattr(owner, name, counting(getattr(owner, name)))
+        try:
+            _save(out, step)
+        except _Crash:
+            pass
+
+
+@pytest.mark.parametrize("crash_at", range(1, 8))
+def test_kill_at_every_rename_leaves_one_whole_checkpoint(tmp_path, monkeypatch, crash_at):
+    """Fault injection: the process dies before the n-th rename / removal of a commit (all of
+    them come after the save was complete), so the next reader finishes the save: it sees step
+    2, whole, and no leftovers."""
+    out = tmp_path / "run"
+    _save(out, 1)
+    _save_dying_at(out, 2, crash_at, monkeypatch, [(atomic.os, "replace"), (atomic.shutil, "rmtree")])
     assert _step_of(out) == 2
     leftovers = [p.name for p in out.iterdir() if "mossnet" in p.name]
     assert leftovers == [], leftovers
@@ -124,25 +128,9 @@ def test_kill_at_any_removal_or_rename_leaves_a_folder_the_next_save_recovers(tm
     later save; a save makes 17 such calls)."""
     out = tmp_path / "run"
     _save(out, 1)
-    calls = {"n": 0}
-
-    def counting(fn):
-        def wrapper(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == crash_at:
-                raise _Crash
-            return fn(*args, **kwargs)
-        return wrapper
-
-    with monkeypatch.context() as patch:
-        # os.unlink / os.rmdir are what shutil.rmtree and Path.unlink / rmdir call: a crash can
-        # land in the middle of a folder's removal
-        for name in ("replace", "unlink", "rmdir"):
-            patch.setattr(atomic.os, name, counting(getattr(atomic.os, name)))
-        try:
-            _save(out, 2)
-        except _Crash:
-            pass
+    # os.unlink / os.rmdir are what shutil.rmtree and Path.unlink / rmdir call: a crash can land
+    # in the middle of a folder's removal
+    _save_dying_at(out, 2, crash_at, monkeypatch, [(atomic.os, name) for name in ("replace", "unlink", "rmdir")])
     assert _step_of(out) in (1, 2)
     _save(out, 3)
     assert _step_of(out) == 3

@@ -58,7 +58,7 @@ def test_a_cut_run_resumes_and_ends_as_the_uninterrupted_one(tmp_path, monkeypat
     whole = execute_mqar(spec_for(tmp_path / "whole", arch))
     spec = spec_for(tmp_path / "cut", arch)
     with monkeypatch.context() as patch:
-        cut_after(patch, 5)  # points at steps 2 and 4: the sixth step is lost, the fifth redone
+        cut_after(patch, 5)  # five steps, then the sixth raises; from the point at step 4, 5 is redone
         with pytest.raises(Cut):
             execute_mqar(spec)
     capsys.readouterr()
@@ -66,7 +66,6 @@ def test_a_cut_run_resumes_and_ends_as_the_uninterrupted_one(tmp_path, monkeypat
     assert "resumed at step 4" in capsys.readouterr().out
     assert resumed["resumed_at_steps"] == [4] and whole["resumed_at_steps"] == []
     assert comparable(resumed) == comparable(whole)
-
     run_dir = next((tmp_path / "cut" / "runs").iterdir())
     assert (run_dir / "result.json").is_file() and not (run_dir / "resume").exists()
 

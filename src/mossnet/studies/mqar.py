@@ -332,12 +332,12 @@ class TrainLog:
 
 
 def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, device, autocast,
-           log: TrainLog, first_step: int = 0, save=None) -> TrainLog:
+           log: TrainLog, first_step: int, save) -> TrainLog:
     """Steps ``first_step`` .. ``spec.steps - 1`` (fewer after a non-finite loss or an early stop),
     scoring the curve's held-out examples at ``curve_steps`` into ``log`` (which holds the earlier
     segments of a resumed run) and calling ``save(step, log)`` at every ``resume_steps`` step."""
     at = set(curve_steps(spec.steps, spec.eval_points))
-    save_at = set(resume_steps(spec)) if save is not None else set()
+    save_at = set(resume_steps(spec))
     start = time.perf_counter() - log.elapsed_s
     model.train()
     # The next batch is drawn on a second thread while this step runs (torch's generators release
@@ -406,8 +406,6 @@ def _settings_key(spec: MQARRunSpec) -> str:
 
 
 def save_resume_point(spec: MQARRunSpec, step: int, model, opt, log: TrainLog) -> None:
-    import torch
-
     from mossnet.rundir import atomic
     from mossnet.train.optim import float_learning_rates
     from mossnet.train.tree_codec import capture_rng, dump_tree
@@ -420,12 +418,10 @@ def save_resume_point(spec: MQARRunSpec, step: int, model, opt, log: TrainLog) -
         "log": {"losses": log.losses, "curve": log.curve, "slice_curves": log.slice_curves,
                 "eval_s": log.eval_s, "elapsed_s": log.elapsed_s, "resumed_at": log.resumed_at},
     }
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
     tmp = atomic.begin_save(_run_dir(spec), announce=_say)
     try:
         (tmp / RESUME_PART).mkdir()
-        dump_tree(state, tmp / RESUME_PART / "state")
+        dump_tree(state, tmp / RESUME_PART / "state")  # copies to the host, which wait for the device
         atomic.commit_save(_run_dir(spec), tmp, parts=(RESUME_PART,))
     except BaseException:
         atomic.abort_save(tmp)
@@ -436,8 +432,6 @@ def load_resume_point(spec: MQARRunSpec) -> dict[str, Any] | None:
     """The run's last resume point, or None. One that cannot be read, or that was made with other
     settings, is removed (with a line in the log) and the run starts over: never a crash, never a
     point of another run reused."""
-    import shutil
-
     from mossnet.errors import CheckpointError
     from mossnet.rundir import atomic
     from mossnet.train.tree_codec import load_tree
@@ -455,11 +449,11 @@ def load_resume_point(spec: MQARRunSpec) -> dict[str, Any] | None:
             raise CheckpointError(f"{where} holds no step")
     except (CheckpointError, ValueError, TypeError, KeyError) as err:
         _say(f"the resume point {where} cannot be read ({err}); starting over")
-        shutil.rmtree(where)
+        discard_resume_point(spec)
         return None
     if state.get("settings") != _settings_key(spec):
         _say(f"the resume point {where} was made with other settings; starting over")
-        shutil.rmtree(where)
+        discard_resume_point(spec)
         return None
     return state
 

@@ -18,6 +18,7 @@ Hopper is refused by fla itself for Triton < 3.7.1 (miscompiled there, fla issue
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -144,6 +145,27 @@ def specialize_probe():
     return json.loads(lines[-1][len("PROBE "):])
 
 
+def kernel_profile(fn, iters: int = 10) -> list[tuple[str, float, int]]:
+    """[(kernel name, ms per call of ``fn``, launches per call)], largest first: where the GPU
+    time of one call goes (``torch.profiler`` device events; the call is warmed up first)."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    rows = [(e.key[:90], e.self_device_time_total / iters / 1e3, e.count // iters) for e in events]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def print_kernel_profile(title: str, rows) -> None:
+    total = sum(ms for _, ms, _ in rows) or 1.0
+    print(f"-- {title}: {total:.3f} ms of kernels per call")
+    for name, ms, count in rows[:12]:
+        print(f"{ms:8.3f} ms {ms / total:6.1%} {count:4d}x  {name}")
+
+
 def time_graphed(row, do_bench, mosse_scan, inp, leaves, dy, batch, T, E, N, P, k, device, rep):
     """CUDA-graph-replay times of the dense (masked) Triton scan and of the compact layout's scan
     over the routed rows only; the compact layout's minimum bytes count routed rows only."""
@@ -174,6 +196,20 @@ def time_graphed(row, do_bench, mosse_scan, inp, leaves, dy, batch, T, E, N, P, 
         row["compact_graph_fwdbwd_ms"] = ms_fb = graph_ms(do_bench, compact_fb, list(cleaves.values()), rep)
         row["compact_graph_fwd_GBps"] = row["compact_min_bytes_fwd"] / (ms_f * 1e-3) / 1e9
         row["compact_graph_fwdbwd_GBps"] = row["compact_min_bytes_fwdbwd"] / (ms_fb * 1e-3) / 1e9
+        # The option the issue names as a lead: chunk states stored in bf16 between the passes.
+        from mossnet.ops.mosse.triton.function import mosse_scan_triton
+        from mossnet.ops.mosse.triton.options import options_from_env
+
+        bf16_states = dataclasses.replace(options_from_env(), state_bf16=True)
+
+        def compact_fb_bf16_states():
+            y, _ = mosse_scan_triton(**cleaves, cu_seqlens=cu, options=bf16_states)
+            y.backward(cdy)
+
+        compact_fb_bf16_states()  # tune outside the timing
+        row["compact_graph_fwdbwd_ms_state_bf16"] = graph_ms(do_bench, compact_fb_bf16_states,
+                                                             list(cleaves.values()), rep)
+        row["compact_kernels"] = kernel_profile(compact_fb)
     except Exception as e:  # noqa: BLE001  (report, keep the other numbers)
         row["graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     torch.cuda.empty_cache()
@@ -355,6 +391,7 @@ def main():
                     row["fla_graph_fwd_ms"] = graph_ms(
                         do_bench, lambda: fla_fn(q, kk_, v, g=gg, scale=1.0), [], args.rep)
                     row["fla_graph_fwdbwd_ms"] = graph_ms(do_bench, fla_fb, fl, args.rep)
+                    row["fla_kernels"] = kernel_profile(fla_fb)
                 # its dv against our dx (no D): is the lifted-guard backward right on this stack?
                 ol = [t.detach().clone().requires_grad_(True) for t in (inp["x"], inp["B"], inp["C"])]
                 y2, _ = mosse_scan(ol[0], inp["dt"], inp["A"], ol[1], ol[2], impl="triton")
@@ -415,6 +452,14 @@ def main():
                 gb, fl = r[f"compact_graph_{key}_GBps"], r.get(f"fla_graph_{key}_ms")
                 print(f"{r['shape']:26s} {pas:8s} {d:9.3f} {c:11.3f} {gb:9.0f} ({100*gb*1e9/ceiling:3.0f}%) "
                       f"{(f'{fl:8.3f}' if fl else '       -')} {(f'{c/fl:11.2f}x' if fl else '           -')}")
+            bf = r.get("compact_graph_fwdbwd_ms_state_bf16")
+            if bf:
+                print(f"{r['shape']:26s} fwd+bwd, chunk states in bf16: compact {bf:.3f} ms "
+                      f"({bf / r['compact_graph_fwdbwd_ms']:.3f}x the fp32 states)")
+        for r in graphed:
+            for who in ("compact", "fla"):
+                if r.get(f"{who}_kernels"):
+                    print_kernel_profile(f"{r['shape']}, {who} fwd+bwd (eager call)", r[f"{who}_kernels"])
     print(f"wrote {out_path}")
 
 

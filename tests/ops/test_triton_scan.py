@@ -233,6 +233,10 @@ def test_configs_fit_the_problem():
     tiled = [triton.Config(dict(BLOCK_N=32, BLOCK_P=32), num_warps=4)]
     assert meta(fit_configs(tiled, 8, 8)) == [(dict(BLOCK_N=16, BLOCK_P=16), 1)]
     assert meta(fit_configs(tiled, 40, 20)) == [(dict(BLOCK_N=32, BLOCK_P=32), 4)]
+    # A register cap stays with its config through fitting, and keeps it apart from the uncapped one.
+    capped = tiled + [triton.Config(dict(BLOCK_N=32, BLOCK_P=32), num_warps=4, maxnreg=128)]
+    assert [c.maxnreg for c in fit_configs(capped, 40, 20)] == [None, 128]
+    assert [c.maxnreg for c in fit_configs(capped, 8, 8)] == [None, 128]
     # What faults on Triton 3.6 / Hopper (docs/GPU_NOTES.md) is never made by fitting, at any size.
     for name in ("fwd_o", "bwd_dx"):
         for N in (8, 16, 40, 64, 100):

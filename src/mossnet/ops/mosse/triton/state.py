@@ -26,14 +26,18 @@ from .tuning import KernelChoices, stage_kernel
 
 # Tuning candidates: the first is the untuned default. These kernels tile N as well as P (more
 # programs in flight for a sequential walk). ROW_SKIP: token rows with dt == 0 (not routed to the
-# expert) are not even loaded, so routing sparsity saves memory traffic.
+# expert) are not even loaded, so routing sparsity saves memory traffic. maxnreg=128: ptxas
+# otherwise spends 150-250 registers a thread on these small blocks, which keeps 8-12 warps per
+# SM; capped, these tiles compile with no spills and 16 warps fit (benchmarks/scan_kernel_resources.py).
+# (16 x 16 without ROW_SKIP was the slowest fwd_h candidate at both tuned shapes of
+# benchmarks/results/bench_scan_graph_h100.json, so it gave its place to a capped one.)
 
 
 @stage_kernel([
     triton.Config(dict(BLOCK_N=16, BLOCK_P=16, ROW_SKIP=True), num_warps=1, num_stages=3),
-    triton.Config(dict(BLOCK_N=16, BLOCK_P=16, ROW_SKIP=False), num_warps=1, num_stages=3),
     triton.Config(dict(BLOCK_N=32, BLOCK_P=32, ROW_SKIP=False), num_warps=4, num_stages=2),
     triton.Config(dict(BLOCK_N=16, BLOCK_P=32, ROW_SKIP=True), num_warps=2, num_stages=2),
+    triton.Config(dict(BLOCK_N=16, BLOCK_P=32, ROW_SKIP=True), num_warps=2, num_stages=2, maxnreg=128),
 ])
 def fwd_h_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, h0_ptr, h_ptr, hT_ptr, cu_ptr, cuch_ptr,
@@ -90,6 +94,7 @@ def fwd_h_kernel(
     triton.Config(dict(BLOCK_N=16, BLOCK_P=16), num_warps=1, num_stages=3),
     triton.Config(dict(BLOCK_N=32, BLOCK_P=32), num_warps=4, num_stages=2),
     triton.Config(dict(BLOCK_N=16, BLOCK_P=32), num_warps=2, num_stages=2),
+    triton.Config(dict(BLOCK_N=32, BLOCK_P=32), num_warps=4, num_stages=2, maxnreg=128),
 ])
 def bwd_dh_kernel(
     dy_ptr, dt_ptr, A_ptr, C_ptr, dhT_ptr, dh_ptr, dh0_ptr, cu_ptr, cuch_ptr,

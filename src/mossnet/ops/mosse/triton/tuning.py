@@ -68,7 +68,7 @@ def fit_config(config: triton.Config, N: int, P: int) -> triton.Config:
         area_after = kwargs["BLOCK_P"]
         kwargs["BLOCK_N"] = _pow2_at_least_16(N)
     warps = max(1, config.num_warps * area_after // area_before)
-    return triton.Config(kwargs, num_warps=warps, num_stages=config.num_stages)
+    return triton.Config(kwargs, num_warps=warps, num_stages=config.num_stages, maxnreg=config.maxnreg)
 
 
 def fit_configs(configs, N: int, P: int) -> list[triton.Config]:
@@ -130,8 +130,10 @@ class StageKernel:
         self._run(config, grid, args, consts, choices.specialize)
 
     def _run(self, config, grid, args, consts, specialize: bool) -> None:
+        # a register cap (maxnreg) is passed only when the config sets one
+        caps = {} if config.maxnreg is None else {"maxnreg": config.maxnreg}
         self._jit[specialize][grid](
-            *args, **consts, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages
+            *args, **consts, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages, **caps
         )
 
     def _tune(self, key, candidates, grid, args, consts, specialize: bool) -> triton.Config:
@@ -151,7 +153,8 @@ class StageKernel:
 
     def tuning_log(self) -> list[tuple[dict, float]]:
         """(meta-parameters, median ms) of each candidate at the latest tuning, for benchmarks."""
-        return [({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}, ms)
+        return [({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages,
+                  **({} if c.maxnreg is None else {"maxnreg": c.maxnreg})}, ms)
                 for c, ms in self._last_timings]
 
     def reset_tuning(self) -> None:

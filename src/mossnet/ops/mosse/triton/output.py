@@ -24,11 +24,15 @@ from .tuning import KernelChoices, stage_kernel
 # Tuning candidates, the first being the untuned default. (BLOCK_P=32, num_warps=8) is left out
 # of both kernels on purpose: with Triton 3.6 on an H200 it gave wrong outputs or an illegal
 # memory access (docs/GPU_NOTES.md); tests/ops/test_triton_scan.py runs every candidate alone.
+# The maxnreg=128 candidates fit two blocks of 8 warps on an SM instead of one, at the price of
+# a few spills (80 bytes in bwd_dx, 248 in fwd_o at N = P = 64: scan_kernel_resources.py); only
+# the card can say whether that trade pays, so the tuner decides.
 
 
 @stage_kernel([
     triton.Config(dict(BLOCK_P=64), num_warps=8, num_stages=2),
     triton.Config(dict(BLOCK_P=32), num_warps=4, num_stages=2),
+    triton.Config(dict(BLOCK_P=64), num_warps=8, num_stages=2, maxnreg=128),
 ])
 def fwd_o_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h_ptr, y_ptr, ts_ptr, te_ptr,
@@ -89,6 +93,7 @@ def fwd_o_kernel(
 @stage_kernel([
     triton.Config(dict(BLOCK_P=32), num_warps=4, num_stages=2),
     triton.Config(dict(BLOCK_P=64), num_warps=8, num_stages=2),
+    triton.Config(dict(BLOCK_P=64), num_warps=8, num_stages=2, maxnreg=128),
 ])
 def bwd_dx_kernel(
     dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dh_ptr, dy_ptr, dx_ptr, ts_ptr, te_ptr,

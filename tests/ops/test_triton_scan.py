@@ -365,6 +365,19 @@ def _all_configs():
     return [(name, i) for name, kernel in function.STAGE_KERNELS.items() for i in range(len(kernel.configs))]
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's check of every candidate; a card runs the next test")
+@pytest.mark.parametrize("name,idx", _all_configs())
+def test_every_config_matches_under_the_interpreter(name, idx, monkeypatch):
+    # Each candidate alone (its tiles, its ROW_SKIP, its register cap passed through the
+    # launcher), varlen with carried states and D, against the reference. The interpreter checks
+    # the indexing of a tile shape, not what the compiler makes of it: a card runs the next test.
+    kernel = function.STAGE_KERNELS[name]
+    monkeypatch.setattr(kernel, "configs", [kernel.configs[idx]])
+    inputs = make_inputs(1, 83, 2, 20, 40, with_d=True, with_init=True, n_states=2)  # odd N, P: masked tiles
+    cu = torch.tensor([0, 30, 83], dtype=torch.int32)
+    check(inputs, cu_seqlens=cu)  # monkeypatch then restores the declared list (the setter forgets the fitting)
+
+
 @needs_backend
 @on_gpu
 @pytest.mark.parametrize("name,idx", _all_configs())

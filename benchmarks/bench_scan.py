@@ -166,9 +166,39 @@ def print_kernel_profile(title: str, rows) -> None:
         print(f"{ms:8.3f} ms {ms / total:6.1%} {count:4d}x  {name}")
 
 
+def compact_calls(mosse_scan, batch, T, E, N, P, k, device):
+    """The compact layout's calls, each a function of no arguments: "fwd", "fwdbwd" (the
+    defaults), and the fwd+bwd of the two leads: "fwdbwd_state_bf16" (chunk states stored in bf16,
+    the option the issue names) and "fwdbwd_chunk32" (chunks of 32: the output and dx kernels
+    then compile to ~100 registers instead of ~240, scan_kernel_resources.py --chunk 32, at twice
+    the chunk states). Returns (inputs, their gradient leaves, the calls)."""
+    from mossnet.ops.mosse.triton.function import mosse_scan_triton
+    from mossnet.ops.mosse.triton.options import options_from_env
+
+    cin, cu = make_compact_inputs(batch, T, E, N, P, k, device)
+    cleaves = {kk: v.detach().clone().requires_grad_(True) for kk, v in cin.items()}
+    cdy = torch.randn_like(cin["x"])
+    bf16_states = dataclasses.replace(options_from_env(), state_bf16=True)
+
+    def backward_of(scan):
+        def fwdbwd():
+            y, _ = scan(**cleaves, cu_seqlens=cu)
+            y.backward(cdy)
+        return fwdbwd
+
+    calls = {
+        "fwd": lambda: mosse_scan(**cin, cu_seqlens=cu, impl="triton"),
+        "fwdbwd": backward_of(lambda **a: mosse_scan(**a, impl="triton")),
+        "fwdbwd_state_bf16": backward_of(lambda **a: mosse_scan_triton(**a, options=bf16_states)),
+        "fwdbwd_chunk32": backward_of(lambda **a: mosse_scan_triton(**a, chunk_size=32)),
+    }
+    return cin, cleaves, calls
+
+
 def time_graphed(row, do_bench, mosse_scan, inp, leaves, dy, batch, T, E, N, P, k, device, rep):
     """CUDA-graph-replay times of the dense (masked) Triton scan and of the compact layout's scan
-    over the routed rows only; the compact layout's minimum bytes count routed rows only."""
+    over the routed rows only (its minimum bytes count routed rows only), the compact fwd+bwd of
+    the two leads, and the compact fwd+bwd's per-kernel GPU time."""
     try:
         row["triton_graph_fwd_ms"] = graph_ms(do_bench, lambda: mosse_scan(**inp, impl="triton"), [], rep)
 
@@ -177,39 +207,17 @@ def time_graphed(row, do_bench, mosse_scan, inp, leaves, dy, batch, T, E, N, P, 
             y.backward(dy)
 
         row["triton_graph_fwdbwd_ms"] = graph_ms(do_bench, dense_fb, list(leaves.values()), rep)
-        cin, cu = make_compact_inputs(batch, T, E, N, P, k, device)
-        cleaves = {kk: v.detach().clone().requires_grad_(True) for kk, v in cin.items()}
-        cdy = torch.randn_like(cin["x"])
-
-        def compact_f():
-            return mosse_scan(**cin, cu_seqlens=cu, impl="triton")
-
-        def compact_fb():
-            y, _ = mosse_scan(**cleaves, cu_seqlens=cu, impl="triton")
-            y.backward(cdy)
-
-        compact_fb()  # tune outside the timing
+        cin, cleaves, calls = compact_calls(mosse_scan, batch, T, E, N, P, k, device)
         row["compact_rows"] = int(cin["x"].shape[1])
         row["compact_min_bytes_fwd"] = min_bytes(cin, False)
         row["compact_min_bytes_fwdbwd"] = min_bytes(cin, True)
-        row["compact_graph_fwd_ms"] = ms_f = graph_ms(do_bench, compact_f, [], rep)
-        row["compact_graph_fwdbwd_ms"] = ms_fb = graph_ms(do_bench, compact_fb, list(cleaves.values()), rep)
-        row["compact_graph_fwd_GBps"] = row["compact_min_bytes_fwd"] / (ms_f * 1e-3) / 1e9
-        row["compact_graph_fwdbwd_GBps"] = row["compact_min_bytes_fwdbwd"] / (ms_fb * 1e-3) / 1e9
-        # The option the issue names as a lead: chunk states stored in bf16 between the passes.
-        from mossnet.ops.mosse.triton.function import mosse_scan_triton
-        from mossnet.ops.mosse.triton.options import options_from_env
-
-        bf16_states = dataclasses.replace(options_from_env(), state_bf16=True)
-
-        def compact_fb_bf16_states():
-            y, _ = mosse_scan_triton(**cleaves, cu_seqlens=cu, options=bf16_states)
-            y.backward(cdy)
-
-        compact_fb_bf16_states()  # tune outside the timing
-        row["compact_graph_fwdbwd_ms_state_bf16"] = graph_ms(do_bench, compact_fb_bf16_states,
-                                                             list(cleaves.values()), rep)
-        row["compact_kernels"] = kernel_profile(compact_fb)
+        for name, call in calls.items():
+            call()  # tune outside the timing
+            grads = [] if name == "fwd" else list(cleaves.values())
+            row[f"compact_graph_{name}_ms"] = graph_ms(do_bench, call, grads, rep)
+        for key in ("fwd", "fwdbwd"):
+            row[f"compact_graph_{key}_GBps"] = row[f"compact_min_bytes_{key}"] / (row[f"compact_graph_{key}_ms"] * 1e-3) / 1e9
+        row["compact_kernels"] = kernel_profile(calls["fwdbwd"])
     except Exception as e:  # noqa: BLE001  (report, keep the other numbers)
         row["graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     torch.cuda.empty_cache()
@@ -420,6 +428,13 @@ def main():
         with open(out_path, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
 
+    if args.smoke:  # the graph-timed section's calls, run once each (no CUDA graph on the CPU)
+        name = next(iter(SMOKE_SHAPES))
+        _, _, calls = compact_calls(mosse_scan, *SHAPES[name], device)
+        for call in calls.values():
+            call()
+        print(f"# smoke: the compact calls ran: {', '.join(calls)}", flush=True)
+
     # Table last (the device tool returns the tail of the output).
     print(f"\nMoSSE scan, bf16 x/B/C, {meta['device']}, copy ceiling {ceiling/1e9:.0f} GB/s; "
           "GB/s = minimum traffic / time (% of ceiling)")
@@ -452,10 +467,11 @@ def main():
                 gb, fl = r[f"compact_graph_{key}_GBps"], r.get(f"fla_graph_{key}_ms")
                 print(f"{r['shape']:26s} {pas:8s} {d:9.3f} {c:11.3f} {gb:9.0f} ({100*gb*1e9/ceiling:3.0f}%) "
                       f"{(f'{fl:8.3f}' if fl else '       -')} {(f'{c/fl:11.2f}x' if fl else '           -')}")
-            bf = r.get("compact_graph_fwdbwd_ms_state_bf16")
-            if bf:
-                print(f"{r['shape']:26s} fwd+bwd, chunk states in bf16: compact {bf:.3f} ms "
-                      f"({bf / r['compact_graph_fwdbwd_ms']:.3f}x the fp32 states)")
+            for key, what in (("state_bf16", "chunk states in bf16"), ("chunk32", "chunks of 32")):
+                ms = r.get(f"compact_graph_fwdbwd_{key}_ms")
+                if ms:
+                    print(f"{r['shape']:26s} fwd+bwd, {what}: compact {ms:.3f} ms "
+                          f"({ms / r['compact_graph_fwdbwd_ms']:.3f}x the default)")
         for r in graphed:
             for who in ("compact", "fla"):
                 if r.get(f"{who}_kernels"):

@@ -47,9 +47,9 @@ def signature(fn, state_type: str) -> dict[str, str]:
     return sig
 
 
-def constants(kernel_name: str) -> dict:
+def constants(kernel_name: str, chunk: int = 64) -> dict:
     """The launchers' constexprs for a training call (packed layout, bf16 inputs, no D)."""
-    common = dict(IS_VARLEN=True, CHUNK=64, PREC="tf32")
+    common = dict(IS_VARLEN=True, CHUNK=chunk, PREC="tf32")
     if kernel_name == "fwd_h":
         return dict(common, HAS_INIT=False, STORE_FINAL=False, LOWP=False)
     if kernel_name == "bwd_dh":
@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--states", choices=("fp32", "bf16"), default="fp32",
                     help="the dtype the chunk states are stored in (TritonScanOptions.state_bf16)")
     ap.add_argument("--kernels", default="fwd_h,fwd_o,bwd_dh,bwd_dx,bwd_dqk")
+    ap.add_argument("--chunk", type=int, default=64, help="chunk length L (the op's chunk_size; default 64)")
     ap.add_argument("--maxnreg", default="",
                     help="also compile each config capped at these registers a thread (comma-separated), "
                          "as triton.Config(maxnreg=...) would: what a cap costs in spills")
@@ -97,14 +98,15 @@ def main() -> None:
     from mossnet.ops.mosse.triton.tuning import fit_configs
 
     state_type = "*fp32" if args.states == "fp32" else "*bf16"
-    print(f"sm_90a, N = {args.n}, P = {args.p}, bf16 inputs, {args.states} chunk states, packed layout")
+    print(f"sm_90a, N = {args.n}, P = {args.p}, chunk {args.chunk}, bf16 inputs, {args.states} chunk states, "
+          "packed layout")
     print(f"{'kernel':8s} {'config':58s} {'regs':>5s} {'spill B':>8s} {'smem KB':>8s} {'blocks/SM':>10s} {'warps/SM':>9s}")
     for name in args.kernels.split(","):
         kernel = STAGE_KERNELS[name]
         jit = kernel._jit[False]
         sig = signature(jit.fn, state_type)
         for config in fit_configs(kernel.configs, args.n, args.p):
-            consts = dict(constants(name), **config.kwargs)  # fitting sets BLOCK_N for every kernel
+            consts = dict(constants(name, args.chunk), **config.kwargs)  # fitting sets BLOCK_N for every kernel
             consts = {k: v for k, v in consts.items() if k in sig}
             caps = [config.maxnreg] + [int(c) for c in args.maxnreg.split(",") if c]
             for cap in caps:

@@ -29,8 +29,8 @@ from .tuning import KernelChoices, stage_kernel
 # expert) are not even loaded, so routing sparsity saves memory traffic. maxnreg=128: ptxas
 # otherwise spends 150-250 registers a thread on these small blocks, which keeps 8-12 warps per
 # SM; capped, these tiles compile with no spills and 16 warps fit (benchmarks/scan_kernel_resources.py).
-# (16 x 16 without ROW_SKIP was the slowest fwd_h candidate at both tuned shapes of
-# benchmarks/results/bench_scan_graph_h100.json, so it gave its place to a capped one.)
+# 16 x 16 without ROW_SKIP is not a fwd_h candidate: it was the slowest at both tuned shapes of
+# benchmarks/results/bench_scan_graph_h100.json, and each kernel keeps at most four (tuning time).
 
 
 @stage_kernel([

@@ -100,7 +100,8 @@ def main() -> None:
     state_type = "*fp32" if args.states == "fp32" else "*bf16"
     print(f"sm_90a, N = {args.n}, P = {args.p}, chunk {args.chunk}, bf16 inputs, {args.states} chunk states, "
           "packed layout")
-    print(f"{'kernel':8s} {'config':58s} {'regs':>5s} {'spill B':>8s} {'smem KB':>8s} {'blocks/SM':>10s} {'warps/SM':>9s}")
+    print(f"{'kernel':8s} {'config':58s} {'regs':>5s} {'spill B':>8s} {'smem KB':>8s} {'blocks/SM':>10s} "
+          f"{'warps/SM':>9s}")
     for name in args.kernels.split(","):
         kernel = STAGE_KERNELS[name]
         jit = kernel._jit[False]

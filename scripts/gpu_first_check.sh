@@ -27,15 +27,15 @@ at() { echo "$1 rc=$2 at $(( $(date +%s) - T0 )) s"; }
 upto() { local l; l=$(left); echo $(( l < $1 ? l : $1 )); }  # a step's timeout: its own, or what is left
 nvidia-smi -L
 
-# 1. Capped candidates: every config of a kernel whose declaration sets maxnreg, by index.
-CAPPED=$(python3 - <<'EOF'
+# 1. Capped candidates: every config of a kernel whose declaration sets maxnreg, by index (read
+# into an array: the ids' brackets must not glob).
+read -r -a CAPPED <<< "$(python3 - <<'EOF'
 from mossnet.ops.mosse.triton.function import STAGE_KERNELS
 print(" ".join(f"tests/ops/test_triton_scan.py::test_every_config_matches[{name}-{i}]"
                for name, k in STAGE_KERNELS.items() for i, c in enumerate(k.configs) if c.maxnreg))
 EOF
-)
-# shellcheck disable=SC2086  # CAPPED is a list of test ids
-timeout "$(upto 150)" python3 -m pytest -q -p no:cacheprovider -n 5 $CAPPED \
+)"
+timeout "$(upto 150)" python3 -m pytest -q -p no:cacheprovider -n 5 "${CAPPED[@]}" \
   tests/studies/test_mqar_resume.py::test_a_run_replayed_from_a_cuda_graph_resumes > "$OUT/checks.txt" 2>&1
 rc=$?; at checks $rc; grep -E "passed|failed" "$OUT/checks.txt" | tail -1
 if [ "$rc" -eq 124 ] || grep -qE "^(FAILED|ERROR) .*test_every_config_matches" "$OUT/checks.txt"; then  # a hang counts as a fault

@@ -4,6 +4,12 @@ ends; a point it cannot use is dropped, and the run starts over."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -142,8 +148,6 @@ def test_a_run_replayed_from_a_cuda_graph_resumes(tmp_path, monkeypatch):
 
 def _processes_mentioning(text: str) -> list[int]:
     """PIDs of live processes whose command line contains ``text`` (Linux /proc)."""
-    import os
-
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -157,16 +161,10 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="needs Linux /proc")
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux /proc")
 def test_a_study_killed_mid_run_is_finished_by_the_same_command(tmp_path):
     """A GPU sitting's pattern: `mossnet compare` gets SIGTERM at a call's limit. Its runs stop
     with it (no orphans), and the same command run again resumes each cut run from its point."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     out = tmp_path / "mqar"
     argv = [sys.executable, "-m", "mossnet.cli.main", "compare", "--study", "mqar", "--out", str(out),
             "--archs", "llama", "--widths", "16", "--pairs", "2", "--lrs", "1e-3,3e-3", "--mqar-seq-len", "12",
@@ -198,7 +196,7 @@ def test_a_study_killed_mid_run_is_finished_by_the_same_command(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     for name in cut:
         run = out / "runs" / name
-        result = __import__("json").loads((run / "result.json").read_text())
+        result = json.loads((run / "result.json").read_text())
         assert len(result["resumed_at_steps"]) == 1 and 0 < result["resumed_at_steps"][0] < 600
         assert "resumed at step" in (run / "log.txt").read_text()
         assert not (run / "resume").exists()

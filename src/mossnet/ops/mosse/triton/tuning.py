@@ -130,10 +130,9 @@ class StageKernel:
         self._run(config, grid, args, consts, choices.specialize)
 
     def _run(self, config, grid, args, consts, specialize: bool) -> None:
-        # a register cap (maxnreg) is passed only when the config sets one
-        caps = {} if config.maxnreg is None else {"maxnreg": config.maxnreg}
-        self._jit[specialize][grid](
-            *args, **consts, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages, **caps
+        self._jit[specialize][grid](  # maxnreg None: no register cap (Triton drops None options)
+            *args, **consts, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages,
+            maxnreg=config.maxnreg,
         )
 
     def _tune(self, key, candidates, grid, args, consts, specialize: bool) -> triton.Config:

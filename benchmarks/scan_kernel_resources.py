@@ -29,7 +29,7 @@ MAX_THREADS_PER_SM = 2048
 SHARED_PER_SM = 228 * 1024  # H100 and H200: 228 KB of shared memory per SM (227 KB per block)
 HALF = {"x", "B", "C", "dy", "y", "dx", "dB", "dC"}  # bf16 tensors; the rest fp32 or int32
 INDEX = {"ts", "te", "cu", "cuch"}
-STATES = {"h", "dh", "h0", "hT", "dhT", "dh0"}
+CHUNK_STATES = {"h", "dh"}  # stored in --states; initial and final states stay fp32
 
 
 def signature(fn, state_type: str) -> dict[str, str]:
@@ -41,7 +41,7 @@ def signature(fn, state_type: str) -> dict[str, str]:
         elif name.endswith("_ptr"):
             tensor = name.removesuffix("_ptr")
             sig[name] = ("*bf16" if tensor in HALF else "*i32" if tensor in INDEX
-                         else state_type if tensor in {"h", "dh"} else "*fp32")
+                         else state_type if tensor in CHUNK_STATES else "*fp32")
         else:
             sig[name] = "i32"
     return sig

@@ -107,8 +107,20 @@ def test_shared_expert_linears_through_target_modules(make_model):
     ``target_modules`` beside the expert tensors: training, unmerged generate, and the merged
     model's output agree. (PEFT 0.21's merge_and_unload leaves a LoRA layer nested inside
     another adapted module wrapped, so the merged model still holds those two wrappers; see
-    docs/TRAINING.md.)"""
-    model, _ = lora_model(make_model, shared_expert=True)
+    docs/TRAINING.md.)
+
+    PEFT 0.22.0 cannot set up this combination: it wraps the MoE-MLP for its expert tensors
+    first, then looks up the shared expert by its old path through the wrapper and raises
+    ``AttributeError: ParamWrapper has no attribute `shared```. That one failure is an expected
+    failure here (a PEFT bug, in docs/TRAINING.md); any other fails the test, and a PEFT that
+    fixes it runs the whole test."""
+    try:
+        model, _ = lora_model(make_model, shared_expert=True)
+    except AttributeError as error:
+        if "ParamWrapper has no attribute `shared`" in str(error):
+            pytest.xfail(f"PEFT {peft.__version__} cannot combine target_modules inside a module "
+                         "whose parameters target_parameters wraps")
+        raise
     assert any("shared.gate_up.lora_A" in name for name, p in model.named_parameters() if p.requires_grad)
     model, losses = train_a_few_steps(model, torch.randint(0, 64, (4, 24)))
     assert losses[-1] < losses[0] - 0.1, losses

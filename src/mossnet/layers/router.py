@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -84,14 +83,19 @@ class RouterReport:
         self._routing = routing
         self.load = counts
         self.logits = routing.logits
+        self._cached_losses: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def of(cls, routing: RouterOutput, counts: torch.Tensor) -> "RouterReport":
         return cls(routing, counts)
 
-    @functools.cached_property
+    @property
     def _losses(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._routing.losses(self.load)
+        # Cached by hand: functools.cached_property takes a lock on Python < 3.12, and
+        # torch.compile ends its graph at a lock.
+        if self._cached_losses is None:
+            self._cached_losses = self._routing.losses(self.load)
+        return self._cached_losses
 
     @property
     def aux(self) -> torch.Tensor:

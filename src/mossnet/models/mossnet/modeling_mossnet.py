@@ -130,6 +130,15 @@ class MossNetPreTrainedModel(PreTrainedModel):
         return ("A_log", "dt_bias", "mixer.D", "norm", "conv_bias", "embed_tokens", "bias")
 
 
+@torch.compiler.disable  # the host reads end a compiled graph once here, not twice
+def _check_id_range(input_ids: torch.Tensor, vocab_size: int) -> None:
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"token id {bad} is outside the vocabulary (vocab_size={vocab_size}); "
+                         f"valid ids are 0..{vocab_size - 1}")
+
+
 class MossNetModel(MossNetPreTrainedModel):
     """The MossNet backbone (no LM head)."""
 
@@ -169,11 +178,7 @@ class MossNetModel(MossNetPreTrainedModel):
             return
         if input_ids.numel() == 0:
             return
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        V = self.config.vocab_size
-        if lo < 0 or hi >= V:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is outside the vocabulary (vocab_size={V}); valid ids are 0..{V - 1}")
+        _check_id_range(input_ids, self.config.vocab_size)
 
     def forward(
         self,

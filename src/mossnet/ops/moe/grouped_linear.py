@@ -9,7 +9,8 @@ Implementations (``grouped_linear(..., impl=)``; the execution policy's ``expert
   own expert's result. E times the FLOPs, but no host read and shapes independent of the
   routing: what CUDA-graph capture, ``torch.compile`` on CUDA and ``torch.export`` need.
 * ``"loop"``: one ``matmul`` per expert over its contiguous slice. Reads the group sizes back
-  to the host: fine on the CPU, where there is no device to stall.
+  to the host: fine on the CPU, where there is no device to stall. Under ``torch.compile`` it
+  runs as a custom op (``mossnet::per_expert_linear``), so that the read does not split the graph.
 * ``"auto"``: ``grouped_mm`` where it exists; else ``all_experts`` when exporting, when a CUDA
   graph is being captured or compiled, or for small CUDA problems (decode steps); else ``loop``.
 """
@@ -107,7 +108,7 @@ def _all_experts_then_pick(x: torch.Tensor, weight: torch.Tensor, offsets: torch
     return out if every_row_routed else out * (expert_of_row < E)[:, None].to(out.dtype)
 
 
-def _loop(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, every_row_routed: bool = False) -> torch.Tensor:
+def _per_expert_product(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     out = x.new_zeros(x.shape[0], weight.shape[1])  # dropped rows stay zero: no mask to skip
     start = 0
     for e, end in enumerate(offsets.tolist()):
@@ -115,6 +116,60 @@ def _loop(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, every_ro
             out[start:end] = x[start:end] @ weight[e].T
         start = end
     return out
+
+
+# Under torch.compile the loop's host read (offsets.tolist()) would end the graph, and each
+# expert's slice would start a new one: ~15 graphs per layer, each compiled by itself. As custom
+# ops the loop and its weight gradient are single nodes whose host reads happen when they run
+# (free on the CPU, where "auto" picks the loop), so the layer compiles as one graph.
+@torch.library.custom_op("mossnet::per_expert_linear", mutates_args=())
+def _per_expert_linear_op(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return _per_expert_product(x, weight, offsets)
+
+
+@_per_expert_linear_op.register_fake
+def _(x, weight, offsets):
+    return x.new_empty(x.shape[0], weight.shape[1])
+
+
+@torch.library.custom_op("mossnet::per_expert_linear_weight_grad", mutates_args=())
+def _per_expert_weight_grad_op(grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(E, D_out, D_in): ``grad[rows of e].T @ x[rows of e]`` per expert (zero for empty ones)."""
+    out = grad.new_zeros(offsets.shape[0], grad.shape[1], x.shape[1])
+    start = 0
+    for e, end in enumerate(offsets.tolist()):
+        if end > start:
+            out[e] = grad[start:end].T @ x[start:end]
+        start = end
+    return out
+
+
+@_per_expert_weight_grad_op.register_fake
+def _(grad, x, offsets):
+    return grad.new_empty(offsets.shape[0], grad.shape[1], x.shape[1])
+
+
+def _per_expert_linear_setup(ctx, inputs, output):
+    x, weight, offsets = inputs
+    ctx.save_for_backward(x, weight, offsets)
+
+
+def _per_expert_linear_backward(ctx, grad):
+    x, weight, offsets = ctx.saved_tensors
+    # Rows past offsets[-1] were not multiplied: their gradient stays zero, as the loop leaves it.
+    grad_x = _per_expert_linear_op(grad, weight.transpose(1, 2), offsets) if ctx.needs_input_grad[0] else None
+    grad_w = _per_expert_weight_grad_op(grad, x, offsets) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_w, None
+
+
+_per_expert_linear_op.register_autograd(_per_expert_linear_backward, setup_context=_per_expert_linear_setup)
+
+
+def _loop(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, every_row_routed: bool = False) -> torch.Tensor:
+    # Eagerly the plain loop: the custom op's dispatch would only add host time per call.
+    if compiling():
+        return _per_expert_linear_op(x, weight, offsets)
+    return _per_expert_product(x, weight, offsets)
 
 
 _IMPLS = {"grouped_mm": _grouped_mm, "all_experts": _all_experts_then_pick, "loop": _loop}

@@ -3,6 +3,8 @@ a Markdown table, the JSON file (machine + rows) and a latency / memory vs conte
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datetime
 import json
 import os
@@ -111,6 +113,7 @@ def plot(rows: list[dict], path: str) -> None:
     axes[1].set_yscale("log")
     axes[0].legend()
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -205,6 +205,7 @@ def plot_scaling(results: dict, path: str | Path) -> None:
                 ax.legend(fontsize=8)
     fig.suptitle(run_line(results.get("env", {})), fontsize=10)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -3,12 +3,11 @@ a Markdown table, the JSON file (machine + rows) and a latency / memory vs conte
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import datetime
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def print_row(row: dict) -> None:

@@ -8,7 +8,9 @@ from ``build_optimizer``, random token ids; no router losses).
 ``--prefill`` profiles the inference forward that fills a generation cache instead (bf16
 weights with the fp32-kept ones, no grad, the last position's logits: ``bench_model.py``'s
 prefill), and also prints its wall time against its kernel time: a wall time far above the
-kernels' sum means the host, not the GPU, sets the speed.
+kernels' sum means the host, not the GPU, sets the speed. ``--host N`` then says where the host
+time goes: the N Python functions with the most time of their own over the timed steps
+(``cProfile``; calls into C, a kernel launch included, count as the caller's or as the builtin's).
 
 Models are ``bench_layout_gate.MODELS`` (``base``, ``converted``). A diagnosis tool for the kernel
 work: the numbers are per step, after three warm-up steps and the unprofiled timed ones; the step
@@ -18,7 +20,10 @@ is eager (not captured), so launch gaps are not in the kernel times.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import pathlib
+import pstats
 import sys
 import time
 
@@ -30,6 +35,19 @@ from bench_layout_gate import MODELS  # noqa: E402
 from bench_model import to_inference  # noqa: E402
 
 
+def host_profile(step, steps: int, top: int) -> str:
+    """The ``top`` functions by own (not cumulative) host time over ``steps`` calls of ``step``,
+    as pstats prints them: where the Python side of an eager step spends its time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="converted", choices=sorted(MODELS))
@@ -38,6 +56,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--prefill", action="store_true", help="profile the cache-filling inference forward")
+    ap.add_argument("--host", type=int, default=0, metavar="N",
+                    help="also print the N Python functions with the most host time of their own (cProfile)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_train_step: needs a CUDA device")
@@ -94,6 +114,10 @@ def main() -> None:
             share = e.self_device_time_total / total
             per_step = e.self_device_time_total / args.steps / 1e3
             print(f"{per_step:8.2f} ms {share:6.1%} {e.count // args.steps:6d}x  {e.key[:110]}")
+    if args.host:
+        print(f"-- host: top {args.host} functions by own time over {args.steps} {what}s (cProfile)")
+        print(host_profile(step, args.steps, args.host))
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

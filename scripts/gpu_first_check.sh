@@ -60,7 +60,7 @@ for run in 1 2; do
   at "prefill $run" $?; grep -E "^\|" "$OUT/prefill.txt" | tail -3
 done
 if (( $(left) > 45 )); then
-  timeout 35 python3 benchmarks/profile_train_step.py --model base --prefill --batch 1 --steps 5 \
+  timeout 35 python3 benchmarks/profile_train_step.py --model base --prefill --batch 1 --steps 5 --host 30 \
     > "$OUT/profile_prefill.txt" 2>&1
   at profile-prefill $?; head -1 "$OUT/profile_prefill.txt"
 fi

@@ -108,13 +108,20 @@ def _all_experts_then_pick(x: torch.Tensor, weight: torch.Tensor, offsets: torch
     return out if every_row_routed else out * (expert_of_row < E)[:, None].to(out.dtype)
 
 
-def _per_expert_product(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    out = x.new_zeros(x.shape[0], weight.shape[1])  # dropped rows stay zero: no mask to skip
+def _expert_row_slices(offsets: torch.Tensor):
+    """(expert, slice of its rows) for every expert with rows, from the cumulative row ends
+    ``offsets`` (read back to the host once)."""
     start = 0
     for e, end in enumerate(offsets.tolist()):
         if end > start:
-            out[start:end] = x[start:end] @ weight[e].T
+            yield e, slice(start, end)
         start = end
+
+
+def _per_expert_product(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    out = x.new_zeros(x.shape[0], weight.shape[1])  # dropped rows stay zero: no mask to skip
+    for e, rows in _expert_row_slices(offsets):
+        out[rows] = x[rows] @ weight[e].T
     return out
 
 
@@ -137,11 +144,8 @@ def _(x, weight, offsets):
 def _per_expert_weight_grad_op(grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """(E, D_out, D_in): ``grad[rows of e].T @ x[rows of e]`` per expert (zero for empty ones)."""
     out = grad.new_zeros(offsets.shape[0], grad.shape[1], x.shape[1])
-    start = 0
-    for e, end in enumerate(offsets.tolist()):
-        if end > start:
-            out[e] = grad[start:end].T @ x[start:end]
-        start = end
+    for e, rows in _expert_row_slices(offsets):
+        out[e] = grad[rows].T @ x[rows]
     return out
 
 

@@ -112,6 +112,8 @@ def test_tiny_decomposition_study_end_to_end(tmp_path, tiny_corpus, capsys):
     assert np.isfinite(probes["loss_second_copy"]) and 0 <= probes["routers"]["top1_same"] <= 1
     report = (out / "results.md").read_text()
     assert "Paired differences to A: single head" in report and "router load entropy" in report
+    assert "What each variant isolates" in report  # F against E, the one planned pair of A, E, F
+    assert "| F: E, state_update=\"all\" | E: MossNet E=4, top-2 | val loss |" in report
     capsys.readouterr()
     assert mossnet_main(argv) == 0
     again = capsys.readouterr().out

@@ -127,6 +127,9 @@ def test_tiny_ranking_end_to_end(tmp_path):
         assert len(states) == 4 and max(states) - min(states) <= 0.25 * max(states)
     report = (out / "results.md").read_text()
     assert "± " in report and "256x64" in report
+    # per matched state, MossNet's paired per-seed differences to the single head, overall and hardest slice
+    assert report.count("Paired differences at ") == 2
+    assert report.count("| MossNet (E=4, k=2, P=d/4) | single head (E=1, P=d/2) | overall |") == 2
     # one seed of a cell: its accuracies alone, no "± 0.000" that would read as a measured spread
     seed0 = [r for r in results if r["seed"] == 0]
     table = report_paired.rank_table(seed0)

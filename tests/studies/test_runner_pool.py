@@ -33,3 +33,15 @@ def test_parallel_runs_fail_alone_and_log_to_their_folder(tmp_path, monkeypatch)
     assert any(line.startswith("  bad FAILED (exit 1); see ") for line in said)
     assert (tmp_path / "bad" / "log.txt").read_text() == "running bad\nno such run kind\n"  # stderr too
     assert runner.read_json(tmp_path / "ok2" / "spec.json") == specs[3].to_json()
+
+
+def test_a_retried_run_keeps_the_log_of_each_earlier_attempt(tmp_path, monkeypatch):
+    monkeypatch.setattr(isolated_jobs, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(runner, "python_module_command", lambda module, *argv: [sys.executable, "-c", FAKE_RUN, *argv])
+    spec = MQARRunSpec(name="bad", result=str(tmp_path / "bad" / "result.json"), seed=0, lr=1e-3, arch="mossnet",
+                       d_model=16)
+    for _ in range(3):
+        assert run_pending([spec], jobs=2, say=lambda line: None) == ["bad"]
+    logs = sorted(p.name for p in (tmp_path / "bad").glob("log*.txt"))
+    assert logs == ["log.1.txt", "log.2.txt", "log.txt"]
+    assert all(p.read_text() == "running bad\nno such run kind\n" for p in (tmp_path / "bad").glob("log*.txt"))

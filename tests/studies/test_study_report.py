@@ -37,6 +37,20 @@ def test_paired_differences_and_the_decision_rule():
     assert not counts(diffs["c"][1], diffs["c"][2], 3)
     assert not counts(-0.5, 0.0, 1)  # one seed never counts
     table = paired_table(results, "a")
-    assert "| B | val loss | -0.100 / -0.090 / -0.110 | -0.100 ± 0.010 | **counts** |" in table
-    assert "| C | val loss |" in table and "within spread" in table
+    assert "| B | A | val loss | -0.100 / -0.090 / -0.110 | -0.100 ± 0.010 | **counts** |" in table
+    assert "| C | A | val loss |" in table and "within spread" in table
     assert paired_table(results[:3], "a") == ""  # nothing to pair
+
+
+def test_contrast_table_reads_each_pair_against_its_own_reference():
+    from mossnet.studies.report_paired import contrast_table
+
+    results = [_seed_run("a", s, 4.0 + 0.1 * s) for s in range(3)]
+    results += [_seed_run("b", s, 3.9 + 0.1 * s) for s in range(3)]  # b - a = -0.1 every seed
+    results += [_seed_run("c", s, 3.95 + 0.1 * s + 0.001 * s) for s in range(3)]  # c - b = +0.05, +0.051, +0.052
+    table = contrast_table(results, [("b", "a"), ("c", "b"), ("c", "z")], (("val_loss", "val loss"),), "Pairs")
+    assert table.startswith("Pairs (same seed = same data order")
+    assert "| B | A | val loss | -0.100 / -0.100 / -0.100 | -0.100 ± 0.000 | **counts** |" in table
+    assert "| C | B | val loss | +0.050 / +0.051 / +0.052 | +0.051 ± 0.001 | **counts** |" in table
+    assert "| Z |" not in table  # a pair with a variant that never ran is left out
+    assert contrast_table(results[:3], [("b", "a")], (("val_loss", "val loss"),), "Pairs") == ""

@@ -51,6 +51,16 @@ LR_FROM = {"A": "A", "B": "C", "C": "C", "D": "C", "E": "E", "F": "E", "G": "E",
 # config keys a variant needs from MossNetConfig (switches of spec section 7)
 NEEDS = {"B": ("ssm_share_bc",), "H": ("ssm_conv_placement",)}
 DENSE_MLP = dict(mlp_experts=1, mlp_top_k=1, mlp_shared_expert=False)
+# What each variant isolates (RESULTS.md, "Decomposition study"): (variant, the one it is read
+# against). The report prints these pairs' per-seed differences beside the differences to A.
+CONTRASTS = (("C", "A"),  # two heads against one of the same total width
+             ("B", "C"),  # one B/C shared by the heads against one per head
+             ("D", "C"),  # head width: four of P=32 against two of P=64
+             ("E", "C"),  # routing 2 of 4 experts against running 2 always
+             ("F", "E"),  # routing the state update, or updating every expert's state
+             ("G", "E"),  # E's extra state: E cut to A's state size
+             ("G", "A"),  # routed experts at the single head's state size
+             ("H", "E"))  # the conv over the true neighbours against over the routed rows only
 
 
 def _shape(ref) -> tuple[int, int, int, int]:

@@ -56,26 +56,48 @@ def counts(mean: float, sd: float, n: int) -> bool:
     return n >= 2 and abs(mean) > 2 * sd
 
 
+def _contrast_rows(results, contrasts, keys) -> list[str]:
+    """Table rows for ``contrasts`` = [(variant, against), ...]: per metric, the per-seed
+    differences variant - against over the seeds both ran, their mean ± sd and the verdict."""
+    labels = {v: runs[0]["label"] for v, runs in group_lm(results).items()}
+    rows = []
+    for key, name in keys:
+        for variant, against in contrasts:
+            if variant not in labels or against not in labels:
+                continue
+            found = paired_differences([r for r in results if r["variant"] in (variant, against)], against, key)
+            if variant not in found or len(found[variant][0]) < 2:
+                continue
+            diffs, mean, sd = found[variant]
+            verdict = "**counts**" if counts(mean, sd, len(diffs)) else "within spread"
+            rows.append(f"| {labels[variant]} | {labels[against]} | {name} | {' / '.join(f'{d:+.3f}' for d in diffs)} "
+                        f"| {mean:+.3f} ± {sd:.3f} | {verdict} |")
+    return rows
+
+
+_CONTRAST_HEAD = ["| model | minus | metric | per seed | mean ± sd | gap |", "|---|---|---|---|---:|---|"]
+_RULE = "same seed = same data order; mean ± sd over seeds; a gap counts only if |mean| > 2 sd"
+
+
 def paired_table(results: list[dict[str, Any]], reference: str, keys=(("val_loss", "val loss"),)) -> str:
     """Per variant and metric: the per-seed differences to ``reference``, their mean ± sd, and
     whether the gap counts (|mean| > 2 sd, at least two seeds). Empty without two paired seeds."""
     labels = {v: runs[0]["label"] for v, runs in group_lm(results).items()}
     if reference not in labels:
         return ""
-    rows = []
-    for key, name in keys:
-        for variant, (diffs, mean, sd) in paired_differences(results, reference, key).items():
-            if len(diffs) < 2:
-                continue
-            verdict = "**counts**" if counts(mean, sd, len(diffs)) else "within spread"
-            rows.append(f"| {labels[variant]} | {name} | {' / '.join(f'{d:+.3f}' for d in diffs)} | "
-                        f"{mean:+.3f} ± {sd:.3f} | {verdict} |")
+    rows = _contrast_rows(results, [(v, reference) for v in labels if v != reference], keys)
     if not rows:
         return ""
-    head = [f"Paired differences to {labels[reference]} (same seed = same data order; mean ± sd over seeds; "
-            "a gap counts only if |mean| > 2 sd):", "",
-            "| model | metric | per seed | mean ± sd | gap |", "|---|---|---|---:|---|"]
-    return "\n".join(head + rows)
+    return "\n".join([f"Paired differences to {labels[reference]} ({_RULE}):", ""] + _CONTRAST_HEAD + rows)
+
+
+def contrast_table(results: list[dict[str, Any]], contrasts, keys, title: str) -> str:
+    """The paired differences of chosen pairs ``contrasts`` = [(variant, against), ...] (what a
+    study's plan says each variant isolates); empty without two paired seeds for any pair."""
+    rows = _contrast_rows(results, contrasts, keys)
+    if not rows:
+        return ""
+    return "\n".join([f"{title} ({_RULE}):", ""] + _CONTRAST_HEAD + rows)
 
 
 # ------------------------------------------------------------------------------ decomposition
@@ -104,8 +126,9 @@ def decomposition_table(results: list[dict[str, Any]]) -> str:
 
 
 def decomposition_report(results: list[dict[str, Any]]) -> str:
-    """The main table (each variant at its inherited rate), the sweep, and paired differences to A."""
-    from .decomposition import LR_FROM, SWEPT, best_rates
+    """The main table (each variant at its inherited rate), the sweep, the paired differences of
+    the pairs the plan contrasts, and those to A."""
+    from .decomposition import CONTRASTS, LR_FROM, SWEPT, best_rates
 
     rates = best_rates(results)
     main = [r for r in results if LR_FROM[r["variant"]] in rates and r["lr"] == rates[LR_FROM[r["variant"]]]]
@@ -113,10 +136,10 @@ def decomposition_report(results: list[dict[str, Any]]) -> str:
     parts = [decomposition_table(main) if main else "no variant has finished at its best rate yet"]
     if len({r["lr"] for r in sweep}) > 1:
         parts.append("Learning-rate sweep, seed 0 (final validation loss):\n\n" + _sweep_grid(sweep))
+    contrasts = contrast_table(main, CONTRASTS, DECOMPOSITION_METRICS[:4],
+                               "What each variant isolates: paired differences of the planned pairs")
     paired = paired_table(main, "A", DECOMPOSITION_METRICS[:4])
-    if paired:
-        parts.append(paired)
-    return "\n\n".join(parts)
+    return "\n\n".join(parts + [t for t in (contrasts, paired) if t])
 
 
 def _sweep_grid(results: list[dict[str, Any]]) -> str:
@@ -193,6 +216,42 @@ def rank_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {c['label']} | {_bytes(state)} | {_millions(c['active'])} | {c['lr']:g} | "
                      f"{len(c['seeds'])} | {accs} |")
     return "\n".join(lines)
+
+
+def rank_report(results: list[dict[str, Any]]) -> str:
+    """The ranking's table, then per matched state size the paired per-seed differences of every
+    pair of models on overall accuracy and on the hardest (last) slice."""
+    from .mqar_calibration import RANK_ARCHS, rank_best_rates
+
+    parts = [rank_table(results)]
+    rates = rank_best_rates(results)
+    kept = [r for r in results if rates.get((r["variant"], r["model"]["ssm_state_dim"])) == r["lr"]]
+    names = _slice_names(rank_cells(results))
+    if not kept or not names:
+        return parts[0]
+    hardest = names[-1]
+    # The study solves every model's N to the same cache size, so the i-th smallest state of each
+    # model is matched with the i-th of every other (6.2 and 6.3 KiB are one size).
+    sizes: dict[str, list[int]] = {}
+    for r in kept:
+        sizes.setdefault(r["variant"], []).append(r["params"]["state_bytes_per_layer"])
+    order = {v: sorted(set(s)) for v, s in sizes.items()}
+    groups: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
+    for r in sorted(kept, key=lambda r: order[r["variant"]].index(r["params"]["state_bytes_per_layer"])):
+        slice_acc = r["slices"].get(hardest, {}).get("accuracy")
+        groups.setdefault(order[r["variant"]].index(r["params"]["state_bytes_per_layer"]), []).append(
+            {"variant": r["variant"], "seed": r["seed"], "label": r["label"], "diverged": r.get("diverged"),
+             "accuracy": r["accuracy"], "hardest": slice_acc, "bytes": r["params"]["state_bytes_per_layer"]})
+    models = [m for m in RANK_ARCHS if m in order] + [m for m in order if m not in RANK_ARCHS]
+    contrasts = [(a, b) for i, b in enumerate(models) for a in models[i + 1:]]
+    for runs in groups.values():
+        span = sorted({r["bytes"] for r in runs})
+        title = (f"Paired differences at {' / '.join(dict.fromkeys(_bytes(b) for b in span))} of state per layer, "
+                 f"overall accuracy and the {hardest} slice")
+        table = contrast_table(runs, contrasts, (("accuracy", "overall"), ("hardest", hardest)), title)
+        if table:
+            parts.append(table)
+    return "\n\n".join(parts)
 
 
 def plot_rank(results: list[dict[str, Any]], path: str | Path) -> str | None:

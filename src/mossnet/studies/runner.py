@@ -84,6 +84,18 @@ def execute(spec: RunSpec) -> dict[str, Any]:
     return result
 
 
+def keep_earlier_log(rdir: Path) -> None:
+    """Move an earlier attempt's ``log.txt`` (a run that failed or was cut) to ``log.<k>.txt``, the
+    first free k, so a retry does not overwrite the traceback that says why it failed."""
+    log = rdir / "log.txt"
+    if not log.exists():
+        return
+    k = 1
+    while (rdir / f"log.{k}.txt").exists():
+        k += 1
+    log.rename(rdir / f"log.{k}.txt")
+
+
 def run_pending(specs: list[RunSpec], jobs: int = 1, say: Callable[[str], None] = print) -> list[str]:
     """Execute the specs whose result is missing. Returns the names of the runs that failed."""
     check_existing(specs)
@@ -111,6 +123,7 @@ def run_pending(specs: list[RunSpec], jobs: int = 1, say: Callable[[str], None] 
         rdir.mkdir(parents=True, exist_ok=True)
         spec_path = rdir / "spec.json"
         write_json(spec_path, spec.to_json())
+        keep_earlier_log(rdir)
         job = Job(python_module_command("mossnet.studies.runner", str(spec_path)),
                   env=dict(os.environ, PYTHONUNBUFFERED="1"), log=rdir / "log.txt")
         say(f"[{n}/{len(pending)}] started {spec.name} (log: {rdir / 'log.txt'})")

@@ -213,7 +213,7 @@ def _study_report(study: str, out: Path, results: list[dict[str, Any]], settings
         return report_paired.gate_table(gate_verdict(results)), None, ""
     if study == "mqar_rank":
         note = report_paired.plot_rank(results, out / "mqar_rank.png")
-        return report_paired.rank_table(results), note, "mqar_rank.png"
+        return report_paired.rank_report(results), note, "mqar_rank.png"
     if study == "decomposition":
         note = report.plot_lm(results, out / "decomposition.png",
                               title=f"decomposition: validation loss, {results[0]['tokens']:,} tokens per run")

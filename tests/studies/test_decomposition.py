@@ -127,3 +127,16 @@ def test_bad_variant_lists_are_one_line_errors(tmp_path, tiny_corpus, capsys, ar
     assert mossnet_main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_the_report_and_plot_read_each_variant_at_its_inherited_rate_only():
+    from mossnet.studies.report_paired import decomposition_main_runs
+
+    def run(variant, lr, seed, loss):
+        return {"variant": variant, "lr": lr, "seed": seed, "val_loss": loss, "label": variant, "diverged": None}
+
+    results = [run("A", 1e-3, 0, 4.2), run("A", 3e-3, 0, 4.0), run("A", 1e-2, 0, 4.1), run("A", 3e-3, 1, 4.05),
+               run("E", 3e-3, 0, 4.3), run("E", 1e-2, 0, 4.25), run("F", 1e-2, 1, 4.2), run("F", 3e-3, 1, 4.4),
+               run("B", 3e-3, 0, 4.0)]  # B inherits C's rate, and C has not run: left out
+    kept = {(r["variant"], r["lr"], r["seed"]) for r in decomposition_main_runs(results)}
+    assert kept == {("A", 3e-3, 0), ("A", 3e-3, 1), ("E", 1e-2, 0), ("F", 1e-2, 1)}

@@ -125,13 +125,21 @@ def decomposition_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def decomposition_main_runs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs at each variant's inherited rate (the best of its swept variant): the ones the
+    tables, the paired differences and the plot read; the sweep's other rates are left out."""
+    from .decomposition import LR_FROM, best_rates
+
+    rates = best_rates(results)
+    return [r for r in results if LR_FROM[r["variant"]] in rates and r["lr"] == rates[LR_FROM[r["variant"]]]]
+
+
 def decomposition_report(results: list[dict[str, Any]]) -> str:
     """The main table (each variant at its inherited rate), the sweep, the paired differences of
     the pairs the plan contrasts, and those to A."""
-    from .decomposition import CONTRASTS, LR_FROM, SWEPT, best_rates
+    from .decomposition import CONTRASTS, SWEPT
 
-    rates = best_rates(results)
-    main = [r for r in results if LR_FROM[r["variant"]] in rates and r["lr"] == rates[LR_FROM[r["variant"]]]]
+    main = decomposition_main_runs(results)
     sweep = [r for r in results if r["seed"] == 0 and r["variant"] in SWEPT]
     parts = [decomposition_table(main) if main else "no variant has finished at its best rate yet"]
     if len({r["lr"] for r in sweep}) > 1:

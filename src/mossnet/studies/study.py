@@ -215,7 +215,7 @@ def _study_report(study: str, out: Path, results: list[dict[str, Any]], settings
         note = report_paired.plot_rank(results, out / "mqar_rank.png")
         return report_paired.rank_report(results), note, "mqar_rank.png"
     if study == "decomposition":
-        note = report.plot_lm(results, out / "decomposition.png",
+        note = report.plot_lm(report_paired.decomposition_main_runs(results) or results, out / "decomposition.png",
                               title=f"decomposition: validation loss, {results[0]['tokens']:,} tokens per run")
         return report_paired.decomposition_report(results), note, "decomposition.png"
     # the main table and plot: every model at the shared learning rate; a sweep gets its own table

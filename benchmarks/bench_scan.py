@@ -29,6 +29,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
+from mossnet.bench.launches import kernel_table  # noqa: E402
 
 SHAPES = {
     # name: (batch, T, E, N, P, k)
@@ -154,16 +155,14 @@ def kernel_profile(fn, iters: int = 10) -> list[tuple[str, float, int]]:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    rows = [(e.key[:90], e.self_device_time_total / iters / 1e3, e.count // iters) for e in events]
-    return sorted(rows, key=lambda r: -r[1])
+    return kernel_table(prof.key_averages(), iters)
 
 
 def print_kernel_profile(title: str, rows) -> None:
     total = sum(ms for _, ms, _ in rows) or 1.0
     print(f"-- {title}: {total:.3f} ms of kernels per call")
     for name, ms, count in rows[:12]:
-        print(f"{ms:8.3f} ms {ms / total:6.1%} {count:4d}x  {name}")
+        print(f"{ms:8.3f} ms {ms / total:6.1%} {count:4d}x  {name[:90]}")
 
 
 def compact_calls(mosse_scan, batch, T, E, N, P, k, device):

@@ -34,6 +34,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from bench_layout_gate import MODELS  # noqa: E402
 from bench_model import to_inference  # noqa: E402
 
+from mossnet.bench.launches import kernel_table  # noqa: E402
+
 
 def host_profile(step, steps: int, top: int) -> str:
     """The ``top`` functions by own (not cumulative) host time over ``steps`` calls of ``step``,
@@ -101,19 +103,17 @@ def main() -> None:
         for _ in range(args.steps):
             step()
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total = sum(e.self_device_time_total for e in events)
-    launches = sum(e.count for e in events) // args.steps
+    rows = kernel_table(prof.key_averages(), args.steps)
+    total = sum(ms for _, ms, _ in rows) or 1.0
+    launches = sum(count for _, _, count in rows)
     what = "prefill" if args.prefill else "step"
-    print(f"{args.model}: {total / args.steps / 1e3:.1f} ms of kernels per {what}, {launches} kernels, "
+    print(f"{args.model}: {total:.1f} ms of kernels per {what}, {launches} kernels, "
           f"{args.batch}x{args.seq} tokens; wall {wall_ms:.1f} ms per {what} (unprofiled)")
     # By time (where the GPU works), then by count (what a launch-bound eager step pays for).
-    for title, key in (("by time", lambda e: -e.self_device_time_total), ("by launches", lambda e: -e.count)):
+    for title, order in (("by time", lambda row: -row[1]), ("by launches", lambda row: -row[2])):
         print(f"-- top {args.top} {title}")
-        for e in sorted(events, key=key)[: args.top]:
-            share = e.self_device_time_total / total
-            per_step = e.self_device_time_total / args.steps / 1e3
-            print(f"{per_step:8.2f} ms {share:6.1%} {e.count // args.steps:6d}x  {e.key[:110]}")
+        for name, ms, count in sorted(rows, key=order)[: args.top]:
+            print(f"{ms:8.2f} ms {ms / total:6.1%} {count:6d}x  {name[:110]}")
     if args.host:
         print(f"-- host: top {args.host} functions by own time over {args.steps} {what}s (cProfile)")
         print(host_profile(step, args.steps, args.host))

@@ -95,3 +95,21 @@ def test_captured_step_launches_one_graph():
     assert eager["device_kernels"] > 100 and eager["host_launches"] >= 0.5 * eager["device_kernels"]
     assert eager["graph_launches"] == 0 and captured["graph_launches"] == 1
     assert captured["host_launches"] < 0.1 * eager["host_launches"]
+
+
+def test_kernel_table_keeps_device_events_per_call_most_time_first():
+    from types import SimpleNamespace
+
+    import torch
+
+    from mossnet.bench.launches import kernel_table
+
+    def avg(key, us, count, device):
+        kind = torch.autograd.DeviceType.CUDA if device else torch.autograd.DeviceType.CPU
+        return SimpleNamespace(key=key, self_device_time_total=us, count=count, device_type=kind)
+
+    averages = [avg("aten::mm", 0.0, 20, False), avg("fwd_h_kernel", 4000.0, 10, True),
+                avg("bwd_dqk_kernel", 9000.0, 10, True), avg("memset", 10.0, 30, True)]
+    rows = kernel_table(averages, calls=10)
+    assert [name for name, _, _ in rows] == ["bwd_dqk_kernel", "fwd_h_kernel", "memset"]
+    assert rows[0] == ("bwd_dqk_kernel", 0.9, 1) and rows[2] == ("memset", 0.001, 3)

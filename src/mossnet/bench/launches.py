@@ -67,6 +67,14 @@ def count_launches(step: Callable[[], object], device: torch.device, steps: int 
     return counts
 
 
+def kernel_table(averages: Iterable, calls: int = 1) -> list[tuple[str, float, int]]:
+    """[(kernel name, ms per call, launches per call)], most time first, from a profile's
+    ``key_averages()`` over ``calls`` calls: where the GPU time of one call goes (device events
+    only; host-side ops are left out)."""
+    rows = [(e.key, e.self_device_time_total / calls / 1e3, e.count // calls) for e in averages if _is_device_event(e)]
+    return sorted(rows, key=lambda row: -row[1])
+
+
 def summarize_events(events: Iterable, steps: int = 1) -> dict:
     """Per-step counts from profiler ``FunctionEvent``s (``prof.events()``)."""
     device_kinds: Counter = Counter()

@@ -244,15 +244,15 @@ def rank_report(results: list[dict[str, Any]]) -> str:
     for r in kept:
         sizes.setdefault(r["variant"], []).append(r["params"]["state_bytes_per_layer"])
     order = {v: sorted(set(s)) for v, s in sizes.items()}
-    groups: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
-    for r in sorted(kept, key=lambda r: order[r["variant"]].index(r["params"]["state_bytes_per_layer"])):
-        slice_acc = r["slices"].get(hardest, {}).get("accuracy")
-        groups.setdefault(order[r["variant"]].index(r["params"]["state_bytes_per_layer"]), []).append(
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in kept:
+        state = r["params"]["state_bytes_per_layer"]
+        groups.setdefault(order[r["variant"]].index(state), []).append(
             {"variant": r["variant"], "seed": r["seed"], "label": r["label"], "diverged": r.get("diverged"),
-             "accuracy": r["accuracy"], "hardest": slice_acc, "bytes": r["params"]["state_bytes_per_layer"]})
+             "accuracy": r["accuracy"], "hardest": r["slices"].get(hardest, {}).get("accuracy"), "bytes": state})
     models = [m for m in RANK_ARCHS if m in order] + [m for m in order if m not in RANK_ARCHS]
     contrasts = [(a, b) for i, b in enumerate(models) for a in models[i + 1:]]
-    for runs in groups.values():
+    for _, runs in sorted(groups.items()):
         span = sorted({r["bytes"] for r in runs})
         title = (f"Paired differences at {' / '.join(dict.fromkeys(_bytes(b) for b in span))} of state per layer, "
                  f"overall accuracy and the {hardest} slice")

@@ -2,7 +2,8 @@
 
 * one intra-op thread (unless OMP_NUM_THREADS is set): the tensors here are tiny.
 * under ``TRITON_INTERPRET=1``, :mod:`triton_interpreter_fix` lets Triton's CPU interpreter run
-  the scan's kernels with NumPy >= 2.4.
+  the scan's kernels with NumPy >= 2.4, and :mod:`triton_bounds` checks that every load, store
+  and atomic of every kernel stays inside its tensor arguments (``MOSSNET_TRITON_BOUNDS=0``: off).
 * ``seed`` (autouse): every test starts from the same RNG state, so failures reproduce.
 * ``gpu`` marker: tests marked ``@pytest.mark.gpu`` are skipped when CUDA is absent.
 * ``tiny_config`` / ``make_model``: factories for tiny models that run in milliseconds on a
@@ -25,10 +26,14 @@ def pytest_configure(config):
     # OMP_NUM_THREADS to override.
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-    if os.environ.get("TRITON_INTERPRET") == "1":  # Triton kernels on the CPU (see the module)
+    if os.environ.get("TRITON_INTERPRET") == "1":  # Triton kernels on the CPU (see the modules)
         from triton_interpreter_fix import fix_interpreter_for_numpy2
 
         fix_interpreter_for_numpy2()
+        if os.environ.get("MOSSNET_TRITON_BOUNDS", "1") != "0":
+            from triton_bounds import check_bounds_in_interpreter
+
+            check_bounds_in_interpreter()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -50,7 +50,7 @@ def cut_after(monkeypatch, calls: int):
 
 def comparable(result):
     return {k: result[k] for k in ("accuracy", "eval_loss", "slices", "accuracy_curve", "train_loss_curve",
-                                   "examples_to_90", "diverged")}
+                                   "examples_to_90", "diverged", "router_curve")}
 
 
 def test_resume_steps_follow_the_curve_and_skip_the_last_step(tmp_path):
@@ -72,6 +72,11 @@ def test_a_cut_run_resumes_and_ends_as_the_uninterrupted_one(tmp_path, monkeypat
     assert "resumed at step 4" in capsys.readouterr().out
     assert resumed["resumed_at_steps"] == [4] and whole["resumed_at_steps"] == []
     assert comparable(resumed) == comparable(whole)
+    if arch == "mossnet":  # it routes (top-2 of 4): one router point per curve point, kept across the cut
+        assert [p[0] for p in whole["router_curve"]] == [p[0] for p in whole["accuracy_curve"]]
+        assert all(0.0 <= entropy <= 1.0 and 0.0 <= same <= 1.0 for _, entropy, same in whole["router_curve"])
+    else:
+        assert whole["router_curve"] == []
     run_dir = next((tmp_path / "cut" / "runs").iterdir())
     assert (run_dir / "result.json").is_file() and not (run_dir / "resume").exists()
 

@@ -329,6 +329,37 @@ class TrainLog:
     eval_s: float = 0.0  # seconds spent scoring the curve, over every segment of the run
     elapsed_s: float = 0.0  # wall seconds of the training loop, evaluations included, over every segment
     resumed_at: list[int] = field(default_factory=list)  # the steps this run was resumed at
+    # [examples, load entropy / ln E, adjacent tokens' best expert shared] of the MoSSE routers at
+    # each curve point, for a model that routes (k < E): whether its routers collapse or thrash
+    router_curve: list[list[float]] = field(default_factory=list)
+
+
+ROUTER_EXAMPLES = 64  # held-out examples of the hardest slice that the router curve reads
+
+
+def routes(model) -> bool:
+    """True for a MossNet whose SSM routers choose (top-k of more than k experts)."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) == "mossnet"
+            and getattr(config, "ssm_experts", 1) > getattr(config, "ssm_top_k", 1))
+
+
+def router_point(model, held_out: "HeldOut", device, autocast) -> tuple[float, float]:
+    """(load entropy / ln E, share of adjacent tokens with the same best expert), averaged over
+    the MoSSE routers, on the first ``ROUTER_EXAMPLES`` held-out examples of the hardest slice."""
+    import torch
+
+    from .lm_probes import _RouterTally
+    from .mqar_data import slice_key
+
+    xs, _ = held_out.sets[max(held_out.sets, key=slice_key)]
+    x = xs[:ROUTER_EXAMPLES].to(device)
+    tally = _RouterTally(model.config.ssm_top_k)
+    with torch.no_grad(), autocast():
+        out = model(input_ids=x, use_cache=False, output_router_stats=True)
+    tally.add(out.router_logits, out.router_load, x.shape[0], x.shape[1])
+    summary = tally.summary()
+    return summary["load_entropy"], summary["top1_same"]
 
 
 def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, device, autocast,
@@ -363,6 +394,8 @@ def _train(spec: MQARRunSpec, model, train_step, set_rate, held_out: HeldOut, de
                 log.curve.append([examples, _accuracy(scores)])
                 for name, (c, n, _) in scores.items():
                     log.slice_curves[name].append([examples, c / max(n, 1)])
+                if routes(model):
+                    log.router_curve.append([examples, *router_point(model, held_out, device, autocast)])
                 stop = _stops(spec, scores, held_out, model, device, autocast)
                 model.train()
                 log.eval_s += time.perf_counter() - t0
@@ -416,7 +449,8 @@ def save_resume_point(spec: MQARRunSpec, step: int, model, opt, log: TrainLog) -
         "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "optimizer": float_learning_rates(opt.state_dict()), "rng": capture_rng(),
         "log": {"losses": log.losses, "curve": log.curve, "slice_curves": log.slice_curves,
-                "eval_s": log.eval_s, "elapsed_s": log.elapsed_s, "resumed_at": log.resumed_at},
+                "eval_s": log.eval_s, "elapsed_s": log.elapsed_s, "resumed_at": log.resumed_at,
+                "router_curve": log.router_curve},
     }
     tmp = atomic.begin_save(_run_dir(spec), announce=_say)
     try:
@@ -489,6 +523,7 @@ def _resume(spec: MQARRunSpec, state: dict[str, Any], model, opt, log: TrainLog)
     log.slice_curves.update({name: [list(p) for p in points] for name, points in saved["slice_curves"].items()})
     log.eval_s, log.elapsed_s = float(saved["eval_s"]), float(saved["elapsed_s"])
     log.resumed_at = [*saved["resumed_at"], state["step"]]
+    log.router_curve = [list(point) for point in saved.get("router_curve", [])]  # absent: a point of an older run
     _say(f"resumed at step {state['step']} from the run's resume point")
     return state["step"]
 
@@ -556,6 +591,7 @@ def execute_mqar(spec: MQARRunSpec) -> dict[str, Any]:
         "accuracy_curve": log.curve,
         "slice_curves": log.slice_curves if spec.mixture else {},
         "examples_to_90": examples_to(log.curve, 0.9),
+        "router_curve": log.router_curve,
         "stopped_at_step": log.stopped_at,
         "diverged": len(losses) < spec.steps and log.stopped_at is None,
         "train_loss_curve": [[i + 1, losses[i]] for i in range(every - 1, len(losses), every)],

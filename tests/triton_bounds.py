@@ -1,4 +1,4 @@
-"""Test support: a bounds check for every load and store of a Triton kernel run by the CPU
+"""Test support: a bounds check for every load, store and atomic of a Triton kernel run by the CPU
 interpreter (``TRITON_INTERPRET=1``).
 
 Why: on a card, a masked-in address past the end of a tensor reads or writes whatever the caching
@@ -62,8 +62,10 @@ def check(ptrs: np.ndarray, mask: np.ndarray, itemsize: int, access: str) -> Non
         nearest = int(np.argmin(np.minimum(np.abs(starts.astype(np.float64) - first),
                                            np.abs(ends.astype(np.float64) - first))))
         name = _launch["names"][nearest]
-        where = (f"{first - int(ends[nearest])} bytes after the end of {name}'s storage"
-                 if first >= int(ends[nearest]) else f"{int(starts[nearest]) - first} bytes before {name}'s storage")
+        start, end = int(starts[nearest]), int(ends[nearest])
+        where = (f"{first - end} bytes after the end of {name}'s storage" if first >= end
+                 else f"{start - first} bytes before {name}'s storage" if first < start
+                 else f"an element that straddles the end of {name}'s storage")
     else:
         where = "and the launch has no tensor arguments"
     raise OutOfBounds(f"{_launch['kernel']}: {access} of {bad.size} element(s) outside every tensor argument "

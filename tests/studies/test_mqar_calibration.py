@@ -130,6 +130,11 @@ def test_tiny_ranking_end_to_end(tmp_path):
     # per matched state, MossNet's paired per-seed differences to the single head, overall and hardest slice
     assert report.count("Paired differences at ") == 2
     assert report.count("| MossNet (E=4, k=2, P=d/4) | single head (E=1, P=d/2) | overall |") == 2
+    # MossNet routes (top-2 of 4): its routers along training, one row per state size; the single head has none
+    assert "Routers along training" in report
+    assert report.count("| MossNet (E=4, k=2, P=d/4) | ") == 2 + 2 + 4  # ranking, routers, paired rows (2 metrics)
+    assert all(len(r["router_curve"]) == 1 for r in results if r["variant"] == "mossnet")
+    assert all(r["router_curve"] == [] for r in results if r["variant"] == "single_head")
     # one seed of a cell: its accuracies alone, no "± 0.000" that would read as a measured spread
     seed0 = [r for r in results if r["seed"] == 0]
     table = report_paired.rank_table(seed0)

@@ -252,6 +252,9 @@ def rank_report(results: list[dict[str, Any]]) -> str:
              "accuracy": r["accuracy"], "hardest": r["slices"].get(hardest, {}).get("accuracy"), "bytes": state})
     models = [m for m in RANK_ARCHS if m in order] + [m for m in order if m not in RANK_ARCHS]
     contrasts = [(a, b) for i, b in enumerate(models) for a in models[i + 1:]]
+    routers = rank_router_table(kept)
+    if routers:
+        parts.append(routers)
     for _, runs in sorted(groups.items()):
         span = sorted({r["bytes"] for r in runs})
         title = (f"Paired differences at {' / '.join(dict.fromkeys(_bytes(b) for b in span))} of state per layer, "
@@ -260,6 +263,32 @@ def rank_report(results: list[dict[str, Any]]) -> str:
         if table:
             parts.append(table)
     return "\n\n".join(parts)
+
+
+def rank_router_table(runs: list[dict[str, Any]]) -> str:
+    """Per routing model and state size, its MoSSE routers along training (``router_curve``):
+    load entropy / ln E at the end and its lowest point, adjacent tokens sharing their best
+    expert at the end, mean ± sd over seeds. Empty when no run recorded a router curve."""
+    cells: OrderedDict[tuple, list[list[list[float]]]] = OrderedDict()
+    labels = {}
+    for r in sorted(runs, key=lambda r: (r["params"]["state_bytes_per_layer"], r["variant"])):
+        if r.get("router_curve"):
+            key = (r["variant"], r["params"]["state_bytes_per_layer"])
+            cells.setdefault(key, []).append(r["router_curve"])
+            labels[key] = r["label"]
+    if not cells:
+        return ""
+    lines = ["Routers along training (MoSSE routers of the models that route; 64 held-out examples of the "
+             "hardest slice at each curve point; mean ± sd over seeds):", "",
+             "| model | state / layer | seeds | load entropy, end | load entropy, lowest | adjacent same expert, end |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for (variant, state), curves in cells.items():
+        end = [c[-1][1] for c in curves]
+        low = [min(p[1] for p in c) for c in curves]
+        same = [c[-1][2] for c in curves]
+        lines.append(f"| {labels[(variant, state)]} | {_bytes(state)} | {len(curves)} | {_mean_sd(end)} | "
+                     f"{_mean_sd(low)} | {_mean_sd(same)} |")
+    return "\n".join(lines)
 
 
 def plot_rank(results: list[dict[str, Any]], path: str | Path) -> str | None:

@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=180)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+
     def run_all(questions):
         with ThreadPoolExecutor(args.jobs) as pool:
             found = list(pool.map(lambda q: ask(*q, args), questions))
@@ -123,20 +124,26 @@ def main(argv=None) -> int:
                   + ("" if r["ok"] else " | " + " / ".join(r["tail"])), flush=True)
         return found
 
+    def report(results, stage: str) -> dict:
+        """The summary so far, printed and written after each stage (a call cut by its time
+        limit still leaves stage 1's answer behind)."""
+        faulty = list(dict.fromkeys(r["variant"] for r in results if not r["ok"] and r["kernel"] == "-"))
+        summary = {"stage": stage, "variants": letters, "faulty_variants": faulty,
+                   "faulty_candidates": sorted({f"{r['kernel']}[{r['candidate']}]" for r in results
+                                                if r["kernel"] != "-" and not r["ok"]}),
+                   "configs": declared_configs(), "results": results}
+        print(json.dumps({k: summary[k] for k in ("stage", "faulty_variants", "faulty_candidates")}), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(summary, f, indent=1)
+        return summary
+
     letters = args.variants.split(",")
     results = run_all([(v, "-", 0) for v in letters for _ in range(args.repeats)])
-    faulty = list(dict.fromkeys(r["variant"] for r in results if not r["ok"]))
+    faulty = report(results, "variants")["faulty_variants"]
     if faulty:
         results += run_all([(v, name, i) for v in faulty for name, i in candidates()])
-    summary = {"variants": letters, "faulty_variants": faulty,
-               "faulty_candidates": sorted({f"{r['kernel']}[{r['candidate']}]" for r in results
-                                            if r["kernel"] != "-" and not r["ok"]}),
-               "configs": declared_configs(),
-               "results": results}
-    print(json.dumps({k: summary[k] for k in ("faulty_variants", "faulty_candidates")}))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=1)
+        report(results, "candidates")
     return 0
 
 

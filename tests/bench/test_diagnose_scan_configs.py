@@ -36,6 +36,7 @@ def test_only_the_faulting_variant_is_asked_candidate_by_candidate(tmp_path, mon
     out = tmp_path / "d.json"
     assert script.main(["--variants", "A,C", "--repeats", "2", "--jobs", "2", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
+    assert summary["stage"] == "candidates"  # written after each stage; the last one stays
     assert summary["faulty_variants"] == ["C"] and summary["faulty_candidates"] == ["bwd_dx[1]"]
     asked = [(r["variant"], r["kernel"], r["candidate"]) for r in summary["results"]]
     assert asked.count(("A", "-", 0)) == 2 and asked.count(("C", "-", 0)) == 2

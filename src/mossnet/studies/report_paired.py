@@ -180,16 +180,19 @@ def gate_table(verdict: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def rank_cells(results: list[dict[str, Any]]) -> "OrderedDict[tuple, dict[str, Any]]":
-    """(model, state bytes per layer) -> {label, lr, seeds, per slice [accuracies over seeds]} at the
-    cell's best seed-0 rate (the rate its other seeds ran at)."""
+def rank_runs_at_best_rate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ranking's runs at their cell's best seed-0 rate (the rate its other seeds ran at)."""
     from .mqar_calibration import rank_best_rates
 
     rates = rank_best_rates(results)
+    return [r for r in results if rates.get((r["variant"], r["model"]["ssm_state_dim"])) == r["lr"]]
+
+
+def rank_cells(results: list[dict[str, Any]]) -> "OrderedDict[tuple, dict[str, Any]]":
+    """(model, state bytes per layer) -> {label, lr, seeds, per slice [accuracies over seeds]} at the
+    cell's best seed-0 rate (the rate its other seeds ran at)."""
     cells: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
-    for r in results:
-        if rates.get((r["variant"], r["model"]["ssm_state_dim"])) != r["lr"]:
-            continue
+    for r in rank_runs_at_best_rate(results):
         key = (r["variant"], r["params"]["state_bytes_per_layer"])
         cell = cells.setdefault(key, {"label": r["label"], "lr": r["lr"], "seeds": [], "slices": OrderedDict(),
                                       "active": r["params"]["active"]})
@@ -229,11 +232,10 @@ def rank_table(results: list[dict[str, Any]]) -> str:
 def rank_report(results: list[dict[str, Any]]) -> str:
     """The ranking's table, then per matched state size the paired per-seed differences of every
     pair of models on overall accuracy and on the hardest (last) slice."""
-    from .mqar_calibration import RANK_ARCHS, rank_best_rates
+    from .mqar_calibration import RANK_ARCHS
 
     parts = [rank_table(results)]
-    rates = rank_best_rates(results)
-    kept = [r for r in results if rates.get((r["variant"], r["model"]["ssm_state_dim"])) == r["lr"]]
+    kept = rank_runs_at_best_rate(results)
     names = _slice_names(rank_cells(results))
     if not kept or not names:
         return parts[0]

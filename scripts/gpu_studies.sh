@@ -19,6 +19,9 @@
 #   attention passes (MQAR_FORCE_RANK=1 overrides), the ranking
 #   (mqar_rank: single head, dense 2 heads, MossNet without MLP at 2 matched state sizes, lr
 #   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 6,000 steps of 256; RANK_ARCHS picks the models).
+# The fixed baselines (issue 20 item 1: Llama with the 8/3 MLP, Mamba-2 at initializer_range 0.02, both swept),
+# beside MossNet and the single head on the same seeds, in a new directory so no old run is skipped:
+#   DATA=... OUT=... STUDIES=out/studies_fixed scripts/gpu_studies.sh baselines   # lm and lm_mamba2 at once
 # A fresh machine (a later session) picks up where an earlier one stopped: RESTORE=<dir> unpacks
 # <dir>/<study>.tgz (what an earlier call brought back) before the study runs, so its recorded runs
 # are skipped; a run cut short starts over there (checkpoints and resume points never come back).
@@ -65,7 +68,7 @@ args_of() {  # the `mossnet compare` arguments of one study
     lm) echo --study lm --archs "${LM_ARCHS:-mossnet,single_head,single_head_moe,llama}" --seeds 2 \
         --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 --jobs "${LM_JOBS:-4}" --cuda-graph "${LM[@]}" ;;
     lm_mamba2) echo --study lm --archs mamba2 --seeds 2 --lr-sweep "${LM_SWEEP:-1e-3,1e-2}" --sweep-seeds 1 \
-        --jobs 3 "${LM[@]}" ;;  # eager (not capturable), its own directory
+        --jobs "${M2_JOBS:-3}" --threads "${M2_THREADS:-0}" "${LM[@]}" ;;  # eager (not capturable), its own directory
     ablations) echo --study ablations --seeds 1 --jobs "${ABL_JOBS:-3}" "${LM[@]}" ;;
     mqar) echo --study mqar --archs "${MQAR_ARCHS:-mossnet,single_head,llama}" --widths "${MQAR_WIDTHS:-64,128}" \
         --pairs "${MQAR_PAIRS:-8,16}" --lrs "${MQAR_LRS:-1e-3,3e-3,1e-2}" --mqar-seq-len 128 --mqar-vocab 256 \
@@ -141,11 +144,17 @@ for study in ${1//,/ }; do
       else
         echo "the gate has not passed (exit $verdict): mqar_rank not run (MQAR_FORCE_RANK=1 to run it anyway)"
       fi ;;
+    baselines)  # issue 20 item 1: the fixed Llama and Mamba-2 beside MossNet and the single head,
+      # both studies at once (Mamba-2 is eager and host-bound, the rest captured): 16 runs on 16 cores
+      [ -n "${DATA:-}" ] || { echo "$study needs DATA=<prepared corpus>"; exit 2; }
+      LM_ARCHS="${LM_ARCHS:-mossnet,single_head,llama}" LM_JOBS="${LM_JOBS:-12}" run_study lm &
+      M2_JOBS="${M2_JOBS:-4}" M2_THREADS="${M2_THREADS:-1}" run_study lm_mamba2
+      wait ;;
     decomposition|lm|lm_mamba2|ablations)
       [ -n "${DATA:-}" ] || { echo "$study needs DATA=<prepared corpus>"; exit 2; }
       run_study "$study" ;;
     mqar|mqar_gate|mqar_gate_long|mqar_rank) run_study "$study" ;;
-    *) echo "unknown study $study (decomposition, mqar_calibration; earlier: lm, lm_mamba2, ablations, mqar)"
+    *) echo "unknown study $study (decomposition, mqar_calibration, baselines; earlier: lm, lm_mamba2, ablations, mqar)"
        exit 2 ;;
   esac
 done

@@ -132,7 +132,9 @@ class MossNetPreTrainedModel(PreTrainedModel):
 
 @torch.compiler.disable  # the host reads end a compiled graph once here, not twice
 def _check_id_range(input_ids: torch.Tensor, vocab_size: int) -> None:
-    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if input_ids.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one host read, not two
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
         raise ValueError(f"token id {bad} is outside the vocabulary (vocab_size={vocab_size}); "

@@ -32,6 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..function_call import apply_function
+from ..launch_grid import cdiv, next_power_of_2
+
 BLOCK_M = 32
 BLOCK_C = 64
 MAX_TAPS = 8  # K is unrolled in the kernels
@@ -140,7 +143,7 @@ def _grad_x_kernel(w_ptr, seg_ptr, cu_ptr, group_ptr, dpre_ptr, dx_ptr, M, C,
 
 
 def _grid(M: int, C: int):
-    return (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
+    return (cdiv(M, BLOCK_M), cdiv(C, BLOCK_C))
 
 
 class ConvSiLUTriton(torch.autograd.Function):
@@ -221,8 +224,8 @@ def final_windows(x: torch.Tensor, cu_seqlens: torch.Tensor, window: torch.Tenso
     out = torch.empty(S, K - 1, C, dtype=x.dtype, device=x.device)
     # The window is cast on the host: the same rounding as the reference's on every backend.
     win = window.to(x.dtype).contiguous() if window is not None else out  # out: an unread stand-in
-    block_c = min(triton.next_power_of_2(C), 128)
-    final_windows_kernel[(S, triton.cdiv(C, block_c))](x, win, cu_seqlens, out, C, x.stride(0), K=K,
+    block_c = min(next_power_of_2(C), 128)
+    final_windows_kernel[(S, cdiv(C, block_c))](x, win, cu_seqlens, out, C, x.stride(0), K=K,
                                                        HAS_WINDOW=window is not None, BLOCK_C=block_c)
     return out
 
@@ -254,6 +257,6 @@ def conv_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     group, segment: (M,) int64; cu_seqlens: (S+1,); initial_window (S, K-1, C) or None (no
     gradient flows into it). Returns (M, C) in the promoted dtype, and the final windows (S, K-1,
     C) in x's dtype or None."""
-    out = ConvSiLUTriton.apply(x, weight, bias, group, cu_seqlens, segment, initial_window)
+    out = apply_function(ConvSiLUTriton, x, weight, bias, group, cu_seqlens, segment, initial_window)
     final = final_windows(x, cu_seqlens, initial_window, weight.shape[-1]) if output_final_window else None
     return out, final

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from mossnet.ops.fused import choose, why_triton_cannot_run
 
+from ..function_call import apply_function
 from ..segments import segment_ids
 
 
@@ -78,7 +79,7 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         >>> rows.sum().backward(); table.grad[:, 0].tolist()
         [2.0, 0.0, 3.0]
     """
-    return _GatherRows.apply(table, index)
+    return apply_function(_GatherRows, table, index)
 
 
 def _window_positions(cu: torch.Tensor, K: int, at_end: bool) -> torch.Tensor:
@@ -148,7 +149,7 @@ def conv_at_rows(buffer: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         >>> torch.allclose(out[0], (window.T * w[0]).sum(-1) + b[0])
         True
     """
-    return _WindowConv.apply(buffer, weight, bias, group, row_at)
+    return apply_function(_WindowConv, buffer, weight, bias, group, row_at)
 
 
 class _UniformConv(torch.autograd.Function):
@@ -197,7 +198,7 @@ def _uniform_segment_conv(x, weight, bias, group, S, initial_window, output_fina
     buffer = torch.cat([window, rows], dim=1)  # (S, K-1 + L, C)
     seg_group = group.view(S, M // S)[:, 0]
     seg_bias = None if bias is None else bias.index_select(0, seg_group)
-    out = _UniformConv.apply(buffer, weight.index_select(0, seg_group), seg_bias).reshape(M, C)
+    out = apply_function(_UniformConv, buffer, weight.index_select(0, seg_group), seg_bias).reshape(M, C)
     final = buffer[:, buffer.shape[1] - (K - 1):] if output_final_window else None
     return out, final
 

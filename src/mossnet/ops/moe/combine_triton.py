@@ -20,6 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..function_call import apply_function
+from ..launch_grid import cdiv
+
 BLOCK_T = 16
 BLOCK_D = 128
 
@@ -74,7 +77,7 @@ class CombineTriton(torch.autograd.Function):
         D = rows.shape[1]
         out = rows.new_empty(n, D)
         if n and D:
-            grid = (triton.cdiv(n, BLOCK_T), triton.cdiv(D, BLOCK_D))
+            grid = (cdiv(n, BLOCK_T), cdiv(D, BLOCK_D))
             combine_fwd_kernel[grid](rows, gates, position, out, n, D, K=k, HAS_GATES=True,
                                      BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
         ctx.save_for_backward(rows, gates, position)
@@ -88,7 +91,7 @@ class CombineTriton(torch.autograd.Function):
         drows = torch.empty_like(rows)  # every row is some assignment's: all are written
         dgates = torch.empty_like(gates)
         if n and D:
-            combine_bwd_kernel[(triton.cdiv(n, BLOCK_T),)](rows, gates, position, dout.contiguous(), drows, dgates,
+            combine_bwd_kernel[(cdiv(n, BLOCK_T),)](rows, gates, position, dout.contiguous(), drows, dgates,
                                                             n, D, K=k, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
         return drows, dgates, None
 
@@ -96,7 +99,7 @@ class CombineTriton(torch.autograd.Function):
 def combine_triton(rows: torch.Tensor, gates: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """The fused combine: rows (n*k, D) in dispatch order, gates (n, k), the dispatch's
     ``position`` (n*k,) (flattened assignment -> sorted row). Returns (n, D) in rows' dtype."""
-    return CombineTriton.apply(rows, gates, position)
+    return apply_function(CombineTriton, rows, gates, position)
 
 
 @triton.jit
@@ -120,7 +123,7 @@ class GatherTokenRowsTriton(torch.autograd.Function):
         M = token.numel()
         rows = torch.empty(M, D, dtype=dtype, device=u.device)
         if M and D:
-            grid = (triton.cdiv(M, BLOCK_T), triton.cdiv(D, BLOCK_D))
+            grid = (cdiv(M, BLOCK_T), cdiv(D, BLOCK_D))
             gather_fwd_kernel[grid](u, token, rows, M, D, BLOCK_M=BLOCK_T, BLOCK_D=BLOCK_D)
         ctx.save_for_backward(position)
         ctx.n, ctx.u_dtype = n, u.dtype
@@ -133,7 +136,7 @@ class GatherTokenRowsTriton(torch.autograd.Function):
         k = position.numel() // max(n, 1)
         du = torch.empty(n, D, dtype=ctx.u_dtype, device=drows.device)
         if n and D:
-            grid = (triton.cdiv(n, BLOCK_T), triton.cdiv(D, BLOCK_D))
+            grid = (cdiv(n, BLOCK_T), cdiv(D, BLOCK_D))
             combine_fwd_kernel[grid](drows.contiguous(), drows, position, du, n, D, K=k, HAS_GATES=False,
                                      BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
         return du, None, None, None
@@ -143,4 +146,4 @@ def gather_token_rows_triton(u: torch.Tensor, token: torch.Tensor, position: tor
                              dtype: torch.dtype) -> torch.Tensor:
     """The fused gather: u (n, D), the dispatch's token and position (n*k,), the products'
     dtype. Returns (n*k, D) in ``dtype``. Every token has exactly k rows (dropless dispatch)."""
-    return GatherTokenRowsTriton.apply(u, token, position, dtype)
+    return apply_function(GatherTokenRowsTriton, u, token, position, dtype)

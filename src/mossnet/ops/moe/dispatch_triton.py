@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..launch_grid import cdiv, next_power_of_2
+
 # One block's one-hot table (BLOCK assignments x EB expert columns) stays below this many
 # entries; with E = 4 or 9 experts a block holds 1,024 assignments.
 TABLE = 16384
@@ -98,9 +100,9 @@ def counting_sort_by_expert(expert_idx: torch.Tensor, valid: torch.Tensor | None
     int64 and offsets (E,) int32, as :func:`~.dispatch.dispatch_by_expert_reference` defines them."""
     n, k = expert_idx.shape
     N, device = n * k, expert_idx.device
-    EB = triton.next_power_of_2(n_experts + 1)
+    EB = next_power_of_2(n_experts + 1)
     block = max(16, min(MAX_BLOCK, TABLE // EB))
-    n_blocks = triton.cdiv(N, block)
+    n_blocks = cdiv(N, block)
     hist = torch.empty(n_blocks, EB, dtype=torch.int32, device=device)
     starts = torch.empty_like(hist)
     counts = torch.empty(n_experts, dtype=torch.long, device=device)

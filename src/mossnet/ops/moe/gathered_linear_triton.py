@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..launch_grid import cdiv
+
 BLOCK_OUT = 16  # few output rows per program: at batch 1 there are only n*k pairs to spread over the SMs
 BLOCK_IN = 128
 
@@ -49,7 +51,7 @@ def gathered_linear_triton(x: torch.Tensor, weight: torch.Tensor, idx: torch.Ten
     out = torch.empty(n, k, d_out, dtype=torch.float32, device=x.device)
     if n * k:
         idx = idx.reshape(-1).contiguous()
-        grid = (n * k, triton.cdiv(d_out, BLOCK_OUT))
+        grid = (n * k, cdiv(d_out, BLOCK_OUT))
         gathered_gemv_kernel[grid](x, weight, idx, out, k, d_in, d_out, *x.stride(), *weight.stride(),
                                    BLOCK_OUT=BLOCK_OUT, BLOCK_IN=BLOCK_IN)
     return out.to(out_dtype)

@@ -15,6 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..function_call import apply_function
+from ..launch_grid import cdiv, next_power_of_2
+
 
 @triton.jit
 def _tile(n, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
@@ -87,9 +90,9 @@ def softmax_top_k_bwd_kernel(probs_ptr, idx_ptr, gates_ptr, dprobs_ptr, dgates_p
 
 
 def _grid(n: int, E: int):
-    block_e = triton.next_power_of_2(E)
+    block_e = next_power_of_2(E)
     block_t = max(1, min(128, 2048 // block_e))
-    return (triton.cdiv(n, block_t),), block_t, block_e
+    return (cdiv(n, block_t),), block_t, block_e
 
 
 class SoftmaxTopKTriton(torch.autograd.Function):
@@ -131,7 +134,7 @@ class SoftmaxTopKTriton(torch.autograd.Function):
 
 def softmax_top_k_triton(logits: torch.Tensor, k: int, renormalize: bool):
     """The fused softmax top-k (module docstring); arguments as the reference takes them."""
-    return SoftmaxTopKTriton.apply(logits, k, renormalize)
+    return apply_function(SoftmaxTopKTriton, logits, k, renormalize)
 
 
 # ---------------------------------------------------------------------------------- router losses
@@ -196,7 +199,7 @@ class RouterLossesTriton(torch.autograd.Function):
         keep = valid.contiguous().view(torch.uint8) if valid is not None else lse  # lse: an unread stand-in
         n, E = probs.shape
         out = torch.empty(3, dtype=torch.float32, device=probs.device)  # aux, z, n_valid
-        block_e = triton.next_power_of_2(E)
+        block_e = next_power_of_2(E)
         block_t = max(16, min(1024, 4096 // block_e))
         router_losses_fwd_kernel[(1,)](probs, lse, keep, counts, out, n, E, TOP_K=k, HAS_VALID=valid is not None,
                                        BLOCK_T=block_t, BLOCK_E=block_e)
@@ -223,4 +226,4 @@ class RouterLossesTriton(torch.autograd.Function):
 def router_losses_triton(probs: torch.Tensor, lse: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor | None,
                          k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The router's (L_aux, L_z) in one launch each way (section above)."""
-    return RouterLossesTriton.apply(probs, lse, counts, valid, k)
+    return apply_function(RouterLossesTriton, probs, lse, counts, valid, k)

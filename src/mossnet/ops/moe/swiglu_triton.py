@@ -13,6 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..function_call import apply_function
+from ..launch_grid import cdiv
+
 BLOCK_M = 16
 BLOCK_H = 128
 
@@ -50,7 +53,7 @@ def swiglu_bwd_kernel(h_ptr, dout_ptr, dh_ptr, M, H, sh, BLOCK_M: tl.constexpr, 
 
 
 def _grid(M: int, H: int):
-    return (triton.cdiv(M, BLOCK_M), triton.cdiv(H, BLOCK_H))
+    return (cdiv(M, BLOCK_M), cdiv(H, BLOCK_H))
 
 
 class SwiGLUTriton(torch.autograd.Function):
@@ -81,4 +84,4 @@ def swiglu_triton(hidden: torch.Tensor) -> torch.Tensor:
     flat = hidden.reshape(-1, hidden.shape[-1])
     if flat.stride(-1) != 1:
         flat = flat.contiguous()
-    return SwiGLUTriton.apply(flat).view(*hidden.shape[:-1], hidden.shape[-1] // 2)
+    return apply_function(SwiGLUTriton, flat).view(*hidden.shape[:-1], hidden.shape[-1] // 2)

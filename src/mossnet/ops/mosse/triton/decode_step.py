@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ...launch_grid import next_power_of_2
+
 
 @triton.jit
 def _softplus(v):
@@ -127,6 +129,6 @@ def decode_step_triton(xBC, z, dt_raw, idx, gates, window, ssm_state, conv_weigh
     decode_step_kernel[(batch * k,)](
         xBC, z, dt_raw, idx.contiguous(), gates.contiguous(), window, ssm_state, *params[:5], params[5], zb, out,
         k, E, P, N, eps, xBC.stride(1), z.stride(1), dt_raw.stride(1),
-        KW=K, ROWS=max(1, triton.next_power_of_2(K - 1)), HAS_ZB=z_bias is not None,
-        BLOCK_P=triton.next_power_of_2(P), BLOCK_N=triton.next_power_of_2(N))
+        KW=K, ROWS=max(1, next_power_of_2(K - 1)), HAS_ZB=z_bias is not None,
+        BLOCK_P=next_power_of_2(P), BLOCK_N=next_power_of_2(N))
     return out

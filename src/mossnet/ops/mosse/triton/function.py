@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...function_call import apply_function
 from ..interface import mosse_scan
 from .geometry import Geometry
 from .grads import bwd_dqk, bwd_dqk_kernel
@@ -172,4 +173,5 @@ def mosse_scan_triton(
         n_states = batch if cu_seqlens is None else cu_seqlens.numel() - 1
         return _empty_scan(x, B, initial_state, output_final_state, n_states)
     choices = kernel_choices(options if options is not None else options_from_env(), x.dtype)
-    return MosseScanTriton.apply(x, dt, A, B, C, D, initial_state, cu_seqlens, output_final_state, chunk_size, choices)
+    return apply_function(MosseScanTriton, x, dt, A, B, C, D, initial_state, cu_seqlens, output_final_state,
+                          chunk_size, choices)

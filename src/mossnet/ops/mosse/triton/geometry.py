@@ -20,6 +20,7 @@ import triton.language as tl
 
 from mossnet.execution import tracing
 
+from ...launch_grid import cdiv, next_power_of_2
 from ...segments import segment_ids
 
 MAX_TABLE_SEQS = 2048  # the kernel holds every sequence's bounds in one register tile
@@ -73,7 +74,7 @@ class Geometry:
         if cu_seqlens is None:
             self.varlen = False
             self.n_seqs = batch
-            self.NC = triton.cdiv(T, L)
+            self.NC = cdiv(T, L)
             self.U = batch * self.NC
             unused = torch.empty(1, dtype=torch.int32, device=device)
             self.cu = self.cu_ch = self.ts = self.te = unused
@@ -84,7 +85,7 @@ class Geometry:
             self._build_table(cu_seqlens.to(device=device, dtype=torch.int64), L, device)
 
     def _build_table(self, cu: torch.Tensor, L: int, device) -> None:
-        self.U = triton.cdiv(self.total, L) + self.n_seqs  # upper bound: no host sync
+        self.U = cdiv(self.total, L) + self.n_seqs  # upper bound: no host sync
         if tracing() or self.n_seqs + 1 > MAX_TABLE_SEQS:
             self.cu, self.cu_ch, self.ts, self.te = chunk_table_reference(cu, L, self.U)
             return
@@ -92,19 +93,19 @@ class Geometry:
         self.cu_ch = torch.empty_like(self.cu)
         self.ts = torch.empty(self.U, dtype=torch.int32, device=device)
         self.te = torch.empty_like(self.ts)
-        chunk_table_kernel[(triton.cdiv(self.U, TABLE_BLOCK),)](
+        chunk_table_kernel[(cdiv(self.U, TABLE_BLOCK),)](
             cu, self.cu, self.cu_ch, self.ts, self.te, self.n_seqs, self.U, L,
-            BLOCK_S=triton.next_power_of_2(self.n_seqs + 1), BLOCK_G=TABLE_BLOCK)
+            BLOCK_S=next_power_of_2(self.n_seqs + 1), BLOCK_G=TABLE_BLOCK)
 
     def per_sequence_grid(self, E: int, N: int, P: int):
         """Grid of the sequential state kernels: (sequence, expert, N-block x P-block)."""
-        return lambda meta: (self.n_seqs, E, triton.cdiv(N, meta["BLOCK_N"]) * triton.cdiv(P, meta["BLOCK_P"]))
+        return lambda meta: (self.n_seqs, E, cdiv(N, meta["BLOCK_N"]) * cdiv(P, meta["BLOCK_P"]))
 
     def per_chunk_grid(self, E: int, P: int | None = None):
         """Grid of the parallel kernels: (chunk, expert[, P-block]); no P axis when P is None."""
         if P is None:
             return lambda meta: (self.U, E)
-        return lambda meta: (self.U, E, triton.cdiv(P, meta["BLOCK_P"]))
+        return lambda meta: (self.U, E, cdiv(P, meta["BLOCK_P"]))
 
 
 def chunk_table_reference(cu: torch.Tensor, L: int, U: int):

@@ -20,6 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ...function_call import apply_function
+from ...launch_grid import cdiv, next_power_of_2
+
 MAX_WIDTH = 1024  # one row per register tile; wider rows take the reference path
 
 
@@ -91,9 +94,9 @@ def _grid(M: int, P: int, tile: int) -> tuple[tuple[int], int, int]:
     """Rows per program so that one (rows, P) fp32 tile holds about ``tile`` elements: the
     backward keeps about twelve such tiles live, the forward about seven, and both should stay in
     registers at the default four warps (128 threads)."""
-    block_p = triton.next_power_of_2(P)
+    block_p = next_power_of_2(P)
     block_m = max(1, min(64, tile // block_p))
-    return (triton.cdiv(M, block_m),), block_m, block_p
+    return (cdiv(M, block_m),), block_m, block_p
 
 
 class ReadOutTriton(torch.autograd.Function):
@@ -136,4 +139,4 @@ class ReadOutTriton(torch.autograd.Function):
 
 def read_out_triton(y_folded, scale, x, skip_D, z, z_bias, norm_weight, eps: float) -> torch.Tensor:
     """The fused read-out (module docstring); inputs as :func:`read_out_reference` takes them."""
-    return ReadOutTriton.apply(y_folded, scale, x, skip_D, z, z_bias, norm_weight, eps)
+    return apply_function(ReadOutTriton, y_folded, scale, x, skip_D, z, z_bias, norm_weight, eps)

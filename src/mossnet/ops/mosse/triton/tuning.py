@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from ...launch_grid import next_power_of_2
+
 # Sizes that vary from call to call are not specialised on their divisibility (as fla does with
 # do_not_specialize=['T']): a new T does not compile a new kernel. KernelChoices.specialize
 # selects Triton's default instead; on an H200 both gave the same results.
@@ -46,7 +48,7 @@ class KernelChoices:
 
 
 def _pow2_at_least_16(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 def fit_config(config: triton.Config, N: int, P: int) -> triton.Config:

@@ -415,7 +415,10 @@ class MoSSE(MoSSEDecodeStep, nn.Module):
         """
         cdt = dt.dtype
         scale = fold_scale(params.decay_rate)  # (M,)
-        segment_scale = fold_scale(torch.exp(self.A_log).to(cdt)).index_select(0, segments.expert_of_segment)
+        # Only states carried in or out need the per-segment scale (training has neither).
+        segment_scale = None
+        if ssm_state is not None or return_states:
+            segment_scale = fold_scale(torch.exp(self.A_log).to(cdt)).index_select(0, segments.expert_of_segment)
         initial = segments.scatter_states(ssm_state)
         if initial is not None:
             initial = (initial.to(cdt) * segment_scale[:, None, None])[:, None]  # (S, 1, N, P)

@@ -63,7 +63,10 @@ class Router(nn.Module):
                 policy: ExecutionPolicy | None = None) -> RouterOutput:
         """u: (n, D); valid: (n,) bool or None; policy: its ``fused_ops`` picks the softmax top-k."""
         cdt = torch.promote_types(u.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        if torch.is_autocast_enabled(u.device.type):  # the logits stay in fp32 under autocast
+            with torch.autocast(device_type=u.device.type, enabled=False):
+                logits = u.to(cdt) @ self.weight.to(cdt).T
+        else:  # no context to enter: it costs host time on every router call
             logits = u.to(cdt) @ self.weight.to(cdt).T
         impl = (DEFAULT_POLICY if policy is None else policy).fused_ops
         probs, top_idx, gates, lse = softmax_top_k(logits, self.top_k, self.renormalize, impl=impl)

@@ -38,10 +38,10 @@ def why_triton_cannot_run(t: torch.Tensor) -> str | None:
     missing = _triton_missing()
     if missing is not None:
         return missing
+    if t.device.type == "cuda":  # first: every layer asks this about a dozen times per call
+        return None
     from mossnet.ops.mosse.triton.function import _interpreter_fault, interpreting
 
-    if t.device.type == "cuda":
-        return None
     if not (interpreting() and t.device.type == "cpu"):
         return f"tensors are on {t.device.type}, not CUDA"
     fault = _interpreter_fault()  # loops with run-time bounds, which some kernels have

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import importlib
 import os
 import sys
@@ -103,13 +104,13 @@ def _count_triton_launches(census: _Census):
     return lambda: setattr(interpreter.InterpretedFunction, "run", run)
 
 
-def count(model_name: str, batch: int, seq: int, prefill: bool = False) -> tuple[_Census, int]:
-    """The census of one training step of ``model_name`` at small widths (``prefill``: of one
-    inference forward that returns the generation cache, as ``generate``'s prefill runs it); and
-    its layer count."""
+def small_model(model_name: str, interpreting: bool):
+    """``model_name``'s structure (layers, experts, top-k) at :data:`SMALL_WIDTHS`, in training
+    mode, with the CUDA choices forced where the CPU allows them: the Triton scan and fused kernels
+    when ``interpreting`` (Triton's interpreter; the numpy fix applied), else the chunked scan.
+    Returns (model, config). Shared by ``host_work_cpu.py``."""
     from mossnet import MossNetConfig, MossNetForCausalLM
 
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     if interpreting:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from triton_interpreter_fix import fix_interpreter_for_numpy2
@@ -124,6 +125,30 @@ def count(model_name: str, batch: int, seq: int, prefill: bool = False) -> tuple
     inner = model.model
     inner.execution_policy = inner.execution_policy.replace(
         scan_impl="triton" if interpreting else "chunked", expert_matmul="auto", fused_ops="auto")
+    return model, config
+
+
+@contextlib.contextmanager
+def grouped_gemm_on_cpu():
+    """The CUDA choice for the expert products, one grouped GEMM each (torch's CPU version of
+    ``torch._grouped_mm``), while the block runs. The switch is module state, so it is undone
+    on leaving (callers share the process)."""
+    grouped = importlib.import_module("mossnet.ops.moe.grouped_linear")
+    usable = grouped._grouped_mm_usable
+    if hasattr(torch, "_grouped_mm"):
+        grouped._grouped_mm_usable = lambda x, weight: x.dtype != torch.float64
+    try:
+        yield
+    finally:
+        grouped._grouped_mm_usable = usable
+
+
+def count(model_name: str, batch: int, seq: int, prefill: bool = False) -> tuple[_Census, int]:
+    """The census of one training step of ``model_name`` at small widths (``prefill``: of one
+    inference forward that returns the generation cache, as ``generate``'s prefill runs it); and
+    its layer count."""
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    model, config = small_model(model_name, interpreting)
     ids = torch.randint(0, config.vocab_size, (batch, seq + 1))
 
     census = _Census()
@@ -145,18 +170,12 @@ def count(model_name: str, batch: int, seq: int, prefill: bool = False) -> tuple
             loss.backward()
         model.zero_grad(set_to_none=True)
 
-    # The CUDA choice for the expert products: one grouped GEMM each (torch's CPU version). The
-    # switch is module state, so it is undone before returning (callers share the process).
-    grouped = importlib.import_module("mossnet.ops.moe.grouped_linear")
-    usable = grouped._grouped_mm_usable
-    if hasattr(torch, "_grouped_mm"):
-        grouped._grouped_mm_usable = lambda x, weight: x.dtype != torch.float64
     try:
-        step(False)  # first-call work (kernel compiles, caches) stays out of the count
-        with census:
-            step(True)
+        with grouped_gemm_on_cpu():
+            step(False)  # first-call work (kernel compiles, caches) stays out of the count
+            with census:
+                step(True)
     finally:
-        grouped._grouped_mm_usable = usable
         undo_launch_count()
     return census, config.n_layers
 

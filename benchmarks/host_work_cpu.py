@@ -4,8 +4,9 @@ Why: a batch-1 prefill on the card is bound by the host (BENCHMARKS.md: 3.1 ms o
 49.6 ms prefill of `base`), so the host's Python and dispatch work per layer is the quantity to
 shrink, and it can be measured without a card.
 
-How: Triton's CPU interpreter runs the CUDA code path (``fused_ops`` and the scan forced to
-Triton, the expert products through ``torch._grouped_mm``, which also runs on a CPU). One real
+How: Triton's CPU interpreter runs the CUDA code path (the Triton scan and fused kernels, the
+expert products through ``torch._grouped_mm``, which also runs on a CPU; the model and these
+switches are ``count_step_ops.py``'s, the launch-count stand-in). One real
 forward (and backward, with ``--mode train``) checks that the path runs. Then every kernel launch
 is replaced by a stub that only zero-fills the integer tensors it is given (index tensors stay in
 range; the path makes no host decision on tensor values), and the stub's own time is subtracted.
@@ -13,6 +14,7 @@ The model has `base`'s structure (layers, experts, top-k, routing) at small widt
 compute is small beside the host work. What is measured: Python, autograd and aten dispatch per
 forward. Not in it: Triton's compiled launcher and ``cudaLaunchKernel`` (neither exists on a
 CPU), so on a card add their cost per launch; the launch count is printed.
+Run it alone: a second busy process on a 2-core machine doubles the numbers.
 
 A/B on one host in one run: ``--compare OTHER_SRC`` (for example ``git archive <commit> src | tar
 -x -C /tmp/old``, then ``--compare /tmp/old/src``) alternates fresh processes of this checkout's
@@ -37,39 +39,26 @@ os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported
 os.environ.setdefault("MOSSNET_TRITON_AUTOTUNE", "0")  # the interpreter cannot time configs
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_WIDTHS = dict(d_model=64, ssm_head_dim=16, ssm_state_dim=16, mlp_hidden_dim=64, vocab_size=256)
 LAUNCHES = {"seconds": 0.0, "count": 0, "inside": False}
 
 
 def _import_mossnet(src: Path):
+    """Put ``src`` first on the path and import mossnet from it (then the shared helpers)."""
     sys.path.insert(0, str(src))
-    sys.path.insert(0, str(ROOT / "tests"))
-    from triton_interpreter_fix import fix_interpreter_for_numpy2
-
-    fix_interpreter_for_numpy2()
     import mossnet
 
     if Path(mossnet.__file__).resolve().parents[1] != src.resolve():
         raise SystemExit(f"host_work_cpu: imported mossnet from {mossnet.__file__}, not from {src}")
-    return mossnet
+    sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 
 def build(tokens: int, mode: str):
-    import importlib
-
+    """`base` at small widths with the CUDA choices forced (count_step_ops.small_model)."""
     import torch
+    from count_step_ops import small_model
 
-    from mossnet import MossNetConfig, MossNetForCausalLM
-
-    grouped_linear = importlib.import_module("mossnet.ops.moe.grouped_linear")  # the module, not its function
-    # torch._grouped_mm runs on the CPU in fp32; the library only takes it on Hopper in bf16.
-    grouped_linear._grouped_mm_usable = lambda x, weight: x.dtype != torch.float64
-    config = MossNetConfig.from_preset("base", **SMALL_WIDTHS)
-    torch.manual_seed(0)
-    model = MossNetForCausalLM(config)
+    model, config = small_model("base", interpreting=True)
     model.train(mode == "train")
-    model.execution_policy = model.execution_policy.replace(
-        expert_matmul="grouped_mm", scan_impl="triton", fused_ops="triton")
     ids = torch.randint(0, config.vocab_size, (1, tokens))
     return model, ids, config
 
@@ -107,25 +96,20 @@ def stub_kernel_launches() -> None:
 
 
 def aten_ops_per_call(step) -> int:
-    """Aten ops that reach a kernel (views, allocations and the stubs' own fills excluded), in one call."""
-    import torch
+    """Aten ops that reach a kernel (count_step_ops.FREE excluded; not the stubs' own fills), in one call."""
+    from count_step_ops import FREE
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    skip = {"view", "_unsafe_view", "reshape", "expand", "permute", "transpose", "t", "unsqueeze", "squeeze",
-            "select", "slice", "split", "split_with_sizes", "unbind", "alias", "detach", "as_strided",
-            "promote_types", "empty", "empty_like", "new_empty", "empty_strided"}
 
     class Count(TorchDispatchMode):
         n = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ not in skip and not LAUNCHES["inside"]:
+            if func.__name__.split(".")[0] not in FREE and not LAUNCHES["inside"]:
                 Count.n += 1
             return func(*args, **(kwargs or {}))
 
     with Count():
         step()
-    del torch
     return Count.n
 
 
@@ -149,9 +133,16 @@ def measure(src: Path, mode: str, tokens: int, iters: int, profile_top: int = 0)
     _import_mossnet(src)
     import torch
 
+    from count_step_ops import grouped_gemm_on_cpu
+
     torch.set_num_threads(1)
     model, ids, config = build(tokens, mode)
     step = step_of(model, ids, mode)
+    with grouped_gemm_on_cpu():
+        return _measure_steps(step, config, src, mode, tokens, iters, profile_top)
+
+
+def _measure_steps(step, config, src: Path, mode: str, tokens: int, iters: int, profile_top: int) -> dict:
     step()  # the real kernels, under the interpreter: the path runs
     stub_kernel_launches()
     for _ in range(3):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ..execution import tracing
+
 
 class _NoGradContext:
     """Stands in for autograd's ``ctx`` where no backward will run: every save is dropped."""
@@ -32,7 +34,7 @@ class _NoGradContext:
 def needs_autograd(args) -> bool:
     """Whether a gradient can flow from any tensor in ``args`` (grad mode on, and one requires
     grad), or the call is being traced (torch.compile and torch.export see the Function)."""
-    if torch.compiler.is_compiling():
+    if tracing():
         return True
     if not torch.is_grad_enabled():
         return False

@@ -113,22 +113,6 @@ def aten_ops_per_call(step) -> int:
     return Count.n
 
 
-def host_profile(step, calls: int, top: int) -> str:
-    """The ``top`` functions by own host time over ``calls`` stubbed calls (cProfile)."""
-    import cProfile
-    import io
-    import pstats
-
-    profile = cProfile.Profile()
-    profile.enable()
-    for _ in range(calls):
-        step()
-    profile.disable()
-    text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(top)
-    return text.getvalue()
-
-
 def measure(src: Path, mode: str, tokens: int, iters: int, profile_top: int = 0) -> dict:
     _import_mossnet(src)
     import torch
@@ -156,6 +140,8 @@ def _measure_steps(step, config, src: Path, mode: str, tokens: int, iters: int, 
     launches = LAUNCHES["count"]
     layers = config.n_layers
     if profile_top:
+        from profile_train_step import host_profile  # the card's profiler prints the same table
+
         print(host_profile(step, 10, profile_top), file=sys.stderr)
     return dict(src=str(src), mode=mode, tokens=tokens, layers=layers, host_ms_min=min(host) * 1e3,
                 host_ms_median=statistics.median(host) * 1e3, host_us_per_layer_min=min(host) * 1e6 / layers,

@@ -226,7 +226,7 @@ def final_windows(x: torch.Tensor, cu_seqlens: torch.Tensor, window: torch.Tenso
     win = window.to(x.dtype).contiguous() if window is not None else out  # out: an unread stand-in
     block_c = min(next_power_of_2(C), 128)
     final_windows_kernel[(S, cdiv(C, block_c))](x, win, cu_seqlens, out, C, x.stride(0), K=K,
-                                                       HAS_WINDOW=window is not None, BLOCK_C=block_c)
+                                                HAS_WINDOW=window is not None, BLOCK_C=block_c)
     return out
 
 

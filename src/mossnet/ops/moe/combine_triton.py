@@ -92,7 +92,7 @@ class CombineTriton(torch.autograd.Function):
         dgates = torch.empty_like(gates)
         if n and D:
             combine_bwd_kernel[(cdiv(n, BLOCK_T),)](rows, gates, position, dout.contiguous(), drows, dgates,
-                                                            n, D, K=k, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
+                                                    n, D, K=k, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
         return drows, dgates, None
 
 

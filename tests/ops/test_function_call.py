@@ -68,3 +68,26 @@ def test_a_real_op_gives_the_same_rows_both_ways():
         without = gather_rows(table, index)
     assert with_grad.grad_fn is not None and without.grad_fn is None
     torch.testing.assert_close(with_grad.detach(), without)
+
+
+def test_forward_mode_ad_goes_through_autograd():
+    """Under forward-mode AD the Function's own rule decides (here: it has none, so it says so),
+    never the bare forward, which would drop the tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(torch.randn(3), torch.ones(3))
+        assert needs_autograd((dual,))
+        with pytest.raises(RuntimeError):
+            apply_function(_ScaleAndCount, dual, "t")
+
+
+def test_torch_func_transforms_go_through_autograd():
+    seen = []
+
+    def f(x):
+        seen.append(needs_autograd((x,)))
+        return x * 2
+
+    torch.func.vmap(f)(torch.randn(2, 3))
+    assert seen == [True]

@@ -14,6 +14,7 @@ autograd cannot change what it returns.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from ..execution import tracing
 
@@ -33,8 +34,10 @@ class _NoGradContext:
 
 def needs_autograd(args) -> bool:
     """Whether a gradient can flow from any tensor in ``args`` (grad mode on, and one requires
-    grad), or the call is being traced (torch.compile and torch.export see the Function)."""
-    if tracing():
+    grad), or the call is being traced (torch.compile and torch.export see the Function), or
+    forward-mode AD or a ``torch.func`` transform is active: the bare forward of a Triton kernel
+    would drop their tangents silently, where ``apply`` says it has no rule for them."""
+    if tracing() or forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
         return True
     if not torch.is_grad_enabled():
         return False

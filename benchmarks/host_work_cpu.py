@@ -178,9 +178,11 @@ def main() -> None:
         if not (src / "mossnet" / "__init__.py").is_file():
             raise SystemExit(f"host_work_cpu: {src} holds no mossnet package (give a checkout's src folder)")
     runs: list[list[dict]] = [[] for _ in sources]
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for results, src in zip(runs, sources):
             results.append(_child(src, args))
+        print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
+            f"{src} {results[-1]['host_ms_min']:.2f} ms" for results, src in zip(runs, sources)), file=sys.stderr)
     rows = []
     for results in runs:
         best = min(results, key=lambda r: r["host_ms_min"])

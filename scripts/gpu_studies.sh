@@ -21,7 +21,8 @@
 #   3e-3,1e-2 on seed 0, seeds 1-2 at the best; 6,000 steps of 256; RANK_ARCHS picks the models).
 # The fixed baselines (issue 20 item 1: Llama with the 8/3 MLP, Mamba-2 at initializer_range 0.02, both swept),
 # beside MossNet and the single head on the same seeds, in a new directory so no old run is skipped:
-#   DATA=... OUT=... STUDIES=out/studies_fixed scripts/gpu_studies.sh baselines   # lm and lm_mamba2 at once
+#   DATA=... OUT=... STUDIES=out/studies_fixed scripts/gpu_studies.sh baselines   # lm and lm_mamba2 at once,
+# then one report over both (baselines.md / .json / .tgz: paired per-seed differences across the two studies)
 # A fresh machine (a later session) picks up where an earlier one stopped: RESTORE=<dir> unpacks
 # <dir>/<study>.tgz (what an earlier call brought back) before the study runs, so its recorded runs
 # are skipped; a run cut short starts over there (checkpoints and resume points never come back).
@@ -121,6 +122,23 @@ pack() {  # results only (a run cut short leaves checkpoints of any name behind)
   return 0
 }
 
+joint_baselines_report() {  # one report over both studies' runs: paired differences across them
+  local dir="$STUDIES/baselines"
+  local -a args
+  read -r -a args <<< "$(LM_ARCHS="${LM_ARCHS:-mossnet,single_head,llama},mamba2" args_of lm)"
+  echo "mossnet compare ${args[*]} --out $dir --report-only" | tee -a "$OUT/commands.txt"
+  # compare writes only into a directory it made: an empty report first, then the runs linked in
+  rm -rf "$dir"
+  python3 -m mossnet.cli.main compare "${args[@]}" --out "$dir" --report-only > "$OUT/baselines.log" 2>&1
+  mkdir -p "$dir/runs"
+  for study in lm lm_mamba2; do  # hard links: the runs' checkpoints are not copied
+    [ -d "$STUDIES/$study/runs" ] && cp -al "$STUDIES/$study/runs/." "$dir/runs/"
+  done
+  python3 -m mossnet.cli.main compare "${args[@]}" --out "$dir" --report-only > "$OUT/baselines.log" 2>&1
+  tail -n 30 "$OUT/baselines.log"
+  pack baselines
+}
+
 if [ "${1:-}" = --pack ]; then  # only pack a study's results so far (scripts/gpu_detached.sh)
   pack "${2:?--pack STUDY}"
   exit 0
@@ -149,7 +167,8 @@ for study in ${1//,/ }; do
       [ -n "${DATA:-}" ] || { echo "$study needs DATA=<prepared corpus>"; exit 2; }
       LM_ARCHS="${LM_ARCHS:-mossnet,single_head,llama}" LM_JOBS="${LM_JOBS:-12}" run_study lm &
       M2_JOBS="${M2_JOBS:-4}" M2_THREADS="${M2_THREADS:-1}" run_study lm_mamba2
-      wait ;;
+      wait
+      joint_baselines_report ;;
     decomposition|lm|lm_mamba2|ablations)
       [ -n "${DATA:-}" ] || { echo "$study needs DATA=<prepared corpus>"; exit 2; }
       run_study "$study" ;;

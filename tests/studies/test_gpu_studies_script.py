@@ -15,11 +15,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_studies.sh"
 
-# Records its arguments, one call a line; the lm study fails on its first call only.
+# Records its arguments, one call a line, and leaves a recorded run behind as a study would;
+# the lm study fails on its first call only.
 FAKE_PYTHON = """#!/usr/bin/env bash
 echo "$*" >> "$CALLS"
-case "$*" in
-  *"--out $STUDIES/lm "*|*"--out $STUDIES/lm") if [ ! -f "$CALLS.failed" ]; then touch "$CALLS.failed"; exit 1; fi ;;
+out="${@: -1}"
+[ "$out" = --report-only ] && exit 0
+case "$out" in
+  */lm) mkdir -p "$out/runs/llama-s0" && echo '{}' > "$out/runs/llama-s0/result.json"
+        if [ ! -f "$CALLS.failed" ]; then touch "$CALLS.failed"; exit 1; fi ;;
+  */lm_mamba2) mkdir -p "$out/runs/mamba2-s0" && echo '{}' > "$out/runs/mamba2-s0/result.json" ;;
 esac
 exit 0
 """
@@ -57,6 +62,13 @@ def test_baselines_runs_both_studies_at_once_and_retries_the_failed_one(tmp_path
         assert "--data prepared " in call and "--lr-sweep 1e-3,1e-2 --sweep-seeds 1" in call
     assert "lm: exit 1; trying the failed runs again (1 of 2)" in done.stdout
     assert (tmp_path / "out" / "lm.log.1").exists()  # the failed attempt's log is kept
+    # then one report over both studies' runs, linked into one directory (compare makes the
+    # directory with an empty report first: it writes only into directories it made)
+    joint = [c for c in calls if c.endswith(f"--out {tmp_path}/studies/baselines --report-only")]
+    assert len(joint) == 2 and all("--archs mossnet,single_head,llama,mamba2 " in c for c in joint)
+    runs = tmp_path / "studies" / "baselines" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["llama-s0", "mamba2-s0"]
+    assert (tmp_path / "out" / "baselines.tgz").exists()
 
 
 def test_a_data_study_without_data_is_refused(tmp_path):

@@ -132,8 +132,6 @@ class MossNetPreTrainedModel(PreTrainedModel):
 
 @torch.compiler.disable  # the host reads end a compiled graph once here, not twice
 def _check_id_range(input_ids: torch.Tensor, vocab_size: int) -> None:
-    if input_ids.numel() == 0:
-        return
     lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one host read, not two
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi

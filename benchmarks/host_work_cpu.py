@@ -39,7 +39,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported
 os.environ.setdefault("MOSSNET_TRITON_AUTOTUNE", "0")  # the interpreter cannot time configs
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCHES = {"seconds": 0.0, "count": 0, "inside": False}
+LAUNCHES = {"seconds": 0.0, "count": 0, "census": None}
 
 
 def _import_mossnet(src: Path):
@@ -84,11 +84,14 @@ def stub_kernel_launches() -> None:
 
     def launch(self, *args, **kwargs):
         start = time.perf_counter()
-        LAUNCHES["inside"] = True
+        census = LAUNCHES["census"]
+        if census is not None:  # the stub's own fills are not the path's ops
+            census.in_kernel += 1
         for a in args:
             if isinstance(a, torch.Tensor) and not a.is_floating_point():
                 a.data.zero_()  # .data: no version bump, so saved tensors stay valid for a backward
-        LAUNCHES["inside"] = False
+        if census is not None:
+            census.in_kernel -= 1
         LAUNCHES["seconds"] += time.perf_counter() - start
         LAUNCHES["count"] += 1
 
@@ -96,21 +99,18 @@ def stub_kernel_launches() -> None:
 
 
 def aten_ops_per_call(step) -> int:
-    """Aten ops that reach a kernel (count_step_ops.FREE excluded; not the stubs' own fills), in one call."""
-    from count_step_ops import FREE
-    from torch.utils._python_dispatch import TorchDispatchMode
+    """Aten ops that reach a kernel in one call, counted by count_step_ops' census (its free-op
+    list; not the stubs' own fills)."""
+    from count_step_ops import _Census
 
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.__name__.split(".")[0] not in FREE and not LAUNCHES["inside"]:
-                Count.n += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        step()
-    return Count.n
+    census = _Census()
+    LAUNCHES["census"] = census
+    try:
+        with census:
+            step()
+    finally:
+        LAUNCHES["census"] = None
+    return sum(census.by_op.values())
 
 
 def measure(src: Path, mode: str, tokens: int, iters: int, profile_top: int = 0) -> dict:

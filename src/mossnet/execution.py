@@ -63,6 +63,9 @@ class ExecutionPolicy:
         decode_graph: replay one-token decode steps from a captured CUDA graph (CUDA, eval,
             no gradients).
         decode_graph_compile: run that step through ``torch.compile`` before capturing it.
+        prefill_graph: replay the prefill (CUDA, eval, no gradients, last position's logits, as
+            ``generate`` asks) from a CUDA graph per prompt-length bucket, captured the second
+            time a bucket is met (``models/mossnet/cuda_graph_prefill.py``).
         validate_token_ids: range-check token ids on CUDA (a host read; CPU ids are always
             checked, and never inside compile or a graph capture).
     """
@@ -78,6 +81,7 @@ class ExecutionPolicy:
     triton_state_bf16: bool = False
     decode_graph: bool = True
     decode_graph_compile: bool = False
+    prefill_graph: bool = False
     validate_token_ids: bool = True
 
     def __post_init__(self) -> None:
@@ -158,6 +162,7 @@ class ExecutionPolicy:
             ("triton kernels", f"lowp={self.triton_lowp} autotune={self.triton_autotune} "
                                f"specialize={self.triton_specialize} state_bf16={self.triton_state_bf16}"),
             ("decode graph (CUDA)", graph),
+            ("prefill graph (CUDA)", "captured per prompt-length bucket" if self.prefill_graph else "off"),
             ("token id check on CUDA", "on" if self.validate_token_ids else "off"),
         ]
 

@@ -75,6 +75,8 @@ class StaticCacheSlot:
     def is_bound(self, cache: MossNetCache) -> bool:
         """True when ``cache`` already holds the static tensors."""
         static = self.static_cache
+        if len(cache.conv_states) != len(static.conv_states):  # an empty cache holds nothing yet
+            return False
         return all(a is b for a, b in zip(cache.conv_states, static.conv_states)) and all(
             a is b for a, b in zip(cache.ssm_states, static.ssm_states)
         )
@@ -84,15 +86,30 @@ class StaticCacheSlot:
             return
         if cache.batch_size != self.batch_size:
             raise ValueError(f"cache holds batch {cache.batch_size} but the captured step has batch {self.batch_size}")
+        self._release_previous(cache)
+        static = self.static_cache
+        for dst, src in zip(static.conv_states + static.ssm_states, cache.conv_states + cache.ssm_states):
+            dst.copy_(src)
+        self._point(cache)
+
+    def adopt(self, cache: MossNetCache) -> None:
+        """Like :meth:`bind`, without copying ``cache``'s state in: for a graph that overwrites
+        every state (a prefill from a fresh cache). ``cache`` may be empty (no tensors yet)."""
+        if self.is_bound(cache):
+            return
+        self._release_previous(cache)
+        self._point(cache)
+
+    def _release_previous(self, cache: MossNetCache) -> None:
+        """The cache bound before, if still bound and not ``cache``, gets private copies."""
         previous = self._bound() if self._bound is not None else None
         if previous is not None and previous is not cache and self.is_bound(previous):
             previous.conv_states = [t.clone() for t in previous.conv_states]
             previous.ssm_states = [t.clone() for t in previous.ssm_states]
-        static = self.static_cache
-        for dst, src in zip(static.conv_states + static.ssm_states, cache.conv_states + cache.ssm_states):
-            dst.copy_(src)
-        cache.conv_states = list(static.conv_states)
-        cache.ssm_states = list(static.ssm_states)
+
+    def _point(self, cache: MossNetCache) -> None:
+        cache.conv_states = list(self.static_cache.conv_states)
+        cache.ssm_states = list(self.static_cache.ssm_states)
         self._bound = weakref.ref(cache)
 
 

@@ -28,6 +28,7 @@ from ...layers.sequence_layout import SequenceLayout
 from .block import MossNetBlock
 from .cache import MossNetCache
 from .cuda_graph_decode import graph_decode, graph_decode_applicable
+from .cuda_graph_prefill import graph_prefill, graph_prefill_applicable
 from .remote_code import write_shims
 from .configuration_mossnet import MossNetConfig
 from .generation import MossNetGenerationMixin
@@ -355,13 +356,20 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
         Router statistics are per block then, so ``aux_loss`` is None.
 
         execution_policy: how to execute this call (None: ``self.execution_policy``); a one-token
-        step on CUDA replays a captured graph when its ``decode_graph`` allows (``generate`` does).
+        step on CUDA replays a captured graph when its ``decode_graph`` allows (``generate`` does),
+        and so does a prompt of a recurring length when its ``prefill_graph`` allows
+        (``cuda_graph_prefill.py`` says when).
         """
         policy = self.execution_policy if execution_policy is None else execution_policy
         if graph_decode_applicable(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, labels,
                                    output_hidden_states, output_router_stats, logits_to_keep, policy):
             logits = graph_decode(self, input_ids, cache, policy)
             return MossNetCausalLMOutput(logits=logits, cache=cache)
+        if graph_prefill_applicable(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache,
+                                    labels, output_hidden_states, output_router_stats, logits_to_keep, policy):
+            captured = graph_prefill(self, input_ids, attention_mask, cache, policy)
+            if captured is not None:  # None: the first prompt of its bucket runs eagerly below
+                return MossNetCausalLMOutput(logits=captured[0], cache=captured[1])
         if self._prefills_in_blocks(input_ids, inputs_embeds, position_ids, cache, use_cache, labels,
                                     output_hidden_states, output_router_stats):
             h, cache = self._prefill_in_blocks(input_ids, inputs_embeds, attention_mask, cache, logits_to_keep, policy)

@@ -86,7 +86,8 @@ def test_applicability():
         assert not applies(policy=policy.replace(prefill_graph=False))
         assert not applies(logits_to_keep=0)
         assert not applies(input_ids=cuda_ids[:, :1])
-        assert not applies(input_ids=torch.zeros(1, 4096, dtype=torch.long, device="cuda"))
+        assert applies(input_ids=torch.zeros(1, 4096, dtype=torch.long, device="cuda"))  # in blocks
+        assert not applies(input_ids=torch.zeros(16, 4096, dtype=torch.long, device="cuda"))  # GPU-bound: eager
         assert not applies(position_ids=torch.arange(40, device="cuda")[None])
         assert not applies(use_cache=False)
         assert not applies(labels=cuda_ids)
@@ -205,3 +206,21 @@ def test_graph_prefill_with_left_padding_mask_and_generate():
     assert graph_prefills(model)
     for out in outs[1:]:
         assert torch.equal(out, outs[0])
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_prompt_longer_than_the_largest_bucket_runs_in_captured_blocks():
+    model = tiny_model(prefill_block_size=32).cuda()
+    ids = torch.randint(0, model.config.vocab_size, (2, 100), device="cuda")  # blocks of 32, 32, 32, 4
+    model.execution_policy = model.execution_policy.replace(prefill_graph=False)
+    want, want_cache = _prefill(model, ids)
+    model.execution_policy = model.execution_policy.replace(prefill_graph=True)
+    reset_graph_prefills(model)
+    _prefill(model, ids)
+    got, got_cache = _prefill(model, ids)
+    assert {(key[1], key[2]) for key in graph_prefills(model)} == {(32, False), (32, True)}
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for a, b in zip(_states(got_cache), _states(want_cache)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert got_cache.seen_tokens == 100

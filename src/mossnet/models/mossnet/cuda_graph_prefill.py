@@ -15,8 +15,9 @@ into other segments).
 One captured prefill serves one (batch, bucket, fresh or continued cache, autocast, policy). A
 key is captured the *second* time it is met; the first call runs eagerly, so a one-off prompt
 never pays for a capture (two eager runs' worth), and prompts of recurring lengths (generation
-loops, evaluation, serving) replay. Prefills above :data:`MAX_GRAPH_TOKENS` tokens (batch x
-bucket) stay eager: there the GPU work dominates, and a captured graph would keep that much
+loops, evaluation, serving) replay. A prompt longer than the largest bucket runs in blocks of
+that length, each continuing the cache (the blocked prefill's rule, captured). Prefills above
+:data:`MAX_GRAPH_TOKENS` tokens (batch x bucket) stay eager: there the GPU work dominates, and a captured graph would keep that much
 activation memory in its pool.
 
 The cache works as in the captured decode step (``cuda_graph_decode.StaticCacheSlot``): the
@@ -145,7 +146,8 @@ def graph_prefill_applicable(model, input_ids, inputs_embeds, attention_mask, po
             and input_ids.dim() == 2 and logits_to_keep == 1):
         return False
     batch, T = input_ids.shape
-    if T < 2 or T > largest_bucket(model.config) or batch * bucket_length(T, largest_bucket(model.config)) > MAX_GRAPH_TOKENS:
+    largest = largest_bucket(model.config)
+    if T < 2 or batch * bucket_length(min(T, largest), largest) > MAX_GRAPH_TOKENS:
         return False
     if use_cache is None:
         use_cache = model.config.use_cache and not model.training
@@ -183,8 +185,32 @@ _REGISTRIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def graph_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   cache: MossNetCache | None, policy: ExecutionPolicy):
-    """(logits (batch, 1, vocab), cache) from this key's captured prefill, captured now if the
-    key was met before; None the first time a key is met (the caller runs the eager prefill)."""
+    """(logits (batch, 1, vocab), cache) of the prompt, through captured prefills; None when
+    the prompt fits one bucket met for the first time (the caller runs the eager prefill).
+
+    A prompt longer than the largest bucket runs in blocks of that many tokens, each continuing
+    the cache of the one before (as ``MossNetForCausalLM._prefill_in_blocks``); a block whose key
+    is met for the first time runs eagerly."""
+    largest = largest_bucket(model.config)
+    T = input_ids.shape[1]
+    if T <= largest:
+        return _prefill_one_bucket(model, input_ids, attention_mask, cache, policy)
+    eager = policy.replace(prefill_graph=False)
+    for start in range(0, T, largest):
+        part = slice(start, min(start + largest, T))
+        mask = None if attention_mask is None else attention_mask[:, part]
+        captured = _prefill_one_bucket(model, input_ids[:, part], mask, cache, policy)
+        if captured is None:
+            out = model(input_ids=input_ids[:, part], attention_mask=mask, cache=cache, use_cache=True,
+                        logits_to_keep=1, execution_policy=eager)
+            captured = (out.logits, out.cache)
+        logits, cache = captured
+    return logits, cache
+
+
+def _prefill_one_bucket(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        cache: MossNetCache | None, policy: ExecutionPolicy):
+    """:func:`graph_prefill` of a prompt that fits the largest bucket."""
     model.model.check_token_ids(input_ids, policy)  # once here: a graph replay reads no ids back
     batch, T = input_ids.shape
     continued = cache is not None and cache.seen_tokens > 0

@@ -2,7 +2,8 @@
 
 CPU: the buckets, the slot's adopt, when the captured path applies, and the invariant it rests
 on: a prompt padded on the right to its bucket, with the padding masked, leaves the same states
-and last-position logits as the prompt alone (fresh and continued, routed and dense). GPU
+and last-position logits as the prompt alone (fresh and continued, routed and dense). Then the
+whole path with an eager stand-in for the capture (everything but the capture itself). GPU
 (marked ``gpu``): the captured prefill equals the eager one, is captured the second time a
 bucket is met, continues a cache, and hands each prompt its own cache.
 """
@@ -121,6 +122,118 @@ def test_right_padding_to_the_bucket_changes_nothing(overrides, continued, T):
     torch.testing.assert_close(got.logits[:, T - 1], want.logits[:, -1], rtol=1e-5, atol=1e-5)
     for a, b in zip(_states(got.cache), _states(want.cache)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------- CPU: the whole path, with a stand-in graph
+class _EagerGraph:
+    """A CUDA graph's contract, run eagerly: ``replay`` runs the captured function again on the
+    same static buffers and writes its result into the static output."""
+
+    def __init__(self, fn):
+        # A real graph keeps what its kernels need and the prefill drops its model after capture;
+        # the stand-in re-runs Python, so it keeps the model and lends it back for each replay.
+        self.fn, self.owner = fn, fn.__self__
+        self.model = self.owner.model
+        self.out = fn()
+
+    def replay(self):
+        self.owner.model = self.model
+        try:
+            self.out.copy_(self.fn())
+        finally:
+            self.owner.model = None
+
+
+@pytest.fixture
+def eager_graphs(monkeypatch):
+    """``cuda_graph_prefill`` with every capture replaced by :class:`_EagerGraph` (CPU), so that
+    everything but the capture itself runs: the static buffers, the bucket's mask and last
+    position, the cache slots, the registry and the second-sighting rule."""
+    from mossnet.models.mossnet import cuda_graph_prefill
+
+    def eager_capture(fn, warmup=0, pool=None):
+        for _ in range(warmup):
+            fn()
+        graph = _EagerGraph(fn)
+        return graph, graph.out
+
+    monkeypatch.setattr(cuda_graph_prefill, "capture", eager_capture)
+    return cuda_graph_prefill.graph_prefill
+
+
+def _eager(model, ids, cache=None, mask=None):
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits, out.cache
+
+
+@pytest.mark.parametrize("overrides", [{}, {"state_update": "all"}])
+def test_stand_in_graph_prefill_equals_eager(eager_graphs, overrides):
+    model = tiny_model(**overrides)
+    policy = model.execution_policy.replace(prefill_graph=True)
+    ids = torch.randint(0, model.config.vocab_size, (2, 37))
+    want, want_cache = _eager(model, ids)
+    with torch.no_grad():
+        assert eager_graphs(model, ids, None, None, policy) is None  # first of its bucket: the caller runs eager
+        assert not graph_prefills(model)
+        first, first_cache = eager_graphs(model, ids, None, None, policy)
+        assert [key[:3] for key in graph_prefills(model)] == [(2, 64, False)]
+        second, second_cache = eager_graphs(model, ids, None, MossNetCache(model.config, 2), policy)
+    for logits, cache in ((first, first_cache), (second, second_cache)):
+        torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+        for a, b in zip(_states(cache), _states(want_cache)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert cache.seen_tokens == 37
+    # the second prompt took the static tensors; the first kept private copies of its states
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(_states(first_cache), _states(second_cache)))
+    reset_graph_prefills(model)
+    assert not graph_prefills(model)
+
+
+def test_stand_in_graph_prefill_continues_left_padded_rows_and_decodes_on(eager_graphs):
+    model = tiny_model()
+    V = model.config.vocab_size
+    policy = model.execution_policy.replace(prefill_graph=True)
+    first, second = torch.randint(0, V, (2, 20)), torch.randint(0, V, (2, 11))
+    mask = torch.ones_like(first)
+    mask[0, :5] = 0  # row 0 left-padded
+    token = torch.randint(0, V, (2, 1))
+
+    def run(prefill):
+        _, cache = prefill(first, None, mask)
+        logits, cache = prefill(second, cache, None)
+        with torch.no_grad():
+            step = model(token, cache=cache).logits
+        return logits, step, cache
+
+    want = run(lambda ids, cache, m: _eager(model, ids, cache, m))
+
+    def graphed(ids, cache, m):
+        with torch.no_grad():
+            return eager_graphs(model, ids, m, cache, policy) or _eager(model, ids, cache, m)
+
+    run(graphed)  # meets both keys once: eager
+    got = run(graphed)
+    assert {key[2] for key in graph_prefills(model)} == {False, True}  # fresh and continued
+    for a, b in zip(got[:2], want[:2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert got[2].seen_tokens == want[2].seen_tokens == 32
+
+
+def test_stand_in_graph_prefill_runs_a_long_prompt_in_blocks(eager_graphs):
+    model = tiny_model(prefill_block_size=32)
+    policy = model.execution_policy.replace(prefill_graph=True)
+    ids = torch.randint(0, model.config.vocab_size, (1, 100))  # blocks of 32, 32, 32 and 4
+    want, want_cache = _eager(model, ids)
+    with torch.no_grad():
+        first = eager_graphs(model, ids, None, None, policy)  # later blocks already replay
+        got, got_cache = eager_graphs(model, ids, None, None, policy)
+    assert {key[1:3] for key in graph_prefills(model)} == {(32, False), (32, True)}
+    for logits, cache in (first, (got, got_cache)):
+        torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+        for a, b in zip(_states(cache), _states(want_cache)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert cache.seen_tokens == 100
 
 
 # ---------------------------------------------------------------------------- GPU: the graph

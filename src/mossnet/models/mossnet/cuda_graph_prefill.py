@@ -33,6 +33,7 @@ frees the captured prefills.
 from __future__ import annotations
 
 import collections
+import contextlib
 import weakref
 
 import torch
@@ -79,8 +80,6 @@ class CUDAGraphPrefill:
     def __init__(self, model, batch: int, bucket: int, continued: bool, policy: ExecutionPolicy,
                  pool=None, warmup: int = 1):
         device = model.lm_head.weight.device
-        if device.type != "cuda":
-            raise ValueError(f"CUDAGraphPrefill needs a CUDA model, got one on {device}")
         self.model = model
         self.batch, self.bucket, self.continued, self.policy = batch, bucket, continued, policy
         self._watched = _watched_parameters(model)
@@ -92,7 +91,9 @@ class CUDAGraphPrefill:
         self.mask = torch.ones(batch, bucket, dtype=torch.long, device=device)
         self.last = torch.zeros(1, dtype=torch.long, device=device)  # the prompt's last position
         # Autocast's cast cache is off during capture: see CUDAGraphDecoder (the same reason).
-        with torch.cuda.device(device), torch.no_grad(), autocast_for_capture("cuda", self.autocast[1]):
+        # (A CPU model gets here only in tests, with an eager stand-in for ``capture``.)
+        on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with on_device, torch.no_grad(), autocast_for_capture("cuda", self.autocast[1]):
             self.graph, self.logits = capture(self._step, warmup=max(1, warmup), pool=pool)
         self.static_cache.reset()
         self.model = None  # the graph holds what it needs; no reference cycle through the model
@@ -227,7 +228,7 @@ def _prefill_one_bucket(model, input_ids: torch.Tensor, attention_mask: torch.Te
         if prefills.met[key] < 2:
             return None
         pool = prefills.pools.get(batch)
-        if pool is None:
+        if pool is None and input_ids.is_cuda:
             pool = prefills.pools[batch] = torch.cuda.graph_pool_handle()
         prefill = prefills.graphs[key] = CUDAGraphPrefill(model, batch, key[1], continued, policy, pool=pool)
     return prefill.run(input_ids, attention_mask, cache)

@@ -17,8 +17,8 @@ key is captured the *second* time it is met; the first call runs eagerly, so a o
 never pays for a capture (two eager runs' worth), and prompts of recurring lengths (generation
 loops, evaluation, serving) replay. A prompt longer than the largest bucket runs in blocks of
 that length, each continuing the cache (the blocked prefill's rule, captured). Prefills above
-:data:`MAX_GRAPH_TOKENS` tokens (batch x bucket) stay eager: there the GPU work dominates, and a captured graph would keep that much
-activation memory in its pool.
+:data:`MAX_GRAPH_TOKENS` tokens (batch x bucket) stay eager: there the GPU work dominates, and
+a captured graph would keep that much activation memory in its pool.
 
 The cache works as in the captured decode step (``cuda_graph_decode.StaticCacheSlot``): the
 graph writes the states into static tensors, and the caller's cache is pointed at them, not

@@ -237,6 +237,10 @@ def test_stand_in_graph_prefill_runs_a_long_prompt_in_blocks(eager_graphs):
 
 
 # ---------------------------------------------------------------------------- GPU: the graph
+def _switch(model, on: bool) -> None:
+    model.execution_policy = model.execution_policy.replace(prefill_graph=on)
+
+
 def _prefill(model, ids, cache=None, mask=None):
     with torch.no_grad():
         out = model(ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
@@ -254,10 +258,10 @@ def test_graph_prefill_equals_eager(autocast, overrides):
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else torch.no_grad
     for T in (5, 37, 64):
         ids = torch.randint(0, V, (2, T), device="cuda")
-        model.execution_policy = model.execution_policy.replace(prefill_graph=False)
+        _switch(model, False)
         with ctx():
             want, want_cache = _prefill(model, ids)
-        model.execution_policy = model.execution_policy.replace(prefill_graph=True)
+        _switch(model, True)
         reset_graph_prefills(model)
         with ctx():
             _prefill(model, ids)  # first of its bucket: eager
@@ -292,9 +296,9 @@ def test_graph_prefill_continues_a_cache_and_decodes_on():
             step = model(token, cache=cache).logits
         return logits, step, cache
 
-    model.execution_policy = model.execution_policy.replace(prefill_graph=False)
+    _switch(model, False)
     want = run()
-    model.execution_policy = model.execution_policy.replace(prefill_graph=True)
+    _switch(model, True)
     reset_graph_prefills(model)
     run()
     got = run()
@@ -314,7 +318,7 @@ def test_graph_prefill_with_left_padding_mask_and_generate():
     mask[0, :4] = 0  # row 0 left-padded
     outs = []
     for graph in (False, True, True, True):
-        model.execution_policy = model.execution_policy.replace(prefill_graph=graph)
+        _switch(model, graph)
         outs.append(model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0))
     assert graph_prefills(model)
     for out in outs[1:]:
@@ -326,9 +330,9 @@ def test_graph_prefill_with_left_padding_mask_and_generate():
 def test_a_prompt_longer_than_the_largest_bucket_runs_in_captured_blocks():
     model = tiny_model(prefill_block_size=32).cuda()
     ids = torch.randint(0, model.config.vocab_size, (2, 100), device="cuda")  # blocks of 32, 32, 32, 4
-    model.execution_policy = model.execution_policy.replace(prefill_graph=False)
+    _switch(model, False)
     want, want_cache = _prefill(model, ids)
-    model.execution_policy = model.execution_policy.replace(prefill_graph=True)
+    _switch(model, True)
     reset_graph_prefills(model)
     _prefill(model, ids)
     got, got_cache = _prefill(model, ids)

@@ -40,16 +40,25 @@ from ...runtime import autocast_for_capture
 from .cache import MossNetCache
 
 
-def _watched_parameters(model) -> list:
-    """A few parameters whose addresses stand for all of them: a graph reads weights at fixed
-    addresses, and ``model.to(...)`` moves every parameter, so watching the first and last few
-    catches it (in-place updates such as ``load_state_dict`` keep the addresses and are fine)."""
-    params = list(model.parameters())
-    return params[:4] + params[-4:]
+class CaptureConditions:
+    """What a graph captured from ``model`` depends on besides its static buffers: the weights'
+    addresses and the autocast state at capture. A graph reads weights at fixed addresses, and
+    ``model.to(...)`` moves every parameter, so watching the first and last few catches it
+    (in-place updates such as ``load_state_dict`` keep the addresses and are fine). Shared by the
+    captured decode step and the captured prefill."""
 
+    def __init__(self, model):
+        params = list(model.parameters())
+        self._watched = params[:4] + params[-4:]
+        self._signature = self._addresses()
+        self.autocast = _autocast_key()
 
-def _signature(params) -> tuple:
-    return tuple((p.data_ptr(), p.dtype) for p in params)
+    def _addresses(self) -> tuple:
+        return tuple((p.data_ptr(), p.dtype) for p in self._watched)
+
+    def hold(self) -> bool:
+        """Still as at capture: the same weight tensors and the same autocast state."""
+        return self._addresses() == self._signature and _autocast_key() == self.autocast
 
 
 def _autocast_key(device_type: str = "cuda") -> tuple:
@@ -141,9 +150,7 @@ class CUDAGraphDecoder:
         self.device = device
         self.compiled = compile
         self.policy = model.execution_policy if policy is None else policy
-        self._watched = _watched_parameters(model)
-        self.signature = _signature(self._watched)
-        self.autocast = _autocast_key()
+        self.conditions = CaptureConditions(model)
         self.slot = StaticCacheSlot(model.config, batch_size, device=device)
         self.static_cache = self.slot.static_cache
         self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
@@ -155,7 +162,7 @@ class CUDAGraphDecoder:
         # with the cache on, the graph would read weight casts that the caller's autocast block
         # made and frees on exit, so a later block would replay it on freed memory. Off, each
         # replay casts the weights it uses.
-        with torch.cuda.device(device), torch.no_grad(), autocast_for_capture("cuda", self.autocast[1]):
+        with torch.cuda.device(device), torch.no_grad(), autocast_for_capture("cuda", self.conditions.autocast[1]):
             self.graph, self.logits = capture(self._call, warmup=max(1, warmup), pool=pool)
         self.static_cache.reset()  # warm-up moved the static state; bind() fills it anyway
         self.model = None  # the graph holds what it needs; no reference cycle through the model
@@ -186,7 +193,7 @@ class CUDAGraphDecoder:
 
     def matches(self) -> bool:
         """Still valid: same weight tensors and the same autocast state as at capture."""
-        return _signature(self._watched) == self.signature and _autocast_key() == self.autocast
+        return self.conditions.hold()
 
 
 def graph_decode_applicable(model, input_ids, inputs_embeds, attention_mask, position_ids, cache, labels,

@@ -42,7 +42,7 @@ from ...cuda_graph import capture
 from ...execution import ExecutionPolicy, capturing, tracing
 from ...runtime import autocast_for_capture
 from .cache import MossNetCache
-from .cuda_graph_decode import StaticCacheSlot, _autocast_key, _signature, _watched_parameters
+from .cuda_graph_decode import CaptureConditions, StaticCacheSlot, _autocast_key
 
 SMALLEST_BUCKET = 32
 LARGEST_BUCKET = 2048  # when config.prefill_block_size is 0 (one pass at any length)
@@ -82,9 +82,7 @@ class CUDAGraphPrefill:
         device = model.lm_head.weight.device
         self.model = model
         self.batch, self.bucket, self.continued, self.policy = batch, bucket, continued, policy
-        self._watched = _watched_parameters(model)
-        self.signature = _signature(self._watched)
-        self.autocast = _autocast_key()
+        self.conditions = CaptureConditions(model)
         self.slot = StaticCacheSlot(model.config, batch, device=device)
         self.static_cache = self.slot.static_cache
         self.ids = torch.zeros(batch, bucket, dtype=torch.long, device=device)
@@ -93,7 +91,7 @@ class CUDAGraphPrefill:
         # Autocast's cast cache is off during capture: see CUDAGraphDecoder (the same reason).
         # (A CPU model gets here only in tests, with an eager stand-in for ``capture``.)
         on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-        with on_device, torch.no_grad(), autocast_for_capture("cuda", self.autocast[1]):
+        with on_device, torch.no_grad(), autocast_for_capture("cuda", self.conditions.autocast[1]):
             self.graph, self.logits = capture(self._step, warmup=max(1, warmup), pool=pool)
         self.static_cache.reset()
         self.model = None  # the graph holds what it needs; no reference cycle through the model
@@ -135,7 +133,7 @@ class CUDAGraphPrefill:
 
     def matches(self) -> bool:
         """Still valid: same weight tensors and the same autocast state as at capture."""
-        return _signature(self._watched) == self.signature and _autocast_key() == self.autocast
+        return self.conditions.hold()
 
 
 def graph_prefill_applicable(model, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache,
@@ -150,10 +148,8 @@ def graph_prefill_applicable(model, input_ids, inputs_embeds, attention_mask, po
     largest = largest_bucket(model.config)
     if T < 2 or batch * bucket_length(min(T, largest), largest) > MAX_GRAPH_TOKENS:
         return False
-    if use_cache is None:
-        use_cache = model.config.use_cache and not model.training
     return bool(
-        (cache is not None or use_cache)
+        (cache is not None or model.fills_cache(use_cache))
         and (cache is None or (cache.batch_size == batch and cache.ssm_states[0].is_cuda))
         and (attention_mask is None or attention_mask.shape == input_ids.shape)
         and position_ids is None
@@ -212,7 +208,6 @@ def graph_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
 def _prefill_one_bucket(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                         cache: MossNetCache | None, policy: ExecutionPolicy):
     """:func:`graph_prefill` of a prompt that fits the largest bucket."""
-    model.model.check_token_ids(input_ids, policy)  # once here: a graph replay reads no ids back
     batch, T = input_ids.shape
     continued = cache is not None and cache.seen_tokens > 0
     key = (batch, bucket_length(T, largest_bucket(model.config)), continued, _autocast_key(), policy)
@@ -231,6 +226,7 @@ def _prefill_one_bucket(model, input_ids: torch.Tensor, attention_mask: torch.Te
         if pool is None and input_ids.is_cuda:
             pool = prefills.pools[batch] = torch.cuda.graph_pool_handle()
         prefill = prefills.graphs[key] = CUDAGraphPrefill(model, batch, key[1], continued, policy, pool=pool)
+    model.model.check_token_ids(input_ids, policy)  # here, not in the graph: a replay reads no ids back
     return prefill.run(input_ids, attention_mask, cache)
 
 

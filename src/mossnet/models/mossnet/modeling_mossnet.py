@@ -75,6 +75,10 @@ class MossNetPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["A_log", "dt_bias", "mixer.D", "norm", "router"]
     _keep_in_fp32_modules = _keep_in_fp32_modules_strict
 
+    def fills_cache(self, use_cache: bool | None) -> bool:
+        """A call's ``use_cache``, resolved: as given, else the config's in eval mode only."""
+        return use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained``, plus the shim modules that config.json's
         ``auto_map`` names (``remote_code.py``)."""
@@ -216,7 +220,7 @@ class MossNetModel(MossNetPreTrainedModel):
         batch, T = inputs_embeds.shape[:2]
         if attention_mask is not None and attention_mask.shape != (batch, T):
             raise ValueError(f"MossNetModel: attention_mask must be (batch, T) = {(batch, T)}, got {tuple(attention_mask.shape)}")
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        use_cache = self.fills_cache(use_cache)
         if use_cache and cache is None:
             cache = MossNetCache(self.config, batch, device=inputs_embeds.device)
         if cache is not None and cache.batch_size != batch:
@@ -408,12 +412,10 @@ class MossNetForCausalLM(MossNetPreTrainedModel, MossNetGenerationMixin):
         With gradients on, blocks would save nothing (autograd keeps every block's activations)."""
         tokens = input_ids if input_ids is not None else inputs_embeds
         block = self.config.prefill_block_size
-        if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
-        fills_cache = cache is not None or use_cache
+        fills = cache is not None or self.fills_cache(use_cache)
         return bool(
             tokens is not None and tokens.dim() >= 2 and 0 < block < tokens.shape[1]
-            and fills_cache and labels is None and position_ids is None
+            and fills and labels is None and position_ids is None
             and not output_hidden_states and not output_router_stats and not torch.is_grad_enabled()
         )
 
